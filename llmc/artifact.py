@@ -1,0 +1,115 @@
+"""The artifact folder: written under a temp name, renamed into place only when complete.
+
+Layout: ``llmc-config.json``, tokenizer files, ``tensor-cache.json`` + ``params_shard_*.bin``
+(TVM's tensor-cache format, which TVM's runtime and WebLLM read) and the model library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from llmc.errors import ArtifactError
+
+CONFIG_FILE = "llmc-config.json"
+TENSOR_CACHE_FILE = "tensor-cache.json"
+SHARD_CAP_BYTES = 32 << 20
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``out_dir``; on success it replaces ``out_dir``, on failure it is removed."""
+    out_dir = out_dir.resolve()
+    if out_dir.exists() and not force:
+        raise ArtifactError(f"{out_dir}: already exists. Pass --force to overwrite it, or choose another -o.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
+        if out_dir.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, trash / "old")
+            os.replace(tmp, out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class TensorCacheWriter:
+    """Append tensors one at a time into ~32 MB shards; ``finish`` writes ``tensor-cache.json``."""
+
+    def __init__(self, folder: Path, shard_cap: int = SHARD_CAP_BYTES):
+        self.folder, self.shard_cap = folder, shard_cap
+        self.shards: list[dict] = []
+        self._file = None
+        self._md5 = None
+        self.total_bytes = 0
+        self.total_params = 0
+
+    def _open_shard(self) -> None:
+        self._close_shard()
+        path = f"params_shard_{len(self.shards)}.bin"
+        self._file = open(self.folder / path, "wb")
+        self._md5 = hashlib.md5()
+        self.shards.append({"dataPath": path, "format": "raw-shard", "nbytes": 0, "records": []})
+
+    def _close_shard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self.shards[-1]["md5sum"] = self._md5.hexdigest()
+            self._file = None
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        data = np.ascontiguousarray(array)
+        nbytes = data.nbytes
+        if self._file is None or (self.shards[-1]["nbytes"] and self.shards[-1]["nbytes"] + nbytes > self.shard_cap):
+            self._open_shard()
+        shard = self.shards[-1]
+        shard["records"].append({"name": name, "shape": list(data.shape), "dtype": str(data.dtype),
+                                 "format": "raw", "nbytes": nbytes, "byteOffset": shard["nbytes"]})
+        buffer = memoryview(data.reshape(-1).view(np.uint8))
+        self._file.write(buffer)
+        self._md5.update(buffer)
+        shard["nbytes"] += nbytes
+        self.total_bytes += nbytes
+        self.total_params += int(data.size)
+
+    def finish(self, metadata: dict) -> None:
+        self._close_shard()
+        meta = {"ParamSize": sum(len(s["records"]) for s in self.shards), "ParamBytes": self.total_bytes, **metadata}
+        (self.folder / TENSOR_CACHE_FILE).write_text(json.dumps({"metadata": meta, "records": self.shards}, indent=1))
+
+
+def write_config(folder: Path, config: dict) -> None:
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def read_config(folder: Path) -> dict:
+    """Read an artifact's ``llmc-config.json`` with errors that say what to do."""
+    folder = Path(folder)
+    file = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such artifact folder. Create one with `llmc compile MODEL -o {folder}`.")
+    if not file.exists():
+        raise ArtifactError(f"{file}: missing; {folder} is not a complete llmc artifact. Re-run `llmc compile`.")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{file}: not valid JSON ({err}). Re-run `llmc compile`.") from err
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{file}: artifact format {config.get('format_version')} is not {FORMAT_VERSION}; "
+                            "recompile it with this llmc.")
+    return config

@@ -1,0 +1,141 @@
+"""GGUF files through gguf-py, presented as a Hugging Face checkpoint.
+
+Metadata becomes a config.json-style dict, tensor names become HF names, quantized blocks are
+dequantized per tensor, ggml's reversed shapes are put back, and llama.cpp's Q/K row permutation
+(applied by its converter for the ``llama`` architecture) is undone.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from llmc.errors import CheckpointError, ConfigError
+
+# GGUF architecture -> HF model_type; both use the same tensor naming.
+GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
+# architectures whose Q/K rows llama.cpp's converter permuted (HF rotate-half -> interleaved)
+PERMUTED_QK = {"llama"}
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+
+
+def hf_name(gguf_name: str) -> str | None:
+    """HF tensor name for a GGUF tensor name (None when there is no HF counterpart)."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    match = _BLOCK_RE.match(gguf_name)
+    if match and match.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}.{match.group(3)}"
+    return None
+
+
+def unpermute_qk(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Invert llama.cpp's ``permute``: rows (heads, 2, d/2) were stored as (heads, d/2, 2)."""
+    rows = weight.shape[0]
+    rest = weight.shape[1:]
+    return weight.reshape(num_heads, rows // num_heads // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
+
+
+def field_value(reader, key: str, default=None):
+    """A metadata value as a Python object (str, number or list)."""
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return field.contents()
+
+
+class GGUFCheckpoint:
+    """A ``.gguf`` file: HF-style config, HF tensor names, tokenizer metadata."""
+
+    def __init__(self, path: Path):
+        import gguf
+
+        self.path = path
+        try:
+            self.reader = gguf.GGUFReader(str(path))
+        except Exception as err:  # gguf-py raises ValueError/struct.error/IndexError on corrupt input
+            raise CheckpointError(f"{path}: not a readable GGUF file ({err.__class__.__name__}: {err}). "
+                                  "The file is corrupt or truncated: re-download it.") from err
+        self.arch = field_value(self.reader, "general.architecture")
+        if self.arch not in GGUF_ARCHITECTURES:
+            raise ConfigError(f"{path}: GGUF architecture {self.arch!r} is not supported; "
+                              f"supported: {', '.join(sorted(GGUF_ARCHITECTURES))}.")
+        self._tensors = {}
+        for tensor in self.reader.tensors:
+            name = hf_name(tensor.name)
+            if name is not None:
+                self._tensors[name] = tensor
+        if "rope_freqs.weight" in {t.name for t in self.reader.tensors}:
+            raise ConfigError(f"{path}: GGUF rope_freqs (Llama 3.1-style rope scaling) is not supported yet; "
+                              "compile the Hugging Face checkpoint instead.")
+        self.config = self._config()
+
+    def _meta(self, key: str, default=None):
+        return field_value(self.reader, f"{self.arch}.{key}", default)
+
+    def _config(self) -> dict:
+        tokens = field_value(self.reader, "tokenizer.ggml.tokens") or []
+        heads = self._meta("attention.head_count")
+        hidden = self._meta("embedding_length")
+        if heads is None or hidden is None:
+            raise ConfigError(f"{self.path}: GGUF metadata lacks {self.arch}.attention.head_count / embedding_length.")
+        config = {
+            "model_type": GGUF_ARCHITECTURES[self.arch],
+            "hidden_size": hidden,
+            "intermediate_size": self._meta("feed_forward_length"),
+            "num_hidden_layers": self._meta("block_count"),
+            "num_attention_heads": heads,
+            "num_key_value_heads": self._meta("attention.head_count_kv", heads),
+            "head_dim": self._meta("attention.key_length", hidden // heads),
+            "rms_norm_eps": self._meta("attention.layer_norm_rms_epsilon", 1e-5),
+            "rope_theta": self._meta("rope.freq_base", 10000.0),
+            "max_position_embeddings": self._meta("context_length", 2048),
+            "vocab_size": len(tokens) or self._meta("vocab_size"),
+            "tie_word_embeddings": "lm_head.weight" not in self._tensors,
+            "bos_token_id": field_value(self.reader, "tokenizer.ggml.bos_token_id"),
+            "eos_token_id": field_value(self.reader, "tokenizer.ggml.eos_token_id"),
+        }
+        if self.arch == "qwen2":
+            config["attention_bias"] = True
+        return config
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def describe(self, name: str) -> str:
+        return str(self.path)
+
+    def get(self, name: str) -> np.ndarray:
+        from gguf.quants import dequantize
+
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            raise CheckpointError(f"{self.path}: tensor {name} is missing from the GGUF file.")
+        shape = tuple(int(d) for d in reversed(tensor.shape))
+        try:
+            array = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        except Exception as err:
+            raise CheckpointError(f"{self.path}: cannot decode tensor {tensor.name} "
+                                  f"({tensor.tensor_type.name}): {err}. The file may be corrupt.") from err
+        if self.arch in PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
+            key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
+            array = unpermute_qk(array, self.config[key])
+        return array
+
+    def tokenizer_metadata(self) -> dict:
+        """Raw ``tokenizer.*`` metadata (vocabulary, merges, special ids, chat template)."""
+        return {key: field_value(self.reader, key) for key in self.reader.fields if key.startswith("tokenizer.")}

@@ -1,0 +1,130 @@
+"""Put a checkpoint's tokenizer into an artifact folder as ``tokenizer.json`` + ``tokenizer_config.json``.
+
+HF folders have these files already (they are copied); GGUF files carry the vocabulary and merges
+as metadata, from which a ``tokenizers`` byte-level BPE is built with llama.cpp's pre-tokenizer
+for the file's ``tokenizer.ggml.pre``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from llmc.errors import CheckpointError
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "generation_config.json", "chat_template.jinja")
+
+# llama.cpp's split regexes, by ``tokenizer.ggml.pre``
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZER_SPLITS = {
+    "default": [GPT2_SPLIT], "gpt-2": [GPT2_SPLIT],
+    # digits one by one, then GPT-2's split (starcoder, smollm, refact, ...)
+    "smollm": [r"\p{N}", GPT2_SPLIT], "starcoder": [r"\p{N}", GPT2_SPLIT], "refact": [r"\p{N}", GPT2_SPLIT],
+    "llama-bpe": [LLAMA3_SPLIT], "llama3": [LLAMA3_SPLIT], "smaug-bpe": [LLAMA3_SPLIT], "dbrx": [LLAMA3_SPLIT],
+    "qwen2": [QWEN2_SPLIT], "deepseek-r1-qwen": [QWEN2_SPLIT],
+}
+CONTROL_TOKEN_TYPE = 3
+USER_DEFINED_TOKEN_TYPE = 4
+
+
+def write_tokenizer_files(reader, out_dir: Path) -> dict:
+    """Write tokenizer files for ``reader`` into ``out_dir``; return the tokenizer section of llmc-config."""
+    if hasattr(reader, "tokenizer_metadata"):
+        return _from_gguf(reader, out_dir)
+    return _from_hf_folder(reader.path, reader.config, out_dir)
+
+
+def _from_hf_folder(folder: Path, config: dict, out_dir: Path) -> dict:
+    for name in HF_TOKENIZER_FILES:
+        if (folder / name).exists():
+            shutil.copy2(folder / name, out_dir / name)
+    tok_config = _read_json(folder / "tokenizer_config.json")
+    gen_config = _read_json(folder / "generation_config.json")
+    chat_template = tok_config.get("chat_template")
+    if (folder / "chat_template.jinja").exists():
+        chat_template = (folder / "chat_template.jinja").read_text()
+    eos = gen_config.get("eos_token_id", config.get("eos_token_id"))
+    return {
+        "has_tokenizer": (folder / "tokenizer.json").exists(),
+        "bos_token_id": gen_config.get("bos_token_id", config.get("bos_token_id")),
+        "eos_token_ids": _as_list(eos),
+        "add_bos_token": bool(tok_config.get("add_bos_token", False)),
+        "chat_template": chat_template if isinstance(chat_template, str) else None,
+        "bos_token": _token_text(tok_config.get("bos_token")),
+        "eos_token": _token_text(tok_config.get("eos_token")),
+    }
+
+
+def _from_gguf(reader, out_dir: Path) -> dict:
+    meta = reader.tokenizer_metadata()
+    model = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    if model != "gpt2":
+        raise CheckpointError(f"{reader.path}: GGUF tokenizer model {model!r} is not supported yet "
+                              "(byte-level BPE 'gpt2' is); compile the Hugging Face checkpoint instead.")
+    tokenizer = build_bpe_tokenizer(tokens, meta.get("tokenizer.ggml.merges") or [],
+                                    meta.get("tokenizer.ggml.token_type") or [], meta.get("tokenizer.ggml.pre"))
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    bos_id, eos_id = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    info = {
+        "has_tokenizer": True,
+        "bos_token_id": bos_id,
+        "eos_token_ids": _as_list(eos_id),
+        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "chat_template": meta.get("tokenizer.chat_template"),
+        "bos_token": tokens[bos_id] if bos_id is not None and bos_id < len(tokens) else None,
+        "eos_token": tokens[eos_id] if eos_id is not None and eos_id < len(tokens) else None,
+    }
+    tok_config = {k: info[k] for k in ("add_bos_token", "chat_template", "bos_token", "eos_token")}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2, ensure_ascii=False))
+    return info
+
+
+def build_bpe_tokenizer(tokens: list[str], merges: list[str], token_types: list[int], pre: str | None):
+    """A byte-level BPE ``tokenizers.Tokenizer`` equivalent to llama.cpp's for this vocabulary."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {token: index for index, token in enumerate(tokens)}
+    pairs = [tuple(merge.split(" ", 1)) for merge in merges]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False))
+    splits = PRE_TOKENIZER_SPLITS.get(pre or "default", [GPT2_SPLIT])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(pattern), behavior="isolated") for pattern in splits]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = [AddedToken(t, special=True, normalized=False)
+                for t, kind in zip(tokens, token_types) if kind == CONTROL_TOKEN_TYPE]
+    plain = [AddedToken(t, special=False, normalized=False)
+             for t, kind in zip(tokens, token_types) if kind == USER_DEFINED_TOKEN_TYPE]
+    tokenizer.add_special_tokens(specials)
+    tokenizer.add_tokens(plain)
+    return tokenizer
+
+
+def _read_json(file: Path) -> dict:
+    if not file.exists():
+        return {}
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err}).") from err
+    return data if isinstance(data, dict) else {}
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+
+
+def _token_text(token) -> str | None:
+    if isinstance(token, dict):
+        return token.get("content")
+    return token if isinstance(token, str) else None

@@ -1,0 +1,203 @@
+"""The ``llmc`` command line: compile, run, chat and the registries (targets, quants, models)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+import llmc
+from llmc.errors import LlmcError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class LlmcGroup(click.Group):
+    """Turns LlmcError (and anything unexpected) into one line on stderr; ``--verbose`` shows the trace."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("llmc: interrupted; partial outputs were removed.", err=True)
+            sys.exit(130)
+        except LlmcError as err:
+            self._fail(ctx, f"llmc: error: {err}")
+        except Exception as err:  # noqa: BLE001 - the CLI must not print bare tracebacks
+            self._fail(ctx, f"llmc: internal error: {err.__class__.__name__}: {err}. "
+                            "Re-run with --verbose and report the trace.")
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str) -> None:
+        if ctx.obj and ctx.obj.get("verbose"):
+            traceback.print_exc()
+        click.echo(message, err=True)
+        sys.exit(1)
+
+
+@click.group(cls=LlmcGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(llmc.__version__, prog_name="llmc")
+@click.option("-v", "--verbose", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """llmc compiles Hugging Face and GGUF language models into fast TVM libraries and runs them.
+
+    \b
+    Typical use:
+      llmc compile smollm2-135m --target llvm -o dist/smollm2
+      llmc run dist/smollm2 --prompt "What is a compiler?"
+      llmc chat dist/smollm2
+
+    MODEL is a checkpoint folder (config.json + *.safetensors), hf://org/name[@revision], a .gguf
+    file, or a preset name (`llmc models`).
+    """
+    ctx.obj = {"verbose": verbose}
+
+
+@main.command()
+@click.argument("model")
+@click.option("--target", "-t", default="llvm", show_default=True, help="Target preset (`llmc targets`).")
+@click.option("--quant", "-q", default="q0f32", show_default=True, help="Quantization scheme (`llmc quants`).")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Artifact folder to create [default: dist/<model>-<quant>-<target>].")
+@click.option("--context-window", type=int, help="Max tokens per sequence (KV cache size) [default: the "
+              "model's max_position_embeddings, at most 4096].")
+@click.option("--prefill-chunk", type=int, help="Max tokens per prefill call; longer prompts are chunked "
+              "[default: 512].")
+@click.option("--max-batch-size", type=int, default=8, show_default=True,
+              help="Max sequences per batch_decode call (bounds static memory).")
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--debug-dump", type=click.Path(path_type=Path), help="Write the IR after each pipeline phase here.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def compile(model, target, quant, output, context_window, prefill_chunk, max_batch_size, force, debug_dump, quiet):
+    """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
+
+    The folder is written under a temporary name and renamed into place only when complete, so
+    an interrupted or failed compile leaves nothing that looks finished.
+    """
+    from llmc.compile import CompileOptions, compile_model
+    from llmc.compiler.targets import get_target
+    from llmc.quant import get_quant
+
+    get_target(target)  # fail fast on unknown names, before any loading
+    get_quant(quant)
+    options = CompileOptions(target=target, quant=quant, output=output, context_window=context_window,
+                             prefill_chunk=prefill_chunk, max_batch_size=max_batch_size, force=force,
+                             quiet=quiet, debug_dump=debug_dump)
+    out_dir = compile_model(model, options)
+    click.echo(f"wrote {out_dir}")
+
+
+def _sampling_options(func):
+    @click.option("--max-tokens", type=int, default=128, show_default=True, help="Max new tokens.")
+    @click.option("--temperature", type=float, default=0.7, show_default=True, help="0 means greedy.")
+    @click.option("--top-p", type=float, default=0.95, show_default=True, help="Nucleus sampling mass.")
+    @click.option("--seed", type=int, default=None, help="Sampling seed (reproducible output).")
+    @click.option("--device", default="cpu", show_default=True, help="TVM device to run on (cpu, cuda, ...).")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--prompt", "-p", required=True, help="The prompt text.")
+@click.option("--chat/--no-chat", default=None,
+              help="Wrap the prompt in the model's chat template [default: when the model has one].")
+@click.option("--system", default=None, help="System message (with --chat).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (ids, text, tok/s).")
+@_sampling_options
+def run(artifact, prompt, chat, system, as_json, max_tokens, temperature, top_p, seed, device):
+    """Generate text from a compiled ARTIFACT for one prompt."""
+    from llmc.runtime.session import Session
+
+    session = Session(artifact, device)
+    prompt_ids = session.prompt_ids(prompt, chat, system)
+    stream = None if as_json else session.streamer(lambda text: click.echo(text, nl=False))
+    result = session.generate(prompt_ids, max_tokens, temperature, top_p, seed, on_token=stream)
+    text = session.tokenizer.decode(result.output_ids)
+    if as_json:
+        click.echo(json.dumps({
+            "prompt_ids": result.prompt_ids, "output_ids": result.output_ids, "text": text,
+            "finish_reason": result.finish_reason, "prompt_tokens": len(result.prompt_ids),
+            "output_tokens": len(result.output_ids), "prefill_tok_s": round(result.prefill_tok_s, 3),
+            "decode_tok_s": round(result.decode_tok_s, 3),
+        }, ensure_ascii=False))
+        return
+    click.echo()
+    if result.finish_reason == "context_window":
+        click.echo(f"[stopped: reached the context window of {session.engine.context_window} tokens]", err=True)
+    click.echo(f"[prefill {len(result.prompt_ids)} tok, {result.prefill_tok_s:.1f} tok/s; "
+               f"decode {len(result.output_ids)} tok, {result.decode_tok_s:.1f} tok/s]", err=True)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--system", default=None, help="System message.")
+@_sampling_options
+def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
+    """Chat with a compiled ARTIFACT. Commands: /reset clears the conversation, /exit quits."""
+    from llmc.runtime.session import ChatSession
+
+    session = ChatSession(artifact, device, system)
+    click.echo("llmc chat: /reset clears the conversation, /exit quits.", err=True)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            break
+        text = line.strip()
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            session.reset()
+            click.echo("[conversation cleared]", err=True)
+            continue
+        if not text:
+            continue
+        result = session.send(text, max_tokens, temperature, top_p, seed,
+                              on_text=lambda piece: click.echo(piece, nl=False))
+        click.echo()
+        if result.finish_reason == "context_window":
+            click.echo("[the context window is full: /reset to start over]", err=True)
+
+
+@main.command()
+def targets():
+    """List the target presets."""
+    from llmc.compiler.targets import TARGETS
+
+    for preset in TARGETS.values():
+        click.echo(f"{preset.name:12s} {preset.library_suffix:6s} {preset.description}")
+
+
+@main.command()
+def quants():
+    """List the quantization schemes."""
+    from llmc.quant import QUANTS
+
+    for scheme in QUANTS.values():
+        click.echo(f"{scheme.name:10s} {scheme.bits_per_param:5.1f} bits/param  {scheme.description}")
+
+
+@main.command()
+def models():
+    """List the model presets and the supported architectures."""
+    from llmc.models import MODELS
+    from llmc.source import list_presets
+
+    for name, preset in list_presets().items():
+        click.echo(f"{name:16s} {preset.get('description', '')}")
+    click.echo(f"architectures (config.json model_type): {', '.join(sorted(MODELS))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Compiler side: target presets, the Relax pass pipeline and library builds (imports TVM's compiler)."""

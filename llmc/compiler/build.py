@@ -1,0 +1,31 @@
+"""Export a model to Relax, attach symbolic bounds, run the pipeline and write the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+from llmc.compiler.pipeline import make_pipeline
+from llmc.compiler.targets import TargetPreset
+
+
+def build_module(model, target: tvm.target.Target) -> tuple[tvm.IRModule, list[tuple[str, object]]]:
+    """``export_tvm`` the model, bounding its symbolic dims for static memory planning."""
+    mod, named_params = model.export_tvm(spec=model.get_default_spec())
+    bounds = model.symbolic_upper_bounds()
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function) and gv.name_hint != "create_paged_kv_cache":
+            func = func.with_attr("tir_var_upper_bound", bounds)
+            func = func.with_attr("tir_non_negative_var", list(bounds))
+            mod[gv] = func
+    return mod, named_params
+
+
+def compile_library(mod: tvm.IRModule, preset: TargetPreset, out_file: Path, dump_dir: Path | None = None) -> None:
+    """Build ``mod`` for ``preset`` and export the library to ``out_file``."""
+    target = preset.tvm_target()
+    with target:
+        executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir))
+    executable.export_library(str(out_file))

@@ -1,0 +1,140 @@
+"""A compiled model in memory: library + weights + paged KV cache, with per-sequence forward calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm.runtime import ShapeTuple
+from tvm.runtime.vm import VirtualMachine
+
+from llmc.artifact import read_config
+from llmc.errors import ArtifactError, GenerationError
+
+PAGE_SIZE = 16
+
+
+def _builtin(name: str):
+    return tvm.get_global_func(name)
+
+
+class Engine:
+    """Runs the exported functions of one artifact on one device."""
+
+    def __init__(self, artifact_dir: str | Path, device: str = "cpu", max_batch_size: int | None = None):
+        self.folder = Path(artifact_dir)
+        self.config = read_config(self.folder)
+        model = self.config["model"]
+        self.vocab_size = model["vocab_size"]
+        self.hidden_size = model["hidden_size"]
+        self.dtype = self.config["dtype"]
+        self.context_window = self.config["context_window"]
+        self.prefill_chunk = self.config["prefill_chunk"]
+        self.max_batch_size = max_batch_size or self.config["max_batch_size"]
+        self.device = tvm.device(device)
+        library = self.folder / self.config["library"]
+        if not library.exists():
+            raise ArtifactError(f"{library}: missing; the artifact is incomplete. Re-run `llmc compile`.")
+        self.vm = VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+        self.params = self._load_params()
+        self._kv_add = _builtin("vm.builtin.kv_state_add_sequence")
+        self._kv_remove = _builtin("vm.builtin.kv_state_remove_sequence")
+        self._kv_begin = _builtin("vm.builtin.kv_state_begin_forward")
+        self._kv_end = _builtin("vm.builtin.kv_state_end_forward")
+        self._kv_fork = _builtin("vm.builtin.kv_state_fork_sequence")
+        self._kv_popn = _builtin("vm.builtin.kv_state_popn")
+        self._seq_len = _builtin("vm.builtin.attention_kv_cache_get_sequence_length")
+        self._reshape = _builtin("vm.builtin.reshape")
+        self.kv_cache = self.vm["create_paged_kv_cache"](
+            ShapeTuple([self.max_batch_size]), ShapeTuple([self.context_window]),
+            ShapeTuple([self.prefill_chunk]), ShapeTuple([PAGE_SIZE]), ShapeTuple([0]))
+
+    def _load_params(self) -> list:
+        cache_json = self.folder / "tensor-cache.json"
+        if not cache_json.exists():
+            raise ArtifactError(f"{cache_json}: missing; the artifact has no weights. Re-run `llmc compile`.")
+        try:
+            _builtin("vm.builtin.tensor_cache.load")(str(self.folder), self.device.dlpack_device_type(),
+                                                     self.device.index)
+            params = _builtin("vm.builtin.param_array_from_cache_by_name")(self.config["params"])
+        except Exception as err:  # TVM raises its own error classes; name the folder either way
+            raise ArtifactError(f"{self.folder}: cannot load weights ({err}). Re-run `llmc compile`.") from err
+        finally:
+            _builtin("vm.builtin.tensor_cache.clear")()
+        return params
+
+    # ------------------------------------------------------------------ sequences
+    def add_sequence(self, seq_id: int) -> None:
+        self._kv_add(self.kv_cache, seq_id)
+
+    def remove_sequence(self, seq_id: int) -> None:
+        self._kv_remove(self.kv_cache, seq_id)
+
+    def fork_sequence(self, parent: int, child: int) -> None:
+        self._kv_fork(self.kv_cache, parent, child, -1)
+
+    def popn(self, seq_id: int, count: int) -> None:
+        self._kv_popn(self.kv_cache, seq_id, count)
+
+    def sequence_length(self, seq_id: int) -> int:
+        return int(self._seq_len(self.kv_cache, seq_id))
+
+    # ------------------------------------------------------------------ forward
+    def _embed(self, token_ids: list[int], batch: int, length: int):
+        ids = tvm.runtime.tensor(np.asarray(token_ids, dtype="int32"), self.device)
+        embeds = self.vm["embed"](ids, self.params)
+        return self._reshape(embeds, ShapeTuple([batch, length, self.hidden_size]))
+
+    def _check_room(self, seq_id: int, count: int) -> None:
+        if self.sequence_length(seq_id) + count > self.context_window:
+            raise GenerationError(f"sequence {seq_id} would reach {self.sequence_length(seq_id) + count} tokens; "
+                                  f"the context window is {self.context_window}.")
+
+    def prefill(self, seq_id: int, token_ids: list[int]) -> np.ndarray:
+        """Feed ``token_ids`` (chunked by the prefill chunk); return the last position's logits (vocab,)."""
+        if not token_ids:
+            raise GenerationError("cannot prefill an empty prompt.")
+        self._check_room(seq_id, len(token_ids))
+        logits = None
+        for start in range(0, len(token_ids), self.prefill_chunk):
+            chunk = token_ids[start : start + self.prefill_chunk]
+            self._kv_begin(self.kv_cache, ShapeTuple([seq_id]), ShapeTuple([len(chunk)]))
+            logits, self.kv_cache = self.vm["prefill"](self._embed(chunk, 1, len(chunk)), self.kv_cache, self.params)
+            self._kv_end(self.kv_cache)
+        return logits.numpy()[0, 0]
+
+    def decode(self, seq_id: int, token_id: int) -> np.ndarray:
+        """Feed one token; return its logits (vocab,)."""
+        self._check_room(seq_id, 1)
+        self._kv_begin(self.kv_cache, ShapeTuple([seq_id]), ShapeTuple([1]))
+        logits, self.kv_cache = self.vm["decode"](self._embed([token_id], 1, 1), self.kv_cache, self.params)
+        self._kv_end(self.kv_cache)
+        return logits.numpy()[0, 0]
+
+    def batch_prefill(self, seq_ids: list[int], prompts: list[list[int]]) -> np.ndarray:
+        """Prefill several sequences in one ragged batch (total tokens <= prefill chunk); (n, vocab)."""
+        lengths = [len(p) for p in prompts]
+        if sum(lengths) > self.prefill_chunk:
+            raise GenerationError(f"batch of {sum(lengths)} tokens exceeds the prefill chunk {self.prefill_chunk}.")
+        for seq_id, length in zip(seq_ids, lengths):
+            self._check_room(seq_id, length)
+        positions = np.cumsum(lengths).astype("int32") - 1
+        flat = [t for p in prompts for t in p]
+        self._kv_begin(self.kv_cache, ShapeTuple(seq_ids), ShapeTuple(lengths))
+        logits, self.kv_cache = self.vm["batch_prefill"](
+            self._embed(flat, 1, len(flat)), tvm.runtime.tensor(positions, self.device), self.kv_cache, self.params)
+        self._kv_end(self.kv_cache)
+        return logits.numpy()[0]
+
+    def batch_decode(self, seq_ids: list[int], token_ids: list[int]) -> np.ndarray:
+        """One new token for each sequence; (n, vocab)."""
+        if len(seq_ids) > self.max_batch_size:
+            raise GenerationError(f"batch of {len(seq_ids)} exceeds max batch size {self.max_batch_size}.")
+        for seq_id in seq_ids:
+            self._check_room(seq_id, 1)
+        self._kv_begin(self.kv_cache, ShapeTuple(seq_ids), ShapeTuple([1] * len(seq_ids)))
+        logits, self.kv_cache = self.vm["batch_decode"](
+            self._embed(token_ids, len(seq_ids), 1), self.kv_cache, self.params)
+        self._kv_end(self.kv_cache)
+        return logits.numpy()[:, 0]

@@ -1,0 +1,96 @@
+"""Sampling and the generation loop over an ``Engine``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from llmc.errors import GenerationError
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list[int]
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return len(self.prompt_ids) / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        # the first output token comes from prefill; decode produced the rest
+        steps = max(len(self.output_ids) - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0, else temperature + nucleus (top-p) sampling."""
+    if params.temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / params.temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs)
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]
+        mask = np.zeros_like(probs)
+        mask[keep] = probs[keep]
+        probs = mask / mask.sum()
+    return int(rng.choice(len(probs), p=probs))
+
+
+def generate(engine, prompt_ids: list[int], max_tokens: int, params: SamplingParams, stop_ids: set[int],
+             on_token: Callable[[int], None] | None = None, seq_id: int = 0,
+             keep_sequence: bool = False) -> GenerationResult:
+    """Prefill ``prompt_ids`` (continuing ``seq_id`` if it exists) and sample up to ``max_tokens``."""
+    past = engine.sequence_length(seq_id) if keep_sequence else 0
+    if not keep_sequence:
+        engine.add_sequence(seq_id)
+    window = engine.context_window
+    if past + len(prompt_ids) >= window:
+        if not keep_sequence:
+            engine.remove_sequence(seq_id)
+        raise GenerationError(f"the prompt is {past + len(prompt_ids)} tokens but the context window is {window}; "
+                              "shorten it, or recompile with a larger --context-window.")
+    rng = np.random.default_rng(params.seed)
+    result = GenerationResult(list(prompt_ids))
+    try:
+        started = time.perf_counter()
+        logits = engine.prefill(seq_id, list(prompt_ids))
+        result.prefill_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        while True:
+            token = sample(logits, params, rng)
+            result.output_ids.append(token)
+            if on_token:
+                on_token(token)
+            if token in stop_ids:
+                result.finish_reason = "stop"
+                break
+            if len(result.output_ids) >= max_tokens:
+                result.finish_reason = "length"
+                break
+            if past + len(prompt_ids) + len(result.output_ids) >= window:
+                result.finish_reason = "context_window"
+                break
+            logits = engine.decode(seq_id, token)
+        result.decode_seconds = time.perf_counter() - started
+    finally:
+        if not keep_sequence:
+            engine.remove_sequence(seq_id)
+    return result
