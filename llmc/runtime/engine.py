@@ -44,6 +44,7 @@ class Engine:
         self._kv_end = _builtin("vm.builtin.kv_state_end_forward")
         self._kv_fork = _builtin("vm.builtin.kv_state_fork_sequence")
         self._kv_popn = _builtin("vm.builtin.kv_state_popn")
+        self._kv_clear = _builtin("vm.builtin.kv_state_clear")
         self._seq_len = _builtin("vm.builtin.attention_kv_cache_get_sequence_length")
         self._reshape = _builtin("vm.builtin.reshape")
         self.kv_cache = self.vm["create_paged_kv_cache"](
@@ -65,6 +66,10 @@ class Engine:
         return params
 
     # ------------------------------------------------------------------ sequences
+    def reset(self) -> None:
+        """Drop every sequence from the KV cache."""
+        self._kv_clear(self.kv_cache)
+
     def add_sequence(self, seq_id: int) -> None:
         self._kv_add(self.kv_cache, seq_id)
 

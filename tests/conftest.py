@@ -1,0 +1,135 @@
+"""Shared fixtures: tiny random checkpoints saved by transformers (sharded safetensors, a real BPE
+tokenizer trained here) and compiled artifacts cached per test session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmc.compile import CompileOptions, compile_model
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TRAINING_TEXT = (
+    "The quick brown fox jumps over the lazy dog. A compiler turns source code into machine code. "
+    "def add(a, b):\n    return a + b\n Numbers 0123456789 and symbols !?.,;:()[]{} appear here. "
+) * 20
+
+# context window / prefill chunk small enough that tests cross KV pages (16) and chunk prompts
+TINY_CONTEXT_WINDOW = 128
+TINY_PREFILL_CHUNK = 24
+
+TINY_MODELS = {
+    # Llama 3 style: GQA and llama3 rope scaling (original context 32 so scaling matters)
+    "llama_gqa": dict(
+        arch="LlamaForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+    ),
+    # Qwen2: q/k/v bias
+    "qwen2_bias": dict(arch="Qwen2ForCausalLM", num_attention_heads=4, num_key_value_heads=2),
+    # SmolLM style: tied embeddings, MHA
+    "llama_tied": dict(arch="LlamaForCausalLM", num_attention_heads=4, num_key_value_heads=4,
+                       tie_word_embeddings=True),
+}
+
+
+def make_tokenizer(folder: Path) -> int:
+    """Train a small byte-level BPE, save tokenizer.json + tokenizer_config.json; return its vocab size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([TRAINING_TEXT], trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": CHATML_TEMPLATE, "bos_token": None, "eos_token": "<|im_end|>", "add_bos_token": False,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }))
+    return tokenizer.get_vocab_size()
+
+
+def randomize(model, seed: int) -> None:
+    """Re-draw every parameter (HF inits biases to 0 and norms to 1, which would hide mapping bugs)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if "norm" in name:
+                param.copy_(1.0 + 0.1 * noise)
+            elif name.endswith("bias"):
+                param.copy_(0.1 * noise)
+            else:
+                param.copy_(0.125 * noise)
+
+
+def make_checkpoint(folder: Path, name: str, seed: int = 0) -> Path:
+    import torch
+    import transformers
+
+    spec = dict(TINY_MODELS[name])
+    arch = spec.pop("arch")
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = make_tokenizer(folder)
+    config_class = getattr(transformers, arch.replace("ForCausalLM", "Config"))
+    config = config_class(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                          max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=2, **spec)
+    torch.manual_seed(seed)
+    model = getattr(transformers, arch)(config).eval()
+    randomize(model, seed)
+    model.save_pretrained(folder, max_shard_size="40KB")
+    assert (folder / "model.safetensors.index.json").exists(), "fixture must be sharded"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {name: make_checkpoint(root / name, name, seed) for seed, name in enumerate(TINY_MODELS)}
+
+
+@pytest.fixture(scope="session")
+def hf_models(checkpoints):
+    """The transformers reference models, loaded back from the saved checkpoints (float32, CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return {name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            for name, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def compiled(checkpoints, tmp_path_factory):
+    """compiled(name, quant) -> artifact folder, built once per session."""
+    root = tmp_path_factory.mktemp("artifacts")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, quant: str = "q0f32") -> Path:
+        if (name, quant) not in cache:
+            options = CompileOptions(quant=quant, output=root / f"{name}-{quant}", quiet=True,
+                                     context_window=TINY_CONTEXT_WINDOW, prefill_chunk=TINY_PREFILL_CHUNK,
+                                     max_batch_size=4)
+            cache[(name, quant)] = compile_model(str(checkpoints[name]), options)
+        return cache[(name, quant)]
+
+    return get
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    """Reference logits for every position of ``ids``: (len, vocab)."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
