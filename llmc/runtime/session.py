@@ -53,9 +53,14 @@ class ChatSession(Session):
         self.active = False
 
     def reset(self) -> None:
+        """Forget the conversation."""
+        self._drop_cache()
+        self.messages = []
+
+    def _drop_cache(self) -> None:
         if self.active:
             self.engine.remove_sequence(self.SEQ_ID)
-        self.messages, self.fed_ids, self.active = [], [], False
+        self.fed_ids, self.active = [], False
 
     def send(self, text: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
              on_text: Callable[[str], None]) -> GenerationResult:
@@ -66,8 +71,8 @@ class ChatSession(Session):
         else:
             full = self.fed_ids + self.tokenizer.encode(text)
         if not self.active or full[: len(self.fed_ids)] != self.fed_ids:
-            self.reset()
-            self.messages.append({"role": "user", "content": text})
+            # the re-rendered conversation does not extend what is cached: prefill it from scratch
+            self._drop_cache()
             self.engine.add_sequence(self.SEQ_ID)
             self.active = True
         new_ids = full[len(self.fed_ids):]

@@ -1,0 +1,58 @@
+"""Checkpoint readers: safetensors (bf16, sharding), GGUF name mapping and Q/K un-permutation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmc.checkpoint.gguf_reader import GGUFCheckpoint, hf_name, unpermute_qk
+from llmc.checkpoint.safetensors_reader import SafetensorsCheckpoint
+from llmc.errors import CheckpointError
+from llmc.source import resolve
+
+
+def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """What llama.cpp's converter does to Q/K rows (from its documented reshape/swapaxes)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape)
+
+
+def test_unpermute_inverts_llama_cpp_permute():
+    weight = np.arange(24 * 5, dtype=np.float32).reshape(24, 5)
+    for heads in (1, 2, 3):
+        assert np.array_equal(unpermute_qk(llama_cpp_permute(weight, heads), heads), weight)
+    assert not np.array_equal(llama_cpp_permute(weight, 2), weight)
+
+
+def test_gguf_names_map_to_hf():
+    assert hf_name("token_embd.weight") == "model.embed_tokens.weight"
+    assert hf_name("blk.12.attn_q.weight") == "model.layers.12.self_attn.q_proj.weight"
+    assert hf_name("blk.0.ffn_down.weight") == "model.layers.0.mlp.down_proj.weight"
+    assert hf_name("blk.3.attn_k.bias") == "model.layers.3.self_attn.k_proj.bias"
+    assert hf_name("rope_freqs.weight") is None
+
+
+def test_bf16_and_sharded_safetensors(tmp_path, checkpoints):
+    import torch
+    from safetensors.torch import save_file
+
+    values = torch.randn(8, 4).to(torch.bfloat16)
+    (tmp_path / "config.json").write_text("{}")
+    save_file({"a": values, "b": torch.arange(6, dtype=torch.int64)}, tmp_path / "model.safetensors")
+    reader = SafetensorsCheckpoint(tmp_path)
+    assert np.array_equal(reader.get("a").astype(np.float32), values.float().numpy())
+    assert reader.get("b").tolist() == list(range(6))
+    with pytest.raises(CheckpointError, match="missing"):
+        reader.get("c")
+    sharded = SafetensorsCheckpoint(checkpoints["qwen2_bias"])
+    assert "model.layers.1.self_attn.q_proj.bias" in sharded.names()
+
+
+def test_gguf_reader_streams_hf_named_tensors():
+    reader = GGUFCheckpoint(resolve("smollm2-135m").path)
+    config = reader.config
+    assert (config["model_type"], config["num_hidden_layers"], config["num_key_value_heads"]) == ("llama", 30, 3)
+    assert config["tie_word_embeddings"] and "lm_head.weight" not in reader.names()
+    q = reader.get("model.layers.0.self_attn.q_proj.weight")
+    assert q.shape == (576, 576) and q.dtype == np.float32
+    assert reader.get("model.embed_tokens.weight").shape == (49152, 576)
