@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -62,7 +62,7 @@ class TensorCacheWriter:
     def _open_shard(self) -> None:
         self._close_shard()
         path = f"params_shard_{len(self.shards)}.bin"
-        self._file = open(self.folder / path, "wb")
+        self._file = open(self.folder / path, "wb")  # noqa: SIM115 - stays open across add() calls
         self._md5 = hashlib.md5()
         self.shards.append({"dataPath": path, "format": "raw-shard", "nbytes": 0, "records": []})
 
@@ -78,8 +78,16 @@ class TensorCacheWriter:
         if self._file is None or (self.shards[-1]["nbytes"] and self.shards[-1]["nbytes"] + nbytes > self.shard_cap):
             self._open_shard()
         shard = self.shards[-1]
-        shard["records"].append({"name": name, "shape": list(data.shape), "dtype": str(data.dtype),
-                                 "format": "raw", "nbytes": nbytes, "byteOffset": shard["nbytes"]})
+        shard["records"].append(
+            {
+                "name": name,
+                "shape": list(data.shape),
+                "dtype": str(data.dtype),
+                "format": "raw",
+                "nbytes": nbytes,
+                "byteOffset": shard["nbytes"],
+            }
+        )
         buffer = memoryview(data.reshape(-1).view(np.uint8))
         self._file.write(buffer)
         self._md5.update(buffer)
@@ -110,6 +118,8 @@ def read_config(folder: Path) -> dict:
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{file}: not valid JSON ({err}). Re-run `llmc compile`.") from err
     if config.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{file}: artifact format {config.get('format_version')} is not {FORMAT_VERSION}; "
-                            "recompile it with this llmc.")
+        raise ArtifactError(
+            f"{file}: artifact format {config.get('format_version')} is not {FORMAT_VERSION}; "
+            "recompile it with this llmc."
+        )
     return config

@@ -30,8 +30,10 @@ class LlmcGroup(click.Group):
         except LlmcError as err:
             self._fail(ctx, f"llmc: error: {err}")
         except Exception as err:  # noqa: BLE001 - the CLI must not print bare tracebacks
-            self._fail(ctx, f"llmc: internal error: {err.__class__.__name__}: {err}. "
-                            "Re-run with --verbose and report the trace.")
+            self._fail(
+                ctx,
+                f"llmc: internal error: {err.__class__.__name__}: {err}. Re-run with --verbose and report the trace.",
+            )
 
     @staticmethod
     def _fail(ctx: click.Context, message: str) -> None:
@@ -64,14 +66,27 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.argument("model")
 @click.option("--target", "-t", default="llvm", show_default=True, help="Target preset (`llmc targets`).")
 @click.option("--quant", "-q", default="q0f32", show_default=True, help="Quantization scheme (`llmc quants`).")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Artifact folder to create [default: dist/<model>-<quant>-<target>].")
-@click.option("--context-window", type=int, help="Max tokens per sequence (KV cache size) [default: the "
-              "model's max_position_embeddings, at most 4096].")
-@click.option("--prefill-chunk", type=int, help="Max tokens per prefill call; longer prompts are chunked "
-              "[default: 512].")
-@click.option("--max-batch-size", type=int, default=8, show_default=True,
-              help="Max sequences per batch_decode call (bounds static memory).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Artifact folder to create [default: dist/<model>-<quant>-<target>].",
+)
+@click.option(
+    "--context-window",
+    type=int,
+    help="Max tokens per sequence (KV cache size) [default: the model's max_position_embeddings, at most 4096].",
+)
+@click.option(
+    "--prefill-chunk", type=int, help="Max tokens per prefill call; longer prompts are chunked [default: 512]."
+)
+@click.option(
+    "--max-batch-size",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Max sequences per batch_decode call (bounds static memory).",
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--debug-dump", type=click.Path(path_type=Path), help="Write the IR after each pipeline phase here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -87,9 +102,17 @@ def compile(model, target, quant, output, context_window, prefill_chunk, max_bat
 
     get_target(target)  # fail fast on unknown names, before any loading
     get_quant(quant)
-    options = CompileOptions(target=target, quant=quant, output=output, context_window=context_window,
-                             prefill_chunk=prefill_chunk, max_batch_size=max_batch_size, force=force,
-                             quiet=quiet, debug_dump=debug_dump)
+    options = CompileOptions(
+        target=target,
+        quant=quant,
+        output=output,
+        context_window=context_window,
+        prefill_chunk=prefill_chunk,
+        max_batch_size=max_batch_size,
+        force=force,
+        quiet=quiet,
+        debug_dump=debug_dump,
+    )
     out_dir = compile_model(model, options)
     click.echo(f"wrote {out_dir}")
 
@@ -110,8 +133,11 @@ def _sampling_options(func):
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--prompt", "-p", required=True, help="The prompt text.")
-@click.option("--chat/--no-chat", default=None,
-              help="Wrap the prompt in the model's chat template [default: when the model has one].")
+@click.option(
+    "--chat/--no-chat",
+    default=None,
+    help="Wrap the prompt in the model's chat template [default: when the model has one].",
+)
 @click.option("--system", default=None, help="System message (with --chat).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (ids, text, tok/s).")
 @_sampling_options
@@ -125,18 +151,30 @@ def run(artifact, prompt, chat, system, as_json, max_tokens, temperature, top_p,
     result = session.generate(prompt_ids, max_tokens, temperature, top_p, seed, on_token=stream)
     text = session.tokenizer.decode(result.output_ids)
     if as_json:
-        click.echo(json.dumps({
-            "prompt_ids": result.prompt_ids, "output_ids": result.output_ids, "text": text,
-            "finish_reason": result.finish_reason, "prompt_tokens": len(result.prompt_ids),
-            "output_tokens": len(result.output_ids), "prefill_tok_s": round(result.prefill_tok_s, 3),
-            "decode_tok_s": round(result.decode_tok_s, 3),
-        }, ensure_ascii=False))
+        click.echo(
+            json.dumps(
+                {
+                    "prompt_ids": result.prompt_ids,
+                    "output_ids": result.output_ids,
+                    "text": text,
+                    "finish_reason": result.finish_reason,
+                    "prompt_tokens": len(result.prompt_ids),
+                    "output_tokens": len(result.output_ids),
+                    "prefill_tok_s": round(result.prefill_tok_s, 3),
+                    "decode_tok_s": round(result.decode_tok_s, 3),
+                },
+                ensure_ascii=False,
+            )
+        )
         return
     click.echo()
     if result.finish_reason == "context_window":
         click.echo(f"[stopped: reached the context window of {session.engine.context_window} tokens]", err=True)
-    click.echo(f"[prefill {len(result.prompt_ids)} tok, {result.prefill_tok_s:.1f} tok/s; "
-               f"decode {len(result.output_ids)} tok, {result.decode_tok_s:.1f} tok/s]", err=True)
+    click.echo(
+        f"[prefill {len(result.prompt_ids)} tok, {result.prefill_tok_s:.1f} tok/s; "
+        f"decode {len(result.output_ids)} tok, {result.decode_tok_s:.1f} tok/s]",
+        err=True,
+    )
 
 
 @main.command()
@@ -163,8 +201,9 @@ def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
             continue
         if not text:
             continue
-        result = session.send(text, max_tokens, temperature, top_p, seed,
-                              on_text=lambda piece: click.echo(piece, nl=False))
+        result = session.send(
+            text, max_tokens, temperature, top_p, seed, on_text=lambda piece: click.echo(piece, nl=False)
+        )
         click.echo()
         if result.finish_reason == "context_window":
             click.echo("[the context window is full: /reset to start over]", err=True)

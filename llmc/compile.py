@@ -46,8 +46,11 @@ def default_output(model: str, quant: str, target: str) -> Path:
 
 def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> None:
     """Context window / prefill chunk / batch bounds: flags, then preset, then defaults."""
-    window = options.context_window or preset.get("context_window") or min(
-        config.max_position_embeddings, DEFAULT_CONTEXT_WINDOW)
+    window = (
+        options.context_window
+        or preset.get("context_window")
+        or min(config.max_position_embeddings, DEFAULT_CONTEXT_WINDOW)
+    )
     chunk = options.prefill_chunk or preset.get("prefill_chunk") or DEFAULT_PREFILL_CHUNK
     if window < 16:
         raise ConfigError(f"--context-window {window} is too small (minimum 16).")
@@ -59,8 +62,9 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
     config.max_batch_size = options.max_batch_size
 
 
-def convert_weights(reader, named_params, sources: dict[str, WeightSource], scheme: QuantScheme,
-                    writer: TensorCacheWriter, quiet: bool) -> None:
+def convert_weights(
+    reader, named_params, sources: dict[str, WeightSource], scheme: QuantScheme, writer: TensorCacheWriter, quiet: bool
+) -> None:
     """Stream each module parameter from the checkpoint, check its shape, convert and store it."""
     for name, param in tqdm(named_params, desc="weights", unit="tensor", disable=quiet or None):
         expected = tuple(int(d) for d in param.shape)
@@ -69,8 +73,10 @@ def convert_weights(reader, named_params, sources: dict[str, WeightSource], sche
         for hf_name, shape in zip(source.names, source.shapes):
             array = reader.get(hf_name)
             if tuple(array.shape) != tuple(shape):
-                raise CheckpointError(f"{reader.describe(hf_name)}: tensor {hf_name} has shape {tuple(array.shape)}, "
-                                      f"expected {tuple(shape)} from config.json. Do the weights match the config?")
+                raise CheckpointError(
+                    f"{reader.describe(hf_name)}: tensor {hf_name} has shape {tuple(array.shape)}, "
+                    f"expected {tuple(shape)} from config.json. Do the weights match the config?"
+                )
             arrays.append(array)
         writer.add(name, scheme.convert(name, concat_sources(arrays)))
         del arrays
@@ -105,30 +111,35 @@ def compile_model(model: str, options: CompileOptions) -> Path:
             tokenizer = write_tokenizer_files(reader, tmp)
             library = f"model-{preset_target.name}{preset_target.library_suffix}"
             _build_with_progress(compile_library, mod, preset_target, tmp / library, options)
-            write_config(tmp, {
-                "format_version": FORMAT_VERSION,
-                "llmc_version": llmc.__version__,
-                "tvm_version": _tvm_version(),
-                "source": {"spec": model, "format": source.format, "path": str(source.path)},
-                "model": asdict(config),
-                "quantization": scheme.name,
-                "dtype": scheme.model_dtype,
-                "target": preset_target.name,
-                "device": preset_target.device,
-                "library": library,
-                "context_window": config.context_window,
-                "prefill_chunk": config.prefill_chunk,
-                "max_batch_size": config.max_batch_size,
-                "params": [name for name, _ in named_params],
-                "param_bytes": writer.total_bytes,
-                "num_params": writer.total_params,
-                "tokenizer": tokenizer,
-                "compile_seconds": round(time.time() - started, 2),
-            })
+            write_config(
+                tmp,
+                {
+                    "format_version": FORMAT_VERSION,
+                    "llmc_version": llmc.__version__,
+                    "tvm_version": _tvm_version(),
+                    "source": {"spec": model, "format": source.format, "path": str(source.path)},
+                    "model": asdict(config),
+                    "quantization": scheme.name,
+                    "dtype": scheme.model_dtype,
+                    "target": preset_target.name,
+                    "device": preset_target.device,
+                    "library": library,
+                    "context_window": config.context_window,
+                    "prefill_chunk": config.prefill_chunk,
+                    "max_batch_size": config.max_batch_size,
+                    "params": [name for name, _ in named_params],
+                    "param_bytes": writer.total_bytes,
+                    "num_params": writer.total_params,
+                    "tokenizer": tokenizer,
+                    "compile_seconds": round(time.time() - started, 2),
+                },
+            )
     except OSError as err:
         if err.errno == errno.ENOSPC:
-            raise LlmcError(f"{out_dir}: no space left on the device while writing the artifact; "
-                            "nothing was kept. Free space and re-run.") from err
+            raise LlmcError(
+                f"{out_dir}: no space left on the device while writing the artifact; "
+                "nothing was kept. Free space and re-run."
+            ) from err
         raise
     return Path(out_dir)
 
@@ -141,8 +152,10 @@ def _build_with_progress(compile_library, mod, preset_target, library: Path, opt
             raise
         except Exception as err:  # TVM's errors carry long C++ traces; keep the first line
             first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-            raise LlmcError(f"TVM failed to build the library for target {preset_target.name}: {first}. "
-                            "Re-run with --verbose for the full trace.") from err
+            raise LlmcError(
+                f"TVM failed to build the library for target {preset_target.name}: {first}. "
+                "Re-run with --verbose for the full trace."
+            ) from err
         bar.update(1)
 
 
@@ -150,4 +163,3 @@ def _tvm_version() -> str:
     import tvm
 
     return tvm.__version__
-

@@ -48,17 +48,23 @@ def resolve(model: str) -> ResolvedSource:
     if model in presets:
         return _resolve_preset(model, presets[model])
     if model.endswith(".gguf") or "/" in model or path.suffix:
-        raise ModelSourceError(f"{model}: no such file or folder. Pass a checkpoint folder, a .gguf file, "
-                               f"hf://org/name, or a preset ({', '.join(presets) or 'none installed'}).")
-    raise ModelSourceError(f"{model}: not a file, a folder, hf://org/name or a known preset. "
-                           f"Known presets: {', '.join(presets) or 'none'} (see `llmc models`).")
+        raise ModelSourceError(
+            f"{model}: no such file or folder. Pass a checkpoint folder, a .gguf file, "
+            f"hf://org/name, or a preset ({', '.join(presets) or 'none installed'})."
+        )
+    raise ModelSourceError(
+        f"{model}: not a file, a folder, hf://org/name or a known preset. "
+        f"Known presets: {', '.join(presets) or 'none'} (see `llmc models`)."
+    )
 
 
 def _resolve_local(spec: str, path: Path) -> ResolvedSource:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ModelSourceError(f"{path}: a file that is not .gguf; pass the checkpoint folder that "
-                                   "holds config.json and the safetensors files instead.")
+            raise ModelSourceError(
+                f"{path}: a file that is not .gguf; pass the checkpoint folder that "
+                "holds config.json and the safetensors files instead."
+            )
         return ResolvedSource(spec, "gguf", path.resolve())
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").exists() and len(ggufs) == 1:
@@ -88,7 +94,7 @@ def _resolve_preset(name: str, preset: dict) -> ResolvedSource:
 
 def parse_hub_spec(model: str) -> tuple[str, str | None]:
     """``hf://org/name[@revision]`` -> (repo_id, revision)."""
-    rest = model[len(HF_PREFIX):]
+    rest = model[len(HF_PREFIX) :]
     repo_id, _, revision = rest.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ModelSourceError(f"{model}: expected hf://org/name[@revision].")

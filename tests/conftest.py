@@ -30,14 +30,19 @@ TINY_MODELS = {
         arch="LlamaForCausalLM",
         num_attention_heads=4,
         num_key_value_heads=2,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
     ),
     # Qwen2: q/k/v bias
     "qwen2_bias": dict(arch="Qwen2ForCausalLM", num_attention_heads=4, num_key_value_heads=2),
     # SmolLM style: tied embeddings, MHA
-    "llama_tied": dict(arch="LlamaForCausalLM", num_attention_heads=4, num_key_value_heads=4,
-                       tie_word_embeddings=True),
+    "llama_tied": dict(arch="LlamaForCausalLM", num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
 }
 
 
@@ -48,14 +53,24 @@ def make_tokenizer(folder: Path) -> int:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator([TRAINING_TEXT], trainer)
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": CHATML_TEMPLATE, "bos_token": None, "eos_token": "<|im_end|>", "add_bos_token": False,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    }))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "chat_template": CHATML_TEMPLATE,
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "add_bos_token": False,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }
+        )
+    )
     return tokenizer.get_vocab_size()
 
 
@@ -84,8 +99,17 @@ def make_checkpoint(folder: Path, name: str, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = make_tokenizer(folder)
     config_class = getattr(transformers, arch.replace("ForCausalLM", "Config"))
-    config = config_class(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                          max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=2, **spec)
+    config = config_class(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        bos_token_id=None,
+        eos_token_id=2,
+        **spec,
+    )
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config).eval()
     randomize(model, seed)
@@ -106,8 +130,10 @@ def hf_models(checkpoints):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return {name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            for name, path in checkpoints.items()}
+    return {
+        name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        for name, path in checkpoints.items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -118,9 +144,14 @@ def compiled(checkpoints, tmp_path_factory):
 
     def get(name: str, quant: str = "q0f32") -> Path:
         if (name, quant) not in cache:
-            options = CompileOptions(quant=quant, output=root / f"{name}-{quant}", quiet=True,
-                                     context_window=TINY_CONTEXT_WINDOW, prefill_chunk=TINY_PREFILL_CHUNK,
-                                     max_batch_size=4)
+            options = CompileOptions(
+                quant=quant,
+                output=root / f"{name}-{quant}",
+                quiet=True,
+                context_window=TINY_CONTEXT_WINDOW,
+                prefill_chunk=TINY_PREFILL_CHUNK,
+                max_batch_size=4,
+            )
             cache[(name, quant)] = compile_model(str(checkpoints[name]), options)
         return cache[(name, quant)]
 

@@ -80,8 +80,9 @@ def test_missing_tensor(checkpoint, tmp_path):
     del index["weight_map"]["model.layers.1.mlp.up_proj.weight"]
     index_file.write_text(json.dumps(index))
     out = tmp_path / "out"
-    assert_clean_failure(invoke(*compile_args(checkpoint, out)), "model.layers.1.mlp.up_proj.weight", "missing",
-                         out_dir=out)
+    assert_clean_failure(
+        invoke(*compile_args(checkpoint, out)), "model.layers.1.mlp.up_proj.weight", "missing", out_dir=out
+    )
 
 
 def test_tensor_of_wrong_shape(checkpoint, tmp_path):
@@ -89,14 +90,16 @@ def test_tensor_of_wrong_shape(checkpoint, tmp_path):
     config["intermediate_size"] = 128  # the weights say 96
     (checkpoint / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
-    assert_clean_failure(invoke(*compile_args(checkpoint, out)), "gate_proj.weight", "(96, 64)", "(128, 64)",
-                         out_dir=out)
+    assert_clean_failure(
+        invoke(*compile_args(checkpoint, out)), "gate_proj.weight", "(96, 64)", "(128, 64)", out_dir=out
+    )
 
 
 def test_unknown_target(checkpoint, tmp_path):
     out = tmp_path / "out"
-    assert_clean_failure(invoke(*compile_args(checkpoint, out, "--target", "tpu9")), "tpu9", "llmc targets",
-                         out_dir=out)
+    assert_clean_failure(
+        invoke(*compile_args(checkpoint, out, "--target", "tpu9")), "tpu9", "llmc targets", out_dir=out
+    )
 
 
 def test_unknown_quant(checkpoint, tmp_path):
@@ -149,6 +152,7 @@ def test_console_script_hides_traceback_unless_verbose(tmp_path):
     plain = subprocess.run([str(llmc), "compile", str(tmp_path / "nope")], capture_output=True, text=True)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     assert plain.stderr.strip().startswith("llmc: error:") and len(plain.stderr.strip().splitlines()) == 1
-    verbose = subprocess.run([str(llmc), "--verbose", "compile", str(tmp_path / "nope")], capture_output=True,
-                             text=True)
+    verbose = subprocess.run(
+        [str(llmc), "--verbose", "compile", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr

@@ -92,6 +92,5 @@ def test_greedy_tokens_match_transformers(case):
         tokens.append(int(np.argmax(engine.decode(0, tokens[-1]))))
     engine.remove_sequence(0)
     with torch.no_grad():
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
-                          pad_token_id=0)
-    assert tokens == out[0, len(prompt):].tolist()
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert tokens == out[0, len(prompt) :].tolist()

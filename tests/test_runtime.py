@@ -27,13 +27,13 @@ def run_json(artifact, *args: str) -> dict:
 
 
 def test_run_json_shape_greedy_and_no_chat(artifact):
-    out = run_json(artifact, "--prompt", "The quick brown fox", "--no-chat", "--temperature", "0",
-                   "--max-tokens", "12")
+    out = run_json(artifact, "--prompt", "The quick brown fox", "--no-chat", "--temperature", "0", "--max-tokens", "12")
     assert set(out) >= {"prompt_ids", "output_ids", "text", "prefill_tok_s", "decode_tok_s", "finish_reason"}
     assert out["prompt_ids"] == Session(artifact).tokenizer.encode("The quick brown fox")
     assert 1 <= len(out["output_ids"]) <= 12 and out["prefill_tok_s"] > 0
-    again = run_json(artifact, "--prompt", "The quick brown fox", "--no-chat", "--temperature", "0",
-                     "--max-tokens", "12")
+    again = run_json(
+        artifact, "--prompt", "The quick brown fox", "--no-chat", "--temperature", "0", "--max-tokens", "12"
+    )
     assert again["output_ids"] == out["output_ids"], "greedy must be deterministic"
 
 
@@ -76,8 +76,9 @@ def test_chat_second_turn_matches_a_fresh_run(artifact, first_reply_tokens):
 
 
 def test_chat_command_reset_and_exit(artifact):
-    result = CliRunner().invoke(main, ["chat", str(artifact), "--temperature", "0", "--max-tokens", "4"],
-                                input="hello\n/reset\nagain\n/exit\n")
+    result = CliRunner().invoke(
+        main, ["chat", str(artifact), "--temperature", "0", "--max-tokens", "4"], input="hello\n/reset\nagain\n/exit\n"
+    )
     assert result.exit_code == 0, result.output
     assert "[conversation cleared]" in result.stderr and result.stdout.count(">>> ") == 4
 

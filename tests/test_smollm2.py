@@ -40,8 +40,9 @@ def gguf_path():
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2") / "smollm2-q0f32"
-    return compile_model("smollm2-135m", CompileOptions(quant="q0f32", output=out, quiet=True,
-                                                        context_window=1024, prefill_chunk=128))
+    return compile_model(
+        "smollm2-135m", CompileOptions(quant="q0f32", output=out, quiet=True, context_window=1024, prefill_chunk=128)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,20 @@ def test_greedy_ids_equal_transformers(smollm2, gguf_path, hf_tokenizer):
     from transformers import AutoModelForCausalLM
 
     runner = CliRunner()
-    result = runner.invoke(main, ["run", str(smollm2), "--prompt", "What is the capital of France?",
-                                  "--temperature", "0", "--max-tokens", "10", "--json"])
+    result = runner.invoke(
+        main,
+        [
+            "run",
+            str(smollm2),
+            "--prompt",
+            "What is the capital of France?",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "10",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert set(out) >= {"prompt_ids", "output_ids", "text", "prefill_tok_s", "decode_tok_s"}
@@ -79,10 +92,11 @@ def test_greedy_ids_equal_transformers(smollm2, gguf_path, hf_tokenizer):
     prompt_ids = hf_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
     assert out["prompt_ids"] == prompt_ids
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    ).eval()
     with torch.no_grad():
         reference = model.generate(torch.tensor([prompt_ids]), max_new_tokens=10, do_sample=False)
-    expected = reference[0, len(prompt_ids):].tolist()
+    expected = reference[0, len(prompt_ids) :].tolist()
     assert out["output_ids"][:10] == expected[:10]
     assert len(out["output_ids"]) >= 5 and "Paris" in out["text"]

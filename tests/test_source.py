@@ -60,8 +60,9 @@ def test_hf_scheme_uses_the_local_cache_offline(checkpoints, tmp_path):
     cache = tmp_path / "hub"
     populate_hub_cache(cache, "tiny-org/tiny-llama", checkpoints["llama_tied"])
     out = tmp_path / "artifact"
-    done = run_offline(cache, "compile", f"hf://tiny-org/tiny-llama@{COMMIT}", "-o", str(out), "--quiet",
-                       "--context-window", "64")
+    done = run_offline(
+        cache, "compile", f"hf://tiny-org/tiny-llama@{COMMIT}", "-o", str(out), "--quiet", "--context-window", "64"
+    )
     assert done.returncode == 0, done.stderr
     config = json.loads((out / "llmc-config.json").read_text())
     assert config["source"]["spec"] == f"hf://tiny-org/tiny-llama@{COMMIT}"

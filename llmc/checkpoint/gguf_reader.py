@@ -25,10 +25,15 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _BLOCK_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
 }
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
@@ -68,20 +73,26 @@ class GGUFCheckpoint:
         try:
             self.reader = gguf.GGUFReader(str(path))
         except Exception as err:  # gguf-py raises ValueError/struct.error/IndexError on corrupt input
-            raise CheckpointError(f"{path}: not a readable GGUF file ({err.__class__.__name__}: {err}). "
-                                  "The file is corrupt or truncated: re-download it.") from err
+            raise CheckpointError(
+                f"{path}: not a readable GGUF file ({err.__class__.__name__}: {err}). "
+                "The file is corrupt or truncated: re-download it."
+            ) from err
         self.arch = field_value(self.reader, "general.architecture")
         if self.arch not in GGUF_ARCHITECTURES:
-            raise ConfigError(f"{path}: GGUF architecture {self.arch!r} is not supported; "
-                              f"supported: {', '.join(sorted(GGUF_ARCHITECTURES))}.")
+            raise ConfigError(
+                f"{path}: GGUF architecture {self.arch!r} is not supported; "
+                f"supported: {', '.join(sorted(GGUF_ARCHITECTURES))}."
+            )
         self._tensors = {}
         for tensor in self.reader.tensors:
             name = hf_name(tensor.name)
             if name is not None:
                 self._tensors[name] = tensor
         if "rope_freqs.weight" in {t.name for t in self.reader.tensors}:
-            raise ConfigError(f"{path}: GGUF rope_freqs (Llama 3.1-style rope scaling) is not supported yet; "
-                              "compile the Hugging Face checkpoint instead.")
+            raise ConfigError(
+                f"{path}: GGUF rope_freqs (Llama 3.1-style rope scaling) is not supported yet; "
+                "compile the Hugging Face checkpoint instead."
+            )
         self.config = self._config()
 
     def _meta(self, key: str, default=None):
@@ -129,8 +140,10 @@ class GGUFCheckpoint:
         try:
             array = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
         except Exception as err:
-            raise CheckpointError(f"{self.path}: cannot decode tensor {tensor.name} "
-                                  f"({tensor.tensor_type.name}): {err}. The file may be corrupt.") from err
+            raise CheckpointError(
+                f"{self.path}: cannot decode tensor {tensor.name} "
+                f"({tensor.tensor_type.name}): {err}. The file may be corrupt."
+            ) from err
         if self.arch in PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
             key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
             array = unpermute_qk(array, self.config[key])

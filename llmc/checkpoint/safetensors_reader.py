@@ -16,8 +16,16 @@ import numpy as np
 from llmc.errors import CheckpointError, ConfigError
 
 SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -103,8 +111,10 @@ class SafetensorsCheckpoint:
         else:
             files = sorted(folder.glob("*.safetensors"))
             if not files:
-                raise CheckpointError(f"{folder}: no *.safetensors files (torch .bin checkpoints are not supported; "
-                                      "re-save with safe_serialization=True).")
+                raise CheckpointError(
+                    f"{folder}: no *.safetensors files (torch .bin checkpoints are not supported; "
+                    "re-save with safe_serialization=True)."
+                )
             for file in files:
                 for name in self._open(file).entries:
                     self._where[name] = file
@@ -124,8 +134,10 @@ class SafetensorsCheckpoint:
 
     def get(self, name: str) -> np.ndarray:
         if name not in self._where:
-            raise CheckpointError(f"{self.path}: tensor {name} is missing from the checkpoint. "
-                                  "Is the download complete, and does config.json describe these weights?")
+            raise CheckpointError(
+                f"{self.path}: tensor {name} is missing from the checkpoint. "
+                "Is the download complete, and does config.json describe these weights?"
+            )
         file = self._open(self._where[name])
         if name not in file.entries:
             raise CheckpointError(f"{file.path}: tensor {name} is listed in the index but not in the file.")

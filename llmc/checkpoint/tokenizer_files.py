@@ -13,21 +13,37 @@ from pathlib import Path
 
 from llmc.errors import CheckpointError
 
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                      "generation_config.json", "chat_template.jinja")
+HF_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 
 # llama.cpp's split regexes, by ``tokenizer.ggml.pre``
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 PRE_TOKENIZER_SPLITS = {
-    "default": [GPT2_SPLIT], "gpt-2": [GPT2_SPLIT],
+    "default": [GPT2_SPLIT],
+    "gpt-2": [GPT2_SPLIT],
     # digits one by one, then GPT-2's split (starcoder, smollm, refact, ...)
-    "smollm": [r"\p{N}", GPT2_SPLIT], "starcoder": [r"\p{N}", GPT2_SPLIT], "refact": [r"\p{N}", GPT2_SPLIT],
-    "llama-bpe": [LLAMA3_SPLIT], "llama3": [LLAMA3_SPLIT], "smaug-bpe": [LLAMA3_SPLIT], "dbrx": [LLAMA3_SPLIT],
-    "qwen2": [QWEN2_SPLIT], "deepseek-r1-qwen": [QWEN2_SPLIT],
+    "smollm": [r"\p{N}", GPT2_SPLIT],
+    "starcoder": [r"\p{N}", GPT2_SPLIT],
+    "refact": [r"\p{N}", GPT2_SPLIT],
+    "llama-bpe": [LLAMA3_SPLIT],
+    "llama3": [LLAMA3_SPLIT],
+    "smaug-bpe": [LLAMA3_SPLIT],
+    "dbrx": [LLAMA3_SPLIT],
+    "qwen2": [QWEN2_SPLIT],
+    "deepseek-r1-qwen": [QWEN2_SPLIT],
 }
 CONTROL_TOKEN_TYPE = 3
 USER_DEFINED_TOKEN_TYPE = 4
@@ -66,10 +82,16 @@ def _from_gguf(reader, out_dir: Path) -> dict:
     model = meta.get("tokenizer.ggml.model")
     tokens = meta.get("tokenizer.ggml.tokens") or []
     if model != "gpt2":
-        raise CheckpointError(f"{reader.path}: GGUF tokenizer model {model!r} is not supported yet "
-                              "(byte-level BPE 'gpt2' is); compile the Hugging Face checkpoint instead.")
-    tokenizer = build_bpe_tokenizer(tokens, meta.get("tokenizer.ggml.merges") or [],
-                                    meta.get("tokenizer.ggml.token_type") or [], meta.get("tokenizer.ggml.pre"))
+        raise CheckpointError(
+            f"{reader.path}: GGUF tokenizer model {model!r} is not supported yet "
+            "(byte-level BPE 'gpt2' is); compile the Hugging Face checkpoint instead."
+        )
+    tokenizer = build_bpe_tokenizer(
+        tokens,
+        meta.get("tokenizer.ggml.merges") or [],
+        meta.get("tokenizer.ggml.token_type") or [],
+        meta.get("tokenizer.ggml.pre"),
+    )
     tokenizer.save(str(out_dir / "tokenizer.json"))
     bos_id, eos_id = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
     info = {
@@ -99,10 +121,16 @@ def build_bpe_tokenizer(tokens: list[str], merges: list[str], token_types: list[
         + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    specials = [AddedToken(t, special=True, normalized=False)
-                for t, kind in zip(tokens, token_types) if kind == CONTROL_TOKEN_TYPE]
-    plain = [AddedToken(t, special=False, normalized=False)
-             for t, kind in zip(tokens, token_types) if kind == USER_DEFINED_TOKEN_TYPE]
+    specials = [
+        AddedToken(t, special=True, normalized=False)
+        for t, kind in zip(tokens, token_types)
+        if kind == CONTROL_TOKEN_TYPE
+    ]
+    plain = [
+        AddedToken(t, special=False, normalized=False)
+        for t, kind in zip(tokens, token_types)
+        if kind == USER_DEFINED_TOKEN_TYPE
+    ]
     tokenizer.add_special_tokens(specials)
     tokenizer.add_tokens(plain)
     return tokenizer

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import tvm
 from tvm import relax
@@ -33,8 +33,11 @@ def _schedule(target):
     # model in TVM 0.27, so CPU kernels keep TVM's default lowering for now.
     if target.kind.name == "llvm":
         return []
-    return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                    dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
+    return [
+        dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+        )
+    ]
 
 
 def _lower_dataflow(target):

@@ -30,8 +30,9 @@ class TargetPreset:
 
 
 TARGETS: dict[str, TargetPreset] = {
-    "llvm": TargetPreset("llvm", "CPU of this machine (x86-64/aarch64 via LLVM), shared library",
-                         {"kind": "llvm", "mcpu": "native"}),
+    "llvm": TargetPreset(
+        "llvm", "CPU of this machine (x86-64/aarch64 via LLVM), shared library", {"kind": "llvm", "mcpu": "native"}
+    ),
 }
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from llmc.errors import ConfigError
 from llmc.models import llama
@@ -31,6 +31,7 @@ def family_for(hf_config: dict, source: str) -> ModelFamily:
     """The family for a config.json's ``model_type``, or a ConfigError listing the supported ones."""
     model_type = hf_config.get("model_type")
     if model_type not in MODELS:
-        raise ConfigError(f"{source}: model_type {model_type!r} is not supported. "
-                          f"Supported: {', '.join(sorted(MODELS))}.")
+        raise ConfigError(
+            f"{source}: model_type {model_type!r} is not supported. Supported: {', '.join(sorted(MODELS))}."
+        )
     return MODELS[model_type]

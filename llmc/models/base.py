@@ -141,8 +141,11 @@ class CausalLMBase(nn.Module):
         kv = nn.spec.Object(object_type=PagedKVCache)
         return {
             "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
-            "prefill": {"input_embed": nn.spec.Tensor([1, "seq_len", hidden], dtype), "paged_kv_cache": kv,
-                        "$": packed},
+            "prefill": {
+                "input_embed": nn.spec.Tensor([1, "seq_len", hidden], dtype),
+                "paged_kv_cache": kv,
+                "$": packed,
+            },
             "decode": {"input_embed": nn.spec.Tensor([1, 1, hidden], dtype), "paged_kv_cache": kv, "$": packed},
             "batch_prefill": {
                 "input_embeds": nn.spec.Tensor([1, "seq_len", hidden], dtype),
@@ -150,10 +153,16 @@ class CausalLMBase(nn.Module):
                 "paged_kv_cache": kv,
                 "$": packed,
             },
-            "batch_decode": {"input_embeds": nn.spec.Tensor(["batch_size", 1, hidden], dtype),
-                             "paged_kv_cache": kv, "$": packed},
-            "batch_verify": {"input_embeds": nn.spec.Tensor([1, "seq_len", hidden], dtype),
-                             "paged_kv_cache": kv, "$": packed},
+            "batch_decode": {
+                "input_embeds": nn.spec.Tensor(["batch_size", 1, hidden], dtype),
+                "paged_kv_cache": kv,
+                "$": packed,
+            },
+            "batch_verify": {
+                "input_embeds": nn.spec.Tensor([1, "seq_len", hidden], dtype),
+                "paged_kv_cache": kv,
+                "$": packed,
+            },
             "create_paged_kv_cache": {
                 "max_batch_size": int,
                 "max_total_seq_len": int,

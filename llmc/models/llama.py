@@ -27,8 +27,10 @@ def parse_config(hf: dict, source: str) -> ModelConfig:
     rope_theta = float(rope.pop("rope_theta", hf.get("rope_theta", 10000.0)))
     rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ConfigError(f"{source}: rope scaling type {rope_type!r} is not supported "
-                          f"(supported: {', '.join(sorted(SUPPORTED_ROPE_TYPES))}).")
+        raise ConfigError(
+            f"{source}: rope scaling type {rope_type!r} is not supported "
+            f"(supported: {', '.join(sorted(SUPPORTED_ROPE_TYPES))})."
+        )
     rope_scaling = {}
     if rope_type == "llama3":
         keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -119,19 +121,29 @@ class LlamaForCausalLM(CausalLMBase):
 
 def weight_sources(c: ModelConfig) -> dict[str, WeightSource]:
     """Module parameters that are not a same-named HF tensor: fused projections."""
-    d, hq, hkv, hidden, inter = c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.hidden_size, c.intermediate_size
+    d, hq, hkv, hidden, inter = (
+        c.head_dim,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.hidden_size,
+        c.intermediate_size,
+    )
     sources = {}
     for i in range(c.num_hidden_layers):
         attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
         qkv_rows = [hq * d, hkv * d, hkv * d]
         sources[f"{attn}.qkv_proj.weight"] = WeightSource(
-            [f"{attn}.{p}_proj.weight" for p in "qkv"], [(r, hidden) for r in qkv_rows])
+            [f"{attn}.{p}_proj.weight" for p in "qkv"], [(r, hidden) for r in qkv_rows]
+        )
         if c.attention_bias:
             sources[f"{attn}.qkv_proj.bias"] = WeightSource(
-                [f"{attn}.{p}_proj.bias" for p in "qkv"], [(r,) for r in qkv_rows])
+                [f"{attn}.{p}_proj.bias" for p in "qkv"], [(r,) for r in qkv_rows]
+            )
         sources[f"{mlp}.gate_up_proj.weight"] = WeightSource(
-            [f"{mlp}.gate_proj.weight", f"{mlp}.up_proj.weight"], [(inter, hidden)] * 2)
+            [f"{mlp}.gate_proj.weight", f"{mlp}.up_proj.weight"], [(inter, hidden)] * 2
+        )
         if c.mlp_bias:
             sources[f"{mlp}.gate_up_proj.bias"] = WeightSource(
-                [f"{mlp}.gate_proj.bias", f"{mlp}.up_proj.bias"], [(inter,)] * 2)
+                [f"{mlp}.gate_proj.bias", f"{mlp}.up_proj.bias"], [(inter,)] * 2
+            )
     return sources

@@ -48,16 +48,21 @@ class Engine:
         self._seq_len = _builtin("vm.builtin.attention_kv_cache_get_sequence_length")
         self._reshape = _builtin("vm.builtin.reshape")
         self.kv_cache = self.vm["create_paged_kv_cache"](
-            ShapeTuple([self.max_batch_size]), ShapeTuple([self.context_window]),
-            ShapeTuple([self.prefill_chunk]), ShapeTuple([PAGE_SIZE]), ShapeTuple([0]))
+            ShapeTuple([self.max_batch_size]),
+            ShapeTuple([self.context_window]),
+            ShapeTuple([self.prefill_chunk]),
+            ShapeTuple([PAGE_SIZE]),
+            ShapeTuple([0]),
+        )
 
     def _load_params(self) -> list:
         cache_json = self.folder / "tensor-cache.json"
         if not cache_json.exists():
             raise ArtifactError(f"{cache_json}: missing; the artifact has no weights. Re-run `llmc compile`.")
         try:
-            _builtin("vm.builtin.tensor_cache.load")(str(self.folder), self.device.dlpack_device_type(),
-                                                     self.device.index)
+            _builtin("vm.builtin.tensor_cache.load")(
+                str(self.folder), self.device.dlpack_device_type(), self.device.index
+            )
             params = _builtin("vm.builtin.param_array_from_cache_by_name")(self.config["params"])
         except Exception as err:  # TVM raises its own error classes; name the folder either way
             raise ArtifactError(f"{self.folder}: cannot load weights ({err}). Re-run `llmc compile`.") from err
@@ -93,8 +98,10 @@ class Engine:
 
     def _check_room(self, seq_id: int, count: int) -> None:
         if self.sequence_length(seq_id) + count > self.context_window:
-            raise GenerationError(f"sequence {seq_id} would reach {self.sequence_length(seq_id) + count} tokens; "
-                                  f"the context window is {self.context_window}.")
+            raise GenerationError(
+                f"sequence {seq_id} would reach {self.sequence_length(seq_id) + count} tokens; "
+                f"the context window is {self.context_window}."
+            )
 
     def prefill(self, seq_id: int, token_ids: list[int]) -> np.ndarray:
         """Feed ``token_ids`` (chunked by the prefill chunk); return the last position's logits (vocab,)."""
@@ -128,7 +135,8 @@ class Engine:
         flat = [t for p in prompts for t in p]
         self._kv_begin(self.kv_cache, ShapeTuple(seq_ids), ShapeTuple(lengths))
         logits, self.kv_cache = self.vm["batch_prefill"](
-            self._embed(flat, 1, len(flat)), tvm.runtime.tensor(positions, self.device), self.kv_cache, self.params)
+            self._embed(flat, 1, len(flat)), tvm.runtime.tensor(positions, self.device), self.kv_cache, self.params
+        )
         self._kv_end(self.kv_cache)
         return logits.numpy()[0]
 
@@ -140,6 +148,7 @@ class Engine:
             self._check_room(seq_id, 1)
         self._kv_begin(self.kv_cache, ShapeTuple(seq_ids), ShapeTuple([1] * len(seq_ids)))
         logits, self.kv_cache = self.vm["batch_decode"](
-            self._embed(token_ids, len(seq_ids), 1), self.kv_cache, self.params)
+            self._embed(token_ids, len(seq_ids), 1), self.kv_cache, self.params
+        )
         self._kv_end(self.kv_cache)
         return logits.numpy()[:, 0]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -54,9 +54,16 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     return int(rng.choice(len(probs), p=probs))
 
 
-def generate(engine, prompt_ids: list[int], max_tokens: int, params: SamplingParams, stop_ids: set[int],
-             on_token: Callable[[int], None] | None = None, seq_id: int = 0,
-             keep_sequence: bool = False) -> GenerationResult:
+def generate(
+    engine,
+    prompt_ids: list[int],
+    max_tokens: int,
+    params: SamplingParams,
+    stop_ids: set[int],
+    on_token: Callable[[int], None] | None = None,
+    seq_id: int = 0,
+    keep_sequence: bool = False,
+) -> GenerationResult:
     """Prefill ``prompt_ids`` (continuing ``seq_id`` if it exists) and sample up to ``max_tokens``."""
     past = engine.sequence_length(seq_id) if keep_sequence else 0
     if not keep_sequence:
@@ -65,8 +72,10 @@ def generate(engine, prompt_ids: list[int], max_tokens: int, params: SamplingPar
     if past + len(prompt_ids) >= window:
         if not keep_sequence:
             engine.remove_sequence(seq_id)
-        raise GenerationError(f"the prompt is {past + len(prompt_ids)} tokens but the context window is {window}; "
-                              "shorten it, or recompile with a larger --context-window.")
+        raise GenerationError(
+            f"the prompt is {past + len(prompt_ids)} tokens but the context window is {window}; "
+            "shorten it, or recompile with a larger --context-window."
+        )
     rng = np.random.default_rng(params.seed)
     result = GenerationResult(list(prompt_ids))
     try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from llmc.runtime.engine import Engine
 from llmc.runtime.generate import GenerationResult, SamplingParams, generate
@@ -34,8 +34,15 @@ class Session:
 
         return on_token
 
-    def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float, top_p: float,
-                 seed: int | None, on_token: Callable[[int], None] | None = None) -> GenerationResult:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> GenerationResult:
         params = SamplingParams(temperature, top_p, seed)
         return generate(self.engine, prompt_ids, max_tokens, params, self.tokenizer.eos_token_ids, on_token)
 
@@ -62,8 +69,15 @@ class ChatSession(Session):
             self.engine.remove_sequence(self.SEQ_ID)
         self.fed_ids, self.active = [], False
 
-    def send(self, text: str, max_tokens: int, temperature: float, top_p: float, seed: int | None,
-             on_text: Callable[[str], None]) -> GenerationResult:
+    def send(
+        self,
+        text: str,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        on_text: Callable[[str], None],
+    ) -> GenerationResult:
         self.messages.append({"role": "user", "content": text})
         system = [{"role": "system", "content": self.system}] if self.system else []
         if self.tokenizer.chat_template:
@@ -75,10 +89,18 @@ class ChatSession(Session):
             self._drop_cache()
             self.engine.add_sequence(self.SEQ_ID)
             self.active = True
-        new_ids = full[len(self.fed_ids):]
+        new_ids = full[len(self.fed_ids) :]
         params = SamplingParams(temperature, top_p, seed)
-        result = generate(self.engine, new_ids, max_tokens, params, self.tokenizer.eos_token_ids,
-                          self.streamer(on_text), seq_id=self.SEQ_ID, keep_sequence=True)
+        result = generate(
+            self.engine,
+            new_ids,
+            max_tokens,
+            params,
+            self.tokenizer.eos_token_ids,
+            self.streamer(on_text),
+            seq_id=self.SEQ_ID,
+            keep_sequence=True,
+        )
         # every output token but the last was fed back through decode
         self.fed_ids = full + result.output_ids[:-1]
         reply = [t for t in result.output_ids if t not in self.tokenizer.eos_token_ids]

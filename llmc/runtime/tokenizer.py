@@ -17,8 +17,10 @@ class ArtifactTokenizer:
 
         file = Path(folder) / "tokenizer.json"
         if not info.get("has_tokenizer") or not file.exists():
-            raise ArtifactError(f"{folder}: the artifact has no tokenizer.json (the checkpoint had none). "
-                                "Add tokenizer.json to the checkpoint folder and recompile.")
+            raise ArtifactError(
+                f"{folder}: the artifact has no tokenizer.json (the checkpoint had none). "
+                "Add tokenizer.json to the checkpoint folder and recompile."
+            )
         self.tokenizer = Tokenizer.from_file(str(file))
         self.info = info
         self.bos_token_id = info.get("bos_token_id")
@@ -37,8 +39,13 @@ class ArtifactTokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
             raise GenerationError("this model has no chat template; use --no-chat to send the prompt as is.")
-        return render_chat_template(self.chat_template, messages, add_generation_prompt,
-                                    bos_token=self.info.get("bos_token") or "", eos_token=self.info.get("eos_token") or "")
+        return render_chat_template(
+            self.chat_template,
+            messages,
+            add_generation_prompt,
+            bos_token=self.info.get("bos_token") or "",
+            eos_token=self.info.get("eos_token") or "",
+        )
 
 
 def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool, **extra) -> str:
@@ -54,8 +61,7 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                **extra)
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
     except TemplateError as err:
         raise GenerationError(f"the model's chat template failed to render: {err}") from err
 
@@ -71,5 +77,5 @@ class StreamDecoder:
         text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):
             return ""
-        new, self.emitted = text[len(self.emitted):], text
+        new, self.emitted = text[len(self.emitted) :], text
         return new
