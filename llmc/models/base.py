@@ -15,6 +15,8 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
+from llmc.models.layers import gather_rows
+
 # exported function -> symbolic vars it uses, bounded for static memory planning
 SYMBOLIC_VARS = ("seq_len", "batch_size")
 
@@ -66,7 +68,7 @@ class CausalLMBase(nn.Module):
     # ------------------------------------------------------------------ pieces
     def get_logits(self, hidden: Tensor) -> Tensor:
         if self.config.tie_word_embeddings:
-            logits = op.matmul(hidden, op.permute_dims(self.model.embed_tokens.weight))
+            logits = self.model.embed_tokens.lm_head_forward(hidden)
         else:
             logits = self.lm_head(hidden)
         return logits.astype("float32") if logits.dtype != "float32" else logits
@@ -91,8 +93,9 @@ class CausalLMBase(nn.Module):
         return self.get_logits(self.model(input_embed, paged_kv_cache)), paged_kv_cache
 
     def batch_prefill(self, input_embeds: Tensor, logit_positions: Tensor, paged_kv_cache: PagedKVCache):
-        hidden = op.take(self.model(input_embeds, paged_kv_cache), logit_positions, axis=1)
-        return self.get_logits(hidden), paged_kv_cache
+        hidden = self.model(input_embeds, paged_kv_cache)
+        hidden = gather_rows(op.reshape(hidden, (hidden.shape[1], hidden.shape[2])), logit_positions)
+        return self.get_logits(op.reshape(hidden, (1, hidden.shape[0], hidden.shape[1]))), paged_kv_cache
 
     def batch_decode(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache):
         return self.get_logits(self.model(input_embeds, paged_kv_cache)), paged_kv_cache
