@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -65,7 +66,13 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--target", "-t", default="llvm", show_default=True, help="Target preset (`llmc targets`).")
-@click.option("--quant", "-q", default="q0f32", show_default=True, help="Quantization scheme (`llmc quants`).")
+@click.option(
+    "--quant",
+    "-q",
+    default=None,
+    help="Quantization scheme (`llmc quants`) [default: q0f32, or the scheme of a weights folder].",
+)
+@click.option("--fp-embeddings", is_flag=True, help="Keep the embedding and lm_head in full precision.")
 @click.option(
     "-o",
     "--output",
@@ -90,18 +97,22 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--debug-dump", type=click.Path(path_type=Path), help="Write the IR after each pipeline phase here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def compile(model, target, quant, output, context_window, prefill_chunk, max_batch_size, force, debug_dump, quiet):
+def compile(
+    model, target, quant, fp_embeddings, output, context_window, prefill_chunk, max_batch_size, force, debug_dump, quiet
+):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
 
-    The folder is written under a temporary name and renamed into place only when complete, so
-    an interrupted or failed compile leaves nothing that looks finished.
+    MODEL may also be a weights folder written by `llmc quantize`: its weights are reused as they
+    are and only the library is built. The folder is written under a temporary name and renamed
+    into place only when complete, so an interrupted or failed compile leaves nothing behind.
     """
     from llmc.compile import CompileOptions, compile_model
     from llmc.compiler.targets import get_target
     from llmc.quant import get_quant
 
     get_target(target)  # fail fast on unknown names, before any loading
-    get_quant(quant)
+    if quant:
+        get_quant(quant)
     options = CompileOptions(
         target=target,
         quant=quant,
@@ -109,12 +120,44 @@ def compile(model, target, quant, output, context_window, prefill_chunk, max_bat
         context_window=context_window,
         prefill_chunk=prefill_chunk,
         max_batch_size=max_batch_size,
+        quantize_embeddings=not fp_embeddings,
         force=force,
         quiet=quiet,
         debug_dump=debug_dump,
     )
     out_dir = compile_model(model, options)
     click.echo(f"wrote {out_dir}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--quant", "-q", required=True, help="Quantization scheme (`llmc quants`), e.g. q4f16_1.")
+@click.option("--fp-embeddings", is_flag=True, help="Keep the embedding and lm_head in full precision.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Weights folder to create [default: dist/<model>-<quant>]."
+)
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def quantize(model, quant, fp_embeddings, output, force, quiet):
+    """Convert MODEL's weights to a quantization scheme: weights + tokenizer + llmc-config.json.
+
+    `llmc compile DIR --target ...` then builds a library for the folder without re-quantizing.
+    Conversion streams one tensor at a time on two threads.
+    """
+    from llmc.compile import CompileOptions, quantize_model
+    from llmc.quant import get_quant
+
+    scheme = get_quant(quant)
+    started = time.time()
+    options = CompileOptions(
+        quant=quant, output=output, force=force, quiet=quiet, quantize_embeddings=not fp_embeddings
+    )
+    out_dir = quantize_model(model, options)
+    stored = json.loads((out_dir / "llmc-config.json").read_text())
+    click.echo(
+        f"wrote {out_dir}: {stored['num_params'] / 1e6:.1f}M values, {stored['param_bytes'] / 2**20:.1f} MiB, "
+        f"{scheme.bits_per_param:.2f} bits/param, {time.time() - started:.1f} s"
+    )
 
 
 def _sampling_options(func):

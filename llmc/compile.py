@@ -1,47 +1,81 @@
-"""``llmc compile``: MODEL -> artifact folder (weights, tokenizer, config, library), written atomically."""
+"""``llmc quantize`` and ``llmc compile``: MODEL -> weights folder -> artifact folder, each written atomically.
+
+A weights folder (``llmc quantize``) holds converted weights, tokenizer and ``llmc-config.json``;
+``llmc compile`` accepts one as MODEL and only builds the library, linking the weights in.
+"""
 
 from __future__ import annotations
 
 import errno
+import os
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 import llmc
-from llmc.artifact import FORMAT_VERSION, TensorCacheWriter, atomic_output_dir, write_config
+from llmc.artifact import CONFIG_FILE, FORMAT_VERSION, TensorCacheWriter, atomic_output_dir, read_config, write_config
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.tokenizer_files import write_tokenizer_files
-from llmc.errors import CheckpointError, ConfigError, LlmcError
-from llmc.models import family_for
+from llmc.errors import ArtifactError, CheckpointError, ConfigError, LlmcError
+from llmc.models import MODELS, ModelFamily, family_for
 from llmc.models.base import ModelConfig, WeightSource, concat_sources
 from llmc.quant import QuantScheme, get_quant
-from llmc.source import resolve
+from llmc.source import ResolvedSource, resolve
 
 DEFAULT_CONTEXT_WINDOW = 4096
 DEFAULT_PREFILL_CHUNK = 512
 DEFAULT_MAX_BATCH = 8
+DEFAULT_QUANT = "q0f32"
+CONVERT_THREADS = 2
 
 
 @dataclass
 class CompileOptions:
-    """Everything ``llmc compile`` takes besides MODEL."""
+    """Everything ``llmc compile`` / ``llmc quantize`` take besides MODEL."""
 
     target: str = "llvm"
-    quant: str = "q0f32"
+    quant: str | None = None  # default: the weights folder's scheme, else q0f32
     output: Path | None = None
     context_window: int | None = None
     prefill_chunk: int | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH
+    quantize_embeddings: bool = True
     force: bool = False
     quiet: bool = False
     debug_dump: Path | None = None
 
 
-def default_output(model: str, quant: str, target: str) -> Path:
+@dataclass
+class ModelPlan:
+    """What to build: family, architecture config and weight format."""
+
+    family: ModelFamily
+    config: ModelConfig
+    scheme: QuantScheme
+    quantize_embeddings: bool
+    quantized: set[str] = field(default_factory=set)
+
+    def float_module(self, target):
+        module = self.family.module_class(self.config, target)
+        if self.scheme.model_dtype != "float32":
+            module.to(self.scheme.model_dtype)
+        return module
+
+    def module(self, target):
+        """The Relax module to export: float layers cast, then swapped for quantized ones."""
+        module = self.float_module(target)
+        self.quantized = self.scheme.quantize_module(module, self.quantize_embeddings)
+        return module
+
+
+def default_output(model: str, quant: str, target: str | None) -> Path:
     stem = Path(model.rstrip("/")).name.removesuffix(".gguf") or "model"
-    return Path("dist") / f"{stem}-{quant}-{target}"
+    return Path("dist") / (f"{stem}-{quant}-{target}" if target else f"{stem}-{quant}")
 
 
 def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> None:
@@ -62,86 +96,207 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
     config.max_batch_size = options.max_batch_size
 
 
-def convert_weights(
-    reader, named_params, sources: dict[str, WeightSource], scheme: QuantScheme, writer: TensorCacheWriter, quiet: bool
-) -> None:
-    """Stream each module parameter from the checkpoint, check its shape, convert and store it."""
-    for name, param in tqdm(named_params, desc="weights", unit="tensor", disable=quiet or None):
-        expected = tuple(int(d) for d in param.shape)
-        source = sources.get(name, WeightSource([name], [expected]))
-        arrays = []
-        for hf_name, shape in zip(source.names, source.shapes):
-            array = reader.get(hf_name)
-            if tuple(array.shape) != tuple(shape):
-                raise CheckpointError(
-                    f"{reader.describe(hf_name)}: tensor {hf_name} has shape {tuple(array.shape)}, "
-                    f"expected {tuple(shape)} from config.json. Do the weights match the config?"
-                )
-            arrays.append(array)
-        writer.add(name, scheme.convert(name, concat_sources(arrays)))
-        del arrays
+# ---------------------------------------------------------------------- weights
+def _convert_one(reader, name: str, expected: tuple, source: WeightSource, plan: ModelPlan):
+    arrays = []
+    for hf_name, shape in zip(source.names, source.shapes):
+        array = reader.get(hf_name)
+        if tuple(array.shape) != tuple(shape):
+            raise CheckpointError(
+                f"{reader.describe(hf_name)}: tensor {hf_name} has shape {tuple(array.shape)}, "
+                f"expected {tuple(shape)} from config.json. Do the weights match the config?"
+            )
+        arrays.append(array)
+    return plan.scheme.convert(name, concat_sources(arrays), plan.quantized)
+
+
+def convert_weights(reader, plan: ModelPlan, target, writer: TensorCacheWriter, quiet: bool) -> None:
+    """Stream every parameter: read, check shape, convert (2 threads, 2 tensors ahead), store in order."""
+    sources = plan.family.weight_sources(plan.config)
+    params = [(name, tuple(int(d) for d in p.shape)) for name, p in plan.float_module(target).named_parameters()]
+    with (
+        ThreadPoolExecutor(CONVERT_THREADS) as pool,
+        tqdm(total=len(params), desc=f"convert {plan.scheme.name}", unit="tensor", disable=quiet or None) as bar,
+    ):
+        pending: deque = deque()
+        for name, expected in params:
+            source = sources.get(name, WeightSource([name], [expected]))
+            pending.append(pool.submit(_convert_one, reader, name, expected, source, plan))
+            if len(pending) > CONVERT_THREADS:
+                _store(pending.popleft().result(), writer, bar)
+        while pending:
+            _store(pending.popleft().result(), writer, bar)
+
+
+def _store(converted: list, writer: TensorCacheWriter, bar) -> None:
+    for out_name, array in converted:
+        writer.add(out_name, array)
+    bar.update(1)
+
+
+def _plan_from_checkpoint(source: ResolvedSource, reader, options: CompileOptions) -> ModelPlan:
+    family = family_for(reader.config, str(source.path))
+    config = family.parse_config(reader.config, str(source.path))
+    apply_sizes(config, options, source.preset)
+    scheme = get_quant(options.quant or DEFAULT_QUANT)
+    return ModelPlan(family, config, scheme, options.quantize_embeddings)
+
+
+def _write_weights(source: ResolvedSource, plan: ModelPlan, target, folder: Path, quiet: bool) -> dict:
+    """Converted weights + tokenizer into ``folder``; returns the config fields that describe them."""
+    reader = open_checkpoint(source)
+    started = time.time()
+    writer = TensorCacheWriter(folder)
+    convert_weights(reader, plan, target, writer, quiet)
+    writer.finish({"quantization": plan.scheme.name, "model_type": plan.config.model_type})
+    return {
+        "format_version": FORMAT_VERSION,
+        "llmc_version": llmc.__version__,
+        "source": {"spec": source.spec, "format": source.format, "path": str(source.path)},
+        "model": asdict(plan.config),
+        "quantization": plan.scheme.name,
+        "quantize_embeddings": plan.quantize_embeddings,
+        "dtype": plan.scheme.model_dtype,
+        "context_window": plan.config.context_window,
+        "prefill_chunk": plan.config.prefill_chunk,
+        "max_batch_size": plan.config.max_batch_size,
+        "weights": [rec["name"] for shard in writer.shards for rec in shard["records"]],
+        "param_bytes": writer.total_bytes,
+        "num_params": writer.total_params,
+        "bits_per_param": plan.scheme.bits_per_param,
+        "convert_seconds": round(time.time() - started, 2),
+        "tokenizer": write_tokenizer_files(reader, folder),
+    }
+
+
+def _disk_errors(out_dir: Path):
+    """Turn a full disk into a clear error (the atomic folder is already gone)."""
+
+    class _Guard:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, err, _tb):
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                raise LlmcError(
+                    f"{out_dir}: no space left on the device while writing; nothing was kept. Free space and re-run."
+                ) from err
+            return False
+
+    return _Guard()
+
+
+def quantize_model(model: str, options: CompileOptions) -> Path:
+    """Convert MODEL's weights to ``options.quant``: a weights folder that ``compile`` accepts."""
+    from llmc.compiler.targets import get_target
+
+    scheme = get_quant(options.quant or DEFAULT_QUANT)
+    source = resolve(model)
+    if source.format == "llmc":
+        raise ConfigError(f"{source.path}: already converted weights; quantize the original checkpoint instead.")
+    reader = open_checkpoint(source)
+    plan = _plan_from_checkpoint(source, reader, options)
+    target = get_target("llvm").tvm_target()  # any target: only the module's parameter list is used
+    plan.module(target)
+    out_dir = options.output or default_output(model, scheme.name, None)
+    with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
+        write_config(tmp, {**_write_weights(source, plan, target, tmp, options.quiet), "stage": "weights"})
+    return Path(out_dir)
+
+
+# ---------------------------------------------------------------------- compile
+def _plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan, dict]:
+    stored = read_config(folder)
+    if options.quant and options.quant != stored["quantization"]:
+        raise ConfigError(
+            f"{folder}: holds {stored['quantization']} weights; drop --quant or pass --quant {stored['quantization']} "
+            "(to re-quantize, start from the original checkpoint)."
+        )
+    model = dict(stored["model"])
+    if model["model_type"] not in MODELS:
+        raise ConfigError(f"{folder}: model_type {model['model_type']!r} is not supported by this llmc.")
+    config = ModelConfig(**model)
+    if options.context_window is None:
+        options.context_window = stored["context_window"]
+    if options.prefill_chunk is None:
+        options.prefill_chunk = stored["prefill_chunk"]
+    apply_sizes(config, options, {})
+    plan = ModelPlan(
+        MODELS[config.model_type], config, get_quant(stored["quantization"]), stored.get("quantize_embeddings", True)
+    )
+    return plan, stored
+
+
+def _link_weights(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) the weight and tokenizer files of a weights folder into ``dst``."""
+    for file in sorted(src.iterdir()):
+        if file.name == CONFIG_FILE or not file.is_file() or file.suffix in (".so", ".tar", ".wasm"):
+            continue
+        try:
+            os.link(file, dst / file.name)
+        except OSError:
+            shutil.copy2(file, dst / file.name)
 
 
 def compile_model(model: str, options: CompileOptions) -> Path:
-    """Resolve, convert and build; return the artifact folder."""
+    """MODEL (checkpoint or weights folder) -> artifact folder with the library for ``options.target``."""
     from llmc.compiler.build import build_module, compile_library
     from llmc.compiler.targets import get_target
 
     preset_target = get_target(options.target)
-    scheme = get_quant(options.quant)
+    if options.quant:
+        get_quant(options.quant)
     source = resolve(model)
-    reader = open_checkpoint(source)
-    family = family_for(reader.config, str(source.path))
-    config = family.parse_config(reader.config, str(source.path))
-    apply_sizes(config, options, source.preset)
-    out_dir = options.output or default_output(model, scheme.name, preset_target.name)
-
     target = preset_target.tvm_target()
-    module = family.module_class(config, target)
-    if scheme.model_dtype != "float32":
-        module.to(scheme.model_dtype)
-    mod, named_params = build_module(module, target)
+    if source.format == "llmc":
+        plan, stored = _plan_from_weights(source.path, options)
+    else:
+        reader = open_checkpoint(source)
+        plan, stored = _plan_from_checkpoint(source, reader, options), None
+    mod, named_params = build_module(plan.module(target), target)
+    if stored is not None:
+        _check_weights_match(source.path, stored["weights"], [name for name, _ in named_params])
+    out_dir = options.output or default_output(model, plan.scheme.name, preset_target.name)
 
     started = time.time()
-    try:
-        with atomic_output_dir(out_dir, options.force) as tmp:
-            writer = TensorCacheWriter(tmp)
-            convert_weights(reader, named_params, family.weight_sources(config), scheme, writer, options.quiet)
-            writer.finish({"quantization": scheme.name, "model_type": config.model_type})
-            tokenizer = write_tokenizer_files(reader, tmp)
-            library = f"model-{preset_target.name}{preset_target.library_suffix}"
-            _build_with_progress(compile_library, mod, preset_target, tmp / library, options)
-            write_config(
-                tmp,
-                {
-                    "format_version": FORMAT_VERSION,
-                    "llmc_version": llmc.__version__,
-                    "tvm_version": _tvm_version(),
-                    "source": {"spec": model, "format": source.format, "path": str(source.path)},
-                    "model": asdict(config),
-                    "quantization": scheme.name,
-                    "dtype": scheme.model_dtype,
-                    "target": preset_target.name,
-                    "device": preset_target.device,
-                    "library": library,
-                    "context_window": config.context_window,
-                    "prefill_chunk": config.prefill_chunk,
-                    "max_batch_size": config.max_batch_size,
-                    "params": [name for name, _ in named_params],
-                    "param_bytes": writer.total_bytes,
-                    "num_params": writer.total_params,
-                    "tokenizer": tokenizer,
-                    "compile_seconds": round(time.time() - started, 2),
-                },
-            )
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise LlmcError(
-                f"{out_dir}: no space left on the device while writing the artifact; "
-                "nothing was kept. Free space and re-run."
-            ) from err
-        raise
+    with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
+        if stored is None:
+            weights = _write_weights(source, plan, target, tmp, options.quiet)
+        else:
+            _link_weights(source.path, tmp)
+            weights = {
+                **stored,
+                "model": asdict(plan.config),
+                "context_window": plan.config.context_window,
+                "prefill_chunk": plan.config.prefill_chunk,
+                "max_batch_size": plan.config.max_batch_size,
+            }
+            weights.pop("stage", None)
+        library = f"model-{preset_target.name}{preset_target.library_suffix}"
+        _build_with_progress(compile_library, mod, preset_target, tmp / library, options)
+        write_config(
+            tmp,
+            {
+                **weights,
+                "stage": "compiled",
+                "tvm_version": _tvm_version(),
+                "target": preset_target.name,
+                "device": preset_target.device,
+                "library": library,
+                "params": [name for name, _ in named_params],
+                "compile_seconds": round(time.time() - started, 2),
+            },
+        )
     return Path(out_dir)
+
+
+def _check_weights_match(folder: Path, stored: list[str], expected: list[str]) -> None:
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        raise ArtifactError(
+            f"{folder}: weights lack {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}; "
+            "they were converted by another llmc version. Re-run `llmc quantize`."
+        )
 
 
 def _build_with_progress(compile_library, mod, preset_target, library: Path, options: CompileOptions) -> None:

@@ -23,7 +23,7 @@ class ResolvedSource:
     """Local files behind a MODEL string."""
 
     spec: str
-    format: str  # "hf" (config.json + safetensors folder) or "gguf"
+    format: str  # "hf" (config.json + safetensors folder), "gguf", or "llmc" (converted weights folder)
     path: Path
     preset: dict = field(default_factory=dict)
 
@@ -59,6 +59,8 @@ def resolve(model: str) -> ResolvedSource:
 
 
 def _resolve_local(spec: str, path: Path) -> ResolvedSource:
+    if path.is_dir() and (path / "llmc-config.json").exists():  # converted by `llmc quantize` / compile
+        return ResolvedSource(spec, "llmc", path.resolve())
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelSourceError(

@@ -164,3 +164,38 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def make_trained_checkpoint(folder: Path, steps: int = 40, seed: int = 0) -> Path:
+    """A tiny Llama briefly trained on the fixture text: peaked, structured logits like a real LLM's
+    (an untrained Gaussian model's near-isotropic logits make any weight noise look large)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = make_tokenizer(folder)
+    ids = torch.tensor(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(TRAINING_TEXT).ids)
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=None,
+        eos_token_id=2,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - 65, (8,))
+        batch = torch.stack([ids[s : s + 64] for s in starts])
+        loss = model(batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(folder, max_shard_size="200KB")
+    return folder

@@ -1,0 +1,183 @@
+"""Symmetric group quantization: one definition drives the model rewrite and the weight conversion.
+
+A weight ``W[out, in]`` is cut into groups of ``group_size`` along ``in``. Each group stores one
+signed scale ``s`` and integers ``q`` in ``[0, 2**bits)``, decoded as ``(q - 2**(bits-1)) * s``:
+symmetric (no zero point), using every level (int4: -8..7). ``s`` is the smallest magnitude, of
+either sign, that puts every ``w / s`` in ``[-2**(bits-1) - 1/2, 2**(bits-1) - 1/2]``, so each
+value is within half a step of its decoded value (``|w - w'| <= |s| / 2``); with two signs to
+choose from, the step is at most ``absmax / (2**(bits-1) - 1/2)`` (int4: absmax / 7.5, not / 7).
+``32 // bits`` integers are packed per uint32, element ``i`` of a word at bits ``[bits*i, bits*(i+1))``.
+``in`` is zero-padded up to a multiple of ``group_size`` (zeros decode exactly); kernels never
+read the padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor, op
+
+
+@dataclass(frozen=True)
+class GroupQuant:
+    """Bit layout of one group-quantized scheme."""
+
+    bits: int
+    group_size: int
+    scale_dtype: str  # also the compute dtype
+
+    @property
+    def per_word(self) -> int:
+        return 32 // self.bits
+
+    @property
+    def offset(self) -> int:
+        """The stored integer that decodes to zero."""
+        return 2 ** (self.bits - 1)
+
+    @property
+    def levels(self) -> int:
+        return 2**self.bits
+
+    @property
+    def words_per_group(self) -> int:
+        return self.group_size // self.per_word
+
+    def __post_init__(self):
+        if self.group_size % self.per_word:
+            raise ValueError(f"group size {self.group_size} must be a multiple of {self.per_word}")
+
+    def num_groups(self, in_features: int) -> int:
+        return -(-in_features // self.group_size)
+
+    def packed_shapes(self, out_features: int, in_features: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        groups = self.num_groups(in_features)
+        return (out_features, groups * self.words_per_group), (out_features, groups)
+
+    # ------------------------------------------------------------------ numpy (weight conversion)
+    def quantize(self, weight: np.ndarray, rows_per_chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """``W[out, in]`` -> (packed uint32 ``[out, words]``, scales ``[out, groups]``), a row chunk at a time."""
+        weight_shape, scale_shape = self.packed_shapes(*weight.shape)
+        packed = np.empty(weight_shape, dtype=np.uint32)
+        scale = np.empty(scale_shape, dtype=self.scale_dtype)
+        for start in range(0, weight.shape[0], rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
+            packed[rows], scale[rows] = self._quantize_rows(weight[rows])
+        return packed, scale
+
+    def _quantize_rows(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out_features, in_features = weight.shape
+        groups = self.num_groups(in_features)
+        w = np.zeros((out_features, groups * self.group_size), dtype=np.float32)
+        w[:, :in_features] = weight
+        w = w.reshape(out_features, groups, self.group_size)
+        scale = self.choose_scales(w)
+        q = np.rint(w / scale.astype(np.float32)[..., None]) + self.offset
+        q = np.clip(q, 0, self.levels - 1).astype(np.uint32)
+        q = q.reshape(out_features, groups * self.words_per_group, self.per_word)
+        shifts = (np.arange(self.per_word, dtype=np.uint32) * self.bits)[None, None, :]
+        packed = np.bitwise_or.reduce(q << shifts, axis=-1).astype(np.uint32)
+        return packed, scale
+
+    def choose_scales(self, groups: np.ndarray) -> np.ndarray:
+        """Per group, the signed scale of smallest magnitude that keeps every value within half a step."""
+        # room above and below zero, in steps, less a hair so float rounding of w/s cannot cross it
+        top, bottom = (self.offset - 0.5) * (1 - 1e-6), (self.offset + 0.5) * (1 - 1e-6)
+        high = np.maximum(groups.max(axis=-1), 0)
+        low = np.maximum(-groups.min(axis=-1), 0)
+        positive = np.maximum(high / top, low / bottom)  # s > 0: w/s in [-bottom, top]
+        negative = np.maximum(low / top, high / bottom)  # s < 0 mirrors the range
+        scale = np.where(negative < positive, -negative, positive).astype(np.float32)
+        scale[scale == 0] = 1  # an all-zero group: any scale decodes to exactly 0
+        stored = scale.astype(self.scale_dtype)
+        shrunk = np.abs(stored.astype(np.float32)) < np.abs(scale)  # rounding must not shrink the range
+        stored[shrunk] = np.nextafter(stored[shrunk], np.copysign(np.inf, stored[shrunk]).astype(self.scale_dtype))
+        return stored
+
+    def dequantize(self, packed: np.ndarray, scale: np.ndarray, in_features: int) -> np.ndarray:
+        """Inverse of ``quantize`` (float32), for tests and quality checks."""
+        out_features = packed.shape[0]
+        shifts = (np.arange(self.per_word, dtype=np.uint32) * self.bits)[None, None, :]
+        q = (packed[..., None] >> shifts) & np.uint32((1 << self.bits) - 1)
+        q = q.reshape(out_features, -1, self.group_size).astype(np.float32) - self.offset
+        w = q * scale.astype(np.float32)[..., None]
+        return w.reshape(out_features, -1)[:, :in_features]
+
+    # ------------------------------------------------------------------ TE (model rewrite)
+    def te_element(self, packed: te.Tensor, scale: te.Tensor, row, k):
+        """The dequantized value at ``[row, k]`` as a TIR expression."""
+        word = packed[row, k // self.per_word]
+        shift = (k % self.per_word * self.bits).astype("uint32")
+        q = tirx.bitwise_and(tirx.shift_right(word, shift), tirx.const((1 << self.bits) - 1, "uint32"))
+        return (q.astype(self.scale_dtype) - tirx.const(self.offset, self.scale_dtype)) * scale[
+            row, k // self.group_size
+        ]
+
+
+def dequantize_matmul(
+    gq: GroupQuant, x: Tensor, packed: Tensor, scale: Tensor, out_features: int, in_features: int
+) -> Tensor:
+    """``x @ dequantize(W).T`` as one kernel: a ``dequantize`` block feeding the ``matmul`` block.
+
+    The CPU schedule inlines ``dequantize`` into ``matmul``, and dlight's GPU rules recognise a
+    block of that name, so the full-size float weight is never written to memory.
+    """
+
+    def compute(xt: te.Tensor, pt: te.Tensor, st: te.Tensor):
+        weight = te.compute((out_features, in_features), lambda n, k: gq.te_element(pt, st, n, k), name="dequantize")
+        k = te.reduce_axis((0, in_features), name="k")
+        shape = list(xt.shape[:-1]) + [out_features]
+
+        def body(*idx):
+            return te.sum(xt[(*idx[:-1], k)] * weight[idx[-1], k], axis=k)
+
+        return te.compute(shape, body, name="matmul")
+
+    return op.tensor_expr_op(compute, name_hint="dequantize_matmul", args=[x, packed, scale])
+
+
+class QuantizedLinear(nn.Module):
+    """``nn.Linear`` with a group-quantized weight (``q_weight`` uint32, ``q_scale``)."""
+
+    def __init__(self, in_features: int, out_features: int, gq: GroupQuant, bias: bool):
+        self.in_features, self.out_features, self.gq = in_features, out_features, gq
+        weight_shape, scale_shape = gq.packed_shapes(out_features, in_features)
+        self.q_weight = nn.Parameter(weight_shape, "uint32")
+        self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
+        self.bias = nn.Parameter((out_features,), gq.scale_dtype) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = dequantize_matmul(self.gq, x, self.q_weight, self.q_scale, self.out_features, self.in_features)
+        return y + self.bias if self.bias is not None else y
+
+    def to(self, dtype: str | None = None) -> None:  # packed weights keep their dtype
+        pass
+
+
+class QuantizedEmbedding(nn.Module):
+    """Embedding with a group-quantized table; rows are dequantized as they are gathered."""
+
+    def __init__(self, num: int, dim: int, gq: GroupQuant):
+        self.num, self.dim, self.gq = num, dim, gq
+        weight_shape, scale_shape = gq.packed_shapes(num, dim)
+        self.q_weight = nn.Parameter(weight_shape, "uint32")
+        self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        gq, dim = self.gq, self.dim
+
+        def compute(ids: te.Tensor, pt: te.Tensor, st: te.Tensor):
+            return te.compute(
+                (ids.shape[0], dim), lambda i, j: gq.te_element(pt, st, ids[i], j), name="take_dequantize"
+            )
+
+        return op.tensor_expr_op(compute, name_hint="take_dequantize", args=[input_ids, self.q_weight, self.q_scale])
+
+    def lm_head_forward(self, hidden: Tensor) -> Tensor:
+        return dequantize_matmul(self.gq, hidden, self.q_weight, self.q_scale, self.num, self.dim)
+
+    def to(self, dtype: str | None = None) -> None:
+        pass
