@@ -118,7 +118,7 @@ def test_kernels_equal_transformers_on_dequantized_weights(quant, trained, train
     gq = get_quant(quant).group
     model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.ndim == 2:  # every Linear, the embedding and lm_head
                 packed, scale = gq.quantize(param.numpy())
                 param.copy_(torch.from_numpy(gq.dequantize(packed, scale, param.shape[1])))
