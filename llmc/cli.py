@@ -14,6 +14,7 @@ import click
 import llmc
 from llmc.errors import LlmcError
 
+DEFAULT_EVAL_TEXT = "<pydoc>"
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -138,7 +139,18 @@ def compile(
 )
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def quantize(model, quant, fp_embeddings, output, force, quiet):
+@click.option(
+    "--eval",
+    "eval_text",
+    is_flag=False,
+    flag_value=DEFAULT_EVAL_TEXT,
+    default=None,
+    metavar="[TEXT_FILE]",
+    help="Then report perplexity beside q0f32's, on TEXT_FILE or a fixed slice of CPython's pydoc topics.",
+)
+@click.option("--window", type=int, default=512, show_default=True, help="Tokens per perplexity window.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def quantize(model, quant, fp_embeddings, output, force, quiet, eval_text, window, as_json):
     """Convert MODEL's weights to a quantization scheme: weights + tokenizer + llmc-config.json.
 
     `llmc compile DIR --target ...` then builds a library for the folder without re-quantizing.
@@ -154,10 +166,64 @@ def quantize(model, quant, fp_embeddings, output, force, quiet):
     )
     out_dir = quantize_model(model, options)
     stored = json.loads((out_dir / "llmc-config.json").read_text())
-    click.echo(
-        f"wrote {out_dir}: {stored['num_params'] / 1e6:.1f}M values, {stored['param_bytes'] / 2**20:.1f} MiB, "
-        f"{scheme.bits_per_param:.2f} bits/param, {time.time() - started:.1f} s"
-    )
+    summary = {
+        "output": str(out_dir),
+        "quantization": scheme.name,
+        "bits_per_param": scheme.bits_per_param,
+        "bytes": stored["param_bytes"],
+        "seconds": round(time.time() - started, 2),
+    }
+    if not as_json:
+        click.echo(
+            f"wrote {out_dir}: {stored['param_bytes'] / 2**20:.1f} MiB, "
+            f"{scheme.bits_per_param:.2f} bits/param, {summary['seconds']:.1f} s"
+        )
+    if eval_text is not None:
+        from llmc.evaluate import evaluate_quantized
+        from llmc.runtime.perplexity import read_text
+
+        text, label = read_text(None if eval_text == DEFAULT_EVAL_TEXT else eval_text)
+        scores = evaluate_quantized(model, out_dir, text, window, quiet)
+        summary.update(
+            text=label,
+            perplexity=scores["quantized"]["perplexity"],
+            tokens=scores["quantized"]["tokens"],
+            q0f32_perplexity=scores["q0f32"]["perplexity"],
+        )
+        if not as_json:
+            click.echo(
+                f"perplexity on {label} ({summary['tokens']} tokens): {scheme.name} "
+                f"{summary['perplexity']:.4f}, q0f32 {summary['q0f32_perplexity']:.4f}"
+            )
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+@main.command(name="eval")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--text",
+    "text_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Text file to score [default: a fixed slice of CPython's pydoc topics].",
+)
+@click.option("--window", type=int, default=512, show_default=True, help="Tokens per perplexity window.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def eval_command(artifact, text_file, window, as_json):
+    """Perplexity of a compiled ARTIFACT on a text."""
+    from llmc.evaluate import evaluate_artifact
+    from llmc.runtime.perplexity import read_text
+
+    text, label = read_text(str(text_file) if text_file else None)
+    result = {"text": label, **evaluate_artifact(artifact, text, window)}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(
+            f"perplexity {result['perplexity']:.4f} over {result['tokens']} tokens of {label} "
+            f"({result['seconds']:.1f} s)"
+        )
 
 
 def _sampling_options(func):

@@ -240,3 +240,61 @@ def test_unknown_scheme_lists_known_ones(trained, tmp_path):
     result = CliRunner().invoke(main, ["quantize", str(trained), "--quant", "q2f99", "-o", str(tmp_path / "w")])
     assert result.exit_code == 1 and "q2f99" in result.stderr and "q4f16_1" in result.stderr
     assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------- perplexity
+EVAL_TEXT = "The quick brown fox jumps over the lazy dog. def add(a, b):\n    return a + b\n" * 6
+
+
+def test_eval_perplexity_equals_transformers(trained, trained_builds, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmc.runtime.perplexity import log_softmax_nll, window_slices
+    from llmc.runtime.session import Session
+
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(EVAL_TEXT)
+    result = CliRunner().invoke(
+        main, ["eval", str(trained_builds["q0f32"]), "--text", str(text_file), "--window", "40", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    ours = json.loads(result.stdout)
+    ids = Session(trained_builds["q0f32"]).tokenizer.encode(EVAL_TEXT)
+    model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
+    nll = []
+    for part in window_slices(len(ids), 40):
+        window = ids[part]
+        with torch.no_grad():
+            logits = model(torch.tensor([window[:-1]])).logits[0].numpy()
+        nll.extend(log_softmax_nll(logits, np.asarray(window[1:])))
+    assert ours["tokens"] == len(nll) == len(ids) - len(window_slices(len(ids), 40))
+    assert ours["perplexity"] == pytest.approx(float(np.exp(np.mean(nll))), rel=1e-4)
+    assert ours["perplexity"] < 10, "the trained tiny model should know its training text"
+
+
+def test_quantize_eval_reports_both_perplexities(trained, tmp_path):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(EVAL_TEXT)
+    result = CliRunner().invoke(
+        main,
+        [
+            "quantize",
+            str(trained),
+            "--quant",
+            "q4f16_1",
+            "-o",
+            str(tmp_path / "w"),
+            "--quiet",
+            "--eval",
+            str(text_file),
+            "--window",
+            "40",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["tokens"] > 50 and out["text"] == str(text_file)
+    assert out["q0f32_perplexity"] <= out["perplexity"] * 1.05
+    assert out["perplexity"] <= out["q0f32_perplexity"] * 1.25

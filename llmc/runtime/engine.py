@@ -124,6 +124,20 @@ class Engine:
         self._kv_end(self.kv_cache)
         return logits.numpy()[0, 0]
 
+    def forward_all(self, seq_id: int, token_ids: list[int]) -> np.ndarray:
+        """Feed ``token_ids`` (chunked) and return the logits of every position: (len, vocab)."""
+        self._check_room(seq_id, len(token_ids))
+        outputs = []
+        for start in range(0, len(token_ids), self.prefill_chunk):
+            chunk = token_ids[start : start + self.prefill_chunk]
+            self._kv_begin(self.kv_cache, ShapeTuple([seq_id]), ShapeTuple([len(chunk)]))
+            logits, self.kv_cache = self.vm["batch_verify"](
+                self._embed(chunk, 1, len(chunk)), self.kv_cache, self.params
+            )
+            self._kv_end(self.kv_cache)
+            outputs.append(logits.numpy()[0])
+        return np.concatenate(outputs, axis=0)
+
     def batch_prefill(self, seq_ids: list[int], prompts: list[list[int]]) -> np.ndarray:
         """Prefill several sequences in one ragged batch (total tokens <= prefill chunk); (n, vocab)."""
         lengths = [len(p) for p in prompts]
