@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
+from llmc.compiler.passes.cpu_parallel import ParallelizeMatmulCPU
 from llmc.compiler.passes.inline_dequantize import InlineDequantize
 
 PhaseList = list[tuple[str, Callable[[tvm.target.Target], list]]]
@@ -34,7 +35,7 @@ def _schedule(target):
     # dlight's cpu.GEMV/cpu.Reduction rules make LLVM codegen run for minutes on even a 2-layer
     # model in TVM 0.27, so CPU kernels keep TVM's default lowering for now.
     if target.kind.name == "llvm":
-        return [InlineDequantize]
+        return [InlineDequantize, ParallelizeMatmulCPU]
     return [
         dl.ApplyDefaultSchedule(
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()

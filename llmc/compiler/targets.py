@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from llmc.errors import LlmcError
@@ -24,6 +25,8 @@ class TargetPreset:
         target = dict(self.target)
         if target.get("mcpu") == "native":
             target["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        if target.get("num-cores") == "native":
+            target["num-cores"] = os.cpu_count() or 1
         if self.host:
             return tvm.target.Target(target, host=self.host)
         return tvm.target.Target(target)
@@ -31,7 +34,16 @@ class TargetPreset:
 
 TARGETS: dict[str, TargetPreset] = {
     "llvm": TargetPreset(
-        "llvm", "CPU of this machine (x86-64/aarch64 via LLVM), shared library", {"kind": "llvm", "mcpu": "native"}
+        "llvm",
+        "CPU of this machine (x86-64/aarch64 via LLVM), shared library",
+        # float sums may be reassociated, so LLVM vectorizes dot products; no nnan/ninf (masks use -inf)
+        {
+            "kind": "llvm",
+            "mcpu": "native",
+            "num-cores": "native",
+            "fast-math-reassoc": True,
+            "fast-math-contract": True,
+        },
     ),
 }
 
