@@ -9,8 +9,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
-from llmc.compiler.passes.cpu_parallel import ParallelizeMatmulCPU
-from llmc.compiler.passes.inline_dequantize import InlineDequantize
+from llmc.compiler.passes.cpu_schedule import ScheduleMatmulCPU
 
 PhaseList = list[tuple[str, Callable[[tvm.target.Target], list]]]
 
@@ -32,10 +31,10 @@ def _legalize_and_fuse(target):
 
 
 def _schedule(target):
-    # dlight's cpu.GEMV/cpu.Reduction rules make LLVM codegen run for minutes on even a 2-layer
-    # model in TVM 0.27, so CPU kernels keep TVM's default lowering for now.
+    # dlight's cpu.GEMV rule makes LLVM codegen run for minutes on even a 2-layer model in TVM 0.27,
+    # so CPU matmuls get llmc's own schedule.
     if target.kind.name == "llvm":
-        return [InlineDequantize, ParallelizeMatmulCPU]
+        return [ScheduleMatmulCPU]
     return [
         dl.ApplyDefaultSchedule(
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()

@@ -20,6 +20,8 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
+PER_WORD_ATTR = "llmc.codes_per_word"
+
 
 @dataclass(frozen=True)
 class GroupQuant:
@@ -127,7 +129,12 @@ def dequantize_matmul(
     """
 
     def compute(xt: te.Tensor, pt: te.Tensor, st: te.Tensor):
-        weight = te.compute((out_features, in_features), lambda n, k: gq.te_element(pt, st, n, k), name="dequantize")
+        weight = te.compute(
+            (out_features, in_features),
+            lambda n, k: gq.te_element(pt, st, n, k),
+            name="dequantize",
+            attrs={PER_WORD_ATTR: gq.per_word},  # lets CPU schedules unroll one packed word at a time
+        )
         k = te.reduce_axis((0, in_features), name="k")
         shape = list(xt.shape[:-1]) + [out_features]
 
