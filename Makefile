@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test demo test test-all lint format clean
+.PHONY: install install-test install-bench demo test test-all bench-quant lint format clean
 
 install: $(VENV)/.installed
 
@@ -37,9 +37,19 @@ test: install-test
 test-all: install-test
 	$(PY) -m pytest -q -m "slow or not slow"
 
+install-bench: $(VENV)/.installed-bench
+
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	# llama.cpp, the peer in the benchmarks (builds from source: ~12 minutes on 2 cores)
+	$(PIP) install -q llama-cpp-python
+	touch $@
+
+bench-quant: install-bench
+	$(PY) bench/quant.py
+
 lint: install-test
-	$(VENV)/bin/ruff check llmc tests
-	$(VENV)/bin/ruff format --check llmc tests
+	$(VENV)/bin/ruff check llmc tests bench
+	$(VENV)/bin/ruff format --check llmc tests bench
 
 format: install-test
 	$(VENV)/bin/ruff format llmc tests

@@ -57,3 +57,27 @@ def test_gguf_reader_streams_hf_named_tensors():
     q = reader.get("model.layers.0.self_attn.q_proj.weight")
     assert q.shape == (576, 576) and q.dtype == np.float32
     assert reader.get("model.embed_tokens.weight").shape == (49152, 576)
+
+
+def test_lean_gguf_parser_agrees_with_gguf_py():
+    import gguf
+
+    from llmc.checkpoint.gguf_file import read_gguf
+
+    path = resolve("smollm2-135m").path
+    metadata, tensors = read_gguf(path)
+    reference = gguf.GGUFReader(str(path))
+    for key in (
+        "general.architecture",
+        "llama.block_count",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+        "tokenizer.chat_template",
+        "llama.rope.freq_base",
+    ):
+        assert metadata[key] == reference.fields[key].contents(), key
+    assert [t.name for t in tensors] == [t.name for t in reference.tensors]
+    for ours, theirs in zip(tensors[:12], reference.tensors[:12]):
+        assert ours.tensor_type == theirs.tensor_type and tuple(ours.shape) == tuple(int(d) for d in theirs.shape)
+        assert np.array_equal(np.asarray(ours.data), np.asarray(theirs.data))

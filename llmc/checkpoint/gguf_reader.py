@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmc.checkpoint.gguf_file import GGUFFormatError, read_gguf
 from llmc.errors import CheckpointError, ConfigError
 
 # GGUF architecture -> HF model_type; both use the same tensor naming.
@@ -55,51 +56,36 @@ def unpermute_qk(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, rows // num_heads // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
 
 
-def field_value(reader, key: str, default=None):
-    """A metadata value as a Python object (str, number or list)."""
-    field = reader.fields.get(key)
-    if field is None:
-        return default
-    return field.contents()
-
-
 class GGUFCheckpoint:
     """A ``.gguf`` file: HF-style config, HF tensor names, tokenizer metadata."""
 
     def __init__(self, path: Path):
-        import gguf
-
         self.path = path
         try:
-            self.reader = gguf.GGUFReader(str(path))
-        except Exception as err:  # gguf-py raises ValueError/struct.error/IndexError on corrupt input
+            self.metadata, self.tensors = read_gguf(path)
+        except (GGUFFormatError, OSError) as err:
             raise CheckpointError(
-                f"{path}: not a readable GGUF file ({err.__class__.__name__}: {err}). "
-                "The file is corrupt or truncated: re-download it."
+                f"{path}: not a readable GGUF file ({err}). The file is corrupt or truncated: re-download it."
             ) from err
-        self.arch = field_value(self.reader, "general.architecture")
+        self.arch = self.metadata.get("general.architecture")
         if self.arch not in GGUF_ARCHITECTURES:
             raise ConfigError(
                 f"{path}: GGUF architecture {self.arch!r} is not supported; "
                 f"supported: {', '.join(sorted(GGUF_ARCHITECTURES))}."
             )
-        self._tensors = {}
-        for tensor in self.reader.tensors:
-            name = hf_name(tensor.name)
-            if name is not None:
-                self._tensors[name] = tensor
-        if "rope_freqs.weight" in {t.name for t in self.reader.tensors}:
+        if any(t.name == "rope_freqs.weight" for t in self.tensors):
             raise ConfigError(
                 f"{path}: GGUF rope_freqs (Llama 3.1-style rope scaling) is not supported yet; "
                 "compile the Hugging Face checkpoint instead."
             )
+        self._tensors = {hf_name(t.name): t for t in self.tensors if hf_name(t.name) is not None}
         self.config = self._config()
 
     def _meta(self, key: str, default=None):
-        return field_value(self.reader, f"{self.arch}.{key}", default)
+        return self.metadata.get(f"{self.arch}.{key}", default)
 
     def _config(self) -> dict:
-        tokens = field_value(self.reader, "tokenizer.ggml.tokens") or []
+        tokens = self.metadata.get("tokenizer.ggml.tokens") or []
         heads = self._meta("attention.head_count")
         hidden = self._meta("embedding_length")
         if heads is None or hidden is None:
@@ -117,8 +103,8 @@ class GGUFCheckpoint:
             "max_position_embeddings": self._meta("context_length", 2048),
             "vocab_size": len(tokens) or self._meta("vocab_size"),
             "tie_word_embeddings": "lm_head.weight" not in self._tensors,
-            "bos_token_id": field_value(self.reader, "tokenizer.ggml.bos_token_id"),
-            "eos_token_id": field_value(self.reader, "tokenizer.ggml.eos_token_id"),
+            "bos_token_id": self.metadata.get("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": self.metadata.get("tokenizer.ggml.eos_token_id"),
         }
         if self.arch == "qwen2":
             config["attention_bias"] = True
@@ -138,17 +124,30 @@ class GGUFCheckpoint:
             raise CheckpointError(f"{self.path}: tensor {name} is missing from the GGUF file.")
         shape = tuple(int(d) for d in reversed(tensor.shape))
         try:
-            array = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+            array = self._dequantize_rows(tensor, dequantize).reshape(shape)
         except Exception as err:
             raise CheckpointError(
-                f"{self.path}: cannot decode tensor {tensor.name} "
-                f"({tensor.tensor_type.name}): {err}. The file may be corrupt."
+                f"{self.path}: cannot decode tensor {tensor.name} ({tensor.tensor_type.name}): {err}. "
+                "The file may be corrupt."
             ) from err
         if self.arch in PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
             key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
             array = unpermute_qk(array, self.config[key])
         return array
 
+    @staticmethod
+    def _dequantize_rows(tensor, dequantize, rows_per_chunk: int = 4096) -> np.ndarray:
+        """Dequantize a row chunk at a time into one float32 array (bounded temporaries)."""
+        data = tensor.data
+        if data.ndim < 2 or data.shape[0] <= rows_per_chunk:
+            return np.asarray(dequantize(data, tensor.tensor_type), dtype=np.float32)
+        first = np.asarray(dequantize(data[:rows_per_chunk], tensor.tensor_type), dtype=np.float32)
+        out = np.empty((data.shape[0], *first.shape[1:]), dtype=np.float32)
+        out[:rows_per_chunk] = first
+        for start in range(rows_per_chunk, data.shape[0], rows_per_chunk):
+            out[start : start + rows_per_chunk] = dequantize(data[start : start + rows_per_chunk], tensor.tensor_type)
+        return out
+
     def tokenizer_metadata(self) -> dict:
         """Raw ``tokenizer.*`` metadata (vocabulary, merges, special ids, chat template)."""
-        return {key: field_value(self.reader, key) for key in self.reader.fields if key.startswith("tokenizer.")}
+        return {key: value for key, value in self.metadata.items() if key.startswith("tokenizer.")}
