@@ -45,6 +45,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 	touch $@
 
 bench-quant: install-bench
+	test -x /usr/bin/time || apt-get install -y time
 	$(PY) bench/quant.py
 
 lint: install-test

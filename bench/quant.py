@@ -25,19 +25,22 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 LLMC = str(Path(sys.executable).parent / "llmc")
+GNU_TIME = "/usr/bin/time"  # Debian package `time`
 SCHEMES = ["q0f32", "q8f16_1", "q4f16_1", "q4f32_1", "q3f16_1"]
 
 
 def run_measured(args: list[str]) -> tuple[str, float, int]:
-    """(stdout, wall seconds, peak RSS bytes) of one child process."""
+    """(stdout, wall seconds, peak RSS bytes) of one child process.
+
+    Measured by GNU time: a child forked straight from this (large) process would count the
+    parent's pages it shares until exec in its own peak RSS.
+    """
     started = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(args)}\n{stderr}")
-    return stdout, time.perf_counter() - started, usage.ru_maxrss * 1024
+    done = subprocess.run([GNU_TIME, "-f", "%M", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{done.stderr}")
+    peak_kib = int(done.stderr.strip().splitlines()[-1])
+    return done.stdout, time.perf_counter() - started, peak_kib * 1024
 
 
 def llama_cpp_perplexity(gguf: Path, ids: list[int], window: int) -> dict:

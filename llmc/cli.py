@@ -107,13 +107,19 @@ def compile(
     are and only the library is built. The folder is written under a temporary name and renamed
     into place only when complete, so an interrupted or failed compile leaves nothing behind.
     """
-    from llmc.compile import CompileOptions, compile_model
     from llmc.compiler.targets import get_target
+
+    preset = get_target(target)  # fail fast on unknown names, before any loading
+    if preset.device == "cuda":
+        from llmc.compiler.cuda import prepare_cuda_build
+
+        prepare_cuda_build()  # before anything imports TVM
     from llmc.quant import get_quant
 
-    get_target(target)  # fail fast on unknown names, before any loading
     if quant:
         get_quant(quant)
+    from llmc.compile import CompileOptions, compile_model
+
     options = CompileOptions(
         target=target,
         quant=quant,
@@ -321,10 +327,12 @@ def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
 @main.command()
 def targets():
     """List the target presets."""
-    from llmc.compiler.targets import TARGETS
+    from llmc.compiler.targets import ALIASES, TARGETS
 
     for preset in TARGETS.values():
         click.echo(f"{preset.name:12s} {preset.library_suffix:6s} {preset.description}")
+    for name, description in ALIASES.items():
+        click.echo(f"{name:12s} {'':6s} {description}")
 
 
 @main.command()

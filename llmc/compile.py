@@ -272,7 +272,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "max_batch_size": plan.config.max_batch_size,
             }
             weights.pop("stage", None)
-        library = f"model-{preset_target.name}{preset_target.library_suffix}"
+        library = f"model-{preset_target.name.replace(':', '-')}{preset_target.library_suffix}"
         _build_with_progress(compile_library, mod, preset_target, tmp / library, options)
         write_config(
             tmp,

@@ -9,6 +9,7 @@ from tvm import relax
 
 from llmc.compiler.pipeline import make_pipeline
 from llmc.compiler.targets import TargetPreset
+from llmc.errors import LlmcError
 
 
 def build_module(model, target: tvm.target.Target) -> tuple[tvm.IRModule, list[tuple[str, object]]]:
@@ -26,6 +27,14 @@ def build_module(model, target: tvm.target.Target) -> tuple[tvm.IRModule, list[t
 def compile_library(mod: tvm.IRModule, preset: TargetPreset, out_file: Path, dump_dir: Path | None = None) -> None:
     """Build ``mod`` for ``preset`` and export the library to ``out_file``."""
     target = preset.tvm_target()
-    with target:
+    with target:  # TVM's nvcc callback reads the current target
         executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir))
     executable.export_library(str(out_file))
+    if preset.device == "cuda":
+        from llmc.compiler.cuda import library_has_device_code
+
+        if not library_has_device_code(out_file):
+            raise LlmcError(
+                f"{out_file}: TVM stored CUDA source instead of compiled kernels (its CUDA runtime did not load). "
+                "Build CUDA targets through the llmc command, which prepares nvcc and the driver before TVM loads."
+            )

@@ -32,6 +32,23 @@ class TargetPreset:
         return tvm.target.Target(target)
 
 
+def _cuda(arch: str, description: str) -> TargetPreset:
+    # the host code runs on whatever x86-64 CPU drives the GPU: no -mcpu=native there
+    return TargetPreset(
+        f"cuda:{arch}",
+        description,
+        {
+            "kind": "cuda",
+            "arch": arch,
+            "max_threads_per_block": 1024,
+            "max_shared_memory_per_block": 49152,
+            "thread_warp_size": 32,
+        },
+        host={"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"},
+        device="cuda",
+    )
+
+
 TARGETS: dict[str, TargetPreset] = {
     "llvm": TargetPreset(
         "llvm",
@@ -45,10 +62,41 @@ TARGETS: dict[str, TargetPreset] = {
             "fast-math-contract": True,
         },
     ),
+    "cuda:sm_90a": _cuda("sm_90a", "NVIDIA Hopper (H100/H200): cubin for sm_90a, built with nvcc"),
+    "cuda:sm_89": _cuda("sm_89", "NVIDIA Ada (RTX 40xx, L4, L40): cubin for sm_89"),
+    "cuda:sm_80": _cuda("sm_80", "NVIDIA Ampere (A100, A10 via sm_86-compatible code): cubin for sm_80"),
 }
+ALIASES = {"cuda": "the GPU of this machine (cuda:sm_XX from nvidia-smi)"}
+
+
+def detect_cuda_arch() -> str | None:
+    """``sm_XY`` of the first GPU nvidia-smi reports, or None."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    done = subprocess.run(
+        ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True
+    )
+    capability = done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
+    if not capability:
+        return None
+    arch = "sm_" + capability.replace(".", "")
+    return arch + "a" if arch == "sm_90" else arch
 
 
 def get_target(name: str) -> TargetPreset:
+    if name == "cuda":
+        arch = detect_cuda_arch()
+        if arch is None:
+            raise LlmcError(
+                "--target cuda builds for the GPU of this machine, and none was found; name the "
+                f"architecture instead: {', '.join(n for n in TARGETS if n.startswith('cuda:'))}."
+            )
+        name = f"cuda:{arch}"
+        if name not in TARGETS:
+            return _cuda(arch, f"NVIDIA GPU of this machine ({arch})")
     if name not in TARGETS:
-        raise LlmcError(f"unknown target {name!r}; known: {', '.join(TARGETS)} (see `llmc targets`).")
+        raise LlmcError(f"unknown target {name!r}; known: {', '.join([*TARGETS, *ALIASES])} (see `llmc targets`).")
     return TARGETS[name]

@@ -1,0 +1,57 @@
+"""CUDA libraries built on this GPU-less machine carry compiled sm_90a device code, not CUDA source."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmc.compiler.cuda import library_has_device_code
+
+LLMC = str(Path(sys.executable).parent / "llmc")
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
+
+
+@pytest.mark.parametrize("quant", ["q0f16", "q4f16_1"])
+def test_cuda_sm90a_library_holds_cubin(checkpoints, tmp_path, quant):
+    out = tmp_path / quant
+    done = subprocess.run(
+        [
+            LLMC,
+            "compile",
+            str(checkpoints["llama_gqa"]),
+            "--target",
+            "cuda:sm_90a",
+            "--quant",
+            quant,
+            "-o",
+            str(out),
+            "--quiet",
+            "--context-window",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "llmc-config.json").read_text())
+    assert config["target"] == "cuda:sm_90a" and config["device"] == "cuda"
+    library = out / config["library"]
+    data = library.read_bytes()
+    assert library_has_device_code(library), "the library must hold cubin sections, not CUDA source"
+    assert b"-arch sm_90a" in data, "kernels must be compiled for sm_90a"
+    assert b"__global__" not in data
+
+
+def test_plain_cuda_target_without_a_gpu_names_the_choices(tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU")
+    done = subprocess.run(
+        [LLMC, "compile", "x", "--target", "cuda", "-o", str(tmp_path / "o")], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "cuda:sm_90a" in done.stderr and "Traceback" not in done.stderr
