@@ -325,6 +325,92 @@ def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
 
 
 @main.command()
+@click.argument("model")
+@click.option(
+    "--random-weights",
+    is_flag=True,
+    help="MODEL is compiled without weights; they are drawn from --seed where the model runs.",
+)
+@click.option("--target", "-t", default="llvm", show_default=True, help="Target preset, when MODEL is compiled.")
+@click.option("--quant", "-q", default=None, help="Quantization scheme, when MODEL is compiled [default: q0f32].")
+@click.option("--batch", type=int, default=1, show_default=True, help="Sequences decoded together.")
+@click.option("--prompt-len", type=int, default=512, show_default=True, help="Prompt tokens per sequence.")
+@click.option("--gen-len", type=int, default=128, show_default=True, help="Generated tokens per sequence.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Runs; medians are reported.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for prompts and random weights.")
+@click.option("--device", default=None, help="TVM device [default: the artifact's, e.g. cpu or cuda].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repeats, seed, device, as_json):
+    """Measure prefill and decode tok/s, time to first token and peak memory.
+
+    MODEL is a compiled artifact folder, or anything `llmc compile` takes (it is compiled into a
+    temporary folder first; the compile time is reported). Architecture-only presets such as
+    llama3-8b need --random-weights: speed does not depend on the weights' values.
+    """
+    import tempfile
+
+    from llmc.artifact import CONFIG_FILE
+
+    with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
+        artifact, compile_seconds = Path(model), None
+        if not (artifact / CONFIG_FILE).exists() or (random_weights and not _is_compiled(artifact)):
+            from llmc.compiler.targets import get_target
+
+            if get_target(target).device == "cuda":
+                from llmc.compiler.cuda import prepare_cuda_build
+
+                prepare_cuda_build()
+            from llmc.compile import CompileOptions, compile_model
+
+            started = time.time()
+            options = CompileOptions(
+                target=target,
+                quant=quant,
+                output=Path(tmp) / "model",
+                quiet=True,
+                random_weights=random_weights,
+                max_batch_size=max(batch, 1),
+                context_window=max(prompt_len + gen_len, 16),
+            )
+            artifact = compile_model(model, options)
+            compile_seconds = round(time.time() - started, 2)
+        from llmc.artifact import read_config
+        from llmc.runtime.bench import run_bench
+        from llmc.runtime.engine import Engine
+
+        config = read_config(artifact)
+        engine = Engine(
+            artifact,
+            device or config.get("device", "cpu"),
+            max_batch_size=max(batch, 1),
+            seed=seed,
+            kv_tokens=batch * (prompt_len + gen_len) + 64 * batch,
+        )
+        result = {
+            "model": model,
+            "target": config["target"],
+            "quantization": config["quantization"],
+            "random_weights": bool(config.get("random_weights")),
+            "compile_seconds": compile_seconds,
+            **run_bench(engine, batch, prompt_len, gen_len, repeats, seed),
+        }
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(
+        f"{model} [{result['target']}, {result['quantization']}] batch {batch}: "
+        f"prefill {result['prefill_tok_s']:.1f} tok/s ({prompt_len} tokens), "
+        f"decode {result['decode_tok_s']:.1f} tok/s ({gen_len} steps), TTFT {result['ttft_ms']:.1f} ms, "
+        f"peak RSS {result['peak_host_rss_mib']:.0f} MiB"
+        + (f", compile {compile_seconds:.1f} s" if compile_seconds is not None else "")
+    )
+
+
+def _is_compiled(folder: Path) -> bool:
+    return json.loads((folder / "llmc-config.json").read_text()).get("stage") == "compiled"
+
+
+@main.command()
 def targets():
     """List the target presets."""
     from llmc.compiler.targets import ALIASES, TARGETS

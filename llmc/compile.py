@@ -45,6 +45,7 @@ class CompileOptions:
     prefill_chunk: int | None = None
     max_batch_size: int = DEFAULT_MAX_BATCH
     quantize_embeddings: bool = True
+    random_weights: bool = False  # no weights: the runtime draws them from a seed (benchmarks)
     force: bool = False
     quiet: bool = False
     debug_dump: Path | None = None
@@ -140,6 +141,34 @@ def _plan_from_checkpoint(source: ResolvedSource, reader, options: CompileOption
     apply_sizes(config, options, source.preset)
     scheme = get_quant(options.quant or DEFAULT_QUANT)
     return ModelPlan(family, config, scheme, options.quantize_embeddings)
+
+
+def _plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
+    family = family_for(hf_config, str(source.path))
+    config = family.parse_config(hf_config, str(source.path))
+    apply_sizes(config, options, source.preset)
+    return ModelPlan(family, config, get_quant(options.quant or DEFAULT_QUANT), options.quantize_embeddings)
+
+
+def _describe_random_weights(source: ResolvedSource, plan: ModelPlan, named_params) -> dict:
+    """Config fields for an artifact without weights: shapes and dtypes to draw them from at load time."""
+    specs = [[name, [int(d) for d in p.shape], p.dtype] for name, p in named_params]
+    return {
+        "format_version": FORMAT_VERSION,
+        "llmc_version": llmc.__version__,
+        "source": {"spec": source.spec, "format": source.format, "path": str(source.path)},
+        "model": asdict(plan.config),
+        "quantization": plan.scheme.name,
+        "quantize_embeddings": plan.quantize_embeddings,
+        "dtype": plan.scheme.model_dtype,
+        "context_window": plan.config.context_window,
+        "prefill_chunk": plan.config.prefill_chunk,
+        "max_batch_size": plan.config.max_batch_size,
+        "random_weights": True,
+        "param_specs": specs,
+        "bits_per_param": plan.scheme.bits_per_param,
+        "tokenizer": {"has_tokenizer": False, "eos_token_ids": []},
+    }
 
 
 def _write_weights(source: ResolvedSource, plan: ModelPlan, target, folder: Path, quiet: bool) -> dict:
@@ -248,8 +277,12 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         get_quant(options.quant)
     source = resolve(model)
     target = preset_target.tvm_target()
+    random_weights = options.random_weights or source.format == "config"
     if source.format == "llmc":
         plan, stored = _plan_from_weights(source.path, options)
+    elif random_weights:
+        hf_config = source.preset["config"] if source.format == "config" else open_checkpoint(source).config
+        plan, stored = _plan_from_config(hf_config, source, options), None
     else:
         reader = open_checkpoint(source)
         plan, stored = _plan_from_checkpoint(source, reader, options), None
@@ -260,7 +293,9 @@ def compile_model(model: str, options: CompileOptions) -> Path:
 
     started = time.time()
     with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
-        if stored is None:
+        if random_weights:
+            weights = _describe_random_weights(source, plan, named_params)
+        elif stored is None:
             weights = _write_weights(source, plan, target, tmp, options.quiet)
         else:
             _link_weights(source.path, tmp)

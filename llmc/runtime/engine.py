@@ -22,7 +22,15 @@ def _builtin(name: str):
 class Engine:
     """Runs the exported functions of one artifact on one device."""
 
-    def __init__(self, artifact_dir: str | Path, device: str = "cpu", max_batch_size: int | None = None):
+    def __init__(
+        self,
+        artifact_dir: str | Path,
+        device: str = "cpu",
+        max_batch_size: int | None = None,
+        seed: int = 0,
+        kv_tokens: int | None = None,
+    ):
+        """Load an artifact; ``kv_tokens`` sizes the KV cache for all sequences (default: the context window)."""
         self.folder = Path(artifact_dir)
         self.config = read_config(self.folder)
         model = self.config["model"]
@@ -31,13 +39,14 @@ class Engine:
         self.dtype = self.config["dtype"]
         self.context_window = self.config["context_window"]
         self.prefill_chunk = self.config["prefill_chunk"]
-        self.max_batch_size = max_batch_size or self.config["max_batch_size"]
+        # never above the bound the library's memory was planned for
+        self.max_batch_size = min(max_batch_size or self.config["max_batch_size"], self.config["max_batch_size"])
         self.device = tvm.device(device)
         library = self.folder / self.config["library"]
         if not library.exists():
             raise ArtifactError(f"{library}: missing; the artifact is incomplete. Re-run `llmc compile`.")
         self.vm = VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
-        self.params = self._load_params()
+        self.params = self._random_params(seed) if self.config.get("random_weights") else self._load_params()
         self._kv_add = _builtin("vm.builtin.kv_state_add_sequence")
         self._kv_remove = _builtin("vm.builtin.kv_state_remove_sequence")
         self._kv_begin = _builtin("vm.builtin.kv_state_begin_forward")
@@ -49,11 +58,23 @@ class Engine:
         self._reshape = _builtin("vm.builtin.reshape")
         self.kv_cache = self.vm["create_paged_kv_cache"](
             ShapeTuple([self.max_batch_size]),
-            ShapeTuple([self.context_window]),
+            ShapeTuple([kv_tokens or self.context_window]),
             ShapeTuple([self.prefill_chunk]),
             ShapeTuple([PAGE_SIZE]),
             ShapeTuple([0]),
         )
+
+    def _random_params(self, seed: int) -> list:
+        """Weights drawn from ``seed`` where the model runs (benchmarks of full-size shapes, no download)."""
+        rng = np.random.default_rng(seed)
+        params = []
+        for _name, shape, dtype in self.config["param_specs"]:
+            if dtype == "uint32":  # packed quantized codes: any bit pattern is valid
+                array = rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32)
+            else:
+                array = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
+            params.append(tvm.runtime.tensor(array, self.device))
+        return params
 
     def _load_params(self) -> list:
         cache_json = self.folder / "tensor-cache.json"
