@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test install-bench demo test test-all bench-quant lint format clean
+.PHONY: install install-test install-bench demo test test-all bench bench-quant lint format clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,9 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 	# llama.cpp, the peer in the benchmarks (builds from source: ~12 minutes on 2 cores)
 	$(PIP) install -q llama-cpp-python
 	touch $@
+
+bench: install-bench
+	$(PY) bench/cpu.py
 
 bench-quant: install-bench
 	test -x /usr/bin/time || apt-get install -y time
