@@ -12,19 +12,16 @@ usage: python bench/cpu.py [--rounds 5] [--prompt-len 512] [--gen-len 128]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from report import write_report
 
-ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
 MAX_OUTSIDE_CPU = 0.10  # of one core, averaged over the round
 
@@ -127,43 +124,24 @@ def main() -> None:
     for row in summary.values():
         row["prefill_vs_llama_cpp"] = round(row["prefill_tok_s"] / peer["prefill_tok_s"], 3)
         row["decode_vs_llama_cpp"] = round(row["decode_tok_s"] / peer["decode_tok_s"], 3)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     meta = {
-        "command": "make bench  (python bench/cpu.py " + " ".join(sys.argv[1:]) + ")",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}",
-        "date": stamp,
         "prompt_len": args.prompt_len,
         "gen_len": args.gen_len,
         "llama_cpp_threads": 2,
         "dropped_rounds": dropped,
         "max_outside_cpu_fraction": MAX_OUTSIDE_CPU,
     }
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"cpu-{stamp}.json").write_text(json.dumps({"meta": meta, "summary": summary, "rounds": kept}, indent=2))
-    lines = [
-        f"# CPU benchmark {stamp}",
-        "",
-        *(f"- {k}: {v}" for k, v in meta.items()),
-        "",
+    table = [
         f"| system | prefill-{args.prompt_len} tok/s | decode-{args.gen_len} tok/s | prefill / llama.cpp | "
         "decode / llama.cpp | rounds |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in summary.items():
-        lines.append(
+        table.append(
             f"| {name} | {r['prefill_tok_s']} | {r['decode_tok_s']} | {r['prefill_vs_llama_cpp']} | "
             f"{r['decode_vs_llama_cpp']} | {r['rounds']} |"
         )
-    (out_dir / f"cpu-{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+    write_report("cpu", "bench", meta, {"summary": summary, "rounds": kept}, table)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,7 @@ usage: python bench/quant.py [--schemes q0f32,q8f16_1,...] [--window 512]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,8 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_report
 
-ROOT = Path(__file__).resolve().parent.parent
 LLMC = str(Path(sys.executable).parent / "llmc")
 GNU_TIME = "/usr/bin/time"  # Debian package `time`
 SCHEMES = ["q0f32", "q8f16_1", "q4f16_1", "q4f32_1", "q3f16_1"]
@@ -130,46 +127,23 @@ def main() -> None:
         )
         print(json.dumps(rows[-1]), flush=True)
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     meta = {
-        "command": "make bench-quant  (python bench/quant.py " + " ".join(sys.argv[1:]) + ")",
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {platform.processor()}",
-        "cpu": _cpu_model(),
         "text": label,
         "window": args.window,
-        "date": stamp,
         "note": "llmc schemes are converted from the Q4_1 GGUF dequantized to float32 (the only SmolLM2 "
         "weights here), so they re-quantize Q4_1 values; q0f32 is the Q4_1 model itself.",
     }
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"quant-{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [
-        f"# Quantization benchmark {stamp}",
-        "",
-        *(f"- {k}: {v}" for k, v in meta.items()),
-        "",
+    table = [
         "| system | scheme | bits/param | perplexity | tokens | convert s | peak RSS MiB (budget) | compile s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rss = f"{r['peak_rss_mib']} ({r['rss_budget_mib']})" if "peak_rss_mib" in r else "-"
-        lines.append(
+        table.append(
             f"| {r['system']} | {r['scheme']} | {r['bits_per_param']:.2f} | {r['perplexity']:.4f} | "
             f"{r['tokens']} | {r.get('convert_seconds', '-')} | {rss} | {r.get('compile_seconds', '-')} |"
         )
-    (out_dir / f"quant-{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    write_report("quant", "bench-quant", meta, {"rows": rows}, table)
 
 
 if __name__ == "__main__":

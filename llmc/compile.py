@@ -150,9 +150,8 @@ def _plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileO
     return ModelPlan(family, config, get_quant(options.quant or DEFAULT_QUANT), options.quantize_embeddings)
 
 
-def _describe_random_weights(source: ResolvedSource, plan: ModelPlan, named_params) -> dict:
-    """Config fields for an artifact without weights: shapes and dtypes to draw them from at load time."""
-    specs = [[name, [int(d) for d in p.shape], p.dtype] for name, p in named_params]
+def _model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
+    """The llmc-config.json fields every weights or artifact folder carries."""
     return {
         "format_version": FORMAT_VERSION,
         "llmc_version": llmc.__version__,
@@ -164,6 +163,14 @@ def _describe_random_weights(source: ResolvedSource, plan: ModelPlan, named_para
         "context_window": plan.config.context_window,
         "prefill_chunk": plan.config.prefill_chunk,
         "max_batch_size": plan.config.max_batch_size,
+    }
+
+
+def _describe_random_weights(source: ResolvedSource, plan: ModelPlan, named_params) -> dict:
+    """Config fields for an artifact without weights: shapes and dtypes to draw them from at load time."""
+    specs = [[name, [int(d) for d in p.shape], p.dtype] for name, p in named_params]
+    return {
+        **_model_fields(source, plan),
         "random_weights": True,
         "param_specs": specs,
         "bits_per_param": plan.scheme.bits_per_param,
@@ -179,16 +186,7 @@ def _write_weights(source: ResolvedSource, plan: ModelPlan, target, folder: Path
     convert_weights(reader, plan, target, writer, quiet)
     writer.finish({"quantization": plan.scheme.name, "model_type": plan.config.model_type})
     return {
-        "format_version": FORMAT_VERSION,
-        "llmc_version": llmc.__version__,
-        "source": {"spec": source.spec, "format": source.format, "path": str(source.path)},
-        "model": asdict(plan.config),
-        "quantization": plan.scheme.name,
-        "quantize_embeddings": plan.quantize_embeddings,
-        "dtype": plan.scheme.model_dtype,
-        "context_window": plan.config.context_window,
-        "prefill_chunk": plan.config.prefill_chunk,
-        "max_batch_size": plan.config.max_batch_size,
+        **_model_fields(source, plan),
         "weights": [rec["name"] for shard in writer.shards for rec in shard["records"]],
         "param_bytes": writer.total_bytes,
         "num_params": writer.total_params,
