@@ -29,7 +29,7 @@ def write_report(kind: str, make_target: str, meta: dict, payload: dict, table: 
     """Write ``payload`` (+ meta) as JSON and ``table`` (Markdown rows, header first) as Markdown; return the .md."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     meta = {
-        "command": f"make {make_target}  (python {Path(sys.argv[0]).as_posix()} {' '.join(sys.argv[1:])})".rstrip(),
+        "command": f"make {make_target}  ({' '.join(['python', Path(sys.argv[0]).as_posix(), *sys.argv[1:]])})",
         "machine": machine(),
         "date": stamp,
         **meta,
