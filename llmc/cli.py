@@ -97,9 +97,28 @@ def main(ctx: click.Context, verbose: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--debug-dump", type=click.Path(path_type=Path), help="Write the IR after each pipeline phase here.")
+@click.option(
+    "--opt",
+    type=click.Choice(["O0", "O1", "O2", "O3"]),
+    default="O2",
+    show_default=True,
+    help="O0: no fusion or tuned schedules; O1: + fusion, static memory plan; O2: + tuned schedules; "
+    "O3: + CUDA graphs (CUDA targets).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(
-    model, target, quant, fp_embeddings, output, context_window, prefill_chunk, max_batch_size, force, debug_dump, quiet
+    model,
+    target,
+    quant,
+    fp_embeddings,
+    output,
+    context_window,
+    prefill_chunk,
+    max_batch_size,
+    force,
+    debug_dump,
+    opt,
+    quiet,
 ):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
 
@@ -131,6 +150,7 @@ def compile(
         force=force,
         quiet=quiet,
         debug_dump=debug_dump,
+        opt_level=int(opt[1]),
     )
     out_dir = compile_model(model, options)
     click.echo(f"wrote {out_dir}")

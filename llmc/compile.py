@@ -49,6 +49,7 @@ class CompileOptions:
     force: bool = False
     quiet: bool = False
     debug_dump: Path | None = None
+    opt_level: int = 2  # llmc.compiler.pipeline: O0 (no fusion/schedules) .. O3 (+ CUDA graphs)
 
 
 @dataclass
@@ -317,6 +318,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "device": preset_target.device,
                 "library": library,
                 "params": [name for name, _ in named_params],
+                "opt_level": options.opt_level,
                 "compile_seconds": round(time.time() - started, 2),
             },
         )
@@ -335,7 +337,7 @@ def _check_weights_match(folder: Path, stored: list[str], expected: list[str]) -
 def _build_with_progress(compile_library, mod, preset_target, library: Path, options: CompileOptions) -> None:
     with tqdm(total=1, desc=f"build {preset_target.name}", unit="library", disable=options.quiet or None) as bar:
         try:
-            compile_library(mod, preset_target, library, options.debug_dump)
+            compile_library(mod, preset_target, library, options.debug_dump, options.opt_level)
         except LlmcError:
             raise
         except Exception as err:  # TVM's errors carry long C++ traces; keep the first line

@@ -1,8 +1,18 @@
-"""The Relax pass pipeline in named phases; ``dump_dir`` writes the IR after each phase."""
+"""The Relax pass pipeline in named phases; ``dump_dir`` writes the IR after each phase.
+
+``opt_level`` switches groups off (``llmc compile --opt``):
+  O0  legalize and lower only: one kernel per op, default loop nests (GPU kernels get dlight's
+      Fallback thread binding, which they need to run at all)
+  O1  + operator fusion (FuseTransposeMatmul, FuseOps/FuseTIR) and static memory planning
+  O2  + tuned schedules: llmc's CPU matmul schedule; dlight Matmul/GEMV/LowBatchGEMV/Reduction/
+      GeneralReduction/RMSNorm on GPUs (the default)
+  O3  + CUDA-graph capture of the static parts of decode (CUDA targets only)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tvm
@@ -11,38 +21,55 @@ from tvm.s_tir import dlight as dl
 
 from llmc.compiler.passes.cpu_schedule import ScheduleMatmulCPU
 
-PhaseList = list[tuple[str, Callable[[tvm.target.Target], list]]]
+DEFAULT_OPT_LEVEL = 2
+OPT_LEVELS = (0, 1, 2, 3)
 
 
-def _dispatch(target):
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    passes: Callable[[tvm.target.Target, int], list]
+    min_level: int = 0  # the phase runs when opt_level >= min_level
+    config: dict = field(default_factory=dict)  # PassContext options the phase's passes read
+
+
+def _dispatch(target, level):
     return [relax.backend.DispatchSampling(), relax.backend.DispatchSortScan()]
 
 
-def _legalize_and_fuse(target):
-    return [
-        relax.transform.FuseTransposeMatmul(),
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-    ]
+def _fuse_transpose_matmul(target, level):
+    return [relax.transform.FuseTransposeMatmul()]
 
 
-def _schedule(target):
-    # dlight's cpu.GEMV rule makes LLVM codegen run for minutes on even a 2-layer model in TVM 0.27,
-    # so CPU matmuls get llmc's own schedule.
+def _legalize(target, level):
+    return [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant()]
+
+
+def _fuse(target, level):
+    return [relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
+
+
+def _schedule(target, level):
     if target.kind.name == "llvm":
-        return [ScheduleMatmulCPU]
+        # dlight's cpu.GEMV rule makes LLVM codegen run for minutes on even a 2-layer model in TVM 0.27,
+        # so CPU matmuls get llmc's own schedule; below O2 they keep TVM's default loop nests
+        return [ScheduleMatmulCPU] if level >= 2 else []
+    if level < 2:
+        return [dl.ApplyDefaultSchedule(dl.gpu.Fallback())]
     return [
         dl.ApplyDefaultSchedule(
-            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+            dl.gpu.Matmul(),
+            dl.gpu.GEMV(),
+            dl.gpu.LowBatchGEMV(),
+            dl.gpu.Reduction(),
+            dl.gpu.GeneralReduction(),
+            dl.gpu.RMSNorm(),
+            dl.gpu.Fallback(),
         )
     ]
 
 
-def _lower_dataflow(target):
+def _lower_dataflow(target, level):
     return [
         relax.transform.RewriteDataflowReshape(),
         relax.transform.ToNonDataflow(),
@@ -51,12 +78,16 @@ def _lower_dataflow(target):
     ]
 
 
-def _plan_memory(target):
+def _plan_memory(target, level):
     # sizes come from the tir_var_upper_bound attrs attached at export
     return [relax.transform.StaticPlanBlockMemory()]
 
 
-def _finalize(target):
+def _cuda_graph(target, level):
+    return [relax.transform.RewriteCUDAGraph()] if target.kind.name == "cuda" else []
+
+
+def _finalize(target, level):
     return [
         relax.transform.LowerAllocTensor(),
         relax.transform.KillAfterLastUse(),
@@ -67,27 +98,39 @@ def _finalize(target):
     ]
 
 
-PHASES: PhaseList = [
-    ("dispatch", _dispatch),
-    ("legalize_fuse", _legalize_and_fuse),
-    ("schedule", _schedule),
-    ("lower_dataflow", _lower_dataflow),
-    ("plan_memory", _plan_memory),
-    ("finalize", _finalize),
+PHASES: list[Phase] = [
+    Phase("dispatch", _dispatch),
+    Phase("fuse_transpose_matmul", _fuse_transpose_matmul, 1),
+    Phase("legalize", _legalize),
+    Phase("fuse", _fuse, 1),
+    Phase("schedule", _schedule),
+    Phase("lower_dataflow", _lower_dataflow),
+    Phase("plan_memory", _plan_memory, 1),
+    Phase("cuda_graph", _cuda_graph, 3, {"relax.backend.use_cuda_graph": True}),
+    Phase("finalize", _finalize),
 ]
 
 
-def make_pipeline(target: tvm.target.Target, dump_dir: Path | None = None):
-    """A module pass running every phase under ``target``, dumping IR per phase when asked."""
+def make_pipeline(target: tvm.target.Target, dump_dir: Path | None = None, opt_level: int = DEFAULT_OPT_LEVEL):
+    """A module pass running the phases enabled at ``opt_level`` under ``target``, dumping IR per phase."""
 
     @tvm.transform.module_pass(opt_level=0, name="llmc_pipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            for index, (name, passes) in enumerate(PHASES):
-                mod = tvm.transform.Sequential(passes(target), name=name)(mod)
+            for index, phase in enumerate(PHASES):
+                if opt_level < phase.min_level:
+                    continue
+                passes = tvm.transform.Sequential(phase.passes(target, opt_level), name=phase.name)
+                if phase.config:
+                    outer = tvm.transform.PassContext.current()
+                    config = {**{str(k): v for k, v in outer.config.items()}, **phase.config}
+                    with tvm.transform.PassContext(opt_level=outer.opt_level, config=config):
+                        mod = passes(mod)
+                else:
+                    mod = passes(mod)
                 if dump_dir is not None:
                     dump_dir.mkdir(parents=True, exist_ok=True)
-                    (dump_dir / f"{index:02d}_{name}.py").write_text(mod.script(show_meta=False))
+                    (dump_dir / f"{index:02d}_{phase.name}.py").write_text(mod.script(show_meta=False))
         return mod
 
     return _pipeline
