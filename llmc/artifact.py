@@ -32,7 +32,8 @@ def atomic_output_dir(out_dir: Path, force: bool = False) -> Iterator[Path]:
     if out_dir.exists() and not force:
         raise ArtifactError(f"{out_dir}: already exists. Pass --force to overwrite it, or choose another -o.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_abandoned_temp_dirs(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
@@ -46,6 +47,27 @@ def atomic_output_dir(out_dir: Path, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_abandoned_temp_dirs(out_dir: Path) -> list[Path]:
+    """Delete temp folders for ``out_dir`` left by runs that were killed (their owning process is gone)."""
+    removed = []
+    for candidate in out_dir.parent.glob(f".{out_dir.name}.tmp-*-*"):
+        owner = candidate.name[len(f".{out_dir.name}.tmp-") :].split("-", 1)[0]
+        if owner.isdigit() and not _process_alive(int(owner)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class TensorCacheWriter:

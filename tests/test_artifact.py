@@ -53,3 +53,30 @@ def test_incomplete_artifact_is_reported(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(ArtifactError, match="llmc-config.json"):
         read_config(tmp_path / "half")
+
+
+def test_killed_quantize_leaves_nothing_complete_and_rerun_cleans_up(tmp_path):
+    """A real SIGKILL mid-run: no output folder appears; the next run succeeds and removes the leftovers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    llmc = str(Path(sys.executable).parent / "llmc")
+    out = tmp_path / "weights"
+    # SmolLM2: seconds of conversion inside the temp folder, so the kill lands mid-write
+    args = [llmc, "quantize", "smollm2-135m", "--quant", "q4f16_1", "-o", str(out), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".weights.tmp-*/params_shard_0.bin")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    leftovers = list(tmp_path.glob(".weights.tmp-*"))
+    assert leftovers, "the run should have been killed while writing"
+    assert not out.exists()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (out / "llmc-config.json").exists() and (out / "tensor-cache.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"], "abandoned temp folders are removed"
