@@ -6,6 +6,7 @@ A weights folder (``llmc quantize``) holds converted weights, tokenizer and ``ll
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -99,7 +100,7 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
 
 
 # ---------------------------------------------------------------------- weights
-def _convert_one(reader, name: str, expected: tuple, source: WeightSource, plan: ModelPlan):
+def _convert_one(reader, name: str, source: WeightSource, plan: ModelPlan):
     arrays = []
     for hf_name, shape in zip(source.names, source.shapes):
         array = reader.get(hf_name)
@@ -123,7 +124,7 @@ def convert_weights(reader, plan: ModelPlan, target, writer: TensorCacheWriter, 
         pending: deque = deque()
         for name, expected in params:
             source = sources.get(name, WeightSource([name], [expected]))
-            pending.append(pool.submit(_convert_one, reader, name, expected, source, plan))
+            pending.append(pool.submit(_convert_one, reader, name, source, plan))
             if len(pending) > CONVERT_THREADS:
                 _store(pending.popleft().result(), writer, bar)
         while pending:
@@ -134,14 +135,6 @@ def _store(converted: list, writer: TensorCacheWriter, bar) -> None:
     for out_name, array in converted:
         writer.add(out_name, array)
     bar.update(1)
-
-
-def _plan_from_checkpoint(source: ResolvedSource, reader, options: CompileOptions) -> ModelPlan:
-    family = family_for(reader.config, str(source.path))
-    config = family.parse_config(reader.config, str(source.path))
-    apply_sizes(config, options, source.preset)
-    scheme = get_quant(options.quant or DEFAULT_QUANT)
-    return ModelPlan(family, config, scheme, options.quantize_embeddings)
 
 
 def _plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
@@ -179,9 +172,8 @@ def _describe_random_weights(source: ResolvedSource, plan: ModelPlan, named_para
     }
 
 
-def _write_weights(source: ResolvedSource, plan: ModelPlan, target, folder: Path, quiet: bool) -> dict:
+def _write_weights(source: ResolvedSource, reader, plan: ModelPlan, target, folder: Path, quiet: bool) -> dict:
     """Converted weights + tokenizer into ``folder``; returns the config fields that describe them."""
-    reader = open_checkpoint(source)
     started = time.time()
     writer = TensorCacheWriter(folder)
     convert_weights(reader, plan, target, writer, quiet)
@@ -197,21 +189,17 @@ def _write_weights(source: ResolvedSource, plan: ModelPlan, target, folder: Path
     }
 
 
+@contextlib.contextmanager
 def _disk_errors(out_dir: Path):
     """Turn a full disk into a clear error (the atomic folder is already gone)."""
-
-    class _Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, err, _tb):
-            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-                raise LlmcError(
-                    f"{out_dir}: no space left on the device while writing; nothing was kept. Free space and re-run."
-                ) from err
-            return False
-
-    return _Guard()
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise LlmcError(
+                f"{out_dir}: no space left on the device while writing; nothing was kept. Free space and re-run."
+            ) from err
+        raise
 
 
 def quantize_model(model: str, options: CompileOptions) -> Path:
@@ -223,12 +211,12 @@ def quantize_model(model: str, options: CompileOptions) -> Path:
     if source.format == "llmc":
         raise ConfigError(f"{source.path}: already converted weights; quantize the original checkpoint instead.")
     reader = open_checkpoint(source)
-    plan = _plan_from_checkpoint(source, reader, options)
+    plan = _plan_from_config(reader.config, source, options)
     target = get_target("llvm").tvm_target()  # any target: only the module's parameter list is used
     plan.module(target)
     out_dir = options.output or default_output(model, scheme.name, None)
     with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
-        write_config(tmp, {**_write_weights(source, plan, target, tmp, options.quiet), "stage": "weights"})
+        write_config(tmp, {**_write_weights(source, reader, plan, target, tmp, options.quiet), "stage": "weights"})
     return Path(out_dir)
 
 
@@ -284,7 +272,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         plan, stored = _plan_from_config(hf_config, source, options), None
     else:
         reader = open_checkpoint(source)
-        plan, stored = _plan_from_checkpoint(source, reader, options), None
+        plan, stored = _plan_from_config(reader.config, source, options), None
     mod, named_params = build_module(plan.module(target), target)
     if stored is not None:
         _check_weights_match(source.path, stored["weights"], [name for name, _ in named_params])
@@ -295,7 +283,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         if random_weights:
             weights = _describe_random_weights(source, plan, named_params)
         elif stored is None:
-            weights = _write_weights(source, plan, target, tmp, options.quiet)
+            weights = _write_weights(source, reader, plan, target, tmp, options.quiet)
         else:
             _link_weights(source.path, tmp)
             weights = {

@@ -80,3 +80,23 @@ def test_killed_quantize_leaves_nothing_complete_and_rerun_cleans_up(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (out / "llmc-config.json").exists() and (out / "tensor-cache.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"], "abandoned temp folders are removed"
+
+
+def test_full_disk_is_a_clear_error_and_keeps_nothing(checkpoints, tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    import llmc.artifact
+    from llmc.cli import main
+
+    def full(self, name, array):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(llmc.artifact.TensorCacheWriter, "add", full)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["quantize", str(checkpoints["llama_tied"]), "--quant", "q4f16_1", "-o", str(out), "--quiet"]
+    )
+    assert result.exit_code == 1 and "no space left" in result.stderr and "Free space and re-run" in result.stderr
+    assert "Traceback" not in result.output and list(tmp_path.iterdir()) == []
