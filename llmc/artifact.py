@@ -79,7 +79,6 @@ class TensorCacheWriter:
         self._file = None
         self._md5 = None
         self.total_bytes = 0
-        self.total_params = 0
 
     def _open_shard(self) -> None:
         self._close_shard()
@@ -115,7 +114,6 @@ class TensorCacheWriter:
         self._md5.update(buffer)
         shard["nbytes"] += nbytes
         self.total_bytes += nbytes
-        self.total_params += int(data.size)
 
     def finish(self, metadata: dict) -> None:
         self._close_shard()

@@ -182,7 +182,6 @@ def _write_weights(source: ResolvedSource, reader, plan: ModelPlan, target, fold
         **_model_fields(source, plan),
         "weights": [rec["name"] for shard in writer.shards for rec in shard["records"]],
         "param_bytes": writer.total_bytes,
-        "num_params": writer.total_params,
         "bits_per_param": plan.scheme.bits_per_param,
         "convert_seconds": round(time.time() - started, 2),
         "tokenizer": write_tokenizer_files(reader, folder),

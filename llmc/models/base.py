@@ -17,9 +17,6 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 
 from llmc.models.layers import gather_rows
 
-# exported function -> symbolic vars it uses, bounded for static memory planning
-SYMBOLIC_VARS = ("seq_len", "batch_size")
-
 
 @dataclass
 class ModelConfig:

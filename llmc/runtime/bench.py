@@ -11,10 +11,6 @@ import numpy as np
 from llmc.errors import GenerationError
 
 
-def _percentile_summary(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def run_bench(engine, batch: int, prompt_len: int, gen_len: int, repeats: int, seed: int = 0) -> dict:
     """Greedy generation on random prompts: ``batch`` sequences of ``prompt_len`` tokens, ``gen_len`` steps."""
     if prompt_len + gen_len > engine.context_window:
@@ -48,7 +44,7 @@ def run_bench(engine, batch: int, prompt_len: int, gen_len: int, repeats: int, s
                 tokens = np.argmax(engine.batch_decode(seq_ids, tokens), axis=-1).tolist()
         decode_s.append(time.perf_counter() - started)
     engine.reset()
-    prefill, decode = _percentile_summary(prefill_s), _percentile_summary(decode_s)
+    prefill, decode = statistics.median(prefill_s), statistics.median(decode_s)
     return {
         "batch": batch,
         "prompt_len": prompt_len,
@@ -56,7 +52,7 @@ def run_bench(engine, batch: int, prompt_len: int, gen_len: int, repeats: int, s
         "repeats": repeats,
         "prefill_tok_s": round(batch * prompt_len / prefill, 3),
         "decode_tok_s": round(batch * gen_len / decode, 3),
-        "ttft_ms": round(_percentile_summary(ttft_s) * 1000, 3),
+        "ttft_ms": round(statistics.median(ttft_s) * 1000, 3),
         "prefill_seconds": [round(x, 4) for x in prefill_s],
         "decode_seconds": [round(x, 4) for x in decode_s],
         "peak_host_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -36,7 +36,6 @@ class Engine:
         model = self.config["model"]
         self.vocab_size = model["vocab_size"]
         self.hidden_size = model["hidden_size"]
-        self.dtype = self.config["dtype"]
         self.context_window = self.config["context_window"]
         self.prefill_chunk = self.config["prefill_chunk"]
         # never above the bound the library's memory was planned for
@@ -51,8 +50,6 @@ class Engine:
         self._kv_remove = _builtin("vm.builtin.kv_state_remove_sequence")
         self._kv_begin = _builtin("vm.builtin.kv_state_begin_forward")
         self._kv_end = _builtin("vm.builtin.kv_state_end_forward")
-        self._kv_fork = _builtin("vm.builtin.kv_state_fork_sequence")
-        self._kv_popn = _builtin("vm.builtin.kv_state_popn")
         self._kv_clear = _builtin("vm.builtin.kv_state_clear")
         self._seq_len = _builtin("vm.builtin.attention_kv_cache_get_sequence_length")
         self._reshape = _builtin("vm.builtin.reshape")
@@ -101,12 +98,6 @@ class Engine:
 
     def remove_sequence(self, seq_id: int) -> None:
         self._kv_remove(self.kv_cache, seq_id)
-
-    def fork_sequence(self, parent: int, child: int) -> None:
-        self._kv_fork(self.kv_cache, parent, child, -1)
-
-    def popn(self, seq_id: int, count: int) -> None:
-        self._kv_popn(self.kv_cache, seq_id, count)
 
     def sequence_length(self, seq_id: int) -> int:
         return int(self._seq_len(self.kv_cache, seq_id))
