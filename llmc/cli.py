@@ -126,13 +126,7 @@ def compile(
     are and only the library is built. The folder is written under a temporary name and renamed
     into place only when complete, so an interrupted or failed compile leaves nothing behind.
     """
-    from llmc.compiler.targets import get_target
-
-    preset = get_target(target)  # fail fast on unknown names, before any loading
-    if preset.device == "cuda":
-        from llmc.compiler.cuda import prepare_cuda_build
-
-        prepare_cuda_build()  # before anything imports TVM
+    _prepare_target(target)  # fail fast on unknown names, before any loading
     from llmc.quant import get_quant
 
     if quant:
@@ -182,6 +176,7 @@ def quantize(model, quant, fp_embeddings, output, force, quiet, eval_text, windo
     `llmc compile DIR --target ...` then builds a library for the folder without re-quantizing.
     Conversion streams one tensor at a time on two threads.
     """
+    from llmc.artifact import read_config
     from llmc.compile import CompileOptions, quantize_model
     from llmc.quant import get_quant
 
@@ -191,7 +186,7 @@ def quantize(model, quant, fp_embeddings, output, force, quiet, eval_text, windo
         quant=quant, output=output, force=force, quiet=quiet, quantize_embeddings=not fp_embeddings
     )
     out_dir = quantize_model(model, options)
-    stored = json.loads((out_dir / "llmc-config.json").read_text())
+    stored = read_config(out_dir)
     summary = {
         "output": str(out_dir),
         "quantization": scheme.name,
@@ -369,17 +364,12 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
     """
     import tempfile
 
-    from llmc.artifact import CONFIG_FILE
+    from llmc.artifact import read_config
 
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
         artifact, compile_seconds = Path(model), None
-        if not (artifact / CONFIG_FILE).exists() or (random_weights and not _is_compiled(artifact)):
-            from llmc.compiler.targets import get_target
-
-            if get_target(target).device == "cuda":
-                from llmc.compiler.cuda import prepare_cuda_build
-
-                prepare_cuda_build()
+        if not _is_compiled(artifact):  # a checkpoint, preset or weights folder: build it first
+            _prepare_target(target)
             from llmc.compile import CompileOptions, compile_model
 
             started = time.time()
@@ -394,7 +384,6 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
             )
             artifact = compile_model(model, options)
             compile_seconds = round(time.time() - started, 2)
-        from llmc.artifact import read_config
         from llmc.runtime.bench import run_bench
         from llmc.runtime.engine import Engine
 
@@ -427,7 +416,21 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
 
 
 def _is_compiled(folder: Path) -> bool:
-    return json.loads((folder / "llmc-config.json").read_text()).get("stage") == "compiled"
+    from llmc.artifact import CONFIG_FILE, read_config
+
+    return (folder / CONFIG_FILE).exists() and read_config(folder).get("stage") == "compiled"
+
+
+def _prepare_target(name: str):
+    """The target preset; for CUDA, nvcc and the driver are prepared first (before anything imports TVM)."""
+    from llmc.compiler.targets import get_target
+
+    preset = get_target(name)
+    if preset.device == "cuda":
+        from llmc.compiler.cuda import prepare_cuda_build
+
+        prepare_cuda_build()
+    return preset
 
 
 @main.command()

@@ -59,3 +59,15 @@ def test_bench_limits_are_clear_errors(compiled):
     assert too_long.exit_code == 1 and "context window 128" in too_long.stderr
     too_wide = bench(artifact, "--batch", "9", "--prompt-len", "4", "--gen-len", "2")
     assert too_wide.exit_code == 1 and "max batch size" in too_wide.stderr
+
+
+def test_bench_weights_folder_is_compiled_first(checkpoints, tmp_path):
+    from llmc.compile import CompileOptions, quantize_model
+
+    weights = quantize_model(
+        str(checkpoints["llama_tied"]), CompileOptions(quant="q4f32_1", output=tmp_path / "w", quiet=True)
+    )
+    result = bench(str(weights), "--prompt-len", "12", "--gen-len", "3", "--repeats", "1", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["quantization"] == "q4f32_1" and out["compile_seconds"] > 0 and not out["random_weights"]
