@@ -293,7 +293,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "max_batch_size": plan.config.max_batch_size,
             }
             weights.pop("stage", None)
-        library = f"model-{preset_target.name.replace(':', '-')}{preset_target.library_suffix}"
+        library = f"model-{preset_target.name.replace(':', '-').replace('+', '-')}{preset_target.library_suffix}"
         _build_with_progress(compile_library, mod, preset_target, tmp / library, options)
         write_config(
             tmp,
@@ -303,6 +303,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "tvm_version": _tvm_version(),
                 "target": preset_target.name,
                 "device": preset_target.device,
+                **({"cuda_archs": list(preset_target.cuda_archs)} if preset_target.device == "cuda" else {}),
                 "library": library,
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,

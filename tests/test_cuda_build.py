@@ -10,22 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from llmc.compiler.cuda import library_has_device_code
+from llmc.compiler.cuda import fatbin_entries, library_has_device_code
 
 LLMC = str(Path(sys.executable).parent / "llmc")
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 
 
-@pytest.mark.parametrize("quant", ["q0f16", "q4f16_1"])
-def test_cuda_sm90a_library_holds_cubin(checkpoints, tmp_path, quant):
-    out = tmp_path / quant
-    done = subprocess.run(
+def compile_cuda(checkpoint: Path, target: str, quant: str, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             LLMC,
             "compile",
-            str(checkpoints["llama_gqa"]),
+            str(checkpoint),
             "--target",
-            "cuda:sm_90a",
+            target,
             "--quant",
             quant,
             "-o",
@@ -38,6 +36,12 @@ def test_cuda_sm90a_library_holds_cubin(checkpoints, tmp_path, quant):
         text=True,
         timeout=900,
     )
+
+
+@pytest.mark.parametrize("quant", ["q0f16", "q4f16_1"])
+def test_cuda_sm90a_library_holds_cubin(checkpoints, tmp_path, quant):
+    out = tmp_path / quant
+    done = compile_cuda(checkpoints["llama_gqa"], "cuda:sm_90a", quant, out)
     assert done.returncode == 0, done.stderr
     config = json.loads((out / "llmc-config.json").read_text())
     assert config["target"] == "cuda:sm_90a" and config["device"] == "cuda"
@@ -46,6 +50,27 @@ def test_cuda_sm90a_library_holds_cubin(checkpoints, tmp_path, quant):
     assert library_has_device_code(library), "the library must hold cubin sections, not CUDA source"
     assert b"-arch sm_90a" in data, "kernels must be compiled for sm_90a"
     assert b"__global__" not in data
+    assert ("sass", "sm_90") in fatbin_entries(library)
+
+
+def test_cuda_multi_arch_fatbin(checkpoints, tmp_path):
+    out = tmp_path / "fat"
+    done = compile_cuda(checkpoints["llama_gqa"], "cuda:sm_80+sm_90a", "q4f16_1", out)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "llmc-config.json").read_text())
+    assert config["cuda_archs"] == ["sm_80", "sm_90a"]
+    entries = fatbin_entries(out / config["library"])
+    assert {("sass", "sm_80"), ("sass", "sm_90"), ("ptx", "sm_80")} <= set(entries), entries
+    assert ("sass", "sm_89") not in entries
+
+
+def test_unknown_cuda_arch_in_fatbin_target(tmp_path):
+    done = subprocess.run(
+        [LLMC, "compile", "x", "--target", "cuda:sm_80+sm_42", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "sm_42" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_plain_cuda_target_without_a_gpu_names_the_choices(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import tvm
@@ -24,12 +25,20 @@ def build_module(model, target: tvm.target.Target) -> tuple[tvm.IRModule, list[t
     return mod, named_params
 
 
+def _device_compiler(preset: TargetPreset):
+    if preset.device == "cuda":
+        from llmc.compiler.cuda import nvcc_for_archs
+
+        return nvcc_for_archs(preset.cuda_archs)
+    return contextlib.nullcontext()
+
+
 def compile_library(
     mod: tvm.IRModule, preset: TargetPreset, out_file: Path, dump_dir: Path | None = None, opt_level: int = 2
 ) -> None:
     """Build ``mod`` for ``preset`` and export the library to ``out_file``."""
     target = preset.tvm_target()
-    with target:  # TVM's nvcc callback reads the current target
+    with target, _device_compiler(preset):  # TVM's nvcc callback reads the current target
         executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level))
     executable.export_library(str(out_file))
     if preset.device == "cuda":

@@ -9,11 +9,14 @@ library to load) and preloads it, and it selects nvcc as TVM's CUDA compiler.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
+import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from llmc.errors import LlmcError
@@ -78,3 +81,57 @@ def library_has_device_code(library: Path) -> bool:
     """True when a built library embeds CUDA ELF (cubin/fatbin) sections rather than CUDA source."""
     data = library.read_bytes()
     return b".nv.info" in data and b'extern "C" __global__' not in data
+
+
+def _gencode_flags(archs: tuple[str, ...]) -> list[str]:
+    """nvcc flags: SASS for each arch, plus PTX of the oldest so newer GPUs can JIT it."""
+    flags = []
+    for arch in archs:
+        flags += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+    oldest = archs[0][3:]
+    return flags + ["-gencode", f"arch=compute_{oldest},code=compute_{oldest}"]
+
+
+@contextlib.contextmanager
+def nvcc_for_archs(archs: tuple[str, ...]) -> Iterator[None]:
+    """While active, TVM's CUDA kernels compile to one fatbin holding code for every arch in ``archs``."""
+    if len(archs) < 2:
+        yield
+        return
+    import tvm_ffi
+    from tvm.support import nvcc
+
+    default = tvm_ffi.get_global_func("tvm_callback_cuda_compile")
+
+    def compile_fatbin(code: str) -> bytes:
+        return nvcc.compile_cuda(code, target_format="fatbin", arch=_gencode_flags(archs), compiler="nvcc")
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_fatbin, override=True)
+    try:
+        yield
+    finally:
+        tvm_ffi.register_global_func("tvm_callback_cuda_compile", default, override=True)
+
+
+FATBIN_MAGIC = 0xBA55ED50
+FATBIN_KINDS = {1: "ptx", 2: "sass"}
+
+
+def fatbin_entries(library: Path) -> list[tuple[str, str]]:
+    """``(kind, sm_XY)`` for every entry of every fatbin embedded in ``library`` (kind: sass or ptx)."""
+    data = library.read_bytes()
+    magic = struct.pack("<I", FATBIN_MAGIC)
+    entries: list[tuple[str, str]] = []
+    start = data.find(magic)
+    while start != -1:
+        _, _, header_size, fat_size = struct.unpack_from("<IHHQ", data, start)
+        offset, end = start + header_size, start + header_size + fat_size
+        while offset + 32 <= min(end, len(data)):
+            kind, _, entry_header, size = struct.unpack_from("<HHIQ", data, offset)
+            (arch,) = struct.unpack_from("<I", data, offset + 28)
+            if kind not in FATBIN_KINDS or entry_header < 32:
+                break
+            entries.append((FATBIN_KINDS[kind], f"sm_{arch}"))
+            offset += entry_header + size
+        start = data.find(magic, max(end, start + 1))
+    return entries

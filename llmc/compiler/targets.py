@@ -18,6 +18,7 @@ class TargetPreset:
     library_suffix: str = ".so"
     device: str = "cpu"
     host: dict = field(default_factory=dict)
+    cuda_archs: tuple[str, ...] = ()  # more than one: a fatbin with SASS for each (+ PTX of the first)
 
     def tvm_target(self):
         import tvm
@@ -32,10 +33,10 @@ class TargetPreset:
         return tvm.target.Target(target)
 
 
-def _cuda(arch: str, description: str) -> TargetPreset:
+def _cuda(arch: str, description: str, name: str | None = None, archs: tuple[str, ...] = ()) -> TargetPreset:
     # the host code runs on whatever x86-64 CPU drives the GPU: no -mcpu=native there
     return TargetPreset(
-        f"cuda:{arch}",
+        name or f"cuda:{arch}",
         description,
         {
             "kind": "cuda",
@@ -46,7 +47,23 @@ def _cuda(arch: str, description: str) -> TargetPreset:
         },
         host={"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"},
         device="cuda",
+        cuda_archs=archs or (arch,),
     )
+
+
+CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90a")  # architectures nvcc 13 builds that llmc names
+
+
+def _cuda_fatbin(archs: tuple[str, ...], name: str, description: str) -> TargetPreset:
+    """One library for several GPU generations: kernels generated for the oldest, SASS for each."""
+    unknown = [a for a in archs if a not in CUDA_ARCHS]
+    if unknown or not archs:
+        raise LlmcError(
+            f"unknown CUDA architecture(s) {', '.join(unknown) or '(none)'} in target {name!r}; "
+            f"use '+' between names from: {', '.join(CUDA_ARCHS)}, e.g. cuda:sm_80+sm_90a."
+        )
+    ordered = tuple(sorted(set(archs), key=CUDA_ARCHS.index))
+    return _cuda(ordered[0], description, name, ordered)
 
 
 TARGETS: dict[str, TargetPreset] = {
@@ -65,8 +82,14 @@ TARGETS: dict[str, TargetPreset] = {
     "cuda:sm_90a": _cuda("sm_90a", "NVIDIA Hopper (H100/H200): cubin for sm_90a, built with nvcc"),
     "cuda:sm_89": _cuda("sm_89", "NVIDIA Ada (RTX 40xx, L4, L40): cubin for sm_89"),
     "cuda:sm_80": _cuda("sm_80", "NVIDIA Ampere (A100, A10 via sm_86-compatible code): cubin for sm_80"),
+    "cuda:fatbin": _cuda_fatbin(
+        CUDA_ARCHS, "cuda:fatbin", "one library for Ampere..Hopper: SASS for sm_80/86/89/90a + sm_80 PTX"
+    ),
 }
-ALIASES = {"cuda": "the GPU of this machine (cuda:sm_XX from nvidia-smi)"}
+ALIASES = {
+    "cuda": "the GPU of this machine (cuda:sm_XX from nvidia-smi)",
+    "cuda:sm_XX+sm_YY": "a fatbin for the listed architectures (e.g. cuda:sm_80+sm_90a)",
+}
 
 
 def detect_cuda_arch() -> str | None:
@@ -97,6 +120,8 @@ def get_target(name: str) -> TargetPreset:
         name = f"cuda:{arch}"
         if name not in TARGETS:
             return _cuda(arch, f"NVIDIA GPU of this machine ({arch})")
+    if name.startswith("cuda:") and "+" in name:
+        return _cuda_fatbin(tuple(name.removeprefix("cuda:").split("+")), name, "CUDA fatbin")
     if name not in TARGETS:
         raise LlmcError(f"unknown target {name!r}; known: {', '.join([*TARGETS, *ALIASES])} (see `llmc targets`).")
     return TARGETS[name]
