@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test install-bench demo test test-all bench bench-quant lint format clean
+.PHONY: install install-test install-bench demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,15 @@ bench: install-bench
 bench-quant: install-bench
 	test -x /usr/bin/time || apt-get install -y time
 	$(PY) bench/quant.py
+
+# GPU checks (issue 4): compile here, run on the GPU machine with TVM's runtime only (bench/gpu/README.md)
+gpu-carry: install
+	$(PY) bench/gpu/prepare.py
+
+# the same path rehearsed on this CPU: "GPU" libraries built for llvm:generic, run.sh run here
+gpu-dry-run: install
+	$(PY) bench/gpu/prepare.py --dry-run
+	PYTHON=$(abspath $(PY)) OUT=$(abspath dist/gpu-dry-run) bash bench/gpu/run.sh
 
 lint: install-test
 	$(VENV)/bin/ruff check llmc tests bench

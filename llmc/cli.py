@@ -105,6 +105,11 @@ def main(ctx: click.Context, verbose: bool) -> None:
     help="O0: no fusion or tuned schedules; O1: + fusion, static memory plan; O2: + tuned schedules; "
     "O3: + CUDA graphs (CUDA targets).",
 )
+@click.option(
+    "--random-weights",
+    is_flag=True,
+    help="Store no weights: the runtime draws them from a seed (benchmarks and checks of full-size shapes).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(
     model,
@@ -118,6 +123,7 @@ def compile(
     force,
     debug_dump,
     opt,
+    random_weights,
     quiet,
 ):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
@@ -145,6 +151,7 @@ def compile(
         quiet=quiet,
         debug_dump=debug_dump,
         opt_level=int(opt[1]),
+        random_weights=random_weights,
     )
     out_dir = compile_model(model, options)
     click.echo(f"wrote {out_dir}")
@@ -438,10 +445,11 @@ def targets():
     """List the target presets."""
     from llmc.compiler.targets import ALIASES, TARGETS
 
+    width = max(len(name) for name in [*TARGETS, *ALIASES])
     for preset in TARGETS.values():
-        click.echo(f"{preset.name:12s} {preset.library_suffix:6s} {preset.description}")
+        click.echo(f"{preset.name:{width}s} {preset.library_suffix:6s} {preset.description}")
     for name, description in ALIASES.items():
-        click.echo(f"{name:12s} {'':6s} {description}")
+        click.echo(f"{name:{width}s} {'':6s} {description}")
 
 
 @main.command()

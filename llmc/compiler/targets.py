@@ -79,6 +79,11 @@ TARGETS: dict[str, TargetPreset] = {
             "fast-math-contract": True,
         },
     ),
+    "llvm:generic": TargetPreset(
+        "llvm:generic",
+        "any x86-64 Linux CPU (no -mcpu): a shared library to run on another machine",
+        {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu", "fast-math-reassoc": True, "fast-math-contract": True},
+    ),
     "cuda:sm_90a": _cuda("sm_90a", "NVIDIA Hopper (H100/H200): cubin for sm_90a, built with nvcc"),
     "cuda:sm_89": _cuda("sm_89", "NVIDIA Ada (RTX 40xx, L4, L40): cubin for sm_89"),
     "cuda:sm_80": _cuda("sm_80", "NVIDIA Ampere (A100, A10 via sm_86-compatible code): cubin for sm_80"),
