@@ -105,6 +105,13 @@ def main(ctx: click.Context, verbose: bool) -> None:
     help="O0: no fusion or tuned schedules; O1: + fusion, static memory plan; O2: + tuned schedules; "
     "O3: + CUDA graphs (CUDA targets).",
 )
+@click.option(
+    "--system-lib-prefix",
+    default=None,
+    metavar="PREFIX",
+    help="Symbol prefix of a phone build (android, iphone), unique per model so several link into one app "
+    "[default: from the model name and quant, e.g. smollm2_135m_q4f16_1_].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(
     model,
@@ -118,6 +125,7 @@ def compile(
     force,
     debug_dump,
     opt,
+    system_lib_prefix,
     quiet,
 ):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
@@ -126,7 +134,7 @@ def compile(
     are and only the library is built. The folder is written under a temporary name and renamed
     into place only when complete, so an interrupted or failed compile leaves nothing behind.
     """
-    _prepare_target(target)  # fail fast on unknown names, before any loading
+    preset = _prepare_target(target)  # fail fast on unknown names, before any loading
     from llmc.quant import get_quant
 
     if quant:
@@ -145,9 +153,12 @@ def compile(
         quiet=quiet,
         debug_dump=debug_dump,
         opt_level=int(opt[1]),
+        system_lib_prefix=system_lib_prefix,
     )
     out_dir = compile_model(model, options)
     click.echo(f"wrote {out_dir}")
+    if preset.note:
+        click.echo(f"note: {preset.note}")
 
 
 @main.command()

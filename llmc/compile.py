@@ -51,6 +51,7 @@ class CompileOptions:
     quiet: bool = False
     debug_dump: Path | None = None
     opt_level: int = 2  # llmc.compiler.pipeline: O0 (no fusion/schedules) .. O3 (+ CUDA graphs)
+    system_lib_prefix: str | None = None  # phone targets: symbol prefix [default: from model name + quant]
 
 
 @dataclass
@@ -276,6 +277,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
     if stored is not None:
         _check_weights_match(source.path, stored["weights"], [name for name, _ in named_params])
     out_dir = options.output or default_output(model, plan.scheme.name, preset_target.name)
+    prefix = _system_lib_prefix(preset_target, options, model, plan.scheme.name)
 
     started = time.time()
     with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
@@ -294,7 +296,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
             }
             weights.pop("stage", None)
         library = f"model-{preset_target.name.replace(':', '-')}{preset_target.library_suffix}"
-        _build_with_progress(compile_library, mod, preset_target, tmp / library, options)
+        _build_with_progress(compile_library, mod, preset_target, tmp / library, options, prefix)
         write_config(
             tmp,
             {
@@ -304,6 +306,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "target": preset_target.name,
                 "device": preset_target.device,
                 "library": library,
+                "system_lib_prefix": prefix,
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,
                 "compile_seconds": round(time.time() - started, 2),
@@ -321,10 +324,29 @@ def _check_weights_match(folder: Path, stored: list[str], expected: list[str]) -
         )
 
 
-def _build_with_progress(compile_library, mod, preset_target, library: Path, options: CompileOptions) -> None:
+def _system_lib_prefix(preset_target, options: CompileOptions, model: str, quant: str) -> str | None:
+    """The symbol prefix of a system-lib (phone) build: ``--system-lib-prefix`` or one from model + quant."""
+    from llmc.compiler.targets import check_system_lib_prefix, default_system_lib_prefix
+
+    if not preset_target.system_lib:
+        if options.system_lib_prefix is not None:
+            raise ConfigError(
+                f"--system-lib-prefix applies to static-library targets (android, android:adreno, iphone), "
+                f"not {preset_target.name}; drop it."
+            )
+        return None
+    if options.system_lib_prefix is not None:
+        return check_system_lib_prefix(options.system_lib_prefix)
+    name = Path(model.rstrip("/")).name.removesuffix(".gguf") or "model"
+    return default_system_lib_prefix(name, quant)
+
+
+def _build_with_progress(
+    compile_library, mod, preset_target, library: Path, options: CompileOptions, prefix: str | None
+) -> None:
     with tqdm(total=1, desc=f"build {preset_target.name}", unit="library", disable=options.quiet or None) as bar:
         try:
-            compile_library(mod, preset_target, library, options.debug_dump, options.opt_level)
+            compile_library(mod, preset_target, library, options.debug_dump, options.opt_level, prefix)
         except LlmcError:
             raise
         except Exception as err:  # TVM's errors carry long C++ traces; keep the first line

@@ -25,13 +25,36 @@ def build_module(model, target: tvm.target.Target) -> tuple[tvm.IRModule, list[t
 
 
 def compile_library(
-    mod: tvm.IRModule, preset: TargetPreset, out_file: Path, dump_dir: Path | None = None, opt_level: int = 2
+    mod: tvm.IRModule,
+    preset: TargetPreset,
+    out_file: Path,
+    dump_dir: Path | None = None,
+    opt_level: int = 2,
+    system_lib_prefix: str | None = None,
 ) -> None:
-    """Build ``mod`` for ``preset`` and export the library to ``out_file``."""
+    """Build ``mod`` for ``preset`` and export the library to ``out_file``.
+
+    System-lib presets (phones) need ``system_lib_prefix``: every symbol, and the registration of the
+    packed functions and device code, is prefixed with it so several models link into one app.
+    """
     target = preset.tvm_target()
+    if preset.system_lib:
+        if not system_lib_prefix:
+            raise LlmcError(f"target {preset.name} builds a static system library and needs a symbol prefix.")
+        # TVM's codegen makes a system lib whenever the module carries this attr. relax.build's own
+        # system_lib=True path reads it back with IRModule.get_attr, which raises "Cannot convert from
+        # type ffi.SmallStr" for strings of <= 7 characters in 0.27, so llmc sets it and passes False.
+        mod = mod.with_attr("system_lib_prefix", system_lib_prefix)
     with target:  # TVM's nvcc callback reads the current target
-        executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level))
-    executable.export_library(str(out_file))
+        executable = relax.build(
+            mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level), system_lib=False
+        )
+    if out_file.suffix == ".dylib":
+        from tvm.support import xcode
+
+        executable.export_library(str(out_file), fcompile=xcode.create_dylib, arch="arm64", sdk="macosx")
+    else:
+        executable.export_library(str(out_file))  # .tar: tvm.support.tar, objects only (no NDK/Xcode)
     if preset.device == "cuda":
         from llmc.compiler.cuda import library_has_device_code
 
