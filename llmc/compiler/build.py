@@ -49,12 +49,20 @@ def compile_library(
         executable = relax.build(
             mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level), system_lib=False
         )
+    if not preset.runs_here:
+        write_device_source(executable, out_file)
     if out_file.suffix == ".dylib":
         from tvm.support import xcode
 
         executable.export_library(str(out_file), fcompile=xcode.create_dylib, arch="arm64", sdk="macosx")
     else:
         executable.export_library(str(out_file))  # .tar: tvm.support.tar, objects only (no NDK/Xcode)
+    if preset.system_lib:
+        from llmc.compiler.objfile import check_system_library
+
+        mtriple = preset.host["mtriple"]
+        fmt, arch = ("macho", "arm64") if "apple" in mtriple else ("elf", mtriple.split("-")[0])
+        check_system_library(out_file, system_lib_prefix, fmt, arch)
     if preset.device == "cuda":
         from llmc.compiler.cuda import library_has_device_code
 
@@ -63,3 +71,22 @@ def compile_library(
                 f"{out_file}: TVM stored CUDA source instead of compiled kernels (its CUDA runtime did not load). "
                 "Build CUDA targets through the llmc command, which prepares nvcc and the driver before TVM loads."
             )
+
+
+DEVICE_SOURCE_SUFFIX = {"opencl": ".cl", "metal": ".metal"}
+
+
+def write_device_source(executable, out_file: Path) -> Path | None:
+    """Beside a cross-compiled library, the kernels' source as TVM embedded it (for review and checks)."""
+
+    def walk(module):
+        yield module
+        for imported in module.imports:
+            yield from walk(imported)
+
+    for module in walk(executable.mod):
+        if module.kind in DEVICE_SOURCE_SUFFIX:
+            path = out_file.with_suffix(DEVICE_SOURCE_SUFFIX[module.kind])
+            path.write_text(module.inspect_source())
+            return path
+    return None
