@@ -23,6 +23,7 @@ from llmc.artifact import CONFIG_FILE, FORMAT_VERSION, TensorCacheWriter, atomic
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.tokenizer_files import write_tokenizer_files
 from llmc.errors import ArtifactError, CheckpointError, ConfigError, LlmcError
+from llmc.memory import record_static_plan
 from llmc.models import MODELS, ModelFamily, family_for
 from llmc.models.base import ModelConfig, WeightSource, concat_sources
 from llmc.quant import QuantScheme, get_quant
@@ -296,7 +297,8 @@ def compile_model(model: str, options: CompileOptions) -> Path:
             }
             weights.pop("stage", None)
         library = f"model-{preset_target.name.replace(':', '-')}{preset_target.library_suffix}"
-        _build_with_progress(compile_library, mod, preset_target, tmp / library, options, prefix)
+        with record_static_plan() as static_plan:  # activation bytes per function, for memory estimates
+            _build_with_progress(compile_library, mod, preset_target, tmp / library, options, prefix)
         write_config(
             tmp,
             {
@@ -309,6 +311,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "system_lib_prefix": prefix,
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,
+                "static_plan_bytes": static_plan,
                 "compile_seconds": round(time.time() - started, 2),
             },
         )
