@@ -445,6 +445,131 @@ def _prepare_target(name: str):
 
 
 @main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=Path("dist"), show_default=True, help="Folder to create."
+)
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where compiled models are kept for reuse [default: $LLMC_CACHE_DIR or ~/.cache/llmc/package].",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def package(config, output, force, cache_dir, quiet, as_json):
+    """Bundle the models of CONFIG into a phone app folder: libraries, weights, app project.
+
+    \b
+    CONFIG is JSON (examples in configs/package/):
+      {"device": "android" | "iphone", "memory_budget_mb": 3000,
+       "models": [{"model": "smollm2-135m", "model_id": "smollm2", "quant": "q4f16_1",
+                   "context_window": 2048, "prefill_chunk": 256, "bundle_weights": true}]}
+    Each model is compiled for the device with its own library prefix, or reused from the cache
+    when its inputs (model files, quant, target, overrides, llmc) hash the same. OUTPUT gets
+    lib/ (one static archive), bundle/ (llmc-app-config.json with memory estimates, weights,
+    tokenizers), android/ or ios/ (the app project) and a README with the next steps.
+    """
+    from llmc.package import build_package
+
+    def log(message: str) -> None:
+        if not quiet or not as_json:
+            click.echo(message, err=True)
+
+    result = build_package(config, output, force=force, cache_dir=cache_dir, quiet=quiet or as_json, log=log)
+    for warning in result.warnings:
+        click.echo(f"llmc: warning: {warning}", err=True)
+    summary = {
+        "output": str(result.output),
+        "library": result.archive,
+        "seconds": result.seconds,
+        "warnings": result.warnings,
+        "models": [
+            {
+                "model_id": p.entry.model_id,
+                "model_lib": p.entry.system_lib_prefix,
+                "reused": p.reused,
+                "seconds": p.seconds,
+                "artifact": str(p.artifact),
+                "estimated_memory_bytes": p.memory.total_bytes,
+            }
+            for p in result.models
+        ],
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for p in result.models:
+        click.echo(f"{p.entry.model_id}: {'reused' if p.reused else 'compiled'}, memory {p.memory.describe()}")
+    click.echo(f"wrote {result.output} in {result.seconds:.1f} s; next steps: {result.output / 'README.md'}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(artifact, as_json):
+    """Summarize a compiled ARTIFACT (or weights folder): model, quantization, target, sizes and memory."""
+    from llmc.artifact import read_config
+    from llmc.memory import MIB, estimate
+
+    config = read_config(artifact)
+    model = config["model"]
+    memory = estimate(config)
+    summary = {
+        "artifact": str(artifact),
+        "stage": config.get("stage"),
+        "model_type": model["model_type"],
+        "source": config.get("source", {}).get("spec"),
+        "quantization": config["quantization"],
+        "target": config.get("target"),
+        "library": config.get("library"),
+        "system_lib_prefix": config.get("system_lib_prefix"),
+        "layers": model["num_hidden_layers"],
+        "hidden_size": model["hidden_size"],
+        "vocab_size": model["vocab_size"],
+        "context_window": config["context_window"],
+        "prefill_chunk": config["prefill_chunk"],
+        "max_batch_size": config["max_batch_size"],
+        "random_weights": bool(config.get("random_weights")),
+        "memory": memory.as_dict(),
+        "static_plan_bytes": config.get("static_plan_bytes"),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    rows = [
+        (
+            "model",
+            f"{model['model_type']}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
+            f"vocab {model['vocab_size']} ({summary['source']})",
+        ),
+        ("quantization", config["quantization"] + (" (random weights)" if summary["random_weights"] else "")),
+        (
+            "target",
+            f"{summary['target'] or '(weights only)'}"
+            + (f", library {summary['library']}" if summary["library"] else "")
+            + (f", prefix {summary['system_lib_prefix']}" if summary["system_lib_prefix"] else ""),
+        ),
+        (
+            "sizes",
+            f"context {config['context_window']}, prefill chunk {config['prefill_chunk']}, "
+            f"max batch {config['max_batch_size']}",
+        ),
+        ("weights", f"{memory.weights_bytes / MIB:.1f} MiB"),
+        ("KV cache", f"{memory.kv_cache_bytes / MIB:.1f} MiB ({config['context_window']} tokens, 1 sequence)"),
+        (
+            "activations",
+            f"{memory.activation_bytes / MIB:.1f} MiB"
+            + ("" if config.get("static_plan_bytes") else " (no static memory plan recorded)"),
+        ),
+        ("memory", f"{memory.total_bytes / MIB:.1f} MiB estimated on the device"),
+    ]
+    for name, value in rows:
+        click.echo(f"{name + ':':14s}{value}")
+
+
+@main.command()
 def targets():
     """List the target presets."""
     from llmc.compiler.targets import ALIASES, TARGETS
