@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test install-bench demo test test-all bench bench-quant lint format clean
+.PHONY: install install-test install-bench install-mobile demo test test-all bench bench-quant lint format clean
 
 install: $(VENV)/.installed
 
@@ -61,3 +61,13 @@ format: install-test
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache
+
+# issue 5A: tools for the phone/Apple target tests (clang: OpenCL C syntax check; lld: links two models;
+# PoCL + pyopencl: runs the OpenCL kernels on this CPU). Needs root for apt.
+install-mobile: $(VENV)/.installed-mobile
+
+$(VENV)/.installed-mobile: $(VENV)/.installed-test
+	apt-get -o DPkg::Lock::Timeout=600 install -y clang lld pocl-opencl-icd ocl-icd-opencl-dev || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y clang lld pocl-opencl-icd ocl-icd-opencl-dev)
+	$(PIP) install -q -e '.[mobile]'
+	touch $@

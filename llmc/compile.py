@@ -263,6 +263,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
     preset_target = get_target(options.target)
     if options.quant:
         get_quant(options.quant)
+    _system_lib_prefix(preset_target, options, model, "")  # bad --system-lib-prefix: fail before any work
     source = resolve(model)
     target = preset_target.tvm_target()
     random_weights = options.random_weights or source.format == "config"

@@ -177,7 +177,7 @@ def default_system_lib_prefix(model_name: str, quant: str) -> str:
     stem = re.sub(r"[^0-9A-Za-z]+", "_", f"{model_name}_{quant}").strip("_").lower()
     prefix = f"{stem}_"
     if not stem or stem[0].isdigit() or len(prefix) < MIN_PREFIX_CHARS:
-        prefix = f"llmc_{prefix}" if stem else "llmc_model_"
+        prefix = f"model_{prefix}" if stem else "llmc_model_"  # "model_" + 1 char + "_" is 8
     return prefix
 
 
