@@ -393,7 +393,7 @@ def _budget_warnings(spec: PackageSpec, packaged: list[PackagedModel]) -> list[s
         return []
     return [
         f"model {p.entry.model_id} needs an estimated {p.memory.describe()}, over the memory budget of "
-        f"{spec.memory_budget_bytes / MIB:g} MiB in {spec.file}; lower its context_window or use a smaller quant."
+        f"{spec.memory_budget_bytes / MIB:.4g} MiB in {spec.file}; lower its context_window or use a smaller quant."
         for p in packaged
         if p.memory.total_bytes > spec.memory_budget_bytes
     ]
