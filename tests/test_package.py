@@ -307,46 +307,40 @@ int main(int argc, char** argv) {
 """
 
 
-def test_cpp_engine_runs_a_system_lib_build(checkpoints, compiled, tmp_path, monkeypatch):
-    """templates/common/llmc_engine.cc, linked with a host system-lib build, matches the Python engine."""
+def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_path, monkeypatch):
+    """templates/common/llmc_engine.cc, linked with host system-lib builds of two models merged into one
+    archive (as `llmc package` merges phone builds), gives each model's logits as the Python engine does."""
     compiler = shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         pytest.skip("no C++ compiler (g++ or clang++) to build llmc's C++ engine")
+    if platform.machine() != "x86_64" or sys.platform != "linux":
+        pytest.skip("the host system-lib preset here is x86-64 Linux")
     import tvm
     import tvm_ffi
 
     from llmc.compile import CompileOptions, compile_model
     from llmc.compiler import targets
     from llmc.runtime.engine import Engine
-    from llmc.staticlib import extract_objects
+    from llmc.staticlib import extract_objects, make_archive
 
-    llvm = targets.TARGETS["llvm"]
     host = {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"}
     preset = targets.TargetPreset(
-        "llvm-syslib",
-        "test: this CPU as a static system lib",
-        {**llvm.target, **host},
-        ".tar",
-        host=host,
-        system_lib=True,
-    )
-    if platform.machine() != "x86_64" or sys.platform != "linux":
-        pytest.skip("the host system-lib preset here is x86-64 Linux")
+        "llvm-syslib", "test: this CPU as a static system lib", {**targets.TARGETS["llvm"].target, **host}, ".tar",
+        host=host, system_lib=True,
+    )  # fmt: skip
     monkeypatch.setitem(targets.TARGETS, "llvm-syslib", preset)
-    prefix = "tinyhost_q0f32_"
-    options = CompileOptions(
-        target="llvm-syslib",
-        quant="q0f32",
-        output=tmp_path / "art",
-        quiet=True,
-        context_window=128,
-        prefill_chunk=24,
-        max_batch_size=4,
-        system_lib_prefix=prefix,
-    )
-    artifact = compile_model(str(checkpoints["llama_tied"]), options)
-    config = json.loads((artifact / "llmc-config.json").read_text())
-    objects = extract_objects(artifact / config["library"], prefix, tmp_path / "objects")
+    models = {"llama_tied": "tinyllama_q0f32_", "qwen2_bias": "tinyqwen_q0f32_"}
+    artifacts, objects = {}, []
+    for name, prefix in models.items():
+        options = CompileOptions(
+            target="llvm-syslib", quant="q0f32", output=tmp_path / name, quiet=True, context_window=128,
+            prefill_chunk=24, max_batch_size=4, system_lib_prefix=prefix,
+        )  # fmt: skip
+        artifacts[name] = compile_model(str(checkpoints[name]), options)
+        library = artifacts[name] / json.loads((artifacts[name] / "llmc-config.json").read_text())["library"]
+        objects += extract_objects(library, prefix, tmp_path / "objects" / name)
+    archive = tmp_path / "libllmc_models.a"
+    model_code = [str(archive)] if make_archive(objects, archive, darwin=False) else list(map(str, objects))
 
     common = Path(__file__).resolve().parent.parent / "templates" / "common"
     (tmp_path / "main.cc").write_text(ENGINE_MAIN)
@@ -354,31 +348,33 @@ def test_cpp_engine_runs_a_system_lib_build(checkpoints, compiled, tmp_path, mon
     ffi_root = Path(tvm_ffi.__file__).parent
     binary = tmp_path / "engine_main"
     command = [
-        compiler, "-std=c++17", "-O1", f"-I{common}", f"-I{ffi_root / 'include'}",
+        compiler, "-std=c++17", f"-I{common}", f"-I{ffi_root / 'include'}",
         str(tmp_path / "main.cc"), str(common / "llmc_engine.cc"),
-        "-Wl,--whole-archive", *map(str, objects), "-Wl,--no-whole-archive",
+        "-Wl,--whole-archive", *model_code, "-Wl,--no-whole-archive",
         f"-L{tvm_lib}", f"-L{ffi_root / 'lib'}", "-ltvm_runtime", "-ltvm_ffi",
         f"-Wl,-rpath,{tvm_lib}", f"-Wl,-rpath,{ffi_root / 'lib'}", "-o", str(binary),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    (tmp_path / "params.txt").write_text("\n".join(config["params"]))
-    prompt = [5, 17, 42, 99, 7, 3, 250, 11, 64, 8, 19, 23, 31, 2, 4, 77, 101, 200, 13, 5, 9, 12, 14, 16, 18, 60]
-    run = subprocess.run(
-        [str(binary), prefix, str(artifact), "128", "24", str(tmp_path / "params.txt"), *map(str, prompt)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    logits_line, tokens_line = run.stdout.strip().splitlines()
-    cpp_logits = np.array([float(v) for v in logits_line.split()], dtype=np.float32)
+    prompt = np.random.default_rng(0).integers(3, 300, 30).tolist()  # two prefill chunks: 24 + 6
+    for name, prefix in models.items():
+        config = json.loads((artifacts[name] / "llmc-config.json").read_text())
+        (tmp_path / "params.txt").write_text("\n".join(config["params"]))
+        run = subprocess.run(
+            [str(binary), prefix, str(artifacts[name]), "128", "24", str(tmp_path / "params.txt"), *map(str, prompt)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        logits_line, tokens_line = run.stdout.strip().splitlines()
+        cpp_logits = np.array([float(v) for v in logits_line.split()], dtype=np.float32)
 
-    reference = Engine(compiled("llama_tied", "q0f32"))
-    reference.add_sequence(0)
-    py_logits = reference.prefill(0, prompt)  # two chunks of 24 + 2, as the C++ engine feeds them
-    np.testing.assert_allclose(cpp_logits, py_logits, rtol=1e-4, atol=1e-4)
-    token, expected = int(np.argmax(py_logits)), []
-    for _ in range(4):
-        expected.append(token)
-        token = int(np.argmax(reference.decode(0, token)))
-    assert [int(t) for t in tokens_line.split()] == expected
+        reference = Engine(compiled(name, "q0f32"))
+        reference.add_sequence(0)
+        py_logits = reference.prefill(0, prompt)
+        np.testing.assert_allclose(cpp_logits, py_logits, rtol=1e-4, atol=1e-4 * float(np.abs(py_logits).max()))
+        token, expected = int(np.argmax(py_logits)), []
+        for _ in range(4):
+            expected.append(token)
+            token = int(np.argmax(reference.decode(0, token)))
+        assert [int(t) for t in tokens_line.split()] == expected, name
