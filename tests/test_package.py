@@ -162,6 +162,25 @@ def test_android_project_references_library_and_models(android):
     assert (project / "app/src/main/cpp/llmc_engine.cc").exists()
 
 
+def test_android_jni_glue_compiles(android):
+    """The rendered JNI glue + C++ engine compile against jni.h and TVM's tvm-ffi headers (syntax only)."""
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    jdk_headers = sorted(Path("/usr/lib/jvm").glob("*/include/jni.h")) if Path("/usr/lib/jvm").is_dir() else []
+    if compiler is None or not jdk_headers:
+        pytest.skip("needs g++/clang++ and a JDK's jni.h (apt-get install default-jdk-headless)")
+    import tvm_ffi
+
+    include = jdk_headers[0].parent
+    cpp = android["out"] / "android/app/src/main/cpp"
+    for source in ("llmc_jni.cc", "llmc_engine.cc"):
+        done = subprocess.run(
+            [compiler, "-std=c++17", "-fsyntax-only", f"-I{include}", f"-I{include / 'linux'}",
+             f"-I{Path(tvm_ffi.__file__).parent / 'include'}", str(cpp / source)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_second_run_reuses_and_changed_override_recompiles(android, checkpoints):
     # same inputs: nothing is compiled again
     result = package(android["config"], android["out"], android["cache"], "--force")
