@@ -324,11 +324,10 @@ def input_hash(entry: ModelEntry, target: str, hashes: FileHashes) -> str:
 
 # ---------------------------------------------------------------------- build
 def _compile_or_reuse(
-    entry: ModelEntry, target: str, cache_dir: Path, hashes: FileHashes, quiet: bool, log: Callable[[str], None]
+    entry: ModelEntry, target: str, cache_dir: Path, key: str, quiet: bool, log: Callable[[str], None]
 ) -> tuple[Path, bool]:
     from llmc.compile import CompileOptions, compile_model
 
-    key = input_hash(entry, target, hashes)
     artifact = cache_dir / f"{entry.model_id}-{target.replace(':', '-')}-{key[:16]}"
     if (artifact / CONFIG_FILE).exists():
         try:
@@ -370,13 +369,19 @@ def build_package(
     cache_dir = Path(cache_dir or os.environ.get("LLMC_CACHE_DIR") or DEFAULT_CACHE).expanduser() / "artifacts"
     cache_dir.mkdir(parents=True, exist_ok=True)
     hashes = FileHashes(cache_dir)
+    keys = []
+    for index, entry in enumerate(spec.models):  # every MODEL resolves before anything is compiled
+        try:
+            keys.append(input_hash(entry, spec.target, hashes))
+        except LlmcError as err:
+            raise ConfigError(f"{spec.file}: models[{index}] ({entry.model_id}): {err}") from err
+    hashes.save()
     packaged: list[PackagedModel] = []
-    for entry in spec.models:
+    for entry, key in zip(spec.models, keys):
         t0 = time.time()
-        artifact, reused = _compile_or_reuse(entry, spec.target, cache_dir, hashes, quiet, log)
-        hashes.save()
+        artifact, reused = _compile_or_reuse(entry, spec.target, cache_dir, key, quiet, log)
         config = read_config(artifact)
-        memory = estimate(config, sequences=entry.max_batch_size)
+        memory = estimate(config)  # one sequence of the context window, as the app's engine allocates
         packaged.append(PackagedModel(entry, artifact, config, memory, reused, round(time.time() - t0, 2)))
     warnings = _budget_warnings(spec, packaged)
 

@@ -274,12 +274,16 @@ def _macho_weak(data: bytes) -> set[str]:
         ({"models": [{"model": "m", "model_id": "a-b"}, {"model": "m", "model_id": "a_b"}]}, "same library symbol"),
         ({"models": [{"model": "m", "model_id": "a", "context_window": 0}]}, "must be a positive integer"),
         ({"colour": "red"}, "unknown key(s) colour"),
+        ({"models": [{"model": "no/such/folder", "model_id": "a"}]}, "models[0] (a): no/such/folder: no such file"),
+        ({"models": [{"model": "llama3-8b", "model_id": "a"}]}, "architecture-only preset without weights"),
     ],
 )
 def test_bad_config(tmp_path, change, message):
     config = tmp_path / "bad.json"
     config.write_text(json.dumps({"device": "android", "models": [{"model": "m", "model_id": "a"}], **change}))
-    result = CliRunner().invoke(main, ["package", str(config), "-o", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main, ["package", str(config), "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    )
     assert result.exit_code == 1
     assert result.stderr.startswith(f"llmc: error: {config}: ")
     assert message in result.stderr
