@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test install-bench install-mobile demo test test-all bench bench-quant lint format clean
+.PHONY: install install-test install-bench install-mobile install-package package-examples demo test test-all bench bench-quant lint format clean
 
 install: $(VENV)/.installed
 
@@ -71,3 +71,17 @@ $(VENV)/.installed-mobile: $(VENV)/.installed-test
 	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y clang lld pocl-opencl-icd ocl-icd-opencl-dev)
 	$(PIP) install -q -e '.[mobile]'
 	touch $@
+
+# issue 5B: tools for tests/test_package.py (g++: builds and runs llmc's C++ engine; llvm: llvm-ar
+# merges the models' objects, Mach-O included; JDK headers: compiles the JNI glue). Needs root for apt.
+install-package: $(VENV)/.installed-package
+
+$(VENV)/.installed-package: $(VENV)/.installed-test
+	apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless)
+	touch $@
+
+# the two example app bundles of SmolLM2-135M (q4f16_1): dist/android and dist/iphone
+package-examples: install
+	$(LLMC) package configs/package/android-example.json -o dist/android --force
+	$(LLMC) package configs/package/iphone-example.json -o dist/iphone --force
