@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test install-bench install-mobile install-package package-examples demo test test-all bench bench-quant lint format clean
+.PHONY: install install-test install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant lint format clean
 
 install: $(VENV)/.installed
 
@@ -85,3 +85,7 @@ $(VENV)/.installed-package: $(VENV)/.installed-test
 package-examples: install
 	$(LLMC) package configs/package/android-example.json -o dist/android --force
 	$(LLMC) package configs/package/iphone-example.json -o dist/iphone --force
+
+# issue 5A: the phone-target tests with every OpenCL kernel of the tiny model run on PoCL
+test-mobile: install-mobile
+	LLMC_TEST_ALL_KERNELS=1 $(PY) -m pytest -q tests/test_mobile_targets.py tests/test_opencl_pocl.py
