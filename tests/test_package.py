@@ -24,7 +24,7 @@ from llmc.cli import main
 from llmc.compiler.objfile import library_symbol, parse_object
 from llmc.memory import estimate, kv_cache_bytes
 from llmc.package import APP_CONFIG_FILE, load_spec
-from llmc.staticlib import N_WEAK_DEF, SHARED_HELPERS
+from llmc.staticlib import N_WEAK_DEF, SHARED_HELPERS, find_archiver
 
 CONTEXT, CHUNK = 64, 16
 
@@ -75,6 +75,16 @@ def read_ar(path: Path) -> dict[str, bytes]:
             members[name.rstrip("/")] = body
         offset += 60 + size + (size & 1)
     return members
+
+
+def model_objects(out: Path, app: dict) -> dict[str, bytes]:
+    """The objects of lib/: members of the merged archive, or per-model objects when no archiver was found."""
+    if app["model_library"] is not None:
+        assert app["model_library"] == "lib/libllmc_models.a"
+        return read_ar(out / app["model_library"])
+    darwin = app["device"] == "iphone"
+    assert find_archiver() is None or (darwin and "llvm-ar" not in find_archiver()[0])
+    return {f.name: f.read_bytes() for f in (out / "lib" / "objects").glob("*/*.o")}
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +139,7 @@ def test_android_bundle_layout_and_app_config(android):
     assert app["models"][1]["model_url"] == "https://example.com/tiny-qwen"
 
     # one static archive holding both models, each registered under its own prefix
-    assert app["model_library"] == "lib/libllmc_models.a"
-    members = read_ar(out / "lib" / "libllmc_models.a")
+    members = model_objects(out, app)
     assert sorted(members) == sorted(p + name for p in prefixes for name in ("lib0.o", "devc.o"))
     objects = [parse_object(name, data) for name, data in members.items()]
     assert {(o.format, o.arch) for o in objects} == {("elf", "aarch64")}
@@ -152,9 +161,13 @@ def test_android_project_references_library_and_models(android):
         assert f"Java_com_example_tinychat_LlmcEngine_{method}(" in jni
         assert f"fun {method}(" in (kotlin / "LlmcEngine.kt").read_text()
     cmake = (project / "app/src/main/cpp/CMakeLists.txt").read_text()
-    assert '"${LLMC_DIST_DIR}/lib/libllmc_models.a"' in cmake and "--whole-archive" in cmake
+    assert "libllmc_models.a" in cmake and "--whole-archive" in cmake
     # LLMC_DIST_DIR (5 levels up from src/main/cpp) is the package folder
-    assert (project / "app/src/main/cpp" / "../../../../.." / "lib/libllmc_models.a").resolve().exists()
+    assert (project / "app/src/main/cpp" / "../../../../.." / "bundle" / APP_CONFIG_FILE).resolve().exists()
+    if (android["out"] / "lib/libllmc_models.a").exists():
+        assert '"${LLMC_DIST_DIR}/lib/libllmc_models.a"' in cmake
+    else:  # no archiver here: CMake archives the objects
+        assert '"${LLMC_DIST_DIR}/lib/objects/*.o"' in cmake
     gradle = (project / "app/build.gradle").read_text()
     assert 'applicationId "com.example.tinychat"' in gradle and '"../../bundle"' in gradle
     assert (project / "app" / "../../bundle" / APP_CONFIG_FILE).resolve().exists()
@@ -205,6 +218,22 @@ def test_second_run_reuses_and_changed_override_recompiles(android, checkpoints)
     assert app["models"][0]["fits_memory_budget"] is False
 
 
+def test_without_an_archiver_objects_stay_per_model(android, monkeypatch):
+    monkeypatch.setattr("llmc.staticlib.find_archiver", lambda: None)
+    out = android["root"] / "dist-no-ar"
+    result = package(android["config"], out, android["cache"])
+    assert result.exit_code == 0, result.output
+    app = json.loads((out / "bundle" / APP_CONFIG_FILE).read_text())
+    assert app["model_library"] is None and not (out / "lib/libllmc_models.a").exists()
+    assert sorted(f.name for f in (out / "lib/objects/tiny-llama").iterdir()) == [
+        "tiny_llama_q4f16_1_devc.o",
+        "tiny_llama_q4f16_1_lib0.o",
+    ]
+    cmake = (out / "android/app/src/main/cpp/CMakeLists.txt").read_text()
+    assert 'file(GLOB_RECURSE LLMC_MODEL_OBJECTS "${LLMC_DIST_DIR}/lib/objects/*.o")' in cmake
+    assert "No `llvm-ar`/`ar` was found" in (out / "README.md").read_text()
+
+
 def test_output_exists_needs_force(android):
     result = package(android["config"], android["out"], android["cache"])
     assert result.exit_code == 1
@@ -232,7 +261,7 @@ def test_iphone_package(checkpoints, tmp_path):
     out = tmp_path / "dist"
     app = json.loads((out / "bundle" / APP_CONFIG_FILE).read_text())
     assert app["target"] == "iphone" and app["runtime_device"] == "metal"
-    members = read_ar(out / "lib" / "libllmc_models.a")
+    members = model_objects(out, app)
     objects = {name: parse_object(name, data) for name, data in members.items()}
     assert {(o.format, o.arch) for o in objects.values()} == {("macho", "arm64")}
     assert library_symbol("tiny_llama_q4f16_1_") in set().union(*(o.defined for o in objects.values()))
@@ -241,7 +270,7 @@ def test_iphone_package(checkpoints, tmp_path):
     swift = (out / "ios/Sources/LLMC/LLMCModels.swift").read_text()
     assert 'modelId: "tiny-llama"' in swift and 'modelLib: "tiny_llama_q4f16_1_"' in swift
     manifest = (out / "ios/Package.swift").read_text()
-    assert '"-Wl,-force_load,\\(dist)/lib/libllmc_models.a"' in manifest
+    assert '"-Wl,-force_load,\\(dist)/lib/libllmc_models.a"' in manifest  # made on the Mac when no llvm-ar
     assert (out / "ios/Sources/LLMCRuntime/LLMCRuntime.mm").exists()
     assert (out / "ios/Sources/LLMCRuntime/llmc_engine.cc").exists()
     assert "Xcode" in (out / "README.md").read_text()
