@@ -84,11 +84,7 @@ def lower(func: tirx.PrimFunc, name: str, target: tvm.target.Target) -> LoweredF
     host_mod, device_mods = split_host_device_mods(pipeline(mod))
     ((device_target, device_mod),) = device_mods.items()
     device_mod = finalize_device()(device_mod)
-    source = codegen_build(device_mod, device_target).inspect_source()
-    programs = {}
-    for block in source.split("// Function: ")[1:]:
-        kernel_name, _, program = block.partition("\n")
-        programs[kernel_name.strip()] = program
+    programs = split_programs(codegen_build(device_mod, device_target).inspect_source())
     kernels = {}
     for gv, kernel in device_mod.functions.items():
         extents = {
@@ -113,6 +109,15 @@ def lower(func: tirx.PrimFunc, name: str, target: tvm.target.Target) -> LoweredF
 
 def _dtype(var) -> str:
     return str(var.ty.dtype)
+
+
+def split_programs(source: str) -> dict[str, str]:
+    """TVM's OpenCL source: one program per kernel, each after a ``// Function: <name>`` line."""
+    programs = {}
+    for block in source.split("// Function: ")[1:]:
+        kernel_name, _, program = block.partition("\n")
+        programs[kernel_name.strip()] = program
+    return programs
 
 
 def evaluate(expr, known: dict, lets: dict):

@@ -24,7 +24,7 @@ from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK  # noqa: E402
 from tvm import tirx  # noqa: E402
 
 from llmc.checkpoint import open_checkpoint  # noqa: E402
-from llmc.compile import CompileOptions, _plan_from_config  # noqa: E402
+from llmc.compile import CompileOptions, _plan_from_config, compile_model  # noqa: E402
 from llmc.compiler.build import build_module  # noqa: E402
 from llmc.compiler.pipeline import PHASES  # noqa: E402
 from llmc.compiler.targets import get_target  # noqa: E402
@@ -73,6 +73,31 @@ def modules(checkpoints):
     return android, target, cpu
 
 
+SHIPPED_PREFIX = "pocl_test_"
+
+
+@pytest.fixture(scope="module")
+def shipped(checkpoints, tmp_path_factory) -> dict[str, str]:
+    """Kernel name -> definition, from the .cl beside a real `--target android` q4f32_1 library."""
+    options = CompileOptions(
+        target="android",
+        quant=QUANT,
+        output=tmp_path_factory.mktemp("pocl") / "android-q4f32_1",
+        quiet=True,
+        context_window=TINY_CONTEXT_WINDOW,
+        prefill_chunk=TINY_PREFILL_CHUNK,
+        system_lib_prefix=SHIPPED_PREFIX,
+    )
+    folder = compile_model(str(checkpoints["llama_gqa"]), options)
+    source = (folder / "model-android.cl").read_text().replace(SHIPPED_PREFIX, "")
+    return {name: definition(program, name) for name, program in harness.split_programs(source).items()}
+
+
+def definition(program: str, kernel: str) -> str:
+    """The kernel's definition (each program also declares every other kernel first)."""
+    return program.split(f"__kernel void {kernel}(")[-1]
+
+
 def prim_funcs(mod: tvm.IRModule) -> list[str]:
     return sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
 
@@ -92,10 +117,17 @@ def random_inputs(func: tirx.PrimFunc, seed: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-def compare(name, modules, context, arrays, scalars=None, cpu_name=None) -> int:
-    """Run ``name`` on PoCL and on llvm with the same inputs; assert every buffer agrees. Returns kernels run."""
+def compare(name, modules, shipped, context, arrays, scalars=None, cpu_name=None) -> int:
+    """Run ``name`` on PoCL and on llvm with the same inputs; assert every buffer agrees. Returns kernels run.
+
+    The kernels run are checked to be, byte for byte, those the android library ships.
+    """
     android, target, cpu = modules
     lowered = harness.lower(android[name], name, target)
+    for kernel in lowered.kernels:
+        assert definition(kernel.program, kernel.name) == shipped[kernel.name], (
+            f"{kernel.name} differs from the library"
+        )
     got = harness.run_on_opencl(lowered, arrays, scalars or {}, context)
     want = harness.run_on_llvm(cpu[cpu_name or name], name, arrays, scalars or {})
     for key, expected in want.items():
@@ -104,7 +136,7 @@ def compare(name, modules, context, arrays, scalars=None, cpu_name=None) -> int:
     return len(lowered.kernels)
 
 
-def test_matmul_and_gemv_kernels(modules, context):
+def test_matmul_and_gemv_kernels(modules, shipped, context):
     """Every (fused) dequantize-matmul: prefill matmuls (seq_len rows) and decode GEMVs (batch_size rows)."""
     names = [n for n in prim_funcs(modules[0]) if "dequantize_matmul" in n]
     assert len(names) >= 10
@@ -116,17 +148,17 @@ def test_matmul_and_gemv_kernels(modules, context):
             next(n for n in names if all(d.startswith("T.int64") for d in rows[n])),  # single-token GEMV
         ]
     for seed, name in enumerate(names):
-        assert compare(name, modules, context, random_inputs(modules[0][name], seed)) >= 1
+        assert compare(name, modules, shipped, context, random_inputs(modules[0][name], seed)) >= 1
 
 
-def test_rms_norm_kernels(modules, context):
+def test_rms_norm_kernels(modules, shipped, context):
     names = [n for n in prim_funcs(modules[0]) if n.startswith("rms_norm")]
     assert len(names) == 3
     for seed, name in enumerate(names):
-        compare(name, modules, context, random_inputs(modules[0][name], seed))
+        compare(name, modules, shipped, context, random_inputs(modules[0][name], seed))
 
 
-def test_other_dense_kernels(modules, context):
+def test_other_dense_kernels(modules, shipped, context):
     """The rest outside the KV cache: embedding take/dequantize, RoPE, SiLU-multiply, reshapes."""
     names = [
         n
@@ -139,13 +171,13 @@ def test_other_dense_kernels(modules, context):
     for seed, name in enumerate(names):
         func = modules[0][name]
         scalars = {p.name: 1 for p in func.params if p not in harness.buffer_params(func)}  # e.g. apply_rope
-        compare(name, modules, context, random_inputs(func, seed), scalars)
+        compare(name, modules, shipped, context, random_inputs(func, seed), scalars)
 
 
 ROPE = {"rotary_mode": 1, "rope_scale": 1.0, "rope_theta": 10000.0, "sm_scale": 0.25}
 
 
-def test_prefill_attention_kernel(modules, context):
+def test_prefill_attention_kernel(modules, shipped, context):
     """Ragged causal prefill attention with RoPE in the kernel: two sequences of 3 and 5 tokens."""
     rng = np.random.default_rng(7)
     lengths = [3, 5]
@@ -162,10 +194,10 @@ def test_prefill_attention_kernel(modules, context):
         "output": np.zeros((total, 4, 16), dtype="float32"),
         "lse": np.zeros((total, 4), dtype="float32"),
     }
-    compare("batch_prefill_ragged_kv", modules, context, arrays, {"causal": 1, **ROPE})
+    compare("batch_prefill_ragged_kv", modules, shipped, context, arrays, {"causal": 1, **ROPE})
 
 
-def test_decode_attention_kernel(modules, context):
+def test_decode_attention_kernel(modules, shipped, context):
     """Paged decode attention: sequence 0 spans pages 1 and 3 (21 tokens), sequence 1 page 0 (9 tokens)."""
     rng = np.random.default_rng(8)
     arrays = {
@@ -179,4 +211,4 @@ def test_decode_attention_kernel(modules, context):
         "output": np.zeros((2, 4, 16), dtype="float32"),
         "lse": np.zeros((2, 4), dtype="float32"),
     }
-    compare("batch_decode_paged_kv", modules, context, arrays, ROPE, cpu_name="batch_decode_paged_kv_cpu")
+    compare("batch_decode_paged_kv", modules, shipped, context, arrays, ROPE, cpu_name="batch_decode_paged_kv_cpu")
