@@ -572,12 +572,13 @@ def inspect(artifact, as_json):
 @main.command()
 def targets():
     """List the target presets."""
-    from llmc.compiler.targets import ALIASES, TARGETS
+    from llmc.compiler.targets import ALIASES, TARGETS, get_target
 
     for preset in TARGETS.values():
-        click.echo(f"{preset.name:12s} {preset.library_suffix:6s} {preset.description}")
+        suffix = get_target(preset.name).library_suffix  # metal: .tar where Xcode's tools are missing
+        click.echo(f"{preset.name:15s} {suffix:6s} {preset.description}")
     for name, description in ALIASES.items():
-        click.echo(f"{name:12s} {'':6s} {description}")
+        click.echo(f"{name:15s} {'':6s} {description}")
 
 
 @main.command()
