@@ -354,6 +354,9 @@ int main(int argc, char** argv) {
     token = llmc::Engine::Argmax(engine.Decode(token));
   }
   std::printf("\n");
+  engine.Reset();  // a new conversation gives the first prompt's logits again
+  for (float v : engine.Prefill(prompt)) std::printf("%.6g ", v);
+  std::printf("\n%lld\n", static_cast<long long>(engine.Length()));
   return 0;
 }
 """
@@ -418,8 +421,9 @@ def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]
-        logits_line, tokens_line = run.stdout.strip().splitlines()
+        logits_line, tokens_line, again_line, length_line = run.stdout.strip().splitlines()
         cpp_logits = np.array([float(v) for v in logits_line.split()], dtype=np.float32)
+        assert again_line == logits_line and int(length_line) == len(prompt)
 
         reference = Engine(compiled(name, "q0f32"))
         reference.add_sequence(0)
