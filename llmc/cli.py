@@ -509,10 +509,17 @@ def package(config, output, force, cache_dir, quiet, as_json):
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def inspect(artifact, as_json):
-    """Summarize a compiled ARTIFACT (or weights folder): model, quantization, target, sizes and memory."""
+    """Summarize a compiled ARTIFACT (or weights folder): model, quantization, target, sizes and memory.
+
+    ARTIFACT may also be a folder written by `llmc package`: its models and their estimates are listed.
+    """
     from llmc.artifact import read_config
     from llmc.memory import MIB, estimate
 
+    app_config = artifact / "bundle" / "llmc-app-config.json"
+    if app_config.is_file():
+        _inspect_package(app_config, as_json)
+        return
     config = read_config(artifact)
     model = config["model"]
     memory = estimate(config)
@@ -567,6 +574,31 @@ def inspect(artifact, as_json):
     ]
     for name, value in rows:
         click.echo(f"{name + ':':14s}{value}")
+
+
+def _inspect_package(app_config: Path, as_json: bool) -> None:
+    from llmc.errors import ArtifactError
+    from llmc.memory import MIB
+
+    try:
+        app = json.loads(app_config.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{app_config}: not valid JSON ({err}). Re-run `llmc package`.") from err
+    if as_json:
+        click.echo(json.dumps(app))
+        return
+    click.echo(
+        f"package for {app['device']} (target {app['target']}), library {app['model_library'] or 'lib/objects/'}"
+    )
+    for model in app["models"]:
+        memory = model["memory"]
+        click.echo(
+            f"{model['model_id']:24s} {model['quantization']:8s} prefix {model['model_lib']:28s} "
+            f"context {model['context_window']:6d}  ~{memory['total_bytes'] / MIB:.1f} MiB "
+            f"(weights {memory['weights_bytes'] / MIB:.1f}, KV {memory['kv_cache_bytes'] / MIB:.1f}, "
+            f"activations {memory['activation_bytes'] / MIB:.1f})"
+            + ("" if model["bundle_weights"] else f"  weights from {model['model_url']}")
+        )
 
 
 @main.command()

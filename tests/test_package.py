@@ -252,6 +252,12 @@ def test_inspect_prints_config_and_memory(android):
     text = CliRunner().invoke(main, ["inspect", str(artifact)]).stdout
     for field in ("quantization:", "weights:", "KV cache:", "activations:", "memory:"):
         assert field in text
+    # a package folder: its models and estimates
+    text = CliRunner().invoke(main, ["inspect", str(android["out"])]).stdout
+    assert "package for android" in text and "tiny_llama_q4f16_1_" in text and "tiny_qwen_q0f16_" in text
+    assert "weights from https://example.com/tiny-qwen" in text
+    as_json = json.loads(CliRunner().invoke(main, ["inspect", str(android["out"]), "--json"]).stdout)
+    assert as_json == app
 
 
 def test_iphone_package(checkpoints, tmp_path):
