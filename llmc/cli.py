@@ -380,7 +380,8 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
         artifact, compile_seconds = Path(model), None
         if not _is_compiled(artifact):  # a checkpoint, preset or weights folder: build it first
-            _prepare_target(target)
+            if not _prepare_target(target).runs_here:
+                raise LlmcError(f"--target {target} builds for a phone or Mac; bench runs here: use llvm or cuda.")
             from llmc.compile import CompileOptions, compile_model
 
             started = time.time()

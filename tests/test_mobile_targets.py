@@ -252,3 +252,8 @@ def test_run_refuses_phone_artifact(android):
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith(f"llmc: error: {android}: built for android") and "cannot run" in done.stderr
     assert sorted(p.name for p in android.iterdir()) == before  # TVM did not unpack the .tar here
+
+
+def test_bench_refuses_phone_target(checkpoints):
+    done = in_process("bench", str(checkpoints["llama_gqa"]), "--target", "iphone")
+    assert done.exit_code == 1 and done.stderr.startswith("llmc: error: --target iphone builds for a phone or Mac")
