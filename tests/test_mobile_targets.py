@@ -120,6 +120,7 @@ def test_default_prefix_rule():
         prefix = default_system_lib_prefix(name, quant)
         assert len(prefix) >= 8 and prefix.endswith("_") and check_system_lib_prefix(prefix) == prefix, prefix
     assert default_system_lib_prefix("tiny", "q4f16_1") != default_system_lib_prefix("tiny", "q4f32_1")
+    assert default_system_lib_prefix("smollm2-135m-q4f16_1", "q4f16_1") == "smollm2_135m_q4f16_1_"  # weights folder
     with pytest.raises(LlmcError, match="not a C identifier"):
         check_system_lib_prefix("my-model")
 

@@ -174,7 +174,13 @@ def default_system_lib_prefix(model_name: str, quant: str) -> str:
 
     At least 8 characters, ending in ``_``, so that several models link into one app.
     """
-    stem = re.sub(r"[^0-9A-Za-z]+", "_", f"{model_name}_{quant}").strip("_").lower()
+
+    def clean(text: str) -> str:
+        return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_").lower()
+
+    name, quant = clean(model_name), clean(quant)
+    # a weights folder is often named <model>-<quant> already
+    stem = name if quant and name.endswith(quant) else clean(f"{name}_{quant}")
     prefix = f"{stem}_"
     if not stem or stem[0].isdigit() or len(prefix) < MIN_PREFIX_CHARS:
         prefix = f"model_{prefix}" if stem else "llmc_model_"  # "model_" + 1 char + "_" is 8
