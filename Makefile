@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test install-bench demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
+.PHONY: install install-test install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
 
 install: $(VENV)/.installed
 
@@ -70,3 +70,31 @@ format: install-test
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache
+
+# issue 5A: tools for the phone/Apple target tests (clang: OpenCL C syntax check; lld: links two models;
+# PoCL + pyopencl: runs the OpenCL kernels on this CPU). Needs root for apt.
+install-mobile: $(VENV)/.installed-mobile
+
+$(VENV)/.installed-mobile: $(VENV)/.installed-test
+	apt-get -o DPkg::Lock::Timeout=600 install -y clang lld pocl-opencl-icd ocl-icd-opencl-dev || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y clang lld pocl-opencl-icd ocl-icd-opencl-dev)
+	$(PIP) install -q -e '.[mobile]'
+	touch $@
+
+# issue 5B: tools for tests/test_package.py (g++: builds and runs llmc's C++ engine; llvm: llvm-ar
+# merges the models' objects, Mach-O included; JDK headers: compiles the JNI glue). Needs root for apt.
+install-package: $(VENV)/.installed-package
+
+$(VENV)/.installed-package: $(VENV)/.installed-test
+	apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless)
+	touch $@
+
+# the two example app bundles of SmolLM2-135M (q4f16_1): dist/android and dist/iphone
+package-examples: install
+	$(LLMC) package configs/package/android-example.json -o dist/android --force
+	$(LLMC) package configs/package/iphone-example.json -o dist/iphone --force
+
+# issue 5A: the phone-target tests with every OpenCL kernel of the tiny model run on PoCL
+test-mobile: install-mobile
+	LLMC_TEST_ALL_KERNELS=1 $(PY) -m pytest -q tests/test_mobile_targets.py tests/test_opencl_pocl.py

@@ -110,6 +110,13 @@ def main(ctx: click.Context, verbose: bool) -> None:
     is_flag=True,
     help="Store no weights: the runtime draws them from a seed (benchmarks and checks of full-size shapes).",
 )
+@click.option(
+    "--system-lib-prefix",
+    default=None,
+    metavar="PREFIX",
+    help="Symbol prefix of a phone build (android, iphone), unique per model so several link into one app "
+    "[default: from the model name and quant, e.g. smollm2_135m_q4f16_1_].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(
     model,
@@ -124,6 +131,7 @@ def compile(
     debug_dump,
     opt,
     random_weights,
+    system_lib_prefix,
     quiet,
 ):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
@@ -132,7 +140,7 @@ def compile(
     are and only the library is built. The folder is written under a temporary name and renamed
     into place only when complete, so an interrupted or failed compile leaves nothing behind.
     """
-    _prepare_target(target)  # fail fast on unknown names, before any loading
+    preset = _prepare_target(target)  # fail fast on unknown names, before any loading
     from llmc.quant import get_quant
 
     if quant:
@@ -152,9 +160,12 @@ def compile(
         debug_dump=debug_dump,
         opt_level=int(opt[1]),
         random_weights=random_weights,
+        system_lib_prefix=system_lib_prefix,
     )
     out_dir = compile_model(model, options)
     click.echo(f"wrote {out_dir}")
+    if preset.note:
+        click.echo(f"note: {preset.note}")
 
 
 @main.command()
@@ -376,7 +387,8 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
         artifact, compile_seconds = Path(model), None
         if not _is_compiled(artifact):  # a checkpoint, preset or weights folder: build it first
-            _prepare_target(target)
+            if not _prepare_target(target).runs_here:
+                raise LlmcError(f"--target {target} builds for a phone or Mac; bench runs here: use llvm or cuda.")
             from llmc.compile import CompileOptions, compile_model
 
             started = time.time()
@@ -441,13 +453,171 @@ def _prepare_target(name: str):
 
 
 @main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=Path("dist"), show_default=True, help="Folder to create."
+)
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where compiled models are kept for reuse [default: $LLMC_CACHE_DIR or ~/.cache/llmc/package].",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def package(config, output, force, cache_dir, quiet, as_json):
+    """Bundle the models of CONFIG into a phone app folder: libraries, weights, app project.
+
+    \b
+    CONFIG is JSON (examples in configs/package/):
+      {"device": "android" | "iphone", "memory_budget_mb": 3000,
+       "models": [{"model": "smollm2-135m", "model_id": "smollm2", "quant": "q4f16_1",
+                   "context_window": 2048, "prefill_chunk": 256, "bundle_weights": true}]}
+    Each model is compiled for the device with its own library prefix, or reused from the cache
+    when its inputs (model files, quant, target, overrides, llmc) hash the same. OUTPUT gets
+    lib/ (one static archive), bundle/ (llmc-app-config.json with memory estimates, weights,
+    tokenizers), android/ or ios/ (the app project) and a README with the next steps.
+    """
+    from llmc.package import build_package
+
+    def log(message: str) -> None:
+        if not quiet or not as_json:
+            click.echo(message, err=True)
+
+    result = build_package(config, output, force=force, cache_dir=cache_dir, quiet=quiet or as_json, log=log)
+    for warning in result.warnings:
+        click.echo(f"llmc: warning: {warning}", err=True)
+    summary = {
+        "output": str(result.output),
+        "library": result.archive,
+        "seconds": result.seconds,
+        "warnings": result.warnings,
+        "models": [
+            {
+                "model_id": p.entry.model_id,
+                "model_lib": p.entry.system_lib_prefix,
+                "reused": p.reused,
+                "seconds": p.seconds,
+                "artifact": str(p.artifact),
+                "estimated_memory_bytes": p.memory.total_bytes,
+            }
+            for p in result.models
+        ],
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for p in result.models:
+        click.echo(f"{p.entry.model_id}: {'reused' if p.reused else 'compiled'}, memory {p.memory.describe()}")
+    click.echo(f"wrote {result.output} in {result.seconds:.1f} s; next steps: {result.output / 'README.md'}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(artifact, as_json):
+    """Summarize a compiled ARTIFACT (or weights folder): model, quantization, target, sizes and memory.
+
+    ARTIFACT may also be a folder written by `llmc package`: its models and their estimates are listed.
+    """
+    from llmc.artifact import read_config
+    from llmc.memory import MIB, estimate
+
+    app_config = artifact / "bundle" / "llmc-app-config.json"
+    if app_config.is_file():
+        _inspect_package(app_config, as_json)
+        return
+    config = read_config(artifact)
+    model = config["model"]
+    memory = estimate(config)
+    summary = {
+        "artifact": str(artifact),
+        "stage": config.get("stage"),
+        "model_type": model["model_type"],
+        "source": config.get("source", {}).get("spec"),
+        "quantization": config["quantization"],
+        "target": config.get("target"),
+        "library": config.get("library"),
+        "system_lib_prefix": config.get("system_lib_prefix"),
+        "layers": model["num_hidden_layers"],
+        "hidden_size": model["hidden_size"],
+        "vocab_size": model["vocab_size"],
+        "context_window": config["context_window"],
+        "prefill_chunk": config["prefill_chunk"],
+        "max_batch_size": config["max_batch_size"],
+        "random_weights": bool(config.get("random_weights")),
+        "memory": memory.as_dict(),
+        "static_plan_bytes": config.get("static_plan_bytes"),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    rows = [
+        (
+            "model",
+            f"{model['model_type']}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
+            f"vocab {model['vocab_size']} ({summary['source']})",
+        ),
+        ("quantization", config["quantization"] + (" (random weights)" if summary["random_weights"] else "")),
+        (
+            "target",
+            f"{summary['target'] or '(weights only)'}"
+            + (f", library {summary['library']}" if summary["library"] else "")
+            + (f", prefix {summary['system_lib_prefix']}" if summary["system_lib_prefix"] else ""),
+        ),
+        (
+            "sizes",
+            f"context {config['context_window']}, prefill chunk {config['prefill_chunk']}, "
+            f"max batch {config['max_batch_size']}",
+        ),
+        ("weights", f"{memory.weights_bytes / MIB:.1f} MiB"),
+        ("KV cache", f"{memory.kv_cache_bytes / MIB:.1f} MiB ({config['context_window']} tokens, 1 sequence)"),
+        (
+            "activations",
+            f"{memory.activation_bytes / MIB:.1f} MiB"
+            + ("" if config.get("static_plan_bytes") else " (no static memory plan recorded)"),
+        ),
+        ("memory", f"{memory.total_bytes / MIB:.1f} MiB estimated on the device"),
+    ]
+    for name, value in rows:
+        click.echo(f"{name + ':':14s}{value}")
+
+
+def _inspect_package(app_config: Path, as_json: bool) -> None:
+    from llmc.errors import ArtifactError
+    from llmc.memory import MIB
+
+    try:
+        app = json.loads(app_config.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{app_config}: not valid JSON ({err}). Re-run `llmc package`.") from err
+    if as_json:
+        click.echo(json.dumps(app))
+        return
+    click.echo(
+        f"package for {app['device']} (target {app['target']}), library {app['model_library'] or 'lib/objects/'}"
+    )
+    for model in app["models"]:
+        memory = model["memory"]
+        click.echo(
+            f"{model['model_id']:24s} {model['quantization']:8s} prefix {model['model_lib']:28s} "
+            f"context {model['context_window']:6d}  ~{memory['total_bytes'] / MIB:.1f} MiB "
+            f"(weights {memory['weights_bytes'] / MIB:.1f}, KV {memory['kv_cache_bytes'] / MIB:.1f}, "
+            f"activations {memory['activation_bytes'] / MIB:.1f})"
+            + ("" if model["bundle_weights"] else f"  weights from {model['model_url']}")
+        )
+
+
+@main.command()
 def targets():
     """List the target presets."""
-    from llmc.compiler.targets import ALIASES, TARGETS
+    from llmc.compiler.targets import ALIASES, TARGETS, get_target
 
     width = max(len(name) for name in [*TARGETS, *ALIASES])
     for preset in TARGETS.values():
-        click.echo(f"{preset.name:{width}s} {preset.library_suffix:6s} {preset.description}")
+        suffix = get_target(preset.name).library_suffix  # metal: .tar where Xcode's tools are missing
+        click.echo(f"{preset.name:{width}s} {suffix:6s} {preset.description}")
     for name, description in ALIASES.items():
         click.echo(f"{name:{width}s} {'':6s} {description}")
 

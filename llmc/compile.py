@@ -23,6 +23,7 @@ from llmc.artifact import CONFIG_FILE, FORMAT_VERSION, TensorCacheWriter, atomic
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.tokenizer_files import write_tokenizer_files
 from llmc.errors import ArtifactError, CheckpointError, ConfigError, LlmcError
+from llmc.memory import record_static_plan
 from llmc.models import MODELS, ModelFamily, family_for
 from llmc.models.base import ModelConfig, WeightSource, concat_sources
 from llmc.quant import QuantScheme, get_quant
@@ -51,6 +52,7 @@ class CompileOptions:
     quiet: bool = False
     debug_dump: Path | None = None
     opt_level: int = 2  # llmc.compiler.pipeline: O0 (no fusion/schedules) .. O3 (+ CUDA graphs)
+    system_lib_prefix: str | None = None  # phone targets: symbol prefix [default: from model name + quant]
 
 
 @dataclass
@@ -261,6 +263,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
     preset_target = get_target(options.target)
     if options.quant:
         get_quant(options.quant)
+    _system_lib_prefix(preset_target, options, model, "")  # bad --system-lib-prefix: fail before any work
     source = resolve(model)
     target = preset_target.tvm_target()
     random_weights = options.random_weights or source.format == "config"
@@ -276,6 +279,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
     if stored is not None:
         _check_weights_match(source.path, stored["weights"], [name for name, _ in named_params])
     out_dir = options.output or default_output(model, plan.scheme.name, preset_target.name)
+    prefix = _system_lib_prefix(preset_target, options, model, plan.scheme.name)
 
     started = time.time()
     with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
@@ -294,7 +298,8 @@ def compile_model(model: str, options: CompileOptions) -> Path:
             }
             weights.pop("stage", None)
         library = f"model-{preset_target.name.replace(':', '-').replace('+', '-')}{preset_target.library_suffix}"
-        _build_with_progress(compile_library, mod, preset_target, tmp / library, options)
+        with record_static_plan() as static_plan:  # activation bytes per function, for memory estimates
+            _build_with_progress(compile_library, mod, preset_target, tmp / library, options, prefix)
         write_config(
             tmp,
             {
@@ -305,8 +310,10 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "device": preset_target.device,
                 **({"cuda_archs": list(preset_target.cuda_archs)} if preset_target.device == "cuda" else {}),
                 "library": library,
+                "system_lib_prefix": prefix,
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,
+                "static_plan_bytes": static_plan,
                 "compile_seconds": round(time.time() - started, 2),
             },
         )
@@ -322,10 +329,29 @@ def _check_weights_match(folder: Path, stored: list[str], expected: list[str]) -
         )
 
 
-def _build_with_progress(compile_library, mod, preset_target, library: Path, options: CompileOptions) -> None:
+def _system_lib_prefix(preset_target, options: CompileOptions, model: str, quant: str) -> str | None:
+    """The symbol prefix of a system-lib (phone) build: ``--system-lib-prefix`` or one from model + quant."""
+    from llmc.compiler.targets import check_system_lib_prefix, default_system_lib_prefix
+
+    if not preset_target.system_lib:
+        if options.system_lib_prefix is not None:
+            raise ConfigError(
+                f"--system-lib-prefix applies to static-library targets (android, android:adreno, iphone), "
+                f"not {preset_target.name}; drop it."
+            )
+        return None
+    if options.system_lib_prefix is not None:
+        return check_system_lib_prefix(options.system_lib_prefix)
+    name = Path(model.rstrip("/")).name.removesuffix(".gguf") or "model"
+    return default_system_lib_prefix(name, quant)
+
+
+def _build_with_progress(
+    compile_library, mod, preset_target, library: Path, options: CompileOptions, prefix: str | None
+) -> None:
     with tqdm(total=1, desc=f"build {preset_target.name}", unit="library", disable=options.quiet or None) as bar:
         try:
-            compile_library(mod, preset_target, library, options.debug_dump, options.opt_level)
+            compile_library(mod, preset_target, library, options.debug_dump, options.opt_level, prefix)
         except LlmcError:
             raise
         except Exception as err:  # TVM's errors carry long C++ traces; keep the first line

@@ -34,13 +34,44 @@ def _device_compiler(preset: TargetPreset):
 
 
 def compile_library(
-    mod: tvm.IRModule, preset: TargetPreset, out_file: Path, dump_dir: Path | None = None, opt_level: int = 2
+    mod: tvm.IRModule,
+    preset: TargetPreset,
+    out_file: Path,
+    dump_dir: Path | None = None,
+    opt_level: int = 2,
+    system_lib_prefix: str | None = None,
 ) -> None:
-    """Build ``mod`` for ``preset`` and export the library to ``out_file``."""
+    """Build ``mod`` for ``preset`` and export the library to ``out_file``.
+
+    System-lib presets (phones) need ``system_lib_prefix``: every symbol, and the registration of the
+    packed functions and device code, is prefixed with it so several models link into one app.
+    """
     target = preset.tvm_target()
+    if preset.system_lib:
+        if not system_lib_prefix:
+            raise LlmcError(f"target {preset.name} builds a static system library and needs a symbol prefix.")
+        # TVM's codegen makes a system lib whenever the module carries this attr. relax.build's own
+        # system_lib=True path reads it back with IRModule.get_attr, which raises "Cannot convert from
+        # type ffi.SmallStr" for strings of <= 7 characters in 0.27, so llmc sets it and passes False.
+        mod = mod.with_attr("system_lib_prefix", system_lib_prefix)
     with target, _device_compiler(preset):  # TVM's nvcc callback reads the current target
-        executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level))
-    executable.export_library(str(out_file))
+        executable = relax.build(
+            mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level), system_lib=False
+        )
+    if not preset.runs_here:
+        write_device_source(executable, out_file)
+    if out_file.suffix == ".dylib":
+        from tvm.support import xcode
+
+        executable.export_library(str(out_file), fcompile=xcode.create_dylib, arch="arm64", sdk="macosx")
+    else:
+        executable.export_library(str(out_file))  # .tar: tvm.support.tar, objects only (no NDK/Xcode)
+    if preset.system_lib:
+        from llmc.compiler.objfile import check_system_library
+
+        mtriple = preset.host["mtriple"]
+        fmt, arch = ("macho", "arm64") if "apple" in mtriple else ("elf", mtriple.split("-")[0])
+        check_system_library(out_file, system_lib_prefix, fmt, arch)
     if preset.device == "cuda":
         from llmc.compiler.cuda import library_has_device_code
 
@@ -49,3 +80,22 @@ def compile_library(
                 f"{out_file}: TVM stored CUDA source instead of compiled kernels (its CUDA runtime did not load). "
                 "Build CUDA targets through the llmc command, which prepares nvcc and the driver before TVM loads."
             )
+
+
+DEVICE_SOURCE_SUFFIX = {"opencl": ".cl", "metal": ".metal"}
+
+
+def write_device_source(executable, out_file: Path) -> Path | None:
+    """Beside a cross-compiled library, the kernels' source as TVM embedded it (for review and checks)."""
+
+    def walk(module):
+        yield module
+        for imported in module.imports:
+            yield from walk(imported)
+
+    for module in walk(executable.mod):
+        if module.kind in DEVICE_SOURCE_SUFFIX:
+            path = out_file.with_suffix(DEVICE_SOURCE_SUFFIX[module.kind])
+            path.write_text(module.inspect_source())
+            return path
+    return None

@@ -56,16 +56,35 @@ def _schedule(target, level):
         return [ScheduleMatmulCPU] if level >= 2 else []
     if level < 2:
         return [dl.ApplyDefaultSchedule(dl.gpu.Fallback())]
+    return [dl.ApplyDefaultSchedule(*gpu_rules(target))]
+
+
+class GenericMatmul(dl.gpu.Matmul):
+    """dlight's ``gpu.Matmul`` without its Metal branch.
+
+    In TVM 0.27 ``gpu.Matmul`` hands every Metal matmul to MetalMatmul, whose simdgroup tensorize
+    segfaults the process (inside s_tir::Tensorize, which its try/except cannot catch). For Metal this
+    rule schedules as for a generic GPU target instead: the same tiled schedule (default config) that
+    the Metal branch falls back to when MetalMatmul does not apply. tests/test_mobile_targets.py
+    builds for Metal in a subprocess, so the segfault's return fails a test.
+    """
+
+    def apply(self, func, target, tunable):
+        if target.kind.name == "metal":
+            target = tvm.target.Target({"kind": "opencl", "max_num_threads": int(target.attrs["max_num_threads"])})
+        return super().apply(func, target, tunable)
+
+
+def gpu_rules(target: tvm.target.Target) -> list:
+    """dlight's GPU rules at O2, in priority order."""
     return [
-        dl.ApplyDefaultSchedule(
-            dl.gpu.Matmul(),
-            dl.gpu.GEMV(),
-            dl.gpu.LowBatchGEMV(),
-            dl.gpu.Reduction(),
-            dl.gpu.GeneralReduction(),
-            dl.gpu.RMSNorm(),
-            dl.gpu.Fallback(),
-        )
+        GenericMatmul(),
+        dl.gpu.GEMV(),
+        dl.gpu.LowBatchGEMV(),
+        dl.gpu.Reduction(),
+        dl.gpu.GeneralReduction(),
+        dl.gpu.RMSNorm(),
+        dl.gpu.Fallback(),
     ]
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 from llmc.errors import LlmcError
 
@@ -19,6 +20,9 @@ class TargetPreset:
     device: str = "cpu"
     host: dict = field(default_factory=dict)
     cuda_archs: tuple[str, ...] = ()  # more than one: a fatbin with SASS for each (+ PTX of the first)
+    system_lib: bool = False  # a static library of objects that registers into the app's system lib
+    runs_here: bool = True  # False: cross-compiled for a phone or Mac; `llmc run` refuses it
+    note: str = ""  # printed after a build (e.g. what to do with a .tar on another machine)
 
     def tvm_target(self):
         import tvm
@@ -95,6 +99,49 @@ ALIASES = {
     "cuda": "the GPU of this machine (cuda:sm_XX from nvidia-smi)",
     "cuda:sm_XX+sm_YY": "a fatbin for the listed architectures (e.g. cuda:sm_80+sm_90a)",
 }
+TARGETS.update(
+    {
+        "android": TargetPreset(
+            "android",
+            "Android phone GPU (OpenCL, aarch64): static .tar of objects with a system-lib prefix",
+            {"kind": "opencl"},
+            library_suffix=".tar",
+            device="opencl",
+            host={"kind": "llvm", "mtriple": "aarch64-linux-android"},
+            system_lib=True,
+            runs_here=False,
+        ),
+        "android:adreno": TargetPreset(
+            "android:adreno",
+            "Android phone with a Qualcomm Adreno GPU (OpenCL, adreno device flags), static .tar",
+            {"kind": "opencl", "device": "adreno"},
+            library_suffix=".tar",
+            device="opencl",
+            host={"kind": "llvm", "mtriple": "aarch64-linux-android"},
+            system_lib=True,
+            runs_here=False,
+        ),
+        "iphone": TargetPreset(
+            "iphone",
+            "iPhone/iPad GPU (Metal, arm64 iOS): static .tar of objects with a system-lib prefix",
+            {"kind": "metal"},
+            library_suffix=".tar",
+            device="metal",
+            host={"kind": "llvm", "mtriple": "arm64-apple-ios"},
+            system_lib=True,
+            runs_here=False,
+        ),
+        "metal": TargetPreset(
+            "metal",
+            "Apple Silicon Mac GPU (Metal, arm64 macOS): .dylib with Xcode's tools, else a .tar of objects",
+            {"kind": "metal"},
+            library_suffix=".dylib",
+            device="metal",
+            host={"kind": "llvm", "mtriple": "arm64-apple-macos"},
+            runs_here=False,
+        ),
+    }
+)
 
 
 def detect_cuda_arch() -> str | None:
@@ -129,4 +176,63 @@ def get_target(name: str) -> TargetPreset:
         return _cuda_fatbin(tuple(name.removeprefix("cuda:").split("+")), name, "CUDA fatbin")
     if name not in TARGETS:
         raise LlmcError(f"unknown target {name!r}; known: {', '.join([*TARGETS, *ALIASES])} (see `llmc targets`).")
-    return TARGETS[name]
+    preset = TARGETS[name]
+    if preset.library_suffix == ".dylib" and not has_xcode():
+        return replace(
+            preset,
+            library_suffix=".tar",
+            note="Xcode's tools (xcrun) are not on this machine, so the library is a .tar of Mach-O objects; "
+            "link it into a .dylib on a Mac: `tar xf model-metal.tar && clang -dynamiclib -o model-metal.dylib *.o "
+            "-framework Metal -framework Foundation -undefined dynamic_lookup`.",
+        )
+    return preset
+
+
+def has_xcode() -> bool:
+    """Whether Xcode's command line tools (``xcrun``, needed for a .dylib) are on PATH."""
+    import shutil
+
+    return shutil.which("xcrun") is not None
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MIN_PREFIX_CHARS = 8
+
+
+def default_system_lib_prefix(model_name: str, quant: str) -> str:
+    """A C-identifier symbol prefix unique per model + quantization, e.g. ``smollm2_135m_q4f16_1_``.
+
+    At least 8 characters, ending in ``_``, so that several models link into one app.
+    """
+
+    def clean(text: str) -> str:
+        return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_").lower()
+
+    name, quant = clean(model_name), clean(quant)
+    # a weights folder is often named <model>-<quant> already
+    stem = name if quant and name.endswith(quant) else clean(f"{name}_{quant}")
+    prefix = f"{stem}_"
+    if not stem or stem[0].isdigit() or len(prefix) < MIN_PREFIX_CHARS:
+        prefix = f"model_{prefix}" if stem else "llmc_model_"  # "model_" + 1 char + "_" is 8
+    return prefix
+
+
+def check_system_lib_prefix(prefix: str) -> str:
+    """``prefix`` if it is a C identifier, else a clear error."""
+    if not _IDENTIFIER.fullmatch(prefix):
+        raise LlmcError(
+            f"--system-lib-prefix {prefix!r} is not a C identifier: use letters, digits and '_' "
+            "(not starting with a digit), e.g. 'mymodel_q4f16_1_'."
+        )
+    return prefix
+
+
+def check_runs_here(folder, config: dict) -> None:
+    """A clear error for an artifact built for a phone or a Mac: its library cannot be loaded here."""
+    preset = TARGETS.get(config.get("target", ""))
+    if preset is not None and not preset.runs_here:
+        raise LlmcError(
+            f"{folder}: built for {preset.name} ({preset.description.split(':')[0]}); its library "
+            f"{config.get('library')} cannot run on this machine. Link it into an app on the device "
+            "(`llmc package`), or compile for this machine with --target llvm."
+        )

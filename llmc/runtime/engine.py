@@ -10,6 +10,7 @@ from tvm.runtime import ShapeTuple
 from tvm.runtime.vm import VirtualMachine
 
 from llmc.artifact import read_config
+from llmc.compiler.targets import check_runs_here
 from llmc.errors import ArtifactError, GenerationError
 
 PAGE_SIZE = 16
@@ -33,6 +34,7 @@ class Engine:
         """Load an artifact; ``kv_tokens`` sizes the KV cache for all sequences (default: the context window)."""
         self.folder = Path(artifact_dir)
         self.config = read_config(self.folder)
+        check_runs_here(self.folder, self.config)
         model = self.config["model"]
         self.vocab_size = model["vocab_size"]
         self.hidden_size = model["hidden_size"]

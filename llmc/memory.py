@@ -1,0 +1,126 @@
+"""Estimated device memory of a compiled model: weights + paged KV cache + activations.
+
+Activations come from TVM's static memory plan: ``record_static_plan`` watches the build and, right
+after ``StaticPlanBlockMemory``, sums the constant-size ``R.memory.alloc_storage`` calls of each
+Relax function (sizes are bytes, planned at the ``tir_var_upper_bound`` of every symbolic dim).
+One function runs at a time, so the activation figure is the largest function's plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+PLAN_PASS = "StaticPlanBlockMemory"
+PAGE_SIZE = 16  # tokens per KV page (llmc.runtime.engine.PAGE_SIZE)
+MIB = 1 << 20
+
+
+def planned_bytes(mod) -> dict[str, int]:
+    """Relax function name -> bytes of its statically planned storage (``alloc_storage`` with a constant size)."""
+    from tvm import relax, tirx
+
+    alloc_storage = tvm_op("relax.memory.alloc_storage")
+    sizes: dict[str, int] = {}
+
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        total = 0
+
+        def visit(expr):
+            nonlocal total
+            if isinstance(expr, relax.Call) and expr.op.same_as(alloc_storage):
+                shape = expr.args[0]
+                if isinstance(shape, relax.ShapeExpr) and all(isinstance(v, tirx.IntImm) for v in shape.values):
+                    total += int(np.prod([int(v) for v in shape.values]))
+
+        relax.analysis.post_order_visit(func.body, visit)
+        sizes[gv.name_hint] = total
+    return sizes
+
+
+def tvm_op(name: str):
+    import tvm
+
+    return tvm.ir.Op.get(name)
+
+
+@contextlib.contextmanager
+def record_static_plan() -> Iterator[dict[str, int]]:
+    """Within the block, a build fills the yielded dict with ``planned_bytes`` of the planned module."""
+    import tvm
+
+    plan: dict[str, int] = {}
+
+    @tvm.instrument.pass_instrument
+    class _Probe:
+        def run_after_pass(self, mod, info):
+            if info.name == PLAN_PASS:
+                plan.update(planned_bytes(mod))
+
+    outer = tvm.transform.PassContext.current()
+    config = {str(k): v for k, v in outer.config.items()}
+    with tvm.transform.PassContext(
+        opt_level=outer.opt_level, config=config, instruments=[*outer.instruments, _Probe()]
+    ):
+        yield plan
+
+
+def dtype_bytes(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
+
+
+def kv_cache_bytes(model: dict, dtype: str, tokens: int) -> int:
+    """Bytes of the paged KV cache TVM allocates for ``tokens`` (one page more than the tokens need)."""
+    pages = math.ceil(tokens / PAGE_SIZE) + 1
+    per_layer = pages * 2 * model["num_key_value_heads"] * PAGE_SIZE * model["head_dim"] * dtype_bytes(dtype)
+    return model["num_hidden_layers"] * per_layer
+
+
+def weights_bytes(config: dict) -> int:
+    if "param_bytes" in config:
+        return int(config["param_bytes"])
+    return sum(int(np.prod(shape)) * dtype_bytes(dtype) for _name, shape, dtype in config.get("param_specs", []))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Device bytes for one model serving ``sequences`` sequences of ``context_window`` tokens."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    context_window: int
+    sequences: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total_bytes": self.total_bytes}
+
+    def describe(self) -> str:
+        return (
+            f"{self.total_bytes / MIB:.1f} MiB (weights {self.weights_bytes / MIB:.1f}, "
+            f"KV cache {self.kv_cache_bytes / MIB:.1f} for {self.sequences} x {self.context_window} tokens, "
+            f"activations {self.activation_bytes / MIB:.1f})"
+        )
+
+
+def estimate(config: dict, context_window: int | None = None, sequences: int = 1) -> MemoryEstimate:
+    """The estimate for an artifact's ``llmc-config.json`` (activations: 0 when no plan was recorded)."""
+    window = context_window or config["context_window"]
+    plan = config.get("static_plan_bytes") or {}
+    return MemoryEstimate(
+        weights_bytes=weights_bytes(config),
+        kv_cache_bytes=kv_cache_bytes(config["model"], config["dtype"], window * sequences),
+        activation_bytes=max(plan.values(), default=0),
+        context_window=window,
+        sequences=sequences,
+    )
