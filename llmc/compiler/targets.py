@@ -225,14 +225,3 @@ def check_system_lib_prefix(prefix: str) -> str:
             "(not starting with a digit), e.g. 'mymodel_q4f16_1_'."
         )
     return prefix
-
-
-def check_runs_here(folder, config: dict) -> None:
-    """A clear error for an artifact built for a phone or a Mac: its library cannot be loaded here."""
-    preset = TARGETS.get(config.get("target", ""))
-    if preset is not None and not preset.runs_here:
-        raise LlmcError(
-            f"{folder}: built for {preset.name} ({preset.description.split(':')[0]}); its library "
-            f"{config.get('library')} cannot run on this machine. Link it into an app on the device "
-            "(`llmc package`), or compile for this machine with --target llvm."
-        )

@@ -10,10 +10,23 @@ from tvm.runtime import ShapeTuple
 from tvm.runtime.vm import VirtualMachine
 
 from llmc.artifact import read_config
-from llmc.compiler.targets import check_runs_here
 from llmc.errors import ArtifactError, GenerationError
 
 PAGE_SIZE = 16
+
+
+LOADABLE_DEVICES = ("cpu", "cuda")  # libraries TVM's runtime on this kind of machine can load
+
+
+def check_loadable_here(folder: Path, config: dict) -> None:
+    """A clear error for an artifact built for a phone, a Mac or a browser: its library cannot load here."""
+    device = config.get("device", "cpu")
+    if device not in LOADABLE_DEVICES or Path(config.get("library", "")).suffix in (".tar", ".wasm"):
+        raise ArtifactError(
+            f"{folder}: built for {config.get('target')} ({device}); its library {config.get('library')} "
+            "cannot run on this machine. Link it into an app on the device (`llmc package`), or compile "
+            "for this machine with --target llvm."
+        )
 
 
 def _builtin(name: str):
@@ -34,7 +47,7 @@ class Engine:
         """Load an artifact; ``kv_tokens`` sizes the KV cache for all sequences (default: the context window)."""
         self.folder = Path(artifact_dir)
         self.config = read_config(self.folder)
-        check_runs_here(self.folder, self.config)
+        check_loadable_here(self.folder, self.config)
         model = self.config["model"]
         self.vocab_size = model["vocab_size"]
         self.hidden_size = model["hidden_size"]
