@@ -97,7 +97,9 @@ def main() -> None:
     for name, preset, quant, flags in DRY_RUN_BENCH if args.dry_run else BENCH:
         folder = out / name
         seconds = compile_one(preset, quant, gpu_target, folder, flags)
-        manifest["bench"].append({"name": name, "preset": preset, "quant": quant, "dir": name, "compile_seconds": seconds})
+        manifest["bench"].append(
+            {"name": name, "preset": preset, "quant": quant, "dir": name, "compile_seconds": seconds}
+        )
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     pack_runtime()
     total = sum(f.stat().st_size for f in CARRY.rglob("*") if f.is_file())

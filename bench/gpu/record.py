@@ -1,6 +1,6 @@
 """Record a gpu-check.json that came back from the GPU machine: bench/results/gpu-<date>.{json,md}.
 
-  python bench/gpu/record.py FILES_AT/gpu-check.json
+python bench/gpu/record.py FILES_AT/gpu-check.json
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ def main() -> None:
             f"| {c['name']} | {c['relative_diff']:.2e} | {c['min_cosine']:.6f} | "
             f"{sum(c['argmax_equal'])}/{len(c['argmax_equal'])} | {c['ok']} |"
         )
-    table += ["", "| model | compile s | batch | prefill tok/s | decode tok/s | TTFT ms | % of bound |", "|---|---|---|---|---|---|---|"]
+    table += [
+        "",
+        "| model | compile s | batch | prefill tok/s | decode tok/s | TTFT ms | % of bound |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for b in report["bench"]:
         for run in b["runs"]:
             pct = b.get("batch1_decode_pct_of_bound", "") if run["batch"] == 1 else ""
