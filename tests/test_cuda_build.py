@@ -16,12 +16,13 @@ LLMC = str(Path(sys.executable).parent / "llmc")
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 
 
-def compile_cuda(checkpoint: Path, target: str, quant: str, out: Path) -> subprocess.CompletedProcess:
+def compile_cuda(model: Path | str, target: str, quant: str, out: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             LLMC,
             "compile",
-            str(checkpoint),
+            str(model),
+            *flags,
             "--target",
             target,
             "--quant",
@@ -41,7 +42,12 @@ def compile_cuda(checkpoint: Path, target: str, quant: str, out: Path) -> subpro
 @pytest.mark.parametrize("quant", ["q0f16", "q4f16_1"])
 def test_cuda_sm90a_library_holds_cubin(checkpoints, tmp_path, quant):
     out = tmp_path / quant
-    done = compile_cuda(checkpoints["llama_gqa"], "cuda:sm_90a", quant, out)
+    if quant == "q0f16":
+        # the llama-tiny preset (GQA groups of 4 + llama3 rope) made TVM's TIR CSE emit a use before
+        # definition in the attention kernels; llmc's CUDA builds turn that pass off
+        done = compile_cuda("llama-tiny", "cuda:sm_90a", quant, out, "--random-weights")
+    else:
+        done = compile_cuda(checkpoints["llama_gqa"], "cuda:sm_90a", quant, out)
     assert done.returncode == 0, done.stderr
     config = json.loads((out / "llmc-config.json").read_text())
     assert config["target"] == "cuda:sm_90a" and config["device"] == "cuda"

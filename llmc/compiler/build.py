@@ -25,12 +25,25 @@ def build_module(model, target: tvm.target.Target) -> tuple[tvm.IRModule, list[t
     return mod, named_params
 
 
+@contextlib.contextmanager
 def _device_compiler(preset: TargetPreset):
-    if preset.device == "cuda":
-        from llmc.compiler.cuda import nvcc_for_archs
+    """Per-target build settings: nvcc archs and no TIR CSE for CUDA.
 
-        return nvcc_for_archs(preset.cuda_archs)
-    return contextlib.nullcontext()
+    TVM 0.27's TIR CommonSubexprElim emits a use before its definition in some paged-KV attention
+    kernels (Llama-3.2-1B shapes: "variable cse_vN has been used before definition!"); nvcc does
+    its own CSE, so CUDA builds skip TVM's.
+    """
+    config = {"tirx.disable_cse_tir": True} if preset.device == "cuda" else {}
+    outer = tvm.transform.PassContext.current()
+    merged = {**{str(k): v for k, v in outer.config.items()}, **config}
+    with tvm.transform.PassContext(opt_level=outer.opt_level, config=merged):
+        if preset.device == "cuda":
+            from llmc.compiler.cuda import nvcc_for_archs
+
+            with nvcc_for_archs(preset.cuda_archs):
+                yield
+        else:
+            yield
 
 
 def compile_library(
