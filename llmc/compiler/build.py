@@ -31,7 +31,12 @@ def compile_library(
     target = preset.tvm_target()
     with target:  # TVM's nvcc callback reads the current target
         executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level))
-    executable.export_library(str(out_file))
+    if preset.device == "vulkan":
+        from llmc.compiler.vulkan import export_library
+
+        export_library(executable, out_file)
+    else:
+        executable.export_library(str(out_file))
     if preset.device == "cuda":
         from llmc.compiler.cuda import library_has_device_code
 

@@ -65,6 +65,14 @@ TARGETS: dict[str, TargetPreset] = {
     "cuda:sm_90a": _cuda("sm_90a", "NVIDIA Hopper (H100/H200): cubin for sm_90a, built with nvcc"),
     "cuda:sm_89": _cuda("sm_89", "NVIDIA Ada (RTX 40xx, L4, L40): cubin for sm_89"),
     "cuda:sm_80": _cuda("sm_80", "NVIDIA Ampere (A100, A10 via sm_86-compatible code): cubin for sm_80"),
+    # kernels: TVM's WGSL codegen -> llmc's Vulkan layout -> SPIR-V (naga), packed as TVM's vulkan module
+    "vulkan": TargetPreset(
+        "vulkan",
+        "Vulkan GPU on Linux x86-64: shared library with SPIR-V kernels (needs `make install-vulkan`)",
+        {"kind": "webgpu", "max_num_threads": 256},
+        host={"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"},
+        device="vulkan",
+    ),
 }
 ALIASES = {"cuda": "the GPU of this machine (cuda:sm_XX from nvidia-smi)"}
 
