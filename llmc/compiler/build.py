@@ -29,9 +29,17 @@ def compile_library(
 ) -> None:
     """Build ``mod`` for ``preset`` and export the library to ``out_file``."""
     target = preset.tvm_target()
+    if preset.library_suffix == ".wasm":
+        from llmc.compiler.web import runtime_bitcode
+
+        runtime_bitcode()  # emcc and the web runtime first: a clear error before the build, not after
     with target:  # TVM's nvcc callback reads the current target
         executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level))
-    if preset.device == "vulkan":
+    if preset.library_suffix == ".wasm":
+        from llmc.compiler.web import link_wasm
+
+        executable.export_library(str(out_file), fcompile=link_wasm)
+    elif preset.device == "vulkan":
         from llmc.compiler.vulkan import export_library
 
         export_library(executable, out_file)

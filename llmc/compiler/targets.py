@@ -73,6 +73,15 @@ TARGETS: dict[str, TargetPreset] = {
         host={"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"},
         device="vulkan",
     ),
+    "webgpu": TargetPreset(
+        "webgpu",
+        "browsers with WebGPU: WGSL kernels + wasm32 host code linked by emcc into one .wasm (make install-web)",
+        # SwiftShader and most adapters guarantee 256 invocations and 32 KiB workgroup memory
+        {"kind": "webgpu", "max_num_threads": 256, "max_shared_memory_per_block": 32768},
+        library_suffix=".wasm",
+        device="webgpu",
+        host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"},
+    ),
 }
 ALIASES = {"cuda": "the GPU of this machine (cuda:sm_XX from nvidia-smi)"}
 
