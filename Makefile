@@ -8,6 +8,7 @@ DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test install-bench demo test test-all bench bench-quant lint format clean
+.PHONY: install-vulkan test-vulkan
 
 install: $(VENV)/.installed
 
@@ -58,6 +59,20 @@ lint: install-test
 format: install-test
 	$(VENV)/bin/ruff format llmc tests
 	$(VENV)/bin/ruff check --fix llmc tests
+
+# --target vulkan: node + naga-wasm (WGSL -> SPIR-V), spirv-val; Mesa lavapipe + wgpu run the kernels in tests
+NAGA_DIR ?= $(HOME)/.cache/llmc/naga
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+install-vulkan: install
+	$(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y nodejs npm spirv-tools mesa-vulkan-drivers libvulkan1
+	mkdir -p $(NAGA_DIR)
+	# pinned: the unversioned naga-wasm resolves to an empty placeholder
+	npm install --prefix $(NAGA_DIR) --no-audit --no-fund naga-wasm@30.1.0
+	$(PIP) install -q -e '.[vulkan]'
+
+test-vulkan: install-test install-vulkan
+	$(PY) -m pytest -q -m "slow or not slow" tests/test_vulkan.py tests/test_wgsl_kernels.py
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache

@@ -129,6 +129,28 @@ def spirv_val(words: list[int], name: str = "kernel", env: str = SPIRV_ENV) -> N
         raise SpirvError(f"spirv-val rejected {name}: {(done.stdout + done.stderr).strip()[:1500]}")
 
 
+_OP_CAPABILITY = 17
+CAP_STORAGE_INPUT_OUTPUT_16 = 4436
+
+
+def drop_capability(words: list[int], capability: int) -> list[int]:
+    """Remove one ``OpCapability`` from a module (a word-stream edit: only that instruction goes).
+
+    naga declares StorageInputOutput16 in every fp16 module although compute kernels have no 16-bit
+    shader inputs or outputs; many GPUs (NVIDIA's among them) lack that feature, and wgpu's SPIR-V
+    reader rejects it. spirv-val afterwards proves the module did not need it."""
+    out = list(words[:5])
+    i = 5
+    while i < len(words):
+        count = words[i] >> 16
+        if count == 0:
+            raise SpirvError(f"corrupt SPIR-V: zero-length instruction at word {i}")
+        if not (words[i] & 0xFFFF == _OP_CAPABILITY and words[i + 1] == capability):
+            out.extend(words[i : i + count])
+        i += count
+    return out
+
+
 # SPIR-V opcodes and decorations the layout reader needs
 _OP_NAME, _OP_MEMBER_NAME, _OP_ENTRY_POINT, _OP_DECORATE, _OP_MEMBER_DECORATE, _OP_VARIABLE = 5, 6, 15, 71, 72, 59
 _DEC_BINDING, _DEC_DESCRIPTOR_SET, _DEC_OFFSET = 33, 34, 35

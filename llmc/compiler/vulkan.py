@@ -45,7 +45,10 @@ def webgpu_to_vulkan(data: bytes, validate: bool | None = None) -> bytes:
         if n_scalars != len(fmap[name].scalar_types):
             raise spirv.SpirvError(f"{name}: {n_scalars} scalars in WGSL, {len(fmap[name].scalar_types)} in its info")
         flags[name] = FLAG_USE_UBO if n_scalars else 0
-    words = spirv.wgsl_to_spirv(rewritten)
+    words = {
+        name: spirv.drop_capability(module, spirv.CAP_STORAGE_INPUT_OUTPUT_16)
+        for name, module in spirv.wgsl_to_spirv(rewritten).items()
+    }
     if validate is None:
         validate = shutil.which("spirv-val") is not None
         if not validate:
@@ -71,9 +74,9 @@ def blob_to_c(blob: bytes, symbol: str = LIBRARY_SYMBOL) -> str:
     """C source defining the exported byte array TVM's library loader looks up."""
     rows = ",\n".join("  " + ",".join(f"0x{b:02x}" for b in blob[i : i + 24]) for i in range(0, len(blob), 24))
     return (
-        "#ifdef __cplusplus\nextern \"C\" {\n#endif\n"
+        '#ifdef __cplusplus\nextern "C" {\n#endif\n'
         f"extern const unsigned char {symbol}[];\n"
-        f"__attribute__((visibility(\"default\"))) const unsigned char {symbol}[{len(blob)}] = {{\n{rows}\n}};\n"
+        f'__attribute__((visibility("default"))) const unsigned char {symbol}[{len(blob)}] = {{\n{rows}\n}};\n'
         "#ifdef __cplusplus\n}\n#endif\n"
     )
 
