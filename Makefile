@@ -9,6 +9,7 @@ DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test install-bench demo test test-all bench bench-quant lint format clean
 .PHONY: install-vulkan test-vulkan
+.PHONY: install-web test-web
 
 install: $(VENV)/.installed
 
@@ -73,6 +74,20 @@ install-vulkan: install
 
 test-vulkan: install-test install-vulkan
 	$(PY) -m pytest -q -m "slow or not slow" tests/test_vulkan.py tests/test_wgsl_kernels.py
+
+# --target webgpu: Debian's emscripten links the .wasm; TVM's web runtime (from the wheel's sources) is built
+# once into ~/.cache/llmc/web; web/node_modules holds TVM's JS runtime (@mlc-ai/web-runtime) for the page and
+# playwright-core, which drives Debian's chromium (WebGPU on SwiftShader) in the browser test
+WEB_APT := emscripten chromium nodejs npm
+
+install-web: install
+	$(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y $(WEB_APT) || \
+		($(SUDO) apt-get update && $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y $(WEB_APT))
+	npm install --prefix web --no-audit --no-fund
+	$(PY) -m llmc.compiler.web
+
+test-web: install-test install-web
+	LLMC_TEST_WEB=1 $(PY) -m pytest -q -s tests/test_webgpu.py
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache

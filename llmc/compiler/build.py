@@ -30,9 +30,9 @@ def compile_library(
     """Build ``mod`` for ``preset`` and export the library to ``out_file``."""
     target = preset.tvm_target()
     if preset.library_suffix == ".wasm":
-        from llmc.compiler.web import runtime_bitcode
+        from llmc.compiler.web import runtime_objects
 
-        runtime_bitcode()  # emcc and the web runtime first: a clear error before the build, not after
+        runtime_objects()  # emcc and the web runtime first: a clear error before the build, not after
     with target:  # TVM's nvcc callback reads the current target
         executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level))
     if preset.library_suffix == ".wasm":

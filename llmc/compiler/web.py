@@ -1,11 +1,16 @@
-"""The ``webgpu`` target's .wasm: TVM's web runtime as LLVM bitcode, linked with the model by emcc.
+"""The ``webgpu`` target's .wasm: TVM's web runtime as wasm objects, linked with the model by emcc.
 
 The apache-tvm wheel ships the web runtime's sources (``tvm/web/emcc``, ``tvm/src/runtime``) and
 apache-tvm-ffi ships its own, but a few headers they include are missing from both; llmc's
-stand-ins live in ``web_headers/``. ``runtime_bitcode()`` copies the three trees into a cache
+stand-ins live in ``web_headers/``. ``runtime_objects()`` copies the three trees into a cache
 folder (per TVM version and header contents), overlays the stand-ins and compiles the three
-runtime units once (~90 s on 2 cores); ``link_wasm`` is the ``fcompile`` that
-``export_library`` calls to link them with the model's bitcode into one standalone .wasm.
+runtime units once (~2-3 min on 2 cores); ``link_wasm`` is the ``fcompile`` that
+``export_library`` calls to link them with the model's objects into one standalone .wasm.
+
+Objects, not bitcode: TVM's LLVM 22 writes bitcode (opaque pointers) that Debian's emscripten 3.1.6
+(LLVM 14) cannot read, while its wasm-ld links LLVM 22's wasm objects fine. The link runs at -O1:
+both sides are already optimized code, and binaryen's -O2/-O3 pass over the ~7 MB module takes
+1-3 minutes for a ~35% smaller file (set ``LLMC_WASM_LINK_OPT=-O3`` for shipping builds).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ RUNTIME_UNITS = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
 INSTALL_HINT = "Run `make install-web` (installs Debian's emscripten and builds TVM's web runtime)."
 # the flags TVM's web Makefile and tvm.support.emcc use: a standalone wasm whose imports the JS runtime provides
 COMPILE_FLAGS = ["-O3", "-std=c++17", "-Wno-ignored-attributes"]
+CACHE_LAYOUT = "objects-1"  # bump when what the cache holds changes
 LINK_FLAGS = [
     "--no-entry",
     "-s",
@@ -60,10 +66,10 @@ def _sources() -> tuple[Path, Path]:
 
 
 def cache_dir() -> Path:
-    """Where the runtime bitcode is kept: ``$LLMC_WEB_CACHE`` or ``~/.cache/llmc/web``, per TVM + headers."""
+    """Where the runtime objects are kept: ``$LLMC_WEB_CACHE`` or ``~/.cache/llmc/web``, per TVM + headers."""
     import tvm
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(CACHE_LAYOUT.encode())
     for header in sorted(HEADERS.rglob("*.h")):
         digest.update(header.relative_to(HEADERS).as_posix().encode() + header.read_bytes())
     root = Path(os.environ.get("LLMC_WEB_CACHE") or Path.home() / ".cache" / "llmc" / "web")
@@ -93,10 +99,10 @@ def _stage(tree: Path) -> list[str]:
     ]
 
 
-def runtime_bitcode(quiet: bool = False) -> list[Path]:
-    """The three runtime ``.bc`` files, built into the cache on first use."""
+def runtime_objects(quiet: bool = False) -> list[Path]:
+    """The three runtime wasm objects, built into the cache on first use."""
     folder = cache_dir()
-    files = [folder / f"{unit}.bc" for unit in RUNTIME_UNITS]
+    files = [folder / f"{unit}.o" for unit in RUNTIME_UNITS]
     if all(f.exists() for f in files):
         return files
     emcc = find_emcc()
@@ -107,9 +113,9 @@ def runtime_bitcode(quiet: bool = False) -> list[Path]:
         includes = _stage(work / "tree")
         for unit in RUNTIME_UNITS:
             if not quiet:
-                print(f"llmc: building TVM's web runtime ({unit}.bc, once per TVM version) ...", file=sys.stderr)
+                print(f"llmc: building TVM's web runtime ({unit}.o, once per TVM version) ...", file=sys.stderr)
             source = work / "tree" / "web" / "emcc" / f"{unit}.cc"
-            cmd = [emcc, *includes, *COMPILE_FLAGS, "-emit-llvm", "-c", "-o", str(work / f"{unit}.bc"), str(source)]
+            cmd = [emcc, *includes, *COMPILE_FLAGS, "-c", "-o", str(work / f"{unit}.o"), str(source)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 raise LlmcError(f"emcc failed to build {source.name} for the web runtime:\n{_tail(done)}")
@@ -130,18 +136,18 @@ def _tail(done: subprocess.CompletedProcess, lines: int = 30) -> str:
 
 
 def link_wasm(output: str, objects, options=None) -> None:
-    """``fcompile`` for ``export_library``: the model's bitcode + the runtime's -> standalone ``output``."""
+    """``fcompile`` for ``export_library``: the model's objects + the runtime's -> standalone ``output``."""
     objects = [objects] if isinstance(objects, str) else list(objects)
-    cmd = [find_emcc(), *COMPILE_FLAGS, *LINK_FLAGS, "-o", output]
-    cmd += [str(f) for f in runtime_bitcode()] + objects + list(options or [])
+    cmd = [find_emcc(), os.environ.get("LLMC_WASM_LINK_OPT", "-O1"), *LINK_FLAGS, "-o", output]
+    cmd += [str(f) for f in runtime_objects()] + objects + list(options or [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise LlmcError(f"emcc failed to link {output}:\n{_tail(done)}")
 
 
-link_wasm.object_format = "o"
+link_wasm.object_format = "o"  # wasm objects from TVM's LLVM
 
 
-if __name__ == "__main__":  # `make install-web`: build the runtime bitcode now
-    for path in runtime_bitcode():
+if __name__ == "__main__":  # `make install-web`: build the runtime objects now
+    for path in runtime_objects():
         print(path)
