@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import struct
 
+import numpy as np
 import pytest
 import tvm
 from tvm import te
@@ -112,16 +113,25 @@ def test_missing_naga_is_a_clear_error(monkeypatch, tmp_path):
         spirv.wgsl_to_spirv({"k": "fn k() {}"})
 
 
-@needs_naga
-@needs_spirv_val
-def test_compile_tiny_model_for_vulkan(checkpoints, tmp_path):
-    out = compile_model(
-        str(checkpoints["llama_gqa"]),
-        CompileOptions(
-            target="vulkan", quant="q4f16_1", output=tmp_path / "vk", quiet=True, context_window=128, prefill_chunk=24
-        ),
+@pytest.fixture(scope="module")
+def vulkan_artifact(checkpoints, tmp_path_factory):
+    """The tiny Llama, q4f16_1, compiled with ``--target vulkan`` (same sizes as conftest's ``compiled``)."""
+    if not spirv.naga_available() or shutil.which("spirv-val") is None:
+        pytest.skip("node + naga-wasm or spirv-val missing (make install-vulkan)")
+    options = CompileOptions(
+        target="vulkan",
+        quant="q4f16_1",
+        output=tmp_path_factory.mktemp("vulkan") / "vk",
+        quiet=True,
+        context_window=128,
+        prefill_chunk=24,
+        max_batch_size=4,
     )
-    library = out / "model-vulkan.so"
+    return compile_model(str(checkpoints["llama_gqa"]), options)
+
+
+def test_compile_tiny_model_for_vulkan(vulkan_artifact):
+    library = vulkan_artifact / "model-vulkan.so"
     blob = vulkan.read_library(library)
     assert [kind for kind, _ in blob.modules] == ["relax.VMExecutable", "_lib", "vulkan"]
     fmap, shaders = tvm_format.read_vulkan_module(blob.modules[2][1])
@@ -141,3 +151,41 @@ def test_compile_tiny_model_for_vulkan(checkpoints, tmp_path):
     # TVM's own loader reads the blob and asks for the Vulkan runtime this wheel lacks
     with pytest.raises(Exception, match="load_from_bytes.vulkan"):
         tvm.runtime.load_module(str(library))
+
+
+def _rel_err(a, b) -> float:
+    return float(np.abs(a.astype("float64") - b).max() / np.abs(b).max())
+
+
+def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled):
+    """The compiled library itself (host code + packed SPIR-V) generates on lavapipe like the llvm build."""
+    pytest.importorskip("wgpu", reason="wgpu missing (make install-vulkan)")
+    from llmc.compiler.kernel_harness import VulkanLibraryEmulator, WgpuRunner
+    from llmc.runtime.engine import Engine
+
+    try:
+        runner = WgpuRunner()
+    except Exception as e:
+        pytest.skip(f"no Vulkan adapter for wgpu (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
+    reference = Engine(compiled("llama_gqa", "q4f16_1"))
+    with VulkanLibraryEmulator(runner) as emulator:
+        gpu = Engine(vulkan_artifact, device="webgpu")
+        pairs = []
+        for engine in (gpu, reference):
+            engine.add_sequence(0)
+            engine.add_sequence(1)
+        # two prefill chunks (ragged, then paged attention + merge), decode steps, a ragged batch, a batch decode
+        for chunk in ([5, 17, 33, 2, 9], [41, 7, 12]):
+            pairs.append((gpu.prefill(0, chunk), reference.prefill(0, chunk)))
+        token = int(pairs[-1][1].argmax())
+        for _ in range(3):
+            pairs.append((gpu.decode(0, token), reference.decode(0, token)))
+            token = int(pairs[-1][1].argmax())
+        pairs.append((gpu.batch_prefill([1], [[3, 30, 8]]), reference.batch_prefill([1], [[3, 30, 8]])))
+        pairs.append((gpu.batch_decode([0, 1], [token, 4]), reference.batch_decode([0, 1], [token, 4])))
+        called, kernels = emulator.called, emulator.kernels
+    for got, expected in pairs:
+        assert _rel_err(got, expected) < 2e-2
+        assert np.array_equal(got.argmax(-1), expected.argmax(-1))
+    assert {"batch_prefill_ragged_kv_kernel", "batch_prefill_paged_kv_kernel", "batch_decode_paged_kv_kernel"} <= called
+    assert "tir_attention_merge_state_kernel" in called and len(called) >= 25, sorted(kernels - called)

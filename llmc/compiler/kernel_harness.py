@@ -32,7 +32,7 @@ import tvm.sym
 from tvm import tirx
 from tvm.tirx.buffer import BufferType
 
-from llmc.compiler import vulkan
+from llmc.compiler import spirv, vulkan
 from llmc.compiler.pipeline import PHASES
 from llmc.compiler.targets import get_target
 from llmc.compiler.tvm_format import HANDLE, FunctionInfo, read_library_blob, read_vulkan_module, read_webgpu_module
@@ -106,13 +106,14 @@ class WgpuRunner:
         return self._pipelines[key]
 
     def dispatch(self, pipeline, buffers: list[tuple[int, int]], uniform: bytes | None, grid: tuple[int, int, int]):
-        """Copy host ranges (address, nbytes) into storage buffers, run, copy them back."""
+        """Copy host ranges (address, nbytes) into storage buffers, run, copy the changes back."""
         wgpu = self.wgpu
         usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
-        gpu_buffers = []
+        gpu_buffers, uploaded = [], []
         for addr, nbytes in buffers:
             padded = max(4, (nbytes + 3) // 4 * 4)
             data = ctypes.string_at(addr, nbytes) + b"\0" * (padded - nbytes)
+            uploaded.append(np.frombuffer(data, dtype=np.uint8))
             gpu_buffers.append(self.device.create_buffer_with_data(data=data, usage=usage))
         entries = [
             {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(gpu_buffers)
@@ -128,9 +129,14 @@ class WgpuRunner:
         compute.dispatch_workgroups(*grid)
         compute.end()
         self.device.queue.submit([encoder.finish()])
-        for (addr, nbytes), b in zip(buffers, gpu_buffers):
-            data = self.device.queue.read_buffer(b)
-            ctypes.memmove(addr, bytes(data[:nbytes]), nbytes)
+        # copy back only the bytes the kernel changed: argument ranges of one VM storage overlap
+        # (each runs to the storage's end), and a stale copy must not undo another buffer's writes
+        for (addr, nbytes), b, before in zip(buffers, gpu_buffers, uploaded):
+            after = np.frombuffer(self.device.queue.read_buffer(b), dtype=np.uint8)[:nbytes]
+            changed = after != before[:nbytes]
+            if changed.any():
+                host = np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(addr))
+                host[changed] = after[changed]
 
 
 @dataclass
@@ -156,19 +162,35 @@ def _uniform(info: FunctionInfo, scalars: list, mode: str, grid_x: int) -> bytes
     return data + b"\0" * (-len(data) % 16)
 
 
-class KernelServer:
-    """Serves one compiled function's kernel launches from wgpu, in ``wgsl`` or ``spirv`` mode."""
+def _read_only(wgsl: str | None, words: list[int] | None) -> list[bool]:
+    """Per buffer binding: does the kernel only read it (WGSL ``var<storage, read>`` / SPIR-V NonWritable)."""
+    if wgsl is not None:
+        return [m == "read" for m in re.findall(r"var<storage, (\w+)>", wgsl)]
+    resources = spirv.decorations(words)["resources"].values()
+    storage = sorted((r["binding"], r["readonly"]) for r in resources if r["storage"] == "StorageBuffer")
+    return [ro for _, ro in storage]
 
-    def __init__(self, runner: WgpuRunner, fmap: dict[str, FunctionInfo], wgsl: dict[str, str], spv: dict) -> None:
+
+class KernelServer:
+    """Serves compiled kernel launches from wgpu, running the WGSL (``wgsl``) or the packed SPIR-V (``spirv``)."""
+
+    def __init__(
+        self, runner: WgpuRunner, fmap: dict[str, FunctionInfo], wgsl: dict[str, str] | None, spv: dict
+    ) -> None:
         self.runner, self.fmap, self.wgsl, self.spv = runner, fmap, wgsl, spv
-        self.mode = "wgsl"
+        self.read_only = {name: _read_only(wgsl[name] if wgsl else None, None if wgsl else spv[name]) for name in fmap}
+        self.mode = "wgsl" if wgsl else "spirv"
         self.ranges: list[tuple[int, int]] = []  # host allocations (address, nbytes) the kernels may touch
+        self.fallback = None  # address -> nbytes for addresses outside ``ranges``
         self.calls: list[str] = []
 
     def _range(self, addr: int) -> tuple[int, int]:
-        for start, nbytes in self.ranges:
-            if start <= addr < start + max(nbytes, 1):
-                return addr, start + nbytes - addr
+        # the farthest end among the allocations holding addr (a pooled block may be recorded twice)
+        ends = [start + nbytes for start, nbytes in self.ranges if start <= addr < start + max(nbytes, 1)]
+        if ends:
+            return addr, max(ends) - addr
+        if self.fallback is not None:
+            return addr, self.fallback(addr)
         raise RuntimeError(f"kernel argument {addr:#x} is not inside a tensor of the test")
 
     def register(self) -> None:
@@ -176,6 +198,11 @@ class KernelServer:
 
         for name in self.fmap:
             tvm_ffi.register_global_func(name, self._make(name), override=True)
+
+    def _code(self, name: str) -> str | bytes:
+        if self.mode == "wgsl":
+            return self.wgsl[name]
+        return struct.pack(f"<{len(self.spv[name])}I", *self.spv[name])
 
     def _make(self, name: str):
         info = self.fmap[name]
@@ -186,11 +213,8 @@ class KernelServer:
             scalars = [a for a, t in zip(args[:n_args], info.arg_types) if t != HANDLE]
             extents = dict(zip(info.launch_param_tags, args[n_args:]))
             grid = tuple(int(extents.get(f"blockIdx.{axis}", 1)) for axis in "xyz")
-            read_only = [m == "read" for m in re.findall(r"var<storage, (\w+)>", self.wgsl[name])]
             uniform = _uniform(info, scalars, self.mode, grid[0])
-            words = self.spv[name]
-            code = self.wgsl[name] if self.mode == "wgsl" else struct.pack(f"<{len(words)}I", *words)
-            pipe = self.runner.pipeline((self.mode, name), code, name, read_only, uniform is not None)
+            pipe = self.runner.pipeline((self.mode, name), self._code(name), name, self.read_only[name], bool(uniform))
             self.runner.dispatch(pipe, buffers, uniform, grid)
             self.calls.append(name)
 
@@ -314,3 +338,78 @@ def model_functions(checkpoint: str, quant: str, context_window: int = 128, pref
         for gv, f in mod.functions.items()
         if isinstance(f, tirx.PrimFunc) and not _has_thread_binding(f) and gv.name_hint not in NOT_RANDOM_TESTABLE
     }
+
+
+class VulkanLibraryEmulator:
+    """Lets TVM's runtime load a ``--target vulkan`` library and run it, kernels served from wgpu.
+
+    TVM's library loader hands the ``vulkan`` entry of the library blob to
+    ``ffi.Module.load_from_bytes.vulkan``; this one parses those bytes with llmc's reader and returns
+    an empty module, so kernel lookups fall through to the per-kernel functions registered here, which
+    run the library's own SPIR-V with TVM's Vulkan argument layout. Buffer extents: VM storage is
+    recorded by wrapping ``vm.builtin.alloc_storage``; any other pointer a kernel gets is the start of
+    an allocation (weights, KV-cache tensors), sized by glibc's ``malloc_usable_size``.
+    Use as a context manager, with ``device="webgpu"`` (host memory, see ``_install_fake_webgpu_device``);
+    leaving it puts TVM's own ``vm.builtin.alloc_storage`` back.
+    """
+
+    def __init__(self, runner: WgpuRunner) -> None:
+        self.runner = runner
+        self.servers: list[KernelServer] = []
+        self.storage: list[tuple[int, int]] = []
+        libc = ctypes.CDLL(None)
+        self._usable = libc.malloc_usable_size
+        self._usable.restype, self._usable.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+        self._alloc_storage = None
+
+    def __enter__(self) -> VulkanLibraryEmulator:
+        import tvm_ffi
+
+        _install_fake_webgpu_device()
+        tvm_ffi.register_global_func("ffi.Module.load_from_bytes.vulkan", self._load, override=True)
+        tvm_ffi.register_global_func("ffi.Module.load_from_bytes.webgpu", self._load_webgpu, override=True)
+        self._alloc_storage = alloc_storage = tvm.get_global_func("vm.builtin.alloc_storage")
+        alloc_tensor = tvm.get_global_func("vm.builtin.alloc_tensor")
+
+        def recorded_alloc_storage(vm, shape, device_index, dtype_hint, scope):
+            storage = alloc_storage(vm, shape, device_index, dtype_hint, scope)
+            nbytes = int(np.prod(list(shape))) * tvm.DataType(str(dtype_hint)).bits // 8
+            view = alloc_tensor(storage, 0, tvm.runtime.ShapeTuple([nbytes]), "uint8")
+            self.storage.append((view.data_ptr(), nbytes))
+            return storage
+
+        tvm_ffi.register_global_func("vm.builtin.alloc_storage", recorded_alloc_storage, override=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import tvm_ffi
+
+        tvm_ffi.register_global_func("vm.builtin.alloc_storage", self._alloc_storage, override=True)
+        for name in ("ffi.Module.load_from_bytes.vulkan", "ffi.Module.load_from_bytes.webgpu"):
+            tvm_ffi.registry.remove_global_func(name)
+
+    def _load(self, data: bytes):
+        fmap, shaders = read_vulkan_module(bytes(data))
+        return self._serve(KernelServer(self.runner, fmap, None, {k: s.words for k, s in shaders.items()}))
+
+    def _load_webgpu(self, data: bytes):
+        """A library exported with the WebGPU module (x86-64 host): its WGSL served the same way."""
+        fmap, wgsl = read_webgpu_module(bytes(data))
+        return self._serve(KernelServer(self.runner, fmap, wgsl, {}))
+
+    def _serve(self, server: KernelServer):
+        import tvm_ffi
+
+        server.ranges = self.storage  # shared list: grows as the VM allocates
+        server.fallback = lambda addr: int(self._usable(addr))
+        server.register()
+        self.servers.append(server)
+        return tvm_ffi.system_lib()
+
+    @property
+    def kernels(self) -> set[str]:
+        return {name for s in self.servers for name in s.fmap}
+
+    @property
+    def called(self) -> set[str]:
+        return {name for s in self.servers for name in s.calls}

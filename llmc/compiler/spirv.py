@@ -153,7 +153,7 @@ def drop_capability(words: list[int], capability: int) -> list[int]:
 
 # SPIR-V opcodes and decorations the layout reader needs
 _OP_NAME, _OP_MEMBER_NAME, _OP_ENTRY_POINT, _OP_DECORATE, _OP_MEMBER_DECORATE, _OP_VARIABLE = 5, 6, 15, 71, 72, 59
-_DEC_BINDING, _DEC_DESCRIPTOR_SET, _DEC_OFFSET = 33, 34, 35
+_DEC_NON_WRITABLE, _DEC_BINDING, _DEC_DESCRIPTOR_SET, _DEC_OFFSET = 24, 33, 34, 35
 STORAGE_CLASSES = {2: "Uniform", 9: "PushConstant", 12: "StorageBuffer", 4: "Workgroup"}
 
 
@@ -181,6 +181,8 @@ def decorations(words: list[int]) -> dict:
             names[args[0]] = _string(args[1:])
         elif op == _OP_ENTRY_POINT:
             entry_points.append(_string(args[2:]))
+        elif op == _OP_DECORATE and args[1] == _DEC_NON_WRITABLE:
+            bindings.setdefault(args[0], {})["readonly"] = True
         elif op == _OP_DECORATE and args[1] in (_DEC_BINDING, _DEC_DESCRIPTOR_SET):
             key = "binding" if args[1] == _DEC_BINDING else "set"
             bindings.setdefault(args[0], {})[key] = args[2]
@@ -190,7 +192,12 @@ def decorations(words: list[int]) -> dict:
             variables[args[1]] = args[2]
         i += count
     resources = {
-        names.get(var, str(var)): {**b, "storage": STORAGE_CLASSES.get(variables.get(var), variables.get(var))}
+        names.get(var, str(var)): {
+            "readonly": False,
+            **b,
+            "storage": STORAGE_CLASSES.get(variables.get(var), variables.get(var)),
+        }
         for var, b in bindings.items()
+        if "binding" in b
     }
     return {"entry_points": entry_points, "resources": resources, "member_offsets": offsets}
