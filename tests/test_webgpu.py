@@ -131,6 +131,10 @@ def _fake_webgpu_artifact(folder: Path, target: str = "webgpu") -> Path:
         "quantization": "q0f32",
         "source": {"spec": "/models/tiny-llama/"},
         "params": [],
+        "model": {"vocab_size": 320, "hidden_size": 64},
+        "context_window": 128,
+        "prefill_chunk": 24,
+        "max_batch_size": 1,
     }
     (folder / "llmc-config.json").write_text(json.dumps(config))
     for name in ("model-webgpu.wasm", "tensor-cache.json", "params_shard_0.bin", "tokenizer.json"):
@@ -176,26 +180,43 @@ def test_web_bundle_refuses_other_targets_and_missing_runtime(tmp_path, monkeypa
     assert not (tmp_path / "b1").exists() and not (tmp_path / "b2").exists()
 
 
+def test_running_a_webgpu_artifact_locally_points_to_the_browser(tmp_path):
+    from llmc.runtime.engine import Engine
+
+    with pytest.raises(ArtifactError, match="runs in a browser"):
+        Engine(_fake_webgpu_artifact(tmp_path / "art"))
+
+
 # ------------------------------------------------------------------ slow: real .wasm, real browser
 @pytest.fixture(scope="module")
 def webgpu_artifact(checkpoints, tmp_path_factory):
-    options = CompileOptions(
-        target="webgpu",
-        quant="q0f32",  # SwiftShader has no shader-f16: the browser needs fp32 kernels
-        output=tmp_path_factory.mktemp("web") / "tiny-webgpu",
-        quiet=True,
-        context_window=TINY_CONTEXT_WINDOW,
-        prefill_chunk=TINY_PREFILL_CHUNK,
-        max_batch_size=4,
-    )
-    return compile_model(str(checkpoints["llama_gqa"]), options)
+    """webgpu_artifact(quant) -> the tiny Llama compiled for webgpu, once per quant. fp32 schemes only:
+    SwiftShader has no shader-f16."""
+    root, cache = tmp_path_factory.mktemp("web"), {}
+
+    def get(quant: str) -> Path:
+        if quant not in cache:
+            options = CompileOptions(
+                target="webgpu",
+                quant=quant,
+                output=root / f"tiny-{quant}",
+                quiet=True,
+                context_window=TINY_CONTEXT_WINDOW,
+                prefill_chunk=TINY_PREFILL_CHUNK,
+                max_batch_size=4,
+            )
+            cache[quant] = compile_model(str(checkpoints["llama_gqa"]), options)
+        return cache[quant]
+
+    return get
 
 
 @slow_web
 @needs_emcc
 def test_compile_webgpu_writes_a_standalone_wasm(webgpu_artifact):
-    config = json.loads((webgpu_artifact / "llmc-config.json").read_text())
-    wasm = (webgpu_artifact / config["library"]).read_bytes()
+    artifact = webgpu_artifact("q0f32")
+    config = json.loads((artifact / "llmc-config.json").read_text())
+    wasm = (artifact / config["library"]).read_bytes()
     assert config["target"] == "webgpu" and config["library"].endswith(".wasm")
     assert wasm[:4] == b"\0asm"
     assert b"@compute" in wasm and b"enable f16" not in wasm  # WGSL kernels inside, fp32 only
@@ -204,22 +225,25 @@ def test_compile_webgpu_writes_a_standalone_wasm(webgpu_artifact):
 @slow_web
 @needs_emcc
 @needs_browser
-def test_whole_model_in_headless_chromium_matches_llvm(webgpu_artifact, compiled, tmp_path):
+@pytest.mark.parametrize("quant", ["q0f32", "q4f32_1"])
+def test_whole_model_in_headless_chromium_matches_llvm(quant, webgpu_artifact, compiled, tmp_path):
     from tokenizers import Tokenizer
 
     from llmc.runtime.engine import Engine
 
+    artifact = webgpu_artifact(quant)
     prompt = "The quick brown fox jumps over"
-    ids = Tokenizer.from_file(str(webgpu_artifact / "tokenizer.json")).encode(prompt).ids
+    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+    ids = tokenizer.encode(prompt).ids
     steps = 12
-    engine = Engine(compiled("llama_gqa", "q0f32"))
+    engine = Engine(compiled("llama_gqa", quant))
     engine.add_sequence(0)
     logits, expected = engine.prefill(0, ids), []
     for _ in range(steps):
         expected.append(int(np.argmax(logits)))
         logits = engine.decode(0, expected[-1])
 
-    bundle = write_web_bundle(webgpu_artifact, tmp_path / "bundle")
+    bundle = write_web_bundle(artifact, tmp_path / "bundle")
     started = time.time()
     request = json.dumps({"ids": ids, "max_tokens": steps, "text": prompt})
     done = subprocess.run(
@@ -231,3 +255,4 @@ def test_whole_model_in_headless_chromium_matches_llvm(webgpu_artifact, compiled
     assert "swiftshader" in result["ready"]["adapter"].lower()
     assert result["encoded"] == ids  # the page's JS tokenizer agrees with tokenizers
     assert result["tokens"] == expected
+    assert result["decoded"] == tokenizer.decode(expected, skip_special_tokens=False)

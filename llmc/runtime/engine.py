@@ -44,6 +44,11 @@ class Engine:
         library = self.folder / self.config["library"]
         if not library.exists():
             raise ArtifactError(f"{library}: missing; the artifact is incomplete. Re-run `llmc compile`.")
+        if library.suffix == ".wasm":
+            raise ArtifactError(
+                f"{self.folder}: compiled for {self.config.get('target')}, which runs in a browser, not here. "
+                "Write a web bundle (`llmc package --target webgpu`) or compile for llvm/cuda to run it locally."
+            )
         self.vm = VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
         self.params = self._random_params(seed) if self.config.get("random_weights") else self._load_params()
         self._kv_add = _builtin("vm.builtin.kv_state_add_sequence")
