@@ -190,8 +190,8 @@ def test_running_a_webgpu_artifact_locally_points_to_the_browser(tmp_path):
 # ------------------------------------------------------------------ slow: real .wasm, real browser
 @pytest.fixture(scope="module")
 def webgpu_artifact(checkpoints, tmp_path_factory):
-    """webgpu_artifact(quant) -> the tiny Llama compiled for webgpu, once per quant. fp32 schemes only:
-    SwiftShader has no shader-f16."""
+    """webgpu_artifact(quant) -> the tiny Llama compiled for webgpu, once per quant (SwiftShader, the
+    test's adapter, has no shader-f16: the browser runs fp32 schemes)."""
     root, cache = tmp_path_factory.mktemp("web"), {}
 
     def get(quant: str) -> Path:
@@ -256,3 +256,16 @@ def test_whole_model_in_headless_chromium_matches_llvm(quant, webgpu_artifact, c
     assert result["encoded"] == ids  # the page's JS tokenizer agrees with tokenizers
     assert result["tokens"] == expected
     assert result["decoded"] == tokenizer.decode(expected, skip_special_tokens=False)
+
+
+@slow_web
+@needs_emcc
+@needs_browser
+def test_f16_kernels_on_an_adapter_without_shader_f16_fail_clearly(webgpu_artifact, tmp_path):
+    bundle = write_web_bundle(webgpu_artifact("q4f16_1"), tmp_path / "bundle")
+    request = json.dumps({"ids": [5, 6], "max_tokens": 1})
+    done = subprocess.run(
+        ["node", str(REPO / "web" / "run_page.mjs"), str(bundle), request], capture_output=True, text=True, timeout=600
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not result["ok"] and "no shader-f16" in result["error"] and "q4f32_1" in result["error"], result

@@ -18,6 +18,12 @@ class LlmcModel {
     const tvm = await tvmjs.instantiate(new Uint8Array(wasm), tvmjs.createPolyfillWASI(), log);
     const gpu = await tvmjs.detectGPUDevice();
     if (gpu === undefined) throw new Error("this browser has no WebGPU adapter");
+    if (self.config.dtype === "float16" && !gpu.device.features.has("shader-f16")) {
+      throw new Error(
+        `this WebGPU adapter has no shader-f16, and ${self.config.quantization} kernels need it; ` +
+          "compile with an fp32 scheme (q4f32_1, q0f32) for this browser"
+      );
+    }
     log(`WebGPU adapter: ${gpu.adapterInfo.vendor || ""} ${gpu.adapterInfo.architecture || ""}`.trim());
     tvm.initWebGPU(gpu.device);
     self.tvm = tvm;
