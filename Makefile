@@ -73,7 +73,7 @@ install-vulkan: install
 	$(PIP) install -q -e '.[vulkan]'
 
 test-vulkan: install-test install-vulkan
-	$(PY) -m pytest -q -m "slow or not slow" tests/test_vulkan.py tests/test_wgsl_kernels.py
+	LLMC_TEST_VULKAN=1 $(PY) -m pytest -q tests/test_vulkan.py tests/test_wgsl_kernels.py
 
 # --target webgpu: Debian's emscripten links the .wasm; TVM's web runtime (from the wheel's sources) is built
 # once into ~/.cache/llmc/web; web/node_modules holds TVM's JS runtime (@mlc-ai/web-runtime) for the page and

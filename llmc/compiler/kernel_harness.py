@@ -75,16 +75,17 @@ class WgpuRunner:
         }
         self.device = self.adapter.request_device_sync(required_features=features, required_limits=limits)
         self.has_f16 = "shader-f16" in features
-        self._pipelines: dict[tuple[str, str], object] = {}
+        self._pipelines: dict[tuple, object] = {}  # by the code itself: kernel names repeat across builds
 
     @property
     def description(self) -> str:
         info = self.adapter.info
         return f"{info['device']} ({info['backend_type']}, {info['description']})"
 
-    def pipeline(self, key: tuple[str, str], code: str | bytes, entry: str, read_only: list[bool], uniform: bool):
+    def pipeline(self, code: str | bytes, entry: str, read_only: list[bool], uniform: bool):
         """A compute pipeline with an explicit layout: storage buffers at 0..n-1, the uniform at n
         ("auto" layouts drop bindings a kernel does not use, and TVM binds them all)."""
+        key = (code, entry, tuple(read_only), uniform)
         if key not in self._pipelines:
             wgpu = self.wgpu
             kinds = [
@@ -214,7 +215,7 @@ class KernelServer:
             extents = dict(zip(info.launch_param_tags, args[n_args:]))
             grid = tuple(int(extents.get(f"blockIdx.{axis}", 1)) for axis in "xyz")
             uniform = _uniform(info, scalars, self.mode, grid[0])
-            pipe = self.runner.pipeline((self.mode, name), self._code(name), name, self.read_only[name], bool(uniform))
+            pipe = self.runner.pipeline(self._code(name), name, self.read_only[name], bool(uniform))
             self.runner.dispatch(pipe, buffers, uniform, grid)
             self.calls.append(name)
 
