@@ -33,6 +33,10 @@ def compile_library(
         from llmc.compiler.web import runtime_objects
 
         runtime_objects()  # emcc and the web runtime first: a clear error before the build, not after
+    if preset.device == "vulkan":
+        from llmc.compiler.spirv import require_naga
+
+        require_naga()  # WGSL -> SPIR-V happens at export: fail before the build, not after
     with target:  # TVM's nvcc callback reads the current target
         executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level))
     if preset.library_suffix == ".wasm":

@@ -90,13 +90,18 @@ def naga_available() -> bool:
     return shutil.which("node") is not None and (NAGA_DIR / "node_modules" / "naga-wasm" / "dist" / "node.js").exists()
 
 
-def wgsl_to_spirv(kernels: dict[str, str]) -> dict[str, list[int]]:
-    """Translate WGSL modules with naga; every failure is reported with the kernel name."""
+def require_naga() -> None:
+    """Raise a clear error unless node and naga-wasm are installed."""
     if not naga_available():
         raise SpirvError(
             f"--target vulkan translates WGSL to SPIR-V with naga-wasm@{NAGA_VERSION} under {NAGA_DIR} (node "
             "needed); install it with `make install-vulkan` (or set LLMC_NAGA_DIR to a folder holding it)."
         )
+
+
+def wgsl_to_spirv(kernels: dict[str, str]) -> dict[str, list[int]]:
+    """Translate WGSL modules with naga; every failure is reported with the kernel name."""
+    require_naga()
     done = subprocess.run(
         ["node", "--input-type=module", "-e", _NAGA_JS, str(NAGA_DIR)],
         input=json.dumps(kernels),
