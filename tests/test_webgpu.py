@@ -187,6 +187,45 @@ def test_running_a_webgpu_artifact_locally_points_to_the_browser(tmp_path):
         Engine(_fake_webgpu_artifact(tmp_path / "art"))
 
 
+TOKENIZER_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "def add(a, b):\n    return a + b\n\n\nNumbers 0123456789 and 42!",
+    "<|im_start|>user\nWhat's it? They'll SEE, IT'S WE'LL<|im_end|>\n",
+    "  leading spaces, tabs\tand caf\u00e9 \u65e5\u672c\u8a9e \U0001f600",
+]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node missing (make install-web)")
+@pytest.mark.parametrize("pre", ["hf-bytelevel", "smollm", "llama3", "qwen2"])
+def test_page_tokenizer_matches_tokenizers(pre, checkpoints, tmp_path):
+    """templates/web/tokenizer.js (run by node) against `tokenizers`: the fixture's ByteLevel tokenizer and
+    the Split+ByteLevel ones llmc writes for GGUF models (SmolLM2, Llama 3, Qwen2 pre-tokenizers)."""
+    from tokenizers import Tokenizer
+
+    from llmc.checkpoint.tokenizer_files import build_bpe_tokenizer
+
+    file = checkpoints["llama_gqa"] / "tokenizer.json"
+    if pre != "hf-bytelevel":
+        spec = json.loads(file.read_text())
+        vocab = spec["model"]["vocab"]
+        tokens = sorted(vocab, key=vocab.get)
+        merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
+        types = [3 if t.startswith("<|") else 1 for t in tokens]
+        file = tmp_path / "tokenizer.json"
+        build_bpe_tokenizer(tokens, merges, types, pre).save(str(file))
+    reference = Tokenizer.from_file(str(file))
+    done = subprocess.run(
+        ["node", str(REPO / "web" / "tokenize.mjs"), str(file), json.dumps(TOKENIZER_TEXTS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for text, ours in zip(TOKENIZER_TEXTS, json.loads(done.stdout)):
+        expected = reference.encode(text).ids
+        assert ours["ids"] == expected, text
+        assert ours["decoded"] == reference.decode(expected, skip_special_tokens=False) == text
+
+
 # ------------------------------------------------------------------ slow: real .wasm, real browser
 @pytest.fixture(scope="module")
 def webgpu_artifact(checkpoints, tmp_path_factory):

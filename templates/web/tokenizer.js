@@ -52,7 +52,7 @@ class Tokenizer {
     if (pre.type === "ByteLevel") return pre.use_regex === false ? [] : [(s) => s.match(GPT2_SPLIT) || []];
     if (pre.type === "Digits") return [(s) => s.split(pre.individual_digits ? /(\p{N})/u : /(\p{N}+)/u)];
     if (pre.type === "Split" && pre.pattern.Regex !== undefined) {
-      const re = new RegExp(pre.pattern.Regex, "gu");
+      const re = new RegExp(caseInsensitiveGroups(pre.pattern.Regex), "gu");
       return [(s) => splitIsolated(s, re)];
     }
     throw new Error(`tokenizer.js does not handle the ${pre.type} pre-tokenizer; pass token ids instead`);
@@ -121,3 +121,11 @@ function splitIsolated(text, re) {
   if (last < text.length) out.push(text.slice(last));
   return out;
 }
+
+function caseInsensitiveGroups(pattern) {
+  // Oniguruma's (?i:'s|'t|...) (Llama 3, Qwen2): spell each letter as [xX]; not every JS engine has modifiers
+  return pattern.replace(/\(\?i:([^()\\]*)\)/g, (_, body) =>
+    "(?:" + body.replace(/[A-Za-z]/g, (c) => `[${c.toLowerCase()}${c.toUpperCase()}]`) + ")"
+  );
+}
+
