@@ -183,9 +183,14 @@ def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled):
             token = int(pairs[-1][1].argmax())
         pairs.append((gpu.batch_prefill([1], [[3, 30, 8]]), reference.batch_prefill([1], [[3, 30, 8]])))
         pairs.append((gpu.batch_decode([0, 1], [token, 4]), reference.batch_decode([0, 1], [token, 4])))
+        fork = tvm.get_global_func("vm.builtin.kv_state_fork_sequence")
+        for engine in (gpu, reference):
+            fork(engine.kv_cache, 0, 2, 5)  # mid-page: the shared page is copied
+        pairs.append((gpu.decode(2, 11), reference.decode(2, 11)))
         called, kernels = emulator.called, emulator.kernels
     for got, expected in pairs:
         assert _rel_err(got, expected) < 2e-2
         assert np.array_equal(got.argmax(-1), expected.argmax(-1))
     assert {"batch_prefill_ragged_kv_kernel", "batch_prefill_paged_kv_kernel", "batch_decode_paged_kv_kernel"} <= called
-    assert "tir_attention_merge_state_kernel" in called and len(called) >= 25, sorted(kernels - called)
+    assert {"tir_attention_merge_state_kernel", "copy_single_page_kernel"} <= called
+    assert len(called) >= 25, sorted(kernels - called)
