@@ -30,7 +30,10 @@ class LlmcModel {
     self.device = tvm.webgpu();
     tvm.beginScope();
     self.vm = tvm.detachFromCurrentScope(tvm.createVirtualMachine(self.device));
+    let started = performance.now();
+    const seconds = () => ((performance.now() - started) / 1000).toFixed(1);
     await tvm.fetchTensorCache(base, self.device, "llmc", "cache");
+    log(`weights loaded in ${seconds()} s`);
     self.params = tvm.detachFromCurrentScope(tvm.getParamsFromCacheByName(self.config.params));
     const shape = (n) => tvm.makeShapeTuple([n]);
     self.kv = tvm.detachFromCurrentScope(
@@ -48,7 +51,9 @@ class LlmcModel {
     self.kvClear = builtin("vm.builtin.kv_state_clear");
     self.reshape = builtin("vm.builtin.reshape");
     tvm.endScope();
+    started = performance.now();
     await tvm.asyncLoadWebGPUPipelines(self.vm.getInternalModule());
+    log(`kernels compiled in ${seconds()} s`);
     log(`loaded ${self.config.model.model_type} (${self.config.quantization}) on WebGPU`);
     return self;
   }
