@@ -120,6 +120,8 @@ def runtime_objects(quiet: bool = False) -> list[Path]:
             if done.returncode != 0:
                 raise LlmcError(f"emcc failed to build {source.name} for the web runtime:\n{_tail(done)}")
         shutil.rmtree(work / "tree")
+        if folder.exists() and not all(f.exists() for f in files):
+            shutil.rmtree(folder)  # left incomplete by hand or by an older llmc
         try:
             work.rename(folder)
         except OSError:  # another process finished first
