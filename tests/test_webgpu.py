@@ -271,7 +271,7 @@ def test_whole_model_in_headless_chromium_matches_llvm(quant, webgpu_artifact, c
     from llmc.runtime.engine import Engine
 
     artifact = webgpu_artifact(quant)
-    prompt = "The quick brown fox jumps over"
+    prompt = "The quick brown fox jumps over the lazy dog. A compiler turns"  # > 24 tokens: two prefill chunks
     tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
     ids = tokenizer.encode(prompt).ids
     steps = 12
@@ -292,6 +292,7 @@ def test_whole_model_in_headless_chromium_matches_llvm(quant, webgpu_artifact, c
     print(f"browser run {time.time() - started:.1f} s: {json.dumps({k: v for k, v in result.items() if k != 'logs'})}")
     assert result.get("ok"), result
     assert "swiftshader" in result["ready"]["adapter"].lower()
+    assert len(ids) > TINY_PREFILL_CHUNK
     assert result["encoded"] == ids  # the page's JS tokenizer agrees with tokenizers
     assert result["tokens"] == expected
     assert result["decoded"] == tokenizer.decode(expected, skip_special_tokens=False)
