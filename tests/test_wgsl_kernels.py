@@ -51,7 +51,7 @@ def _check(harness, quant: str, name: str, func) -> None:
         pytest.skip(f"{name}: {result.skipped}")
     assert result.kernels, f"{name}: no device kernel"
     assert result.outputs >= 1, f"{name}: the llvm build wrote nothing"
-    for mode in MODES:
+    for mode in harness.modes:
         assert result.max_rel_err[mode] <= TOLERANCE[quant], (name, mode, result.max_rel_err)
 
 
@@ -60,6 +60,13 @@ def _one_per_kind(names) -> list[str]:
     for name in sorted(names):
         kinds.setdefault(re.sub(r"\d+", "", name), name)
     return sorted(kinds.values())
+
+
+def test_raw_vulkan_runs_the_spirv_words(harness):
+    """The packed SPIR-V goes to vkCreateShaderModule unchanged (wgpu would re-translate it)."""
+    if harness.raw is None:
+        pytest.skip("PyPI vulkan bindings missing (make install-vulkan)")
+    assert harness.modes == MODES
 
 
 def test_sample_kernels_q4f16_1_match_llvm(harness, functions):

@@ -37,7 +37,9 @@ from llmc.compiler.pipeline import PHASES
 from llmc.compiler.targets import get_target
 from llmc.compiler.tvm_format import HANDLE, FunctionInfo, read_library_blob, read_vulkan_module, read_webgpu_module
 
-MODES = ("wgsl", "spirv")
+# wgsl: TVM's WGSL on wgpu; spirv: the packed SPIR-V through wgpu (its SPIR-V reader re-translates it);
+# spirv-raw: the packed SPIR-V words handed to the Vulkan driver unchanged (PyPI ``vulkan``)
+MODES = ("wgsl", "spirv", "spirv-raw")
 # functions random inputs would drive out of bounds (in the llvm reference too)
 NOT_RANDOM_TESTABLE = {"tir_kv_cache_debug_get_kv": "debug helper; its layer_id scalar must name an existing layer"}
 SHAPE_VAR_VALUE = 5  # every symbolic dim (seq_len, batch_size, ...) in a kernel test
@@ -257,6 +259,11 @@ class KernelHarness:
     def __init__(self) -> None:
         _install_fake_webgpu_device()
         self.runner = WgpuRunner()
+        try:
+            self.raw: RawVulkanRunner | None = RawVulkanRunner()
+        except ImportError:  # the vulkan bindings are optional: WGSL and wgpu-read SPIR-V still run
+            self.raw = None
+        self.modes = MODES if self.raw else MODES[:2]
         self.target = get_target("vulkan").tvm_target()
         self.llvm = tvm.target.Target("llvm")
         self.rng = np.random.default_rng(0)
@@ -304,8 +311,9 @@ class KernelHarness:
         server.register()
         result = KernelResult(name, sorted(fmap))
         dev = tvm.device("webgpu", 0)
-        for mode in MODES:
-            server.mode = mode
+        for mode in self.modes:
+            server.runner = self.raw if mode == "spirv-raw" else self.runner
+            server.mode = "spirv" if mode == "spirv-raw" else mode
             args = [tvm.runtime.tensor(x, dev) if isinstance(x, np.ndarray) else x for x in inputs]
             server.ranges = [(a.data_ptr(), a.numpy().nbytes) for a in args if not isinstance(a, int)]
             lib[name](*args)
@@ -414,3 +422,140 @@ class VulkanLibraryEmulator:
     @property
     def called(self) -> set[str]:
         return {name for s in self.servers for name in s.calls}
+
+
+class RawVulkanRunner:
+    """Hands SPIR-V words to the Vulkan driver as they are (``vkCreateShaderModule``), bound as TVM's
+    Vulkan runtime binds them: descriptor set 0, storage buffers at 0..n-1, the scalar uniform at n.
+    Same interface as WgpuRunner (SPIR-V only); needs ``pip install vulkan`` and a driver (lavapipe)."""
+
+    def __init__(self) -> None:
+        import vulkan as vk
+
+        self.vk = vk
+        app = vk.VkApplicationInfo(pApplicationName="llmc", apiVersion=vk.VK_MAKE_VERSION(1, 2, 0))
+        self.instance = vk.vkCreateInstance(vk.VkInstanceCreateInfo(pApplicationInfo=app), None)
+        self.physical = vk.vkEnumeratePhysicalDevices(self.instance)[0]
+        self.description = vk.vkGetPhysicalDeviceProperties(self.physical).deviceName
+        families = vk.vkGetPhysicalDeviceQueueFamilyProperties(self.physical)
+        self.family = next(i for i, f in enumerate(families) if f.queueFlags & vk.VK_QUEUE_COMPUTE_BIT)
+        # what TVM's fp16 kernels need (TVM's runtime enables the same when the device has them)
+        f11 = vk.VkPhysicalDeviceVulkan11Features(
+            storageBuffer16BitAccess=True, uniformAndStorageBuffer16BitAccess=True
+        )
+        f12 = vk.VkPhysicalDeviceVulkan12Features(pNext=f11, shaderFloat16=True)
+        queue = vk.VkDeviceQueueCreateInfo(queueFamilyIndex=self.family, queueCount=1, pQueuePriorities=[1.0])
+        info = vk.VkDeviceCreateInfo(pNext=f12, queueCreateInfoCount=1, pQueueCreateInfos=[queue])
+        self.device = vk.vkCreateDevice(self.physical, info, None)
+        self.queue = vk.vkGetDeviceQueue(self.device, self.family, 0)
+        self.command_pool = vk.vkCreateCommandPool(
+            self.device, vk.VkCommandPoolCreateInfo(queueFamilyIndex=self.family), None
+        )
+        memory = vk.vkGetPhysicalDeviceMemoryProperties(self.physical)
+        wanted = vk.VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | vk.VK_MEMORY_PROPERTY_HOST_COHERENT_BIT
+        self.memory_type = next(
+            i for i in range(memory.memoryTypeCount) if memory.memoryTypes[i].propertyFlags & wanted == wanted
+        )
+        self.has_f16 = True
+        self._pipelines: dict[tuple, tuple] = {}
+
+    def pipeline(self, code: str | bytes, entry: str, read_only: list[bool], uniform: bool):
+        vk = self.vk
+        if not isinstance(code, bytes):
+            raise TypeError("RawVulkanRunner runs SPIR-V only")
+        key = (code, entry, len(read_only), uniform)
+        if key not in self._pipelines:
+            types = [vk.VK_DESCRIPTOR_TYPE_STORAGE_BUFFER] * len(read_only)
+            if uniform:
+                types.append(vk.VK_DESCRIPTOR_TYPE_UNIFORM_BUFFER)
+            bindings = [
+                vk.VkDescriptorSetLayoutBinding(
+                    binding=i, descriptorType=t, descriptorCount=1, stageFlags=vk.VK_SHADER_STAGE_COMPUTE_BIT
+                )
+                for i, t in enumerate(types)
+            ]
+            set_layout = vk.vkCreateDescriptorSetLayout(
+                self.device, vk.VkDescriptorSetLayoutCreateInfo(bindingCount=len(bindings), pBindings=bindings), None
+            )
+            layout = vk.vkCreatePipelineLayout(
+                self.device, vk.VkPipelineLayoutCreateInfo(setLayoutCount=1, pSetLayouts=[set_layout]), None
+            )
+            module = vk.vkCreateShaderModule(
+                self.device, vk.VkShaderModuleCreateInfo(codeSize=len(code), pCode=code), None
+            )
+            stage = vk.VkPipelineShaderStageCreateInfo(stage=vk.VK_SHADER_STAGE_COMPUTE_BIT, module=module, pName=entry)
+            pipeline = vk.vkCreateComputePipelines(
+                self.device, None, 1, [vk.VkComputePipelineCreateInfo(stage=stage, layout=layout)], None
+            )[0]
+            self._pipelines[key] = (pipeline, layout, set_layout, types)
+        return self._pipelines[key]
+
+    def _buffer(self, data: bytes, usage: int):
+        vk = self.vk
+        buffer = vk.vkCreateBuffer(self.device, vk.VkBufferCreateInfo(size=len(data), usage=usage), None)
+        size = vk.vkGetBufferMemoryRequirements(self.device, buffer).size
+        memory = vk.vkAllocateMemory(
+            self.device, vk.VkMemoryAllocateInfo(allocationSize=size, memoryTypeIndex=self.memory_type), None
+        )
+        vk.vkBindBufferMemory(self.device, buffer, memory, 0)
+        mapped = vk.vkMapMemory(self.device, memory, 0, len(data), 0)
+        mapped[: len(data)] = data
+        return buffer, memory, mapped, len(data)
+
+    def dispatch(self, pipeline, buffers: list[tuple[int, int]], uniform: bytes | None, grid: tuple[int, int, int]):
+        vk = self.vk
+        handle, layout, set_layout, types = pipeline
+        storage = vk.VK_BUFFER_USAGE_STORAGE_BUFFER_BIT
+        resources, uploaded = [], []
+        for addr, nbytes in buffers:
+            data = ctypes.string_at(addr, nbytes) + b"\0" * (max(4, (nbytes + 3) // 4 * 4) - nbytes)
+            uploaded.append(np.frombuffer(data, dtype=np.uint8))
+            resources.append(self._buffer(data, storage))
+        if uniform is not None:
+            resources.append(self._buffer(uniform, vk.VK_BUFFER_USAGE_UNIFORM_BUFFER_BIT))
+        sizes = [vk.VkDescriptorPoolSize(type=t, descriptorCount=types.count(t)) for t in sorted(set(types))]
+        pool = vk.vkCreateDescriptorPool(
+            self.device, vk.VkDescriptorPoolCreateInfo(maxSets=1, poolSizeCount=len(sizes), pPoolSizes=sizes), None
+        )
+        (descriptor_set,) = vk.vkAllocateDescriptorSets(
+            self.device,
+            vk.VkDescriptorSetAllocateInfo(descriptorPool=pool, descriptorSetCount=1, pSetLayouts=[set_layout]),
+        )
+        writes = [
+            vk.VkWriteDescriptorSet(
+                dstSet=descriptor_set,
+                dstBinding=i,
+                descriptorCount=1,
+                descriptorType=t,
+                pBufferInfo=[vk.VkDescriptorBufferInfo(buffer=resources[i][0], offset=0, range=resources[i][3])],
+            )
+            for i, t in enumerate(types)
+        ]
+        vk.vkUpdateDescriptorSets(self.device, len(writes), writes, 0, None)
+        (cmd,) = vk.vkAllocateCommandBuffers(
+            self.device,
+            vk.VkCommandBufferAllocateInfo(
+                commandPool=self.command_pool, level=vk.VK_COMMAND_BUFFER_LEVEL_PRIMARY, commandBufferCount=1
+            ),
+        )
+        vk.vkBeginCommandBuffer(cmd, vk.VkCommandBufferBeginInfo())
+        vk.vkCmdBindPipeline(cmd, vk.VK_PIPELINE_BIND_POINT_COMPUTE, handle)
+        vk.vkCmdBindDescriptorSets(cmd, vk.VK_PIPELINE_BIND_POINT_COMPUTE, layout, 0, 1, [descriptor_set], 0, None)
+        vk.vkCmdDispatch(cmd, *grid)
+        vk.vkEndCommandBuffer(cmd)
+        fence = vk.vkCreateFence(self.device, vk.VkFenceCreateInfo(), None)
+        vk.vkQueueSubmit(self.queue, 1, [vk.VkSubmitInfo(commandBufferCount=1, pCommandBuffers=[cmd])], fence)
+        vk.vkWaitForFences(self.device, 1, [fence], vk.VK_TRUE, 10**11)
+        for (addr, nbytes), (_, _, mapped, _), before in zip(buffers, resources, uploaded):
+            after = np.frombuffer(bytes(mapped[:nbytes]), dtype=np.uint8)
+            changed = after != before[:nbytes]
+            if changed.any():
+                host = np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(addr))
+                host[changed] = after[changed]
+        vk.vkDestroyFence(self.device, fence, None)
+        vk.vkFreeCommandBuffers(self.device, self.command_pool, 1, [cmd])
+        vk.vkDestroyDescriptorPool(self.device, pool, None)
+        for buffer, memory, _, _ in resources:
+            vk.vkUnmapMemory(self.device, memory)
+            vk.vkDestroyBuffer(self.device, buffer, None)
+            vk.vkFreeMemory(self.device, memory, None)
