@@ -359,7 +359,8 @@ class VulkanLibraryEmulator:
     recorded by wrapping ``vm.builtin.alloc_storage``; any other pointer a kernel gets is the start of
     an allocation (weights, KV-cache tensors), sized by glibc's ``malloc_usable_size``.
     Use as a context manager, with ``device="webgpu"`` (host memory, see ``_install_fake_webgpu_device``);
-    leaving it puts TVM's own ``vm.builtin.alloc_storage`` back.
+    leaving it puts TVM's own ``vm.builtin.alloc_storage`` back. TVM hands a library path's blob to the
+    loader only on its first load in a process: load a fresh copy of the library per emulator.
     """
 
     def __init__(self, runner: WgpuRunner) -> None:
@@ -394,7 +395,8 @@ class VulkanLibraryEmulator:
         import tvm_ffi
 
         tvm_ffi.register_global_func("vm.builtin.alloc_storage", self._alloc_storage, override=True)
-        for name in ("ffi.Module.load_from_bytes.vulkan", "ffi.Module.load_from_bytes.webgpu"):
+        # kernels too: a library loaded again from the same path is not handed to the loader again
+        for name in ["ffi.Module.load_from_bytes.vulkan", "ffi.Module.load_from_bytes.webgpu", *self.kernels]:
             tvm_ffi.registry.remove_global_func(name)
 
     def _load(self, data: bytes):
