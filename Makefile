@@ -8,6 +8,8 @@ DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
+.PHONY: install-vulkan test-vulkan
+.PHONY: install-web test-web
 
 install: $(VENV)/.installed
 
@@ -67,6 +69,34 @@ lint: install-test
 format: install-test
 	$(VENV)/bin/ruff format llmc tests
 	$(VENV)/bin/ruff check --fix llmc tests
+
+# --target vulkan: node + naga-wasm (WGSL -> SPIR-V), spirv-val; Mesa lavapipe + wgpu run the kernels in tests
+NAGA_DIR ?= $(HOME)/.cache/llmc/naga
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+install-vulkan: install
+	$(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y nodejs npm spirv-tools mesa-vulkan-drivers libvulkan1
+	mkdir -p $(NAGA_DIR)
+	# pinned: the unversioned naga-wasm resolves to an empty placeholder
+	npm install --prefix $(NAGA_DIR) --no-audit --no-fund naga-wasm@30.1.0
+	$(PIP) install -q -e '.[vulkan]'
+
+test-vulkan: install-test install-vulkan
+	LLMC_TEST_VULKAN=1 $(PY) -m pytest -q tests/test_vulkan.py tests/test_wgsl_kernels.py
+
+# --target webgpu: Debian's emscripten links the .wasm; TVM's web runtime (from the wheel's sources) is built
+# once into ~/.cache/llmc/web; web/node_modules holds TVM's JS runtime (@mlc-ai/web-runtime) for the page and
+# playwright-core, which drives Debian's chromium (WebGPU on SwiftShader) in the browser test
+WEB_APT := emscripten chromium nodejs npm
+
+install-web: install
+	$(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y $(WEB_APT) || \
+		($(SUDO) apt-get update && $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y $(WEB_APT))
+	npm install --prefix web --no-audit --no-fund
+	$(PY) -m llmc.compiler.web
+
+test-web: install-test install-web
+	LLMC_TEST_WEB=1 $(PY) -m pytest -q -s tests/test_webgpu.py
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache

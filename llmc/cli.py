@@ -464,9 +464,21 @@ def _prepare_target(name: str):
     default=None,
     help="Where compiled models are kept for reuse [default: $LLMC_CACHE_DIR or ~/.cache/llmc/package].",
 )
+@click.option(
+    "--target",
+    type=click.Choice(["webgpu"]),
+    default=None,
+    help="webgpu: CONFIG is instead a MODEL (or a --target webgpu artifact); OUTPUT gets the web page bundle.",
+)
+@click.option(
+    "--quant",
+    default="q4f32_1",
+    show_default=True,
+    help="With --target webgpu: the scheme to compile MODEL at (f32 runs on adapters without shader-f16).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def package(config, output, force, cache_dir, quiet, as_json):
+def package(config, output, force, cache_dir, target, quant, quiet, as_json):
     """Bundle the models of CONFIG into a phone app folder: libraries, weights, app project.
 
     \b
@@ -479,6 +491,9 @@ def package(config, output, force, cache_dir, quiet, as_json):
     lib/ (one static archive), bundle/ (llmc-app-config.json with memory estimates, weights,
     tokenizers), android/ or ios/ (the app project) and a README with the next steps.
     """
+    if target == "webgpu":
+        _package_web(str(config), output, force, quant, quiet or as_json)
+        return
     from llmc.package import build_package
 
     def log(message: str) -> None:
@@ -511,6 +526,25 @@ def package(config, output, force, cache_dir, quiet, as_json):
     for p in result.models:
         click.echo(f"{p.entry.model_id}: {'reused' if p.reused else 'compiled'}, memory {p.memory.describe()}")
     click.echo(f"wrote {result.output} in {result.seconds:.1f} s; next steps: {result.output / 'README.md'}")
+
+
+def _package_web(model: str, output: Path, force: bool, quant: str, quiet: bool) -> None:
+    """``llmc package --target webgpu``: compile MODEL for webgpu (unless it is such an artifact), write the page."""
+    import tempfile
+
+    from llmc.webbundle import write_web_bundle
+
+    if _is_compiled(Path(model)):
+        bundle = write_web_bundle(model, output, force=force)
+    else:
+        if output.exists() and not force:  # before minutes of compiling
+            raise LlmcError(f"{output} already exists; pass --force to replace it.")
+        from llmc.compile import CompileOptions, compile_model
+
+        with tempfile.TemporaryDirectory(prefix="llmc-web-") as tmp:
+            options = CompileOptions(target="webgpu", quant=quant, output=Path(tmp) / "model", quiet=quiet)
+            bundle = write_web_bundle(compile_model(model, options), output, force=force)
+    click.echo(f"wrote {bundle}; serve it over http (e.g. `python -m http.server -d {bundle}`) and open index.html")
 
 
 @main.command()

@@ -67,16 +67,32 @@ def compile_library(
         # system_lib=True path reads it back with IRModule.get_attr, which raises "Cannot convert from
         # type ffi.SmallStr" for strings of <= 7 characters in 0.27, so llmc sets it and passes False.
         mod = mod.with_attr("system_lib_prefix", system_lib_prefix)
+    if preset.library_suffix == ".wasm":
+        from llmc.compiler.web import runtime_objects
+
+        runtime_objects()  # emcc and the web runtime first: a clear error before the build, not after
+    if preset.device == "vulkan":
+        from llmc.compiler.spirv import require_naga
+
+        require_naga()  # WGSL -> SPIR-V happens at export: fail before the build, not after
+    pipeline = make_pipeline(target, dump_dir, opt_level)
     with target, _device_compiler(preset):  # TVM's nvcc callback reads the current target
-        executable = relax.build(
-            mod, target, relax_pipeline=make_pipeline(target, dump_dir, opt_level), system_lib=False
-        )
+        # system_lib None: TVM's default (on for wasm hosts); phones carry the prefix attr set above
+        executable = relax.build(mod, target, relax_pipeline=pipeline, system_lib=False if preset.system_lib else None)
     if not preset.runs_here:
         write_device_source(executable, out_file)
     if out_file.suffix == ".dylib":
         from tvm.support import xcode
 
         executable.export_library(str(out_file), fcompile=xcode.create_dylib, arch="arm64", sdk="macosx")
+    elif preset.library_suffix == ".wasm":
+        from llmc.compiler.web import link_wasm
+
+        executable.export_library(str(out_file), fcompile=link_wasm)
+    elif preset.device == "vulkan":
+        from llmc.compiler.vulkan import export_library
+
+        export_library(executable, out_file)
     else:
         executable.export_library(str(out_file))  # .tar: tvm.support.tar, objects only (no NDK/Xcode)
     if preset.system_lib:

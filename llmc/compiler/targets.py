@@ -94,6 +94,23 @@ TARGETS: dict[str, TargetPreset] = {
     "cuda:fatbin": _cuda_fatbin(
         CUDA_ARCHS, "cuda:fatbin", "one library for Ampere..Hopper: SASS for sm_80/86/89/90a + sm_80 PTX"
     ),
+    # kernels: TVM's WGSL codegen -> llmc's Vulkan layout -> SPIR-V (naga), packed as TVM's vulkan module
+    "vulkan": TargetPreset(
+        "vulkan",
+        "Vulkan GPU on Linux x86-64: shared library with SPIR-V kernels (needs `make install-vulkan`)",
+        {"kind": "webgpu", "max_num_threads": 256},
+        host={"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"},
+        device="vulkan",
+    ),
+    "webgpu": TargetPreset(
+        "webgpu",
+        "browsers with WebGPU: WGSL kernels + wasm32 host code linked by emcc into one .wasm (make install-web)",
+        # SwiftShader and most adapters guarantee 256 invocations and 32 KiB workgroup memory
+        {"kind": "webgpu", "max_num_threads": 256, "max_shared_memory_per_block": 32768},
+        library_suffix=".wasm",
+        device="webgpu",
+        host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"},
+    ),
 }
 ALIASES = {
     "cuda": "the GPU of this machine (cuda:sm_XX from nvidia-smi)",

@@ -1,0 +1,77 @@
+"""A web bundle: a static folder that runs a ``--target webgpu`` artifact in the browser.
+
+The folder holds the artifact (``llmc-config.json``, the .wasm, tensor cache, tokenizer), the page
+from ``templates/web`` and TVM's JS runtime (``tvmjs.bundle.js``, from the npm package
+``@mlc-ai/web-runtime`` that ``make install-web`` installs under ``web/node_modules``). Serve it
+over http(s) and open ``index.html`` in a browser with WebGPU.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+from pathlib import Path
+
+from llmc.artifact import atomic_output_dir, read_config
+from llmc.errors import ArtifactError, LlmcError
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "templates" / "web"
+TVMJS = REPO / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
+PAGE_FILES = ("llmc.js", "tokenizer.js")
+DEFAULT_PROMPT = "Once upon a time"
+
+
+def find_tvmjs() -> Path:
+    """TVM's JS runtime (UMD build): ``$LLMC_TVMJS`` or the npm package under ``web/node_modules``."""
+    path = Path(os.environ.get("LLMC_TVMJS") or TVMJS)
+    if not path.is_file():
+        raise LlmcError(f"{path}: TVM's JS runtime (@mlc-ai/web-runtime) is missing. Run `make install-web`.")
+    return path
+
+
+def _render(template: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        template = template.replace("{{" + key + "}}", html.escape(value))
+    return template
+
+
+def _place(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_web_bundle(artifact: str | Path, out_dir: str | Path, force: bool = False) -> Path:
+    """Write the static web bundle for a webgpu artifact into ``out_dir`` (atomically); return it."""
+    artifact, out_dir = Path(artifact), Path(out_dir)
+    config = read_config(artifact)
+    if config.get("stage") != "compiled" or config.get("target") != "webgpu":
+        raise ArtifactError(
+            f"{artifact}: compiled for {config.get('target', 'no target')}; a web bundle needs an artifact from "
+            "`llmc compile MODEL --target webgpu`."
+        )
+    if config.get("random_weights"):
+        raise ArtifactError(f"{artifact}: has no weights (random-weights build); compile it from a checkpoint.")
+    library = artifact / config["library"]
+    if not library.is_file() or not (artifact / "tensor-cache.json").is_file():
+        raise ArtifactError(f"{artifact}: {config['library']} or tensor-cache.json is missing. Re-run `llmc compile`.")
+    if not (artifact / "tokenizer.json").is_file():
+        raise ArtifactError(f"{artifact}: no tokenizer.json; the page tokenizes with it. Re-run `llmc compile`.")
+    tvmjs = find_tvmjs()
+    name = Path(config.get("source", {}).get("spec", artifact.name).rstrip("/")).name or artifact.name
+    page = _render(
+        (TEMPLATE / "index.html").read_text(),
+        {"MODEL_NAME": name, "QUANT": config["quantization"], "DEFAULT_PROMPT": DEFAULT_PROMPT},
+    )
+    with atomic_output_dir(out_dir, force) as tmp:
+        for file in sorted(artifact.iterdir()):
+            if file.is_file() and (file.suffix != ".wasm" or file.name == config["library"]):
+                _place(file, tmp / file.name)
+        for name in PAGE_FILES:
+            shutil.copy2(TEMPLATE / name, tmp / name)
+        shutil.copy2(tvmjs, tmp / "tvmjs.bundle.js")
+        (tmp / "index.html").write_text(page)
+    return out_dir

@@ -1,0 +1,57 @@
+// Drive an llmc web bundle in headless Chromium (WebGPU on its software adapter) and print JSON results.
+// usage: node web/run_page.mjs BUNDLE_DIR '{"ids": [...], "max_tokens": N, "text": "..."}'
+// Serves BUNDLE_DIR on 127.0.0.1 (a secure context, as WebGPU needs), opens index.html, waits for the
+// model to load, runs greedy generation on the given prompt ids (and tokenizes `text` in the page).
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const [bundle, requestJson] = process.argv.slice(2);
+const request = JSON.parse(requestJson || "{}");
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".json": "application/json", ".wasm": "application/wasm" };
+
+const server = http.createServer((req, res) => {
+  const rel = decodeURIComponent(new URL(req.url, "http://x").pathname).replace(/^\/+/, "") || "index.html";
+  const file = path.resolve(bundle, rel);
+  if (!file.startsWith(path.resolve(bundle)) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+    res.writeHead(404).end();
+    return;
+  }
+  res.writeHead(200, { "Content-Type": TYPES[path.extname(file)] || "application/octet-stream" });
+  fs.createReadStream(file).pipe(res);
+});
+await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+const url = `http://127.0.0.1:${server.address().port}/index.html`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"],
+});
+const logs = [];
+let result;
+try {
+  const page = await browser.newPage();
+  page.on("console", (msg) => logs.push(`[${msg.type()}] ${msg.text()}`));
+  page.on("pageerror", (err) => logs.push(`[pageerror] ${err.message}`));
+  const started = Date.now();
+  await page.goto(url);
+  const ready = await page.evaluate(() => window.llmcReady);
+  const loadSeconds = (Date.now() - started) / 1000;
+  const genStarted = Date.now();
+  const tokens = await page.evaluate(
+    ([ids, n]) => window.llmcGenerate(ids, n, false),
+    [request.ids, request.max_tokens || 8]
+  );
+  const generateSeconds = (Date.now() - genStarted) / 1000;
+  const encoded = request.text === undefined ? null : await page.evaluate((t) => window.llmcTokenizer.encode(t), request.text);
+  const decoded = await page.evaluate((ids) => window.llmcTokenizer.decode(ids), tokens);
+  result = { ok: true, tokens, encoded, decoded, load_seconds: loadSeconds, generate_seconds: generateSeconds, ready, logs };
+} catch (err) {
+  result = { ok: false, error: String(err && err.message ? err.message : err), logs };
+} finally {
+  await browser.close();
+  server.close();
+}
+process.stdout.write(JSON.stringify(result) + "\n");
+process.exit(result.ok ? 0 : 1);
