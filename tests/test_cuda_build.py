@@ -65,6 +65,7 @@ def test_cuda_multi_arch_fatbin(checkpoints, tmp_path):
     assert done.returncode == 0, done.stderr
     config = json.loads((out / "llmc-config.json").read_text())
     assert config["cuda_archs"] == ["sm_80", "sm_90a"]
+    assert config["static_plan_bytes"]["decode"] > 0  # CUDA's own PassContext keeps the memory-plan instrument
     entries = fatbin_entries(out / config["library"])
     assert {("sass", "sm_80"), ("sass", "sm_90"), ("ptx", "sm_80")} <= set(entries), entries
     assert ("sass", "sm_89") not in entries

@@ -33,17 +33,16 @@ def _device_compiler(preset: TargetPreset):
     kernels (Llama-3.2-1B shapes: "variable cse_vN has been used before definition!"); nvcc does
     its own CSE, so CUDA builds skip TVM's.
     """
-    config = {"tirx.disable_cse_tir": True} if preset.device == "cuda" else {}
-    outer = tvm.transform.PassContext.current()
-    merged = {**{str(k): v for k, v in outer.config.items()}, **config}
-    with tvm.transform.PassContext(opt_level=outer.opt_level, config=merged):
-        if preset.device == "cuda":
-            from llmc.compiler.cuda import nvcc_for_archs
+    if preset.device != "cuda":
+        yield
+        return
+    from llmc.compiler.cuda import nvcc_for_archs
 
-            with nvcc_for_archs(preset.cuda_archs):
-                yield
-        else:
-            yield
+    outer = tvm.transform.PassContext.current()  # keep its options and instruments (memory estimates)
+    config = {**{str(k): v for k, v in outer.config.items()}, "tirx.disable_cse_tir": True}
+    context = tvm.transform.PassContext(opt_level=outer.opt_level, config=config, instruments=list(outer.instruments))
+    with context, nvcc_for_archs(preset.cuda_archs):
+        yield
 
 
 def compile_library(
