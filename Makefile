@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
+.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
 .PHONY: install-web test-web
 
@@ -33,7 +33,12 @@ demo: install
 	test -f $(DEMO_DIR)/llmc-config.json || $(LLMC) compile smollm2-135m --target llvm --quant q0f32 -o $(DEMO_DIR)
 	$(LLMC) run $(DEMO_DIR) --prompt "$(DEMO_PROMPT)" --temperature 0 --max-tokens 64
 
-test: install-test
+# external tools some tests use (clang, lld, PoCL, g++/llvm-ar/JDK headers, lavapipe, spirv-tools, naga):
+# installed when possible, and the tests that need one skip with the reason when it is missing
+test-tools: install-test
+	-$(MAKE) --no-print-directory install-mobile install-package install-vulkan
+
+test: install-test test-tools
 	$(PY) -m pytest -q
 
 test-all: install-test
