@@ -116,37 +116,41 @@ ALIASES = {
     "cuda": "the GPU of this machine (cuda:sm_XX from nvidia-smi)",
     "cuda:sm_XX+sm_YY": "a fatbin for the listed architectures (e.g. cuda:sm_80+sm_90a)",
 }
+
+
+def _phone(name: str, description: str, target: dict, mtriple: str) -> TargetPreset:
+    """A static .tar of objects registered under a system-lib prefix, linked into an app on the device."""
+    return TargetPreset(
+        name,
+        description,
+        target,
+        library_suffix=".tar",
+        device=target["kind"],
+        host={"kind": "llvm", "mtriple": mtriple},
+        system_lib=True,
+        runs_here=False,
+    )
+
+
 TARGETS.update(
     {
-        "android": TargetPreset(
+        "android": _phone(
             "android",
             "Android phone GPU (OpenCL, aarch64): static .tar of objects with a system-lib prefix",
             {"kind": "opencl"},
-            library_suffix=".tar",
-            device="opencl",
-            host={"kind": "llvm", "mtriple": "aarch64-linux-android"},
-            system_lib=True,
-            runs_here=False,
+            "aarch64-linux-android",
         ),
-        "android:adreno": TargetPreset(
+        "android:adreno": _phone(
             "android:adreno",
             "Android phone with a Qualcomm Adreno GPU (OpenCL, adreno device flags), static .tar",
             {"kind": "opencl", "device": "adreno"},
-            library_suffix=".tar",
-            device="opencl",
-            host={"kind": "llvm", "mtriple": "aarch64-linux-android"},
-            system_lib=True,
-            runs_here=False,
+            "aarch64-linux-android",
         ),
-        "iphone": TargetPreset(
+        "iphone": _phone(
             "iphone",
             "iPhone/iPad GPU (Metal, arm64 iOS): static .tar of objects with a system-lib prefix",
             {"kind": "metal"},
-            library_suffix=".tar",
-            device="metal",
-            host={"kind": "llvm", "mtriple": "arm64-apple-ios"},
-            system_lib=True,
-            runs_here=False,
+            "arm64-apple-ios",
         ),
         "metal": TargetPreset(
             "metal",
