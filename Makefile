@@ -75,12 +75,15 @@ format: install-test
 	$(VENV)/bin/ruff format llmc tests
 	$(VENV)/bin/ruff check --fix llmc tests
 
+# Debian's nodejs/npm only where node/npm are missing (a NodeSource nodejs bundles npm and conflicts with Debian's)
+NODE_APT := $(shell command -v node >/dev/null || echo nodejs) $(shell command -v npm >/dev/null || echo npm)
+
 # --target vulkan: node + naga-wasm (WGSL -> SPIR-V), spirv-val; Mesa lavapipe + wgpu run the kernels in tests
 NAGA_DIR ?= $(HOME)/.cache/llmc/naga
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install-vulkan: install
-	$(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y nodejs npm spirv-tools mesa-vulkan-drivers libvulkan1
+	$(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y $(NODE_APT) spirv-tools mesa-vulkan-drivers libvulkan1
 	mkdir -p $(NAGA_DIR)
 	# pinned: the unversioned naga-wasm resolves to an empty placeholder
 	npm install --prefix $(NAGA_DIR) --no-audit --no-fund naga-wasm@30.1.0
@@ -92,7 +95,7 @@ test-vulkan: install-test install-vulkan
 # --target webgpu: Debian's emscripten links the .wasm; TVM's web runtime (from the wheel's sources) is built
 # once into ~/.cache/llmc/web; web/node_modules holds TVM's JS runtime (@mlc-ai/web-runtime) for the page and
 # playwright-core, which drives Debian's chromium (WebGPU on SwiftShader) in the browser test
-WEB_APT := emscripten chromium nodejs npm
+WEB_APT := emscripten chromium $(NODE_APT)
 
 install-web: install
 	$(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y $(WEB_APT) || \

@@ -242,7 +242,12 @@ def test_output_exists_needs_force(android):
 
 def test_inspect_prints_config_and_memory(android):
     app = json.loads((android["out"] / "bundle" / APP_CONFIG_FILE).read_text())
-    artifact = next(android["cache"].glob("artifacts/tiny-llama-android-*"))
+    # the cache may also hold the recompile of test_second_run_reuses_... (context_window doubled)
+    artifact = next(
+        folder
+        for folder in android["cache"].glob("artifacts/tiny-llama-android-*")
+        if json.loads((folder / "llmc-config.json").read_text())["context_window"] == CONTEXT
+    )
     result = CliRunner().invoke(main, ["inspect", str(artifact), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
