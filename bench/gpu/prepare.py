@@ -41,15 +41,26 @@ DRY_RUN_BENCH = [("tiny-bench", "llama-tiny", "q4f32_1", ["--max-batch-size", "3
 
 
 def compile_one(preset: str, quant: str, target: str, out: Path, flags: list[str]) -> float:
-    """`llmc compile --random-weights`; returns the wall time in seconds."""
-    if (out / "llmc-config.json").exists():
-        return json.loads((out / "compile.json").read_text())["seconds"]
+    """`llmc compile --random-weights`; returns the wall time in seconds (reused when nothing changed)."""
     command = [*LLMC, "compile", preset, "--random-weights", "--target", target, "--quant", quant, "-o", str(out)]
+    record = {"command": " ".join(command + flags), "source": _source_version()}
+    done = out / "compile.json"
+    if (out / "llmc-config.json").exists() and done.exists():
+        previous = json.loads(done.read_text())
+        if {k: previous.get(k) for k in record} == record:
+            return previous["seconds"]
     started = time.time()
-    subprocess.run([*command, "--quiet", *flags], check=True)
+    subprocess.run([*command, "--quiet", "--force", *flags], check=True)
     seconds = round(time.time() - started, 2)
-    (out / "compile.json").write_text(json.dumps({"seconds": seconds, "command": " ".join(command + flags)}))
+    done.write_text(json.dumps({**record, "seconds": seconds}))
     return seconds
+
+
+def _source_version() -> str:
+    """The commit of this checkout (+ "-dirty"), so libraries built from other code are rebuilt."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "llmc", "configs"], capture_output=True)
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def pack_runtime() -> None:
