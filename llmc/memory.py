@@ -63,11 +63,9 @@ def record_static_plan() -> Iterator[dict[str, int]]:
             if info.name == PLAN_PASS:
                 plan.update(planned_bytes(mod))
 
-    outer = tvm.transform.PassContext.current()
-    config = {str(k): v for k, v in outer.config.items()}
-    with tvm.transform.PassContext(
-        opt_level=outer.opt_level, config=config, instruments=[*outer.instruments, _Probe()]
-    ):
+    from llmc.compiler.context import nested_pass_context
+
+    with nested_pass_context(instruments=[_Probe()]):
         yield plan
 
 

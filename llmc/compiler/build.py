@@ -8,6 +8,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from llmc.compiler.context import nested_pass_context
 from llmc.compiler.pipeline import make_pipeline
 from llmc.compiler.targets import TargetPreset
 from llmc.errors import LlmcError
@@ -38,9 +39,7 @@ def _device_compiler(preset: TargetPreset):
         return
     from llmc.compiler.cuda import nvcc_for_archs
 
-    outer = tvm.transform.PassContext.current()  # keep its options and instruments (memory estimates)
-    config = {**{str(k): v for k, v in outer.config.items()}, "tirx.disable_cse_tir": True}
-    context = tvm.transform.PassContext(opt_level=outer.opt_level, config=config, instruments=list(outer.instruments))
+    context = nested_pass_context({"tirx.disable_cse_tir": True})  # keeps the memory-plan instrument
     with context, nvcc_for_archs(preset.cuda_archs):
         yield
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
+from llmc.compiler.context import nested_pass_context
 from llmc.compiler.passes.cpu_schedule import ScheduleMatmulCPU
 
 DEFAULT_OPT_LEVEL = 2
@@ -140,12 +142,7 @@ def make_pipeline(target: tvm.target.Target, dump_dir: Path | None = None, opt_l
                 if opt_level < phase.min_level:
                     continue
                 passes = tvm.transform.Sequential(phase.passes(target, opt_level), name=phase.name)
-                if phase.config:
-                    outer = tvm.transform.PassContext.current()
-                    config = {**{str(k): v for k, v in outer.config.items()}, **phase.config}
-                    with tvm.transform.PassContext(opt_level=outer.opt_level, config=config):
-                        mod = passes(mod)
-                else:
+                with nested_pass_context(phase.config) if phase.config else contextlib.nullcontext():
                     mod = passes(mod)
                 if dump_dir is not None:
                     dump_dir.mkdir(parents=True, exist_ok=True)
