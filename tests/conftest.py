@@ -138,22 +138,23 @@ def hf_models(checkpoints):
 
 @pytest.fixture(scope="session")
 def compiled(checkpoints, tmp_path_factory):
-    """compiled(name, quant) -> artifact folder, built once per session."""
+    """compiled(name, quant, target) -> artifact folder, built once per session."""
     root = tmp_path_factory.mktemp("artifacts")
-    cache: dict[tuple[str, str], Path] = {}
+    cache: dict[tuple[str, str, str], Path] = {}
 
-    def get(name: str, quant: str = "q0f32") -> Path:
-        if (name, quant) not in cache:
+    def get(name: str, quant: str = "q0f32", target: str = "llvm") -> Path:
+        if (name, quant, target) not in cache:
             options = CompileOptions(
+                target=target,
                 quant=quant,
-                output=root / f"{name}-{quant}",
+                output=root / (f"{name}-{quant}" if target == "llvm" else f"{name}-{quant}-{target}"),
                 quiet=True,
                 context_window=TINY_CONTEXT_WINDOW,
                 prefill_chunk=TINY_PREFILL_CHUNK,
                 max_batch_size=4,
             )
-            cache[(name, quant)] = compile_model(str(checkpoints[name]), options)
-        return cache[(name, quant)]
+            cache[(name, quant, target)] = compile_model(str(checkpoints[name]), options)
+        return cache[(name, quant, target)]
 
     return get
 

@@ -17,7 +17,6 @@ import tvm
 from tvm import te
 from tvm.s_tir import dlight as dl
 
-from llmc.compile import CompileOptions, compile_model
 from llmc.compiler import spirv, tvm_format, vulkan
 from llmc.compiler.targets import get_target
 from llmc.errors import LlmcError
@@ -114,20 +113,11 @@ def test_missing_naga_is_a_clear_error(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def vulkan_artifact(checkpoints, tmp_path_factory):
-    """The tiny Llama, q4f16_1, compiled with ``--target vulkan`` (same sizes as conftest's ``compiled``)."""
+def vulkan_artifact(compiled):
+    """The tiny Llama, q4f16_1, compiled with ``--target vulkan``."""
     if not spirv.naga_available() or shutil.which("spirv-val") is None:
         pytest.skip("node + naga-wasm or spirv-val missing (make install-vulkan)")
-    options = CompileOptions(
-        target="vulkan",
-        quant="q4f16_1",
-        output=tmp_path_factory.mktemp("vulkan") / "vk",
-        quiet=True,
-        context_window=128,
-        prefill_chunk=24,
-        max_batch_size=4,
-    )
-    return compile_model(str(checkpoints["llama_gqa"]), options)
+    return compiled("llama_gqa", "q4f16_1", "vulkan")
 
 
 def test_compile_tiny_model_for_vulkan(vulkan_artifact):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
+from conftest import TINY_PREFILL_CHUNK
 
 from llmc.artifact import FORMAT_VERSION
 from llmc.compile import CompileOptions, compile_model
@@ -244,26 +244,10 @@ def test_page_tokenizer_matches_tokenizers(pre, checkpoints, tmp_path):
 
 # ------------------------------------------------------------------ slow: real .wasm, real browser
 @pytest.fixture(scope="module")
-def webgpu_artifact(checkpoints, tmp_path_factory):
+def webgpu_artifact(compiled):
     """webgpu_artifact(quant) -> the tiny Llama compiled for webgpu, once per quant (SwiftShader, the
     test's adapter, has no shader-f16: the browser runs fp32 schemes)."""
-    root, cache = tmp_path_factory.mktemp("web"), {}
-
-    def get(quant: str) -> Path:
-        if quant not in cache:
-            options = CompileOptions(
-                target="webgpu",
-                quant=quant,
-                output=root / f"tiny-{quant}",
-                quiet=True,
-                context_window=TINY_CONTEXT_WINDOW,
-                prefill_chunk=TINY_PREFILL_CHUNK,
-                max_batch_size=4,
-            )
-            cache[quant] = compile_model(str(checkpoints["llama_gqa"]), options)
-        return cache[quant]
-
-    return get
+    return lambda quant: compiled("llama_gqa", quant, "webgpu")
 
 
 @slow_web
