@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmc.artifact import read_config
+from llmc.memory import weights_bytes
 from llmc.runtime.bench import run_bench
 from llmc.runtime.engine import Engine
 
@@ -54,14 +56,9 @@ def compare(carry: Path, check: dict, gpu_device: str) -> dict:
     }
 
 
-def weight_bytes(config: dict) -> int:
-    sizes = {"uint32": 4, "float16": 2, "float32": 4, "bfloat16": 2}
-    return sum(int(np.prod(shape)) * sizes[dtype] for _, shape, dtype in config["param_specs"])
-
-
 def bench(carry: Path, entry: dict, device: str, peak: float | None, quick: bool) -> dict:
     folder = carry / entry["dir"]
-    config = json.loads((folder / "llmc-config.json").read_text())
+    config = read_config(folder)
     runs = []
     # (batch, prompt, generated): batch-1 prefill-512/decode-128, then decode throughput at 8 and 32
     shapes = [(1, 64, 32), (8, 32, 32), (32, 16, 16)] if quick else [(1, 512, 128), (8, 128, 128), (32, 128, 128)]
@@ -69,7 +66,7 @@ def bench(carry: Path, entry: dict, device: str, peak: float | None, quick: bool
         engine = Engine(folder, device, max_batch_size=batch, kv_tokens=batch * (prompt_len + gen_len + 64))
         runs.append(run_bench(engine, batch, prompt_len, gen_len, repeats=2 if quick else 3))
         del engine
-    per_token = weight_bytes(config)
+    per_token = weights_bytes(config)
     result = {**entry, "weight_bytes": per_token, "runs": runs}
     if peak:
         bound = peak / per_token
