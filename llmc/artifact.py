@@ -121,6 +121,16 @@ class TensorCacheWriter:
         (self.folder / TENSOR_CACHE_FILE).write_text(json.dumps({"metadata": meta, "records": self.shards}, indent=1))
 
 
+def read_tensor_cache(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """The arrays of a folder's tensor cache, in stored order (memory-mapped, one shard at a time)."""
+    index = json.loads((folder / TENSOR_CACHE_FILE).read_text())
+    for shard in index["records"]:
+        data = np.memmap(folder / shard["dataPath"], dtype=np.uint8, mode="r")
+        for rec in shard["records"]:
+            raw = data[rec["byteOffset"] : rec["byteOffset"] + rec["nbytes"]]
+            yield rec["name"], raw.view(rec["dtype"]).reshape(rec["shape"])
+
+
 def write_config(folder: Path, config: dict) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False))
 

@@ -117,6 +117,15 @@ def main(ctx: click.Context, verbose: bool) -> None:
     help="Symbol prefix of a phone build (android, iphone), unique per model so several link into one app "
     "[default: from the model name and quant, e.g. smollm2_135m_q4f16_1_].",
 )
+@click.option(
+    "--cpu-matmul",
+    type=click.Choice(["int8", "float"]),
+    default="int8",
+    show_default=True,
+    help="x86 CPU targets, 4- and 8-bit schemes: int8 quantizes activations per group of 32 and multiplies "
+    "in integers (AVX512-VNNI/AVX-VNNI/AVX2, as llama.cpp does); float dequantizes weights to float32 "
+    "(exact, slower: the reference path).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(
     model,
@@ -132,6 +141,7 @@ def compile(
     opt,
     random_weights,
     system_lib_prefix,
+    cpu_matmul,
     quiet,
 ):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
@@ -161,6 +171,7 @@ def compile(
         opt_level=int(opt[1]),
         random_weights=random_weights,
         system_lib_prefix=system_lib_prefix,
+        cpu_matmul=cpu_matmul,
     )
     out_dir = compile_model(model, options)
     click.echo(f"wrote {out_dir}")

@@ -19,7 +19,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 import llmc
-from llmc.artifact import CONFIG_FILE, FORMAT_VERSION, TensorCacheWriter, atomic_output_dir, read_config, write_config
+from llmc.artifact import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    TENSOR_CACHE_FILE,
+    TensorCacheWriter,
+    atomic_output_dir,
+    read_config,
+    read_tensor_cache,
+    write_config,
+)
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.tokenizer_files import write_tokenizer_files
 from llmc.errors import ArtifactError, CheckpointError, ConfigError, LlmcError
@@ -53,6 +62,7 @@ class CompileOptions:
     debug_dump: Path | None = None
     opt_level: int = 2  # llmc.compiler.pipeline: O0 (no fusion/schedules) .. O3 (+ CUDA graphs)
     system_lib_prefix: str | None = None  # phone targets: symbol prefix [default: from model name + quant]
+    cpu_matmul: str = "int8"  # x86 CPUs: "int8" (integer dot products, llmc.quant.int_dot) or "float" (exact)
 
 
 @dataclass
@@ -63,18 +73,27 @@ class ModelPlan:
     config: ModelConfig
     scheme: QuantScheme
     quantize_embeddings: bool
+    int_dot: bool = True  # use the CPU integer kernels where the target and scheme allow
     quantized: set[str] = field(default_factory=set)
+    dtype: str | None = None  # compute dtype, set by module(): float32 on CPUs
+    isa: str | None = None  # CPU integer-dot instruction set, set by module(); None: float path
 
-    def float_module(self, target):
+    def float_module(self, target, portable: bool = False):
         module = self.family.module_class(self.config, target)
-        if self.scheme.model_dtype != "float32":
-            module.to(self.scheme.model_dtype)
+        dtype = self.scheme.model_dtype if portable else self.scheme.compute_dtype(target)
+        if dtype != "float32":
+            module.to(dtype)
         return module
 
-    def module(self, target):
-        """The Relax module to export: float layers cast, then swapped for quantized ones."""
-        module = self.float_module(target)
-        self.quantized = self.scheme.quantize_module(module, self.quantize_embeddings)
+    def module(self, target, portable: bool = False):
+        """The Relax module to export: float layers cast, then swapped for quantized ones.
+
+        ``portable``: the target-independent weight format of a weights folder (scheme dtype, no repack).
+        """
+        module = self.float_module(target, portable)
+        self.dtype = self.scheme.model_dtype if portable else self.scheme.compute_dtype(target)
+        self.isa = None if portable or not self.int_dot else self.scheme.int_dot_isa(target)
+        self.quantized = self.scheme.quantize_module(module, self.quantize_embeddings, self.isa, self.dtype)
         return module
 
 
@@ -112,7 +131,7 @@ def _convert_one(reader, name: str, source: WeightSource, plan: ModelPlan):
                 f"expected {tuple(shape)} from config.json. Do the weights match the config?"
             )
         arrays.append(array)
-    return plan.scheme.convert(name, concat_sources(arrays), plan.quantized)
+    return plan.scheme.convert(name, concat_sources(arrays), plan.quantized, plan.dtype, plan.isa is not None)
 
 
 def convert_weights(reader, plan: ModelPlan, target, writer: TensorCacheWriter, quiet: bool) -> None:
@@ -143,7 +162,15 @@ def _plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileO
     family = family_for(hf_config, str(source.path))
     config = family.parse_config(hf_config, str(source.path))
     apply_sizes(config, options, source.preset)
-    return ModelPlan(family, config, get_quant(options.quant or DEFAULT_QUANT), options.quantize_embeddings)
+    return ModelPlan(
+        family, config, get_quant(options.quant or DEFAULT_QUANT), options.quantize_embeddings, _int_dot(options)
+    )
+
+
+def _int_dot(options: CompileOptions) -> bool:
+    if options.cpu_matmul not in ("int8", "float"):
+        raise ConfigError(f"--cpu-matmul {options.cpu_matmul!r}: use int8 or float.")
+    return options.cpu_matmul == "int8"
 
 
 def _model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
@@ -155,7 +182,8 @@ def _model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
         "model": asdict(plan.config),
         "quantization": plan.scheme.name,
         "quantize_embeddings": plan.quantize_embeddings,
-        "dtype": plan.scheme.model_dtype,
+        "dtype": plan.dtype or plan.scheme.model_dtype,
+        "int_dot": plan.isa,
         "context_window": plan.config.context_window,
         "prefill_chunk": plan.config.prefill_chunk,
         "max_batch_size": plan.config.max_batch_size,
@@ -214,7 +242,7 @@ def quantize_model(model: str, options: CompileOptions) -> Path:
     reader = open_checkpoint(source)
     plan = _plan_from_config(reader.config, source, options)
     target = get_target("llvm").tvm_target()  # any target: only the module's parameter list is used
-    plan.module(target)
+    plan.module(target, portable=True)
     out_dir = options.output or default_output(model, scheme.name, None)
     with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
         write_config(tmp, {**_write_weights(source, reader, plan, target, tmp, options.quiet), "stage": "weights"})
@@ -239,15 +267,44 @@ def _plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan
         options.prefill_chunk = stored["prefill_chunk"]
     apply_sizes(config, options, {})
     plan = ModelPlan(
-        MODELS[config.model_type], config, get_quant(stored["quantization"]), stored.get("quantize_embeddings", True)
+        MODELS[config.model_type],
+        config,
+        get_quant(stored["quantization"]),
+        stored.get("quantize_embeddings", True),
+        _int_dot(options),
     )
     return plan, stored
 
 
-def _link_weights(src: Path, dst: Path) -> None:
-    """Hard-link (or copy) the weight and tokenizer files of a weights folder into ``dst``."""
+def _stored_layout_fits(stored: dict, plan: ModelPlan) -> bool:
+    """Whether a weights folder's arrays are already what the module for this target loads."""
+    return stored.get("int_dot") == plan.isa and stored.get("dtype", plan.scheme.model_dtype) == plan.dtype
+
+
+def _relayout_weights(src: Path, dst: Path, plan: ModelPlan, quiet: bool) -> dict:
+    """Rewrite a weights folder's tensor cache into ``dst`` in the target's layout (CPU repack, float32)."""
+    writer = TensorCacheWriter(dst)
+    pending: list = []
+    with tqdm(desc=f"relayout {plan.scheme.name}", unit="tensor", disable=quiet or None) as bar:
+        for name, array in read_tensor_cache(src):
+            pending.append((name, array))
+            if name.endswith(".q_weight"):
+                continue  # its scale follows
+            for out_name, out in plan.scheme.relayout(pending, plan.dtype, plan.isa is not None):
+                writer.add(out_name, out)
+            bar.update(len(pending))
+            pending = []
+    writer.finish({"quantization": plan.scheme.name, "model_type": plan.config.model_type})
+    return {"param_bytes": writer.total_bytes}
+
+
+def _link_weights(src: Path, dst: Path, relink: bool = False) -> None:
+    """Hard-link (or copy) the weight and tokenizer files of a weights folder into ``dst``
+    (``relink``: tokenizer files only; the weights are rewritten)."""
     for file in sorted(src.iterdir()):
         if file.name == CONFIG_FILE or not file.is_file() or file.suffix in (".so", ".tar", ".wasm"):
+            continue
+        if relink and (file.name == TENSOR_CACHE_FILE or file.name.startswith("params_shard_")):
             continue
         try:
             os.link(file, dst / file.name)
@@ -288,9 +345,13 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         elif stored is None:
             weights = _write_weights(source, reader, plan, target, tmp, options.quiet)
         else:
-            _link_weights(source.path, tmp)
+            _link_weights(source.path, tmp, relink=not _stored_layout_fits(stored, plan))
+            if not _stored_layout_fits(stored, plan):  # e.g. fp16 / standard-layout weights for a CPU
+                stored = {**stored, **_relayout_weights(source.path, tmp, plan, options.quiet)}
             weights = {
                 **stored,
+                "dtype": plan.dtype,
+                "int_dot": plan.isa,
                 "model": asdict(plan.config),
                 "context_window": plan.config.context_window,
                 "prefill_chunk": plan.config.prefill_chunk,

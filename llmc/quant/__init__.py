@@ -6,13 +6,14 @@ array, both from the same ``GroupQuant`` definition. Norms and biases stay full 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tvm.relax.frontend import nn
 
 from llmc.errors import LlmcError
 from llmc.models.layers import Embedding
+from llmc.quant import int_dot
 from llmc.quant.group import GroupQuant, QuantizedEmbedding, QuantizedLinear
 
 
@@ -32,32 +33,64 @@ class QuantScheme:
         scale_bits = np.dtype(self.group.scale_dtype).itemsize * 8
         return 32 / self.group.per_word + scale_bits / self.group.group_size
 
-    def quantize_module(self, module: nn.Module, quantize_embeddings: bool = True) -> set[str]:
-        """Swap Linear/Embedding layers for quantized ones in place; return the float weight names replaced."""
+    def int_dot_isa(self, target) -> str | None:
+        """The CPU integer-dot instruction set this scheme uses on ``target`` (None: the float path)."""
+        if self.group is None or not int_dot.supports(self.group):
+            return None
+        return int_dot.target_isa(target)
+
+    def compute_dtype(self, target) -> str:
+        """Activations and float weights: float32 on CPUs (fp16 arithmetic there is emulated and slow)."""
+        return "float32" if target.kind.name == "llvm" else self.model_dtype
+
+    def quantize_module(
+        self, module: nn.Module, quantize_embeddings: bool = True, isa: str | None = None, dtype: str | None = None
+    ) -> set[str]:
+        """Swap Linear/Embedding layers for quantized ones in place; return the float weight names replaced.
+
+        ``isa`` selects the CPU integer layout and kernels (``int_dot_isa``); ``dtype`` the compute
+        dtype when it differs from the scheme's (float32 on CPUs: scales are stored as float32).
+        """
         replaced: set[str] = set()
         if self.group is None:
             return replaced
+        group = self.group if dtype in (None, self.group.scale_dtype) else replace(self.group, scale_dtype=dtype)
 
         def swap(name: str, child: nn.Module) -> nn.Module | None:
             is_head = name.split(".")[-1] == "lm_head"
             if isinstance(child, nn.Linear) and (quantize_embeddings or not is_head):
                 replaced.add(f"{name}.weight")
-                return QuantizedLinear(child.in_features, child.out_features, self.group, child.bias is not None)
+                return QuantizedLinear(child.in_features, child.out_features, group, child.bias is not None, isa)
             if isinstance(child, Embedding) and quantize_embeddings:
                 replaced.add(f"{name}.weight")
-                return QuantizedEmbedding(child.num, child.dim, self.group)
+                return QuantizedEmbedding(child.num, child.dim, group, isa)
             return None
 
         _rewrite(module, "", swap)
         return replaced
 
-    def convert(self, name: str, array: np.ndarray, quantized: set[str]) -> list[tuple[str, np.ndarray]]:
-        """The stored arrays for one float parameter."""
+    def convert(
+        self, name: str, array: np.ndarray, quantized: set[str], dtype: str | None = None, int_layout: bool = False
+    ) -> list[tuple[str, np.ndarray]]:
+        """The stored arrays for one float parameter (``dtype``: of float weights; ``int_layout``: CPU repack)."""
         if name in quantized:
             packed, scale = self.group.quantize(np.asarray(array, dtype=np.float32))
             prefix = name.removesuffix(".weight")
-            return [(f"{prefix}.q_weight", packed), (f"{prefix}.q_scale", scale)]
-        return [(name, np.ascontiguousarray(array.astype(self.model_dtype, copy=False)))]
+            return self.relayout([(f"{prefix}.q_weight", packed), (f"{prefix}.q_scale", scale)], dtype, int_layout)
+        return [(name, np.ascontiguousarray(array.astype(dtype or self.model_dtype, copy=False)))]
+
+    def relayout(self, arrays: list[tuple[str, np.ndarray]], dtype: str | None, int_layout: bool) -> list:
+        """One parameter's stored arrays in the standard layout -> those a target's module wants:
+        repacked for the CPU integer kernels (``int_layout``), float arrays cast to ``dtype``."""
+        if int_layout and len(arrays) == 2 and arrays[0][0].endswith(".q_weight"):
+            (weight_name, packed), (scale_name, scale) = arrays
+            arrays = list(zip((weight_name, scale_name), int_dot.repack(self.group, packed, scale)))
+        if dtype is None:
+            return arrays
+        return [
+            (name, np.ascontiguousarray(a.astype(dtype, copy=False)) if a.dtype.kind == "f" else a)
+            for name, a in arrays
+        ]
 
 
 def _rewrite(module: nn.Module, prefix: str, swap) -> None:

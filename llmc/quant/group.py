@@ -20,6 +20,9 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
+from llmc.quant import int_dot
+from llmc.quant.int_dot_kernels import int_matmul, quantize_rows
+
 PER_WORD_ATTR = "llmc.codes_per_word"
 
 
@@ -146,18 +149,61 @@ def dequantize_matmul(
     return op.tensor_expr_op(compute, name_hint="dequantize_matmul", args=[x, packed, scale])
 
 
-class QuantizedLinear(nn.Module):
-    """``nn.Linear`` with a group-quantized weight (``q_weight`` uint32, ``q_scale``)."""
+def int_dot_matmul(
+    gq: GroupQuant, isa: str, x: Tensor, codes: Tensor, scales: Tensor, out_features: int, in_features: int
+) -> Tensor:
+    """``x @ W.T`` on the CPU integer path (``llmc.quant.int_dot``): quantize the rows of x, then one
+    integer-dot kernel over the repacked weights. Float32 in and out."""
+    *lead, _ = x.shape
+    rows = 1
+    for dim in lead:
+        rows = rows * dim
+    flat = op.reshape(x, (rows, in_features))
+    groups = gq.num_groups(in_features)
+    x_codes, x_scales, x_corrections = op.tensor_ir_op(
+        quantize_rows(in_features, gq.offset),
+        "quantize_rows",
+        args=[flat],
+        out=[
+            Tensor.placeholder((rows, groups * int_dot.GROUP), "int8"),
+            Tensor.placeholder((rows, groups), "float32"),
+            Tensor.placeholder((rows, groups), "int32"),
+        ],
+    )
+    out = op.tensor_ir_op(
+        int_matmul(out_features, in_features, gq.bits, isa),
+        "int_dot_matmul",
+        args=[x_codes, x_scales, x_corrections, codes, scales],
+        out=Tensor.placeholder((rows, out_features), "float32"),
+    )
+    return op.reshape(out, (*lead, out_features))
 
-    def __init__(self, in_features: int, out_features: int, gq: GroupQuant, bias: bool):
-        self.in_features, self.out_features, self.gq = in_features, out_features, gq
-        weight_shape, scale_shape = gq.packed_shapes(out_features, in_features)
-        self.q_weight = nn.Parameter(weight_shape, "uint32")
-        self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
-        self.bias = nn.Parameter((out_features,), gq.scale_dtype) if bias else None
+
+class QuantizedLinear(nn.Module):
+    """``nn.Linear`` with a group-quantized weight (``q_weight``, ``q_scale``).
+
+    ``isa`` (an x86 integer-dot instruction set, see ``llmc.quant.int_dot``) selects the CPU integer
+    path: the weight is stored repacked (uint8 codes, float32 scales) and computed in float32.
+    """
+
+    def __init__(self, in_features: int, out_features: int, gq: GroupQuant, bias: bool, isa: str | None = None):
+        self.in_features, self.out_features, self.gq, self.isa = in_features, out_features, gq, isa
+        if isa is None:
+            weight_shape, scale_shape = gq.packed_shapes(out_features, in_features)
+            self.q_weight = nn.Parameter(weight_shape, "uint32")
+            self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
+        else:
+            weight_shape, scale_shape = int_dot.layout_shapes(gq, out_features, in_features)
+            self.q_weight = nn.Parameter(weight_shape, "uint8")
+            self.q_scale = nn.Parameter(scale_shape, "float32")
+        dtype = gq.scale_dtype if isa is None else "float32"
+        self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = dequantize_matmul(self.gq, x, self.q_weight, self.q_scale, self.out_features, self.in_features)
+        if self.isa is None:
+            y = dequantize_matmul(self.gq, x, self.q_weight, self.q_scale, self.out_features, self.in_features)
+        else:
+            y = int_dot_matmul(self.gq, self.isa, x, self.q_weight, self.q_scale, self.out_features, self.in_features)
         return y + self.bias if self.bias is not None else y
 
     def to(self, dtype: str | None = None) -> None:  # packed weights keep their dtype
@@ -165,25 +211,35 @@ class QuantizedLinear(nn.Module):
 
 
 class QuantizedEmbedding(nn.Module):
-    """Embedding with a group-quantized table; rows are dequantized as they are gathered."""
+    """Embedding with a group-quantized table; rows are dequantized as they are gathered.
 
-    def __init__(self, num: int, dim: int, gq: GroupQuant):
-        self.num, self.dim, self.gq = num, dim, gq
-        weight_shape, scale_shape = gq.packed_shapes(num, dim)
-        self.q_weight = nn.Parameter(weight_shape, "uint32")
-        self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
+    With ``isa`` the table is stored in the CPU integer layout and the tied LM head uses the
+    integer kernel (see ``QuantizedLinear``).
+    """
+
+    def __init__(self, num: int, dim: int, gq: GroupQuant, isa: str | None = None):
+        self.num, self.dim, self.gq, self.isa = num, dim, gq, isa
+        if isa is None:
+            weight_shape, scale_shape = gq.packed_shapes(num, dim)
+            self.q_weight = nn.Parameter(weight_shape, "uint32")
+            self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
+        else:
+            weight_shape, scale_shape = int_dot.layout_shapes(gq, num, dim)
+            self.q_weight = nn.Parameter(weight_shape, "uint8")
+            self.q_scale = nn.Parameter(scale_shape, "float32")
 
     def forward(self, input_ids: Tensor) -> Tensor:
         gq, dim = self.gq, self.dim
+        element = gq.te_element if self.isa is None else lambda p, s, r, k: int_dot.te_element(gq, p, s, r, k)
 
         def compute(ids: te.Tensor, pt: te.Tensor, st: te.Tensor):
-            return te.compute(
-                (ids.shape[0], dim), lambda i, j: gq.te_element(pt, st, ids[i], j), name="take_dequantize"
-            )
+            return te.compute((ids.shape[0], dim), lambda i, j: element(pt, st, ids[i], j), name="take_dequantize")
 
         return op.tensor_expr_op(compute, name_hint="take_dequantize", args=[input_ids, self.q_weight, self.q_scale])
 
     def lm_head_forward(self, hidden: Tensor) -> Tensor:
+        if self.isa is not None:
+            return int_dot_matmul(self.gq, self.isa, hidden, self.q_weight, self.q_scale, self.num, self.dim)
         return dequantize_matmul(self.gq, hidden, self.q_weight, self.q_scale, self.num, self.dim)
 
     def to(self, dtype: str | None = None) -> None:

@@ -92,8 +92,8 @@ class Engine:
         rng = np.random.default_rng(seed)
         params = []
         for _name, shape, dtype in self.config["param_specs"]:
-            if dtype == "uint32":  # packed quantized codes: any bit pattern is valid
-                array = rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32)
+            if dtype in ("uint32", "uint8"):  # packed quantized codes: any bit pattern is valid
+                array = rng.integers(0, np.iinfo(dtype).max + 1, size=shape, dtype=np.uint64).astype(dtype)
             else:
                 array = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
             params.append(tvm.runtime.tensor(array, self.device))

@@ -1,0 +1,143 @@
+"""TIR kernels of the CPU integer path (layout and maths: ``llmc.quant.int_dot``).
+
+``quantize_rows``: float32 activations ``[M, K]`` -> int8 codes ``[M, groups*32]`` (zero-padded), a
+float32 scale per group (``absmax / 127``) and ``-offset * sum(codes)`` per group, the correction
+that lets the matmul use the weights' unsigned codes as they are.
+
+``int_matmul``: ``out[m, n] = sum_g scale_w[n, g] * scale_x[m, g] * (sum_k code_w[n, k] * x_q[m, k]
+- offset * sum_k x_q[m, k])``. Tiles of 16 output rows run in parallel; per row of activations and
+per group, one 32-bit integer accumulator per output row takes 4 (8-bit: 8) dot-product steps of
+4 codes each, then is converted and scaled into a float accumulator once per group.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from llmc.quant.int_dot import GROUP, TILE_ROWS, VECTOR_BYTES, steps_per_group, tile_count
+
+SCHEDULED = {"tirx.noalias": True, "tirx.is_scheduled": True}
+
+
+def _intrin(name: str, dtype: str, *args):
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
+
+
+def _dot(isa: str, acc, codes, x_word, signed_codes: bool):
+    """``acc[i] += sum_j codes[4i+j] * x[j]`` for a vector of unsigned codes and 4 broadcast int8 of x."""
+    lanes = VECTOR_BYTES // 4 if isa == "avx512vnni" else VECTOR_BYTES // 8
+    x = T.reinterpret(T.broadcast(x_word, lanes), dtype=f"int8x{lanes * 4}")
+    if isa in ("avx512vnni", "avxvnni"):
+        width = 512 if isa == "avx512vnni" else 256
+        return _intrin(f"llvm.x86.avx512.vpdpbusd.{width}", f"int32x{lanes}", acc, codes, x)
+    if signed_codes:  # 8-bit codes: |w| * sign(x, w) keeps vpmaddubsw's pair sums below 2^15
+        centred = T.reinterpret(codes ^ T.broadcast(T.uint8(128), 32), dtype="int8x32")
+        magnitude = T.reinterpret(_intrin("llvm.abs.v32i8", "int8x32", centred, T.bool(False)), dtype="uint8x32")
+        x = _intrin("llvm.x86.avx2.psign.b", "int8x32", x, centred)
+        pairs = _intrin("llvm.x86.avx2.pmadd.ub.sw", "int16x16", magnitude, x)
+    else:
+        pairs = _intrin("llvm.x86.avx2.pmadd.ub.sw", "int16x16", codes, x)
+    return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", pairs, T.broadcast(T.int16(1), 16))
+
+
+def quantize_rows(in_features: int, offset: int) -> tirx.PrimFunc:
+    """float32 ``x[M, in_features]`` -> (int8 codes, float32 scales, int32 corrections) per group of 32."""
+    groups = -(-in_features // GROUP)
+    width = groups * GROUP
+
+    @T.prim_func(private=True, s_tir=True)
+    def func(x_h: T.handle, q_h: T.handle, s_h: T.handle, c_h: T.handle):
+        T.func_attr(SCHEDULED)
+        m_rows = T.int64()
+        x = T.match_buffer(x_h, (m_rows, in_features), "float32")
+        q = T.match_buffer(q_h, (m_rows, width), "int8")
+        s = T.match_buffer(s_h, (m_rows, groups), "float32")
+        c = T.match_buffer(c_h, (m_rows, groups), "int32")
+        with T.sblock("root"):
+            for m in T.parallel(m_rows):
+                for g in range(groups):
+                    amax = T.decl_buffer((1,), "float32", scope="local")
+                    total = T.decl_buffer((1,), "int32", scope="local")
+                    amax[0] = T.float32(0)
+                    total[0] = 0
+                    for i in range(GROUP):
+                        if g * GROUP + i < in_features:
+                            amax[0] = T.max(amax[0], T.fabs(x[m, g * GROUP + i]))
+                    inverse = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+                    for i in range(GROUP):
+                        code = T.if_then_else(
+                            g * GROUP + i < in_features,
+                            T.Cast("int32", T.nearbyint(x[m, T.min(g * GROUP + i, in_features - 1)] * inverse)),
+                            0,
+                        )
+                        q[m, g * GROUP + i] = T.Cast("int8", code)
+                        total[0] = total[0] + code
+                    s[m, g] = amax[0] / T.float32(127)
+                    c[m, g] = total[0] * (-offset)
+
+    return func
+
+
+def int_matmul(out_features: int, in_features: int, bits: int, isa: str) -> tirx.PrimFunc:
+    """``out[M, out_features]`` from quantized activations and repacked weights (see module docstring)."""
+    groups, tiles, steps = -(-in_features // GROUP), tile_count(out_features), steps_per_group(bits)
+    words = groups * GROUP // 4  # int32 words of x codes per row
+    full_tiles = out_features // TILE_ROWS
+    halves, lanes = (1, 16) if isa == "avx512vnni" else (2, 8)
+    vbytes = lanes * 4
+    signed = bits == 8 and isa == "avx2"  # AVX2 multiplies re-centred 8-bit codes (no correction)
+    low = T.broadcast(T.uint8(15), vbytes)
+    shift = T.broadcast(T.uint8(4), vbytes)
+
+    def dot(acc, codes, x_word):
+        return _dot(isa, acc, codes, x_word, signed)
+
+    @T.prim_func(private=True, s_tir=True)
+    def func(q_h: T.handle, xs_h: T.handle, xc_h: T.handle, w_h: T.handle, ws_h: T.handle, out_h: T.handle):
+        T.func_attr(SCHEDULED)
+        m_rows = T.int64()
+        xq = T.match_buffer(q_h, (m_rows, groups * GROUP), "int8")
+        xs = T.match_buffer(xs_h, (m_rows, groups), "float32")
+        xc = T.match_buffer(xc_h, (m_rows, groups), "int32")
+        w = T.match_buffer(w_h, (tiles, groups, steps, VECTOR_BYTES), "uint8")
+        ws = T.match_buffer(ws_h, (tiles, groups, TILE_ROWS), "float32")
+        out = T.match_buffer(out_h, (m_rows, out_features), "float32")
+        with T.sblock("root"):
+            x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
+            for t in T.parallel(tiles):
+                for m in range(m_rows):
+                    acc = T.decl_buffer((TILE_ROWS,), "float32", scope="local")
+                    acc[T.ramp(0, 1, TILE_ROWS)] = T.broadcast(T.float32(0), TILE_ROWS)
+                    for g in range(groups):
+                        isum = T.decl_buffer((TILE_ROWS,), "int32", scope="local")
+                        for h in T.unroll(halves):
+                            if signed:
+                                isum[T.ramp(h * lanes, 1, lanes)] = T.broadcast(0, lanes)
+                            else:
+                                isum[T.ramp(h * lanes, 1, lanes)] = T.broadcast(xc[m, g], lanes)
+                            for p in T.unroll(steps):
+                                v = w[t, g, p, T.ramp(h * vbytes, 1, vbytes)]
+                                base = m * words + g * (GROUP // 4)
+                                if bits == 4:
+                                    isum[T.ramp(h * lanes, 1, lanes)] = dot(
+                                        isum[T.ramp(h * lanes, 1, lanes)], v & low, x_words[base + p]
+                                    )
+                                    isum[T.ramp(h * lanes, 1, lanes)] = dot(
+                                        isum[T.ramp(h * lanes, 1, lanes)], v >> shift, x_words[base + 4 + p]
+                                    )
+                                else:
+                                    isum[T.ramp(h * lanes, 1, lanes)] = dot(
+                                        isum[T.ramp(h * lanes, 1, lanes)], v, x_words[base + p]
+                                    )
+                        acc[T.ramp(0, 1, TILE_ROWS)] = acc[T.ramp(0, 1, TILE_ROWS)] + T.Cast(
+                            f"float32x{TILE_ROWS}", isum[T.ramp(0, 1, TILE_ROWS)]
+                        ) * (ws[t, g, T.ramp(0, 1, TILE_ROWS)] * T.broadcast(xs[m, g], TILE_ROWS))
+                    if t < full_tiles:
+                        out[m, T.ramp(t * TILE_ROWS, 1, TILE_ROWS)] = acc[T.ramp(0, 1, TILE_ROWS)]
+                    else:
+                        for r in range(TILE_ROWS):
+                            if t * TILE_ROWS + r < out_features:
+                                out[m, t * TILE_ROWS + r] = acc[r]
+
+    return func
