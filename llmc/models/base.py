@@ -7,6 +7,7 @@ embeddings). The functions below are written once for all families.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
+from llmc.models.cpu_attention import llmc_cpu_attention
 from llmc.models.layers import gather_rows
 
 
@@ -108,6 +110,14 @@ class CausalLMBase(nn.Module):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
+        c = self.config
+        cpu = self.target.kind.name == "llvm"
+        with llmc_cpu_attention() if cpu else contextlib.nullcontext():
+            return self._paged_kv_cache(
+                max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
+            )
+
+    def _paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
         c = self.config
         return TIRPagedKVCache(
             attn_kind="mha",

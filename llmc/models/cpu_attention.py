@@ -1,0 +1,274 @@
+"""CPU attention kernels for TVM's paged KV cache: parallel and vectorizable, in place of TVM's serial ones.
+
+TVM 0.27's ``TIRPagedKVCache`` builds its CPU attention from ``_attention_prefill_ragged_cpu``,
+``_attention_prefill_cpu`` and ``_attention_decode_cpu``: one thread, scores for every (query, key)
+pair including the masked half, strided score buffers. They took 60% of a 512-token prefill and a
+quarter of each decode step of SmolLM2-135M. ``llmc_cpu_attention()`` swaps in the kernels below
+(same signatures, same outputs: attention output and its log2-sum-exp, which merge_state combines)
+while the cache is constructed.
+
+Each (query row, query head) is one parallel work item. Keys are visited in chunks of
+``CHUNK`` (= the page size for paged kernels: one chunk is one page) with an online softmax: the
+scores of a chunk, one rescale of the output row, then the weighted values. Masked keys are skipped,
+not computed. Only ``rotary_mode == 0`` (RoPE applied when K is stored, llmc's ``RopeMode.NORMAL``)
+and caches without sliding windows are covered; anything else keeps TVM's kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+from tvm.script import tirx as T
+
+CHUNK = 16
+LOG2E = math.log2(math.e)
+NEG_INIT = -5e4  # TVM's initial running max (its merge_state expects the same for empty rows)
+
+
+def _row_attention(d: int, dtype: str, paged: bool, group: int):
+    """A TVMScript macro: online-softmax attention of query ``q[token, h]`` over ``n_keys`` keys.
+
+    Keys are ``kv[key_base + j, h // group]`` / ``kv2[...]`` (ragged q/k/v) or, ``paged``, row ``j`` of
+    the sequence's pages ``pages[page_values[page_base + j // CHUNK], 0|1, h // group, j % CHUNK]``.
+    """
+
+    @T.macro
+    def attend(q, token, h, n_keys, keys, values, key_base, page_values, output, lse, sm_scale):
+        acc = T.decl_buffer((d,), "float32", scope="local")
+        qf = T.decl_buffer((d,), "float32", scope="local")
+        scores = T.decl_buffer((CHUNK,), "float32", scope="local")
+        state = T.decl_buffer((3,), "float32", scope="local")  # running max, running sum, new max
+        for e in range(d):
+            acc[e] = T.float32(0)
+            qf[e] = T.Cast("float32", q[token, h, e]) * (sm_scale * T.float32(LOG2E))
+        state[0] = T.float32(NEG_INIT)
+        state[1] = T.float32(1)
+        for c in range((n_keys + CHUNK - 1) // CHUNK):
+            state[2] = state[0]
+            for j in range(CHUNK):
+                if c * CHUNK + j < n_keys:
+                    scores[j] = T.float32(0)
+                    for e in range(d):
+                        if paged:
+                            kval = keys[page_values[key_base + c], 0, h // group, j, e]
+                        else:
+                            kval = keys[key_base + c * CHUNK + j, h // group, e]
+                        scores[j] = scores[j] + qf[e] * T.Cast("float32", kval)
+                    state[2] = T.max(state[2], scores[j])
+            alpha = T.exp2(state[0] - state[2])
+            state[1] = state[1] * alpha
+            for e in range(d):
+                acc[e] = acc[e] * alpha
+            state[0] = state[2]
+            for j in range(CHUNK):
+                if c * CHUNK + j < n_keys:
+                    p = T.exp2(scores[j] - state[0])
+                    state[1] = state[1] + p
+                    for e in range(d):
+                        if paged:
+                            vval = values[page_values[key_base + c], 1, h // group, j, e]
+                        else:
+                            vval = values[key_base + c * CHUNK + j, h // group, e]
+                        acc[e] = acc[e] + p * T.Cast("float32", vval)
+        for e in range(d):
+            output[token, h, e] = T.Cast(dtype, acc[e] / state[1])
+        lse[token, h] = state[0] + T.log2(state[1])
+
+    return attend
+
+
+def _visible(causal, row, kv_len, qo_len):
+    """Keys ``[0, n)`` visible to query ``row`` (TVM's causal mask: col < kv_len - qo_len + row + 1)."""
+    return T.if_then_else(causal > 0, T.max(T.min(kv_len - qo_len + row + 1, kv_len), 0), kv_len)
+
+
+def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
+    """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs)."""
+    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv)
+
+    @T.prim_func(s_tir=True)
+    def batch_prefill_ragged_kv(
+        var_q: T.handle,
+        var_q_indptr: T.handle,
+        var_k: T.handle,
+        var_v: T.handle,
+        var_kv_indptr: T.handle,
+        var_q_rope_position: T.handle,
+        var_k_rope_pos_offset: T.handle,
+        var_output: T.handle,
+        var_lse: T.handle,
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        batch_size, qo_len, kv_len = T.int32(), T.int32(), T.int32()
+        q_off, kv_off, qr_off, kr_off = T.int32(), T.int32(), T.int32(), T.int32()
+        q = T.match_buffer(var_q, (qo_len, h_q, d_qk), dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_off)
+        k = T.match_buffer(var_k, (kv_len, h_kv, d_qk), dtype)
+        v = T.match_buffer(var_v, (kv_len, h_kv, d_v), dtype)
+        kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_off)
+        T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=qr_off)
+        T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
+        output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
+        lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
+        with T.sblock("root"):
+            for b in T.serial(batch_size):
+                for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
+                    rows = q_indptr[b + 1] - q_indptr[b]
+                    n_keys = _visible(causal, item // h_q, kv_indptr[b + 1] - kv_indptr[b], rows)
+                    attend(
+                        q,
+                        q_indptr[b] + item // h_q,
+                        item % h_q,
+                        n_keys,
+                        k,
+                        v,
+                        kv_indptr[b],
+                        q_indptr,
+                        output,
+                        lse,
+                        sm_scale,
+                    )
+
+    return batch_prefill_ragged_kv
+
+
+def prefill_paged(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024):
+    """Attention of new tokens over the sequences' cached pages."""
+    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv)
+
+    @T.prim_func(s_tir=True)
+    def batch_prefill_paged_kv_cpu(
+        var_q: T.handle,
+        var_q_indptr: T.handle,
+        var_pages: T.handle,
+        var_page_indptr: T.handle,
+        var_page_values: T.handle,
+        var_length_info: T.handle,
+        var_k_rope_pos_offset: T.handle,
+        var_q_rope_position: T.handle,
+        var_output: T.handle,
+        var_lse: T.handle,
+        causal: T.int32,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        batch_size, total_len, nnz_pages, max_num_pages = T.int32(), T.int32(), T.int32(), T.int32()
+        q_off, pi_off, pv_off, kr_off, qr_off, li_off = (
+            T.int32(),
+            T.int32(),
+            T.int32(),
+            T.int32(),
+            T.int32(),
+            T.int32(),
+        )
+        q = T.match_buffer(var_q, (total_len, h_q, d), dtype)
+        q_indptr = T.match_buffer(var_q_indptr, (batch_size + 1,), "int32", elem_offset=q_off)
+        pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, d), dtype)
+        page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=pi_off)
+        page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=pv_off)
+        length_info = T.match_buffer(var_length_info, (batch_size,), "int32", elem_offset=li_off)
+        T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
+        T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=qr_off)
+        output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
+        lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
+        with T.sblock("root"):
+            for b in T.serial(batch_size):
+                for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
+                    n_pages = page_indptr[b + 1] - page_indptr[b]
+                    kv_len = T.if_then_else(n_pages > 0, (n_pages - 1) * page_size + length_info[b], 0)
+                    n_keys = _visible(causal, item // h_q, kv_len, q_indptr[b + 1] - q_indptr[b])
+                    attend(
+                        q,
+                        q_indptr[b] + item // h_q,
+                        item % h_q,
+                        n_keys,
+                        pages,
+                        pages,
+                        page_indptr[b],
+                        page_values,
+                        output,
+                        lse,
+                        sm_scale,
+                    )
+
+    return batch_prefill_paged_kv_cpu
+
+
+def decode_paged(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window, rope_scaling, page_size=16):
+    """One new token per sequence over its cached pages (the current token's K/V already appended)."""
+    h_q, d = num_qo_heads, head_dim
+    attend = _row_attention(d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads)
+
+    @T.prim_func(s_tir=True)
+    def batch_decode_paged_kv(
+        q_handle: T.handle,
+        pages_handle: T.handle,
+        page_table_indptr_handle: T.handle,
+        page_table_values_handle: T.handle,
+        var_length_info: T.handle,
+        k_rope_pos_offset_handle: T.handle,
+        q_rope_position_handle: T.handle,
+        output_handle: T.handle,
+        lse_handle: T.handle,
+        rotary_mode: T.int32,
+        rope_scale: T.float32,
+        rope_theta: T.float32,
+        sm_scale: T.float32,
+    ):
+        T.func_attr({"tirx.is_scheduled": True, "tirx.noalias": True})
+        batch, nnz_pages, max_num_pages = T.int32(), T.int32(), T.int32()
+        pi_off, pv_off, kr_off, qr_off, li_off = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        q = T.match_buffer(q_handle, (batch, h_q, d), qkv_dtype)
+        pages = T.match_buffer(pages_handle, (max_num_pages, 2, num_kv_heads, page_size, d), qkv_dtype)
+        page_indptr = T.match_buffer(page_table_indptr_handle, (batch + 1,), "int32", elem_offset=pi_off)
+        page_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", elem_offset=pv_off)
+        length_info = T.match_buffer(var_length_info, (batch,), "int32", elem_offset=li_off)
+        T.match_buffer(k_rope_pos_offset_handle, (batch,), "int32", elem_offset=kr_off)
+        T.match_buffer(q_rope_position_handle, (batch,), "int32", elem_offset=qr_off)
+        output = T.match_buffer(output_handle, (batch, h_q, d), qkv_dtype)
+        lse = T.match_buffer(lse_handle, (batch, h_q), "float32")
+        with T.sblock("root"):
+            for item in T.parallel(batch * h_q):
+                b = item // h_q
+                n_pages = page_indptr[b + 1] - page_indptr[b]
+                n_keys = T.if_then_else(n_pages > 0, (n_pages - 1) * page_size + length_info[b], 0)
+                attend(q, b, item % h_q, n_keys, pages, pages, page_indptr[b], page_values, output, lse, sm_scale)
+
+    return batch_decode_paged_kv
+
+
+@contextlib.contextmanager
+def llmc_cpu_attention() -> Iterator[None]:
+    """While the cache is built, its CPU kernel makers return llmc's kernels (sliding windows keep TVM's)."""
+    from tvm.relax.frontend.nn.llm import kv_cache
+
+    originals = {
+        name: getattr(kv_cache, name)
+        for name in ("_attention_prefill_ragged_cpu", "_attention_prefill_cpu", "_attention_decode_cpu")
+    }
+
+    def unless_sliding(ours, theirs):
+        def make(*args, **kwargs):
+            sliding = args[4] if len(args) > 4 else kwargs.get("sliding_window", False)
+            return theirs(*args, **kwargs) if sliding else ours(*args, **kwargs)
+
+        return make
+
+    kv_cache._attention_prefill_ragged_cpu = prefill_ragged
+    kv_cache._attention_prefill_cpu = unless_sliding(prefill_paged, originals["_attention_prefill_cpu"])
+    kv_cache._attention_decode_cpu = unless_sliding(decode_paged, originals["_attention_decode_cpu"])
+    try:
+        yield
+    finally:
+        for name, func in originals.items():
+            setattr(kv_cache, name, func)
