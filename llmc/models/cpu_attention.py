@@ -27,53 +27,80 @@ LOG2E = math.log2(math.e)
 NEG_INIT = -5e4  # TVM's initial running max (its merge_state expects the same for empty rows)
 
 
+def _lanes(d: int) -> int:
+    return next(w for w in (16, 8, 4, 2, 1) if d % w == 0)
+
+
 def _row_attention(d: int, dtype: str, paged: bool, group: int):
     """A TVMScript macro: online-softmax attention of query ``q[token, h]`` over ``n_keys`` keys.
 
-    Keys are ``kv[key_base + j, h // group]`` / ``kv2[...]`` (ragged q/k/v) or, ``paged``, row ``j`` of
-    the sequence's pages ``pages[page_values[page_base + j // CHUNK], 0|1, h // group, j % CHUNK]``.
+    Keys are ``keys[key_base + j, h // group]`` (ragged q/k/v) or, ``paged``, row ``j`` of the
+    sequence's pages ``keys[page_values[key_base + j // CHUNK], 0|1, h // group, j % CHUNK]``.
+    Head vectors are handled ``lanes`` floats at a time (explicit vectors: LLVM does not vectorize
+    the reductions through TVM's local buffers on its own).
     """
+    lanes = _lanes(d)
+    steps = d // lanes
+
+    def kv_vec(buf, key_base, page, c, j, h, e, which):
+        """Lanes ``e`` of key/value (``which`` 0/1) ``c * CHUNK + j`` for query head ``h``, as float32."""
+        if paged:
+            return T.Cast(f"float32x{lanes}", buf[page, which, h // group, j, T.ramp(e * lanes, 1, lanes)])
+        return T.Cast(f"float32x{lanes}", buf[key_base + c * CHUNK + j, h // group, T.ramp(e * lanes, 1, lanes)])
+
+    def vec(buf, e):
+        return buf[T.ramp(e * lanes, 1, lanes)]
+
+    def hsum(part):
+        """The sum of a local vector's lanes, as a pairwise tree (PrimExpr)."""
+        terms = [part[i] for i in range(lanes)]
+        while len(terms) > 1:
+            terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
+        return terms[0]
 
     @T.macro
     def attend(q, token, h, n_keys, keys, values, key_base, page_values, output, lse, sm_scale):
         acc = T.decl_buffer((d,), "float32", scope="local")
         qf = T.decl_buffer((d,), "float32", scope="local")
+        part = T.decl_buffer((lanes,), "float32", scope="local")
         scores = T.decl_buffer((CHUNK,), "float32", scope="local")
         state = T.decl_buffer((3,), "float32", scope="local")  # running max, running sum, new max
-        for e in range(d):
-            acc[e] = T.float32(0)
-            qf[e] = T.Cast("float32", q[token, h, e]) * (sm_scale * T.float32(LOG2E))
+        for e in range(steps):
+            acc[T.ramp(e * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+            qf[T.ramp(e * lanes, 1, lanes)] = T.Cast(
+                f"float32x{lanes}", q[token, h, T.ramp(e * lanes, 1, lanes)]
+            ) * T.broadcast(sm_scale * T.float32(LOG2E), lanes)
         state[0] = T.float32(NEG_INIT)
         state[1] = T.float32(1)
         for c in range((n_keys + CHUNK - 1) // CHUNK):
+            page = page_values[key_base + c] if paged else 0
             state[2] = state[0]
             for j in range(CHUNK):
                 if c * CHUNK + j < n_keys:
-                    scores[j] = T.float32(0)
-                    for e in range(d):
-                        if paged:
-                            kval = keys[page_values[key_base + c], 0, h // group, j, e]
-                        else:
-                            kval = keys[key_base + c * CHUNK + j, h // group, e]
-                        scores[j] = scores[j] + qf[e] * T.Cast("float32", kval)
+                    part[T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+                    for e in range(steps):
+                        part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
+                            keys, key_base, page, c, j, h, e, 0
+                        )
+                    scores[j] = hsum(part)
                     state[2] = T.max(state[2], scores[j])
             alpha = T.exp2(state[0] - state[2])
             state[1] = state[1] * alpha
-            for e in range(d):
-                acc[e] = acc[e] * alpha
+            for e in range(steps):
+                acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) * T.broadcast(alpha, lanes)
             state[0] = state[2]
             for j in range(CHUNK):
                 if c * CHUNK + j < n_keys:
                     p = T.exp2(scores[j] - state[0])
                     state[1] = state[1] + p
-                    for e in range(d):
-                        if paged:
-                            vval = values[page_values[key_base + c], 1, h // group, j, e]
-                        else:
-                            vval = values[key_base + c * CHUNK + j, h // group, e]
-                        acc[e] = acc[e] + p * T.Cast("float32", vval)
-        for e in range(d):
-            output[token, h, e] = T.Cast(dtype, acc[e] / state[1])
+                    for e in range(steps):
+                        acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) + T.broadcast(p, lanes) * kv_vec(
+                            values, key_base, page, c, j, h, e, 1
+                        )
+        for e in range(steps):
+            output[token, h, T.ramp(e * lanes, 1, lanes)] = T.Cast(
+                f"{dtype}x{lanes}", vec(acc, e) * T.broadcast(T.float32(1) / state[1], lanes)
+            )
         lse[token, h] = state[0] + T.log2(state[1])
 
     return attend
