@@ -60,11 +60,13 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
 
     @T.macro
     def attend(q, token, h, n_keys, keys, values, key_base, page_values, output, lse, sm_scale):
-        acc = T.decl_buffer((d,), "float32", scope="local")
-        qf = T.decl_buffer((d,), "float32", scope="local")
-        part = T.decl_buffer((lanes,), "float32", scope="local")
-        scores = T.decl_buffer((CHUNK,), "float32", scope="local")
-        state = T.decl_buffer((3,), "float32", scope="local")  # running max, running sum, new max
+        acc = T.decl_buffer((d,), "float32")
+        qf = T.decl_buffer((d,), "float32")
+        part = T.decl_buffer((lanes,), "float32")
+        scores = T.decl_buffer((CHUNK,), "float32")
+        # scalars live in small buffers: TVM 0.27 turns let-bound values in parallel bodies into heap workspaces
+        state = T.decl_buffer((4,), "float32")  # running max, running sum, new max, weight
+        page = T.decl_buffer((1,), "int32")
         for e in range(steps):
             acc[T.ramp(e * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
             qf[T.ramp(e * lanes, 1, lanes)] = T.Cast(
@@ -73,29 +75,29 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
         state[0] = T.float32(NEG_INIT)
         state[1] = T.float32(1)
         for c in range((n_keys + CHUNK - 1) // CHUNK):
-            page = page_values[key_base + c] if paged else 0
+            page[0] = page_values[key_base + c] if paged else 0
             state[2] = state[0]
             for j in range(CHUNK):
                 if c * CHUNK + j < n_keys:
                     part[T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
                     for e in range(steps):
                         part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
-                            keys, key_base, page, c, j, h, e, 0
+                            keys, key_base, page[0], c, j, h, e, 0
                         )
                     scores[j] = hsum(part)
                     state[2] = T.max(state[2], scores[j])
-            alpha = T.exp2(state[0] - state[2])
-            state[1] = state[1] * alpha
+            state[3] = T.exp2(state[0] - state[2])
+            state[1] = state[1] * state[3]
             for e in range(steps):
-                acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) * T.broadcast(alpha, lanes)
+                acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) * T.broadcast(state[3], lanes)
             state[0] = state[2]
             for j in range(CHUNK):
                 if c * CHUNK + j < n_keys:
-                    p = T.exp2(scores[j] - state[0])
-                    state[1] = state[1] + p
+                    state[3] = T.exp2(scores[j] - state[0])
+                    state[1] = state[1] + state[3]
                     for e in range(steps):
-                        acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) + T.broadcast(p, lanes) * kv_vec(
-                            values, key_base, page, c, j, h, e, 1
+                        acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) + T.broadcast(state[3], lanes) * kv_vec(
+                            values, key_base, page[0], c, j, h, e, 1
                         )
         for e in range(steps):
             output[token, h, T.ramp(e * lanes, 1, lanes)] = T.Cast(
@@ -109,6 +111,12 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
 def _visible(causal, row, kv_len, qo_len):
     """Keys ``[0, n)`` visible to query ``row`` (TVM's causal mask: col < kv_len - qo_len + row + 1)."""
     return T.if_then_else(causal > 0, T.max(T.min(kv_len - qo_len + row + 1, kv_len), 0), kv_len)
+
+
+def _paged_len(page_indptr, length_info, b, page_size):
+    """Tokens cached for sequence ``b``: full pages plus the used part of the last one."""
+    pages = page_indptr[b + 1] - page_indptr[b]
+    return T.if_then_else(pages > 0, (pages - 1) * page_size + length_info[b], 0)
 
 
 def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
@@ -147,13 +155,11 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
         with T.sblock("root"):
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
-                    rows = q_indptr[b + 1] - q_indptr[b]
-                    n_keys = _visible(causal, item // h_q, kv_indptr[b + 1] - kv_indptr[b], rows)
                     attend(
                         q,
                         q_indptr[b] + item // h_q,
                         item % h_q,
-                        n_keys,
+                        _visible(causal, item // h_q, kv_indptr[b + 1] - kv_indptr[b], q_indptr[b + 1] - q_indptr[b]),
                         k,
                         v,
                         kv_indptr[b],
@@ -211,14 +217,16 @@ def prefill_paged(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=1
         with T.sblock("root"):
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
-                    n_pages = page_indptr[b + 1] - page_indptr[b]
-                    kv_len = T.if_then_else(n_pages > 0, (n_pages - 1) * page_size + length_info[b], 0)
-                    n_keys = _visible(causal, item // h_q, kv_len, q_indptr[b + 1] - q_indptr[b])
                     attend(
                         q,
                         q_indptr[b] + item // h_q,
                         item % h_q,
-                        n_keys,
+                        _visible(
+                            causal,
+                            item // h_q,
+                            _paged_len(page_indptr, length_info, b, page_size),
+                            q_indptr[b + 1] - q_indptr[b],
+                        ),
                         pages,
                         pages,
                         page_indptr[b],
@@ -266,10 +274,19 @@ def decode_paged(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window
         lse = T.match_buffer(lse_handle, (batch, h_q), "float32")
         with T.sblock("root"):
             for item in T.parallel(batch * h_q):
-                b = item // h_q
-                n_pages = page_indptr[b + 1] - page_indptr[b]
-                n_keys = T.if_then_else(n_pages > 0, (n_pages - 1) * page_size + length_info[b], 0)
-                attend(q, b, item % h_q, n_keys, pages, pages, page_indptr[b], page_values, output, lse, sm_scale)
+                attend(
+                    q,
+                    item // h_q,
+                    item % h_q,
+                    _paged_len(page_indptr, length_info, item // h_q, page_size),
+                    pages,
+                    pages,
+                    page_indptr[item // h_q],
+                    page_values,
+                    output,
+                    lse,
+                    sm_scale,
+                )
 
     return batch_decode_paged_kv
 

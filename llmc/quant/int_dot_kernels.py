@@ -18,6 +18,7 @@ from tvm.script import tirx as T
 from llmc.quant.int_dot import GROUP, TILE_ROWS, VECTOR_BYTES, steps_per_group, tile_count
 
 SCHEDULED = {"tirx.noalias": True, "tirx.is_scheduled": True}
+ROW_BLOCK = 4  # activation rows per pass over a weight tile (prefill): unpacked codes are reused 4 times
 
 
 def _intrin(name: str, dtype: str, *args):
@@ -57,22 +58,25 @@ def quantize_rows(in_features: int, offset: int) -> tirx.PrimFunc:
         with T.sblock("root"):
             for m in T.parallel(m_rows):
                 for g in range(groups):
-                    amax = T.decl_buffer((1,), "float32", scope="local")
-                    total = T.decl_buffer((1,), "int32", scope="local")
+                    amax = T.decl_buffer((2,), "float32")  # absmax, 127 / absmax
+                    total = T.decl_buffer((1,), "int32")
                     amax[0] = T.float32(0)
                     total[0] = 0
                     for i in range(GROUP):
                         if g * GROUP + i < in_features:
                             amax[0] = T.max(amax[0], T.fabs(x[m, g * GROUP + i]))
-                    inverse = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+                    # a buffer, not a let: TVM 0.27 turns let-bound values in parallel bodies into heap workspaces
+                    amax[1] = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
                     for i in range(GROUP):
-                        code = T.if_then_else(
-                            g * GROUP + i < in_features,
-                            T.Cast("int32", T.nearbyint(x[m, T.min(g * GROUP + i, in_features - 1)] * inverse)),
-                            0,
+                        q[m, g * GROUP + i] = T.Cast(
+                            "int8",
+                            T.if_then_else(
+                                g * GROUP + i < in_features,
+                                T.Cast("int32", T.nearbyint(x[m, T.min(g * GROUP + i, in_features - 1)] * amax[1])),
+                                0,
+                            ),
                         )
-                        q[m, g * GROUP + i] = T.Cast("int8", code)
-                        total[0] = total[0] + code
+                        total[0] = total[0] + T.Cast("int32", q[m, g * GROUP + i])
                     s[m, g] = amax[0] / T.float32(127)
                     c[m, g] = total[0] * (-offset)
 
@@ -93,6 +97,58 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str) -> tirx
     def dot(acc, codes, x_word):
         return _dot(isa, acc, codes, x_word, signed)
 
+    def span(i, h):  # lanes of half h of activation row i's accumulator
+        return T.ramp(i * TILE_ROWS + h * lanes, 1, lanes)
+
+    def row(i):
+        return T.ramp(i * TILE_ROWS, 1, TILE_ROWS)
+
+    @T.macro
+    def row_block(xs, xc, x_words, w, ws, out, t, m0, rows):
+        """Output tile ``t`` for activation rows ``m0 .. m0+rows``: each unpacked weight vector feeds them all."""
+        acc = T.decl_buffer((rows * TILE_ROWS,), "float32")
+        isum = T.decl_buffer((rows * TILE_ROWS,), "int32")
+        for i in T.unroll(rows):
+            acc[row(i)] = T.broadcast(T.float32(0), TILE_ROWS)
+        for g in range(groups):
+            for i in T.unroll(rows):
+                if signed:
+                    isum[row(i)] = T.broadcast(0, TILE_ROWS)
+                else:
+                    isum[row(i)] = T.broadcast(xc[m0 + i, g], TILE_ROWS)
+            for h in T.unroll(halves):
+                for p in T.unroll(steps):
+                    # unnamed on purpose: let-bound vectors here become heap workspaces in TVM 0.27
+                    for i in T.unroll(rows):
+                        if bits == 4:
+                            isum[span(i, h)] = dot(
+                                isum[span(i, h)],
+                                w[t, g, p, T.ramp(h * vbytes, 1, vbytes)] & low,
+                                x_words[(m0 + i) * words + g * (GROUP // 4) + p],
+                            )
+                            isum[span(i, h)] = dot(
+                                isum[span(i, h)],
+                                w[t, g, p, T.ramp(h * vbytes, 1, vbytes)] >> shift,
+                                x_words[(m0 + i) * words + g * (GROUP // 4) + 4 + p],
+                            )
+                        else:
+                            isum[span(i, h)] = dot(
+                                isum[span(i, h)],
+                                w[t, g, p, T.ramp(h * vbytes, 1, vbytes)],
+                                x_words[(m0 + i) * words + g * (GROUP // 4) + p],
+                            )
+            for i in T.unroll(rows):
+                acc[row(i)] = acc[row(i)] + T.Cast(f"float32x{TILE_ROWS}", isum[row(i)]) * (
+                    ws[t, g, T.ramp(0, 1, TILE_ROWS)] * T.broadcast(xs[m0 + i, g], TILE_ROWS)
+                )
+        for i in T.unroll(rows):
+            if t < full_tiles:
+                out[m0 + i, T.ramp(t * TILE_ROWS, 1, TILE_ROWS)] = acc[row(i)]
+            else:
+                for r in range(TILE_ROWS):
+                    if t * TILE_ROWS + r < out_features:
+                        out[m0 + i, t * TILE_ROWS + r] = acc[i * TILE_ROWS + r]
+
     @T.prim_func(private=True, s_tir=True)
     def func(q_h: T.handle, xs_h: T.handle, xc_h: T.handle, w_h: T.handle, ws_h: T.handle, out_h: T.handle):
         T.func_attr(SCHEDULED)
@@ -106,38 +162,9 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str) -> tirx
         with T.sblock("root"):
             x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
             for t in T.parallel(tiles):
-                for m in range(m_rows):
-                    acc = T.decl_buffer((TILE_ROWS,), "float32", scope="local")
-                    acc[T.ramp(0, 1, TILE_ROWS)] = T.broadcast(T.float32(0), TILE_ROWS)
-                    for g in range(groups):
-                        isum = T.decl_buffer((TILE_ROWS,), "int32", scope="local")
-                        for h in T.unroll(halves):
-                            if signed:
-                                isum[T.ramp(h * lanes, 1, lanes)] = T.broadcast(0, lanes)
-                            else:
-                                isum[T.ramp(h * lanes, 1, lanes)] = T.broadcast(xc[m, g], lanes)
-                            for p in T.unroll(steps):
-                                v = w[t, g, p, T.ramp(h * vbytes, 1, vbytes)]
-                                base = m * words + g * (GROUP // 4)
-                                if bits == 4:
-                                    isum[T.ramp(h * lanes, 1, lanes)] = dot(
-                                        isum[T.ramp(h * lanes, 1, lanes)], v & low, x_words[base + p]
-                                    )
-                                    isum[T.ramp(h * lanes, 1, lanes)] = dot(
-                                        isum[T.ramp(h * lanes, 1, lanes)], v >> shift, x_words[base + 4 + p]
-                                    )
-                                else:
-                                    isum[T.ramp(h * lanes, 1, lanes)] = dot(
-                                        isum[T.ramp(h * lanes, 1, lanes)], v, x_words[base + p]
-                                    )
-                        acc[T.ramp(0, 1, TILE_ROWS)] = acc[T.ramp(0, 1, TILE_ROWS)] + T.Cast(
-                            f"float32x{TILE_ROWS}", isum[T.ramp(0, 1, TILE_ROWS)]
-                        ) * (ws[t, g, T.ramp(0, 1, TILE_ROWS)] * T.broadcast(xs[m, g], TILE_ROWS))
-                    if t < full_tiles:
-                        out[m, T.ramp(t * TILE_ROWS, 1, TILE_ROWS)] = acc[T.ramp(0, 1, TILE_ROWS)]
-                    else:
-                        for r in range(TILE_ROWS):
-                            if t * TILE_ROWS + r < out_features:
-                                out[m, t * TILE_ROWS + r] = acc[r]
+                for block in range(m_rows // ROW_BLOCK):
+                    row_block(xs, xc, x_words, w, ws, out, t, block * ROW_BLOCK, ROW_BLOCK)
+                for m in range(m_rows - m_rows % ROW_BLOCK, m_rows):
+                    row_block(xs, xc, x_words, w, ws, out, t, m, 1)
 
     return func
