@@ -21,7 +21,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
 from llmc.quant import int_dot
-from llmc.quant.int_dot_kernels import int_matmul, quantize_rows
+from llmc.quant.int_dot_kernels import int_matmul
 
 PER_WORD_ATTR = "llmc.codes_per_word"
 
@@ -152,28 +152,16 @@ def dequantize_matmul(
 def int_dot_matmul(
     gq: GroupQuant, isa: str, x: Tensor, codes: Tensor, scales: Tensor, out_features: int, in_features: int
 ) -> Tensor:
-    """``x @ W.T`` on the CPU integer path (``llmc.quant.int_dot``): quantize the rows of x, then one
-    integer-dot kernel over the repacked weights. Float32 in and out."""
+    """``x @ W.T`` on the CPU integer path (``llmc.quant.int_dot``): one kernel quantizes the rows of x
+    to int8 and takes integer dot products with the repacked weights. Float32 in and out."""
     *lead, _ = x.shape
     rows = 1
     for dim in lead:
         rows = rows * dim
-    flat = op.reshape(x, (rows, in_features))
-    groups = gq.num_groups(in_features)
-    x_codes, x_scales, x_corrections = op.tensor_ir_op(
-        quantize_rows(in_features, gq.offset),
-        "quantize_rows",
-        args=[flat],
-        out=[
-            Tensor.placeholder((rows, groups * int_dot.GROUP), "int8"),
-            Tensor.placeholder((rows, groups), "float32"),
-            Tensor.placeholder((rows, groups), "int32"),
-        ],
-    )
     out = op.tensor_ir_op(
         int_matmul(out_features, in_features, gq.bits, isa),
         "int_dot_matmul",
-        args=[x_codes, x_scales, x_corrections, codes, scales],
+        args=[op.reshape(x, (rows, in_features)), codes, scales],
         out=Tensor.placeholder((rows, out_features), "float32"),
     )
     return op.reshape(out, (*lead, out_features))

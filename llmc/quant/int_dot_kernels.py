@@ -1,10 +1,9 @@
-"""TIR kernels of the CPU integer path (layout and maths: ``llmc.quant.int_dot``).
+"""The TIR kernel of the CPU integer path (layout and maths: ``llmc.quant.int_dot``).
 
-``quantize_rows``: float32 activations ``[M, K]`` -> int8 codes ``[M, groups*32]`` (zero-padded), a
-float32 scale per group (``absmax / 127``) and ``-offset * sum(codes)`` per group, the correction
-that lets the matmul use the weights' unsigned codes as they are.
-
-``int_matmul``: ``out[m, n] = sum_g scale_w[n, g] * scale_x[m, g] * (sum_k code_w[n, k] * x_q[m, k]
+``int_matmul`` first quantizes the float32 activations ``[M, K]`` into a scratch buffer: int8 codes
+``[M, groups*32]`` (zero-padded), a float32 scale per group (``absmax / 127``, round to nearest)
+and ``-offset * sum(codes)`` per group, the correction that lets the matmul use the weights'
+unsigned codes as they are. Then ``out[m, n] = sum_g scale_w[n, g] * scale_x[m, g] * (sum_k code_w[n, k] * x_q[m, k]
 - offset * sum_k x_q[m, k])``. Tiles of 16 output rows run in parallel; per row of activations and
 per group, one 32-bit integer accumulator per output row takes 4 (8-bit: 8) dot-product steps of
 4 codes each, then is converted and scaled into a float accumulator once per group.
@@ -18,6 +17,7 @@ from tvm.script import tirx as T
 from llmc.quant.int_dot import GROUP, TILE_ROWS, VECTOR_BYTES, steps_per_group, tile_count
 
 SCHEDULED = {"tirx.noalias": True, "tirx.is_scheduled": True}
+PARALLEL_ROWS = 16  # activation rows from which their quantization runs on every thread
 ROW_BLOCK = 4  # activation rows per pass over a weight tile (prefill): unpacked codes are reused 4 times
 
 
@@ -42,45 +42,37 @@ def _dot(isa: str, acc, codes, x_word, signed_codes: bool):
     return acc + _intrin("llvm.x86.avx2.pmadd.wd", "int32x8", pairs, T.broadcast(T.int16(1), 16))
 
 
-def quantize_rows(in_features: int, offset: int) -> tirx.PrimFunc:
-    """float32 ``x[M, in_features]`` -> (int8 codes, float32 scales, int32 corrections) per group of 32."""
+def _quantize_row(in_features: int, offset: int):
+    """A TVMScript macro: row ``m`` of float32 ``x`` -> int8 codes, a scale and a correction per group of 32."""
     groups = -(-in_features // GROUP)
-    width = groups * GROUP
 
-    @T.prim_func(private=True, s_tir=True)
-    def func(x_h: T.handle, q_h: T.handle, s_h: T.handle, c_h: T.handle):
-        T.func_attr(SCHEDULED)
-        m_rows = T.int64()
-        x = T.match_buffer(x_h, (m_rows, in_features), "float32")
-        q = T.match_buffer(q_h, (m_rows, width), "int8")
-        s = T.match_buffer(s_h, (m_rows, groups), "float32")
-        c = T.match_buffer(c_h, (m_rows, groups), "int32")
-        with T.sblock("root"):
-            for m in T.parallel(m_rows):
-                for g in range(groups):
-                    amax = T.decl_buffer((2,), "float32")  # absmax, 127 / absmax
-                    total = T.decl_buffer((1,), "int32")
-                    amax[0] = T.float32(0)
-                    total[0] = 0
-                    for i in range(GROUP):
-                        if g * GROUP + i < in_features:
-                            amax[0] = T.max(amax[0], T.fabs(x[m, g * GROUP + i]))
-                    # a buffer, not a let: TVM 0.27 turns let-bound values in parallel bodies into heap workspaces
-                    amax[1] = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
-                    for i in range(GROUP):
-                        q[m, g * GROUP + i] = T.Cast(
-                            "int8",
-                            T.if_then_else(
-                                g * GROUP + i < in_features,
-                                T.Cast("int32", T.nearbyint(x[m, T.min(g * GROUP + i, in_features - 1)] * amax[1])),
-                                0,
-                            ),
-                        )
-                        total[0] = total[0] + T.Cast("int32", q[m, g * GROUP + i])
-                    s[m, g] = amax[0] / T.float32(127)
-                    c[m, g] = total[0] * (-offset)
+    @T.macro
+    def quantize_row(x, q, s, c, m):
+        for g in range(groups):
+            # scalars in small buffers, not lets: TVM 0.27 turns let-bound values in parallel bodies into
+            # heap workspaces (one allocation per iteration)
+            amax = T.decl_buffer((2,), "float32")  # absmax, 127 / absmax
+            total = T.decl_buffer((1,), "int32")
+            amax[0] = T.float32(0)
+            total[0] = 0
+            for i in range(GROUP):
+                if g * GROUP + i < in_features:
+                    amax[0] = T.max(amax[0], T.fabs(x[m, g * GROUP + i]))
+            amax[1] = T.if_then_else(amax[0] > T.float32(0), T.float32(127) / amax[0], T.float32(0))
+            for i in range(GROUP):
+                q[m, g * GROUP + i] = T.Cast(
+                    "int8",
+                    T.if_then_else(
+                        g * GROUP + i < in_features,
+                        T.Cast("int32", T.nearbyint(x[m, T.min(g * GROUP + i, in_features - 1)] * amax[1])),
+                        0,
+                    ),
+                )
+                total[0] = total[0] + T.Cast("int32", q[m, g * GROUP + i])
+            s[m, g] = amax[0] / T.float32(127)
+            c[m, g] = total[0] * (-offset)
 
-    return func
+    return quantize_row
 
 
 def int_matmul(out_features: int, in_features: int, bits: int, isa: str) -> tirx.PrimFunc:
@@ -149,17 +141,26 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str) -> tirx
                     if t * TILE_ROWS + r < out_features:
                         out[m0 + i, t * TILE_ROWS + r] = acc[i * TILE_ROWS + r]
 
+    quantize_row = _quantize_row(in_features, 1 << (bits - 1))
+
     @T.prim_func(private=True, s_tir=True)
-    def func(q_h: T.handle, xs_h: T.handle, xc_h: T.handle, w_h: T.handle, ws_h: T.handle, out_h: T.handle):
+    def func(x_h: T.handle, w_h: T.handle, ws_h: T.handle, out_h: T.handle):
         T.func_attr(SCHEDULED)
         m_rows = T.int64()
-        xq = T.match_buffer(q_h, (m_rows, groups * GROUP), "int8")
-        xs = T.match_buffer(xs_h, (m_rows, groups), "float32")
-        xc = T.match_buffer(xc_h, (m_rows, groups), "int32")
+        x = T.match_buffer(x_h, (m_rows, in_features), "float32")
         w = T.match_buffer(w_h, (tiles, groups, steps, VECTOR_BYTES), "uint8")
         ws = T.match_buffer(ws_h, (tiles, groups, TILE_ROWS), "float32")
         out = T.match_buffer(out_h, (m_rows, out_features), "float32")
         with T.sblock("root"):
+            xq = T.alloc_buffer((m_rows, groups * GROUP), "int8")
+            xs = T.alloc_buffer((m_rows, groups), "float32")
+            xc = T.alloc_buffer((m_rows, groups), "int32")
+            if m_rows >= PARALLEL_ROWS:
+                for m in T.parallel(m_rows):
+                    quantize_row(x, xq, xs, xc, m)
+            else:
+                for m in range(m_rows):
+                    quantize_row(x, xq, xs, xc, m)
             x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
             for t in T.parallel(tiles):
                 for block in range(m_rows // ROW_BLOCK):
