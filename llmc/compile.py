@@ -139,11 +139,18 @@ def _store(converted: list, writer: TensorCacheWriter, bar) -> None:
     bar.update(1)
 
 
-def _plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
+def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
+    """The plan for a model's ``config.json`` (dict): family, parsed config with sizes, scheme."""
     family = family_for(hf_config, str(source.path))
     config = family.parse_config(hf_config, str(source.path))
     apply_sizes(config, options, source.preset)
     return ModelPlan(family, config, get_quant(options.quant or DEFAULT_QUANT), options.quantize_embeddings)
+
+
+def plan_model(model: str, options: CompileOptions) -> ModelPlan:
+    """The plan ``compile_model`` makes for MODEL (a checkpoint, .gguf or preset), without reading weights."""
+    source = resolve(model)
+    return plan_from_config(open_checkpoint(source).config, source, options)
 
 
 def _model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
@@ -212,7 +219,7 @@ def quantize_model(model: str, options: CompileOptions) -> Path:
     if source.format == "llmc":
         raise ConfigError(f"{source.path}: already converted weights; quantize the original checkpoint instead.")
     reader = open_checkpoint(source)
-    plan = _plan_from_config(reader.config, source, options)
+    plan = plan_from_config(reader.config, source, options)
     target = get_target("llvm").tvm_target()  # any target: only the module's parameter list is used
     plan.module(target)
     out_dir = options.output or default_output(model, scheme.name, None)
@@ -271,10 +278,10 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         plan, stored = _plan_from_weights(source.path, options)
     elif random_weights:
         hf_config = source.preset["config"] if source.format == "config" else open_checkpoint(source).config
-        plan, stored = _plan_from_config(hf_config, source, options), None
+        plan, stored = plan_from_config(hf_config, source, options), None
     else:
         reader = open_checkpoint(source)
-        plan, stored = _plan_from_config(reader.config, source, options), None
+        plan, stored = plan_from_config(reader.config, source, options), None
     mod, named_params = build_module(plan.module(target), target)
     if stored is not None:
         _check_weights_match(source.path, stored["weights"], [name for name, _ in named_params])
