@@ -23,7 +23,6 @@ from llmc.artifact import CONFIG_FILE, FORMAT_VERSION, TensorCacheWriter, atomic
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.tokenizer_files import write_tokenizer_files
 from llmc.errors import ArtifactError, CheckpointError, ConfigError, LlmcError
-from llmc.memory import record_static_plan
 from llmc.models import MODELS, ModelFamily, family_for
 from llmc.models.base import ModelConfig, WeightSource, concat_sources
 from llmc.quant import QuantScheme, get_quant
@@ -265,6 +264,7 @@ def _link_weights(src: Path, dst: Path) -> None:
 def compile_model(model: str, options: CompileOptions) -> Path:
     """MODEL (checkpoint or weights folder) -> artifact folder with the library for ``options.target``."""
     from llmc.compiler.build import build_module, compile_library
+    from llmc.compiler.memory_plan import record_static_plan
     from llmc.compiler.targets import get_target
 
     preset_target = get_target(options.target)

@@ -11,9 +11,7 @@ from tvm.runtime.vm import VirtualMachine
 
 from llmc.artifact import read_config
 from llmc.errors import ArtifactError, GenerationError
-
-PAGE_SIZE = 16
-
+from llmc.memory import PAGE_SIZE
 
 LOADABLE_DEVICES = ("cpu", "cuda")  # libraries TVM's runtime on this kind of machine can load
 
