@@ -11,8 +11,6 @@ import errno
 import os
 import shutil
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,9 +20,10 @@ import llmc
 from llmc.artifact import CONFIG_FILE, FORMAT_VERSION, TensorCacheWriter, atomic_output_dir, read_config, write_config
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.tokenizer_files import write_tokenizer_files
-from llmc.errors import ArtifactError, CheckpointError, ConfigError, LlmcError
+from llmc.convert import convert_weights
+from llmc.errors import ArtifactError, ConfigError, LlmcError
 from llmc.models import MODELS, ModelFamily, family_for
-from llmc.models.base import ModelConfig, WeightSource, concat_sources
+from llmc.models.base import ModelConfig
 from llmc.quant import QuantScheme, get_quant
 from llmc.source import ResolvedSource, resolve
 
@@ -32,7 +31,6 @@ DEFAULT_CONTEXT_WINDOW = 4096
 DEFAULT_PREFILL_CHUNK = 512
 DEFAULT_MAX_BATCH = 8
 DEFAULT_QUANT = "q0f32"
-CONVERT_THREADS = 2
 
 
 @dataclass
@@ -98,44 +96,6 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
         raise ConfigError(f"--max-batch-size {options.max_batch_size} must be positive.")
     config.context_window, config.prefill_chunk = window, min(chunk, window)
     config.max_batch_size = options.max_batch_size
-
-
-# ---------------------------------------------------------------------- weights
-def _convert_one(reader, name: str, source: WeightSource, plan: ModelPlan):
-    arrays = []
-    for hf_name, shape in zip(source.names, source.shapes):
-        array = reader.get(hf_name)
-        if tuple(array.shape) != tuple(shape):
-            raise CheckpointError(
-                f"{reader.describe(hf_name)}: tensor {hf_name} has shape {tuple(array.shape)}, "
-                f"expected {tuple(shape)} from config.json. Do the weights match the config?"
-            )
-        arrays.append(array)
-    return plan.scheme.convert(name, concat_sources(arrays), plan.quantized)
-
-
-def convert_weights(reader, plan: ModelPlan, target, writer: TensorCacheWriter, quiet: bool) -> None:
-    """Stream every parameter: read, check shape, convert (2 threads, 2 tensors ahead), store in order."""
-    sources = plan.family.weight_sources(plan.config)
-    params = [(name, tuple(int(d) for d in p.shape)) for name, p in plan.float_module(target).named_parameters()]
-    with (
-        ThreadPoolExecutor(CONVERT_THREADS) as pool,
-        tqdm(total=len(params), desc=f"convert {plan.scheme.name}", unit="tensor", disable=quiet or None) as bar,
-    ):
-        pending: deque = deque()
-        for name, expected in params:
-            source = sources.get(name, WeightSource([name], [expected]))
-            pending.append(pool.submit(_convert_one, reader, name, source, plan))
-            if len(pending) > CONVERT_THREADS:
-                _store(pending.popleft().result(), writer, bar)
-        while pending:
-            _store(pending.popleft().result(), writer, bar)
-
-
-def _store(converted: list, writer: TensorCacheWriter, bar) -> None:
-    for out_name, array in converted:
-        writer.add(out_name, array)
-    bar.update(1)
 
 
 def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
