@@ -11,7 +11,8 @@ import errno
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -285,6 +286,18 @@ def compile_model(model: str, options: CompileOptions) -> Path:
             },
         )
     return Path(out_dir)
+
+
+@contextlib.contextmanager
+def compile_temporary(model: str, options: CompileOptions) -> Iterator[tuple[Path, float]]:
+    """MODEL compiled into a temporary folder (``options.output`` is ignored), removed on exit;
+    yields the artifact and the compile seconds."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="llmc-") as tmp:
+        started = time.time()
+        artifact = compile_model(model, replace(options, output=Path(tmp) / "model"))
+        yield artifact, round(time.time() - started, 2)
 
 
 def _check_weights_match(folder: Path, stored: list[str], expected: list[str]) -> None:

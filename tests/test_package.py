@@ -21,10 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 from llmc.cli import main
-from llmc.compiler.objfile import library_symbol, parse_object
 from llmc.memory import estimate, kv_cache_bytes
-from llmc.package import APP_CONFIG_FILE, load_spec
-from llmc.staticlib import N_WEAK_DEF, SHARED_HELPERS, find_archiver
+from llmc.package.objfile import library_symbol, parse_object
+from llmc.package.spec import APP_CONFIG_FILE, load_spec
+from llmc.package.staticlib import N_WEAK_DEF, SHARED_HELPERS, find_archiver
 
 CONTEXT, CHUNK = 64, 16
 
@@ -219,7 +219,7 @@ def test_second_run_reuses_and_changed_override_recompiles(android, checkpoints)
 
 
 def test_without_an_archiver_objects_stay_per_model(android, monkeypatch):
-    monkeypatch.setattr("llmc.staticlib.find_archiver", lambda: None)
+    monkeypatch.setattr("llmc.package.staticlib.find_archiver", lambda: None)
     out = android["root"] / "dist-no-ar"
     result = package(android["config"], out, android["cache"])
     assert result.exit_code == 0, result.output
@@ -386,8 +386,8 @@ def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_
 
     from llmc.compile import CompileOptions, compile_model
     from llmc.compiler import targets
+    from llmc.package.staticlib import extract_objects, make_archive
     from llmc.runtime.engine import Engine
-    from llmc.staticlib import extract_objects, make_archive
 
     host = {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"}
     preset = targets.TargetPreset(

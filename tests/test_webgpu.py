@@ -22,7 +22,7 @@ from llmc.artifact import FORMAT_VERSION
 from llmc.compile import CompileOptions, compile_model
 from llmc.compiler.targets import get_target
 from llmc.errors import ArtifactError, LlmcError
-from llmc.webbundle import REPO, write_web_bundle
+from llmc.package.web import REPO, write_web_bundle
 
 HEADERS = REPO / "llmc" / "compiler" / "web_headers"
 PLAYWRIGHT = REPO / "web" / "node_modules" / "playwright-core"

@@ -94,7 +94,7 @@ def compile_library(
     else:
         executable.export_library(str(out_file))  # .tar: tvm.support.tar, objects only (no NDK/Xcode)
     if preset.system_lib:
-        from llmc.compiler.objfile import check_system_library
+        from llmc.package.objfile import check_system_library
 
         mtriple = preset.host["mtriple"]
         fmt, arch = ("macho", "arm64") if "apple" in mtriple else ("elf", mtriple.split("-")[0])

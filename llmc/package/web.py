@@ -13,10 +13,10 @@ import os
 import shutil
 from pathlib import Path
 
-from llmc.artifact import atomic_output_dir, read_config
+from llmc.artifact import atomic_output_dir, is_compiled, read_config
 from llmc.errors import ArtifactError, LlmcError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "templates" / "web"
 TVMJS = REPO / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 PAGE_FILES = ("llmc.js", "tokenizer.js")
@@ -75,3 +75,18 @@ def write_web_bundle(artifact: str | Path, out_dir: str | Path, force: bool = Fa
         shutil.copy2(tvmjs, tmp / "tvmjs.bundle.js")
         (tmp / "index.html").write_text(page)
     return out_dir
+
+
+def package_web(model: str, output: Path, force: bool = False, quant: str = "q4f32_1", quiet: bool = False) -> Path:
+    """``llmc package --target webgpu``: compile MODEL for webgpu (unless it is such an artifact), write the page."""
+    import tempfile
+
+    if is_compiled(Path(model)):
+        return write_web_bundle(model, output, force=force)
+    if output.exists() and not force:  # before minutes of compiling
+        raise LlmcError(f"{output} already exists; pass --force to replace it.")
+    from llmc.compile import CompileOptions, compile_model
+
+    with tempfile.TemporaryDirectory(prefix="llmc-web-") as tmp:
+        options = CompileOptions(target="webgpu", quant=quant, output=Path(tmp) / "model", quiet=quiet)
+        return write_web_bundle(compile_model(model, options), output, force=force)
