@@ -388,7 +388,9 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
         artifact, compile_seconds = Path(model), None
         if not is_compiled(artifact):  # a checkpoint, preset or weights folder: build it first
             if not _prepare_target(target).runs_here:
-                raise LlmcError(f"--target {target} builds for a phone or Mac; bench runs here: use llvm or cuda.")
+                raise LlmcError(
+                    f"--target {target} builds for a phone or Mac (or a browser); bench runs here: use llvm or cuda."
+                )
             from llmc.compile import CompileOptions, compile_temporary
 
             options = CompileOptions(
@@ -429,10 +431,7 @@ def _prepare_target(name: str):
     from llmc.compiler.targets import get_target
 
     preset = get_target(name)
-    if preset.device == "cuda":
-        from llmc.compiler.cuda import prepare_cuda_build
-
-        prepare_cuda_build()
+    preset.backend.prepare(preset)
     return preset
 
 

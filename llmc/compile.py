@@ -278,6 +278,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "device": preset_target.device,
                 **({"cuda_archs": list(preset_target.cuda_archs)} if preset_target.device == "cuda" else {}),
                 "library": library,
+                "runs_on": preset_target.backend.runs_on(preset_target, library),
                 "system_lib_prefix": prefix,
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,

@@ -385,14 +385,14 @@ def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_
     import tvm_ffi
 
     from llmc.compile import CompileOptions, compile_model
-    from llmc.compiler import targets
+    from llmc.compiler import backends, targets
     from llmc.package.staticlib import extract_objects, make_archive
     from llmc.runtime.engine import Engine
 
     host = {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"}
     preset = targets.TargetPreset(
         "llvm-syslib", "test: this CPU as a static system lib", {**targets.TARGETS["llvm"].target, **host}, ".tar",
-        host=host, system_lib=True,
+        host=host, system_lib=True, backend=backends.SystemLibBackend("elf", "x86_64"),
     )  # fmt: skip
     monkeypatch.setitem(targets.TARGETS, "llvm-syslib", preset)
     models = {"llama_tied": "tinyllama_q0f32_", "qwen2_bias": "tinyqwen_q0f32_"}

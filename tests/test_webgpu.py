@@ -136,6 +136,8 @@ def _fake_webgpu_artifact(folder: Path, target: str = "webgpu") -> Path:
         "prefill_chunk": 24,
         "max_batch_size": 1,
     }
+    preset = get_target(target) if target == "webgpu" else get_target("llvm")
+    config["runs_on"] = preset.backend.runs_on(preset, config["library"])
     (folder / "llmc-config.json").write_text(json.dumps(config))
     for name in ("model-webgpu.wasm", "tensor-cache.json", "params_shard_0.bin", "tokenizer.json"):
         (folder / name).write_bytes(b"\0asm" if name.endswith(".wasm") else b"{}")
