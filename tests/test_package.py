@@ -2,7 +2,7 @@
 
 The Android and iPhone libraries are real cross builds (aarch64 ELF / arm64 Mach-O objects); the
 app projects cannot be built here (no NDK or Xcode), so their files are checked for the names
-they must agree on. llmc's C++ engine (templates/common) is compiled and run for real against the
+they must agree on. llmc's C++ engine (llmc/templates/common) is compiled and run for real against the
 wheel's TVM runtime on this CPU, with a host system-lib build of the tiny model.
 """
 
@@ -331,7 +331,7 @@ def test_bad_config(tmp_path, change, message):
 
 
 def test_example_configs_are_valid():
-    root = Path(__file__).resolve().parent.parent / "configs" / "package"
+    root = Path(__file__).resolve().parents[1] / "configs" / "package"
     for name, device in [("android-example.json", "android"), ("iphone-example.json", "iphone")]:
         spec = load_spec(root / name)
         assert spec.device.name == device
@@ -374,7 +374,7 @@ int main(int argc, char** argv) {
 
 
 def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_path, monkeypatch):
-    """templates/common/llmc_engine.cc, linked with host system-lib builds of two models merged into one
+    """llmc/templates/common/llmc_engine.cc, linked with host system-lib builds of two models merged into one
     archive (as `llmc package` merges phone builds), gives each model's logits as the Python engine does."""
     compiler = shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
@@ -408,7 +408,7 @@ def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_
     archive = tmp_path / "libllmc_models.a"
     model_code = [str(archive)] if make_archive(objects, archive, darwin=False) else list(map(str, objects))
 
-    common = Path(__file__).resolve().parent.parent / "templates" / "common"
+    common = Path(__file__).resolve().parents[1] / "llmc" / "templates" / "common"
     (tmp_path / "main.cc").write_text(ENGINE_MAIN)
     tvm_lib = Path(tvm.__file__).parent / "lib"
     ffi_root = Path(tvm_ffi.__file__).parent

@@ -7,10 +7,9 @@ import shutil
 from pathlib import Path
 
 import llmc
+from llmc.assets import TEMPLATES_DIR
 from llmc.errors import LlmcError
 from llmc.package.spec import APP_CONFIG_FILE, ARCHIVE_NAME, PackagedModel, PackageSpec
-
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "templates"
 
 
 def app_model_entry(spec: PackageSpec, p: PackagedModel) -> dict:
@@ -62,7 +61,7 @@ def render_app(spec: PackageSpec, packaged: list[PackagedModel], out: Path, arch
 
     source = TEMPLATES_DIR / spec.device.template
     if not source.is_dir():
-        raise LlmcError(f"{source}: app template missing; reinstall llmc from a full clone.")
+        raise LlmcError(f"{source}: app template missing; reinstall llmc.")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,

@@ -1,7 +1,7 @@
 """A web bundle: a static folder that runs a ``--target webgpu`` artifact in the browser.
 
 The folder holds the artifact (``llmc-config.json``, the .wasm, tensor cache, tokenizer), the page
-from ``templates/web`` and TVM's JS runtime (``tvmjs.bundle.js``, from the npm package
+from ``llmc/templates/web`` and TVM's JS runtime (``tvmjs.bundle.js``, from the npm package
 ``@mlc-ai/web-runtime`` that ``make install-web`` installs under ``web/node_modules``). Serve it
 over http(s) and open ``index.html`` in a browser with WebGPU.
 """
@@ -14,11 +14,12 @@ import shutil
 from pathlib import Path
 
 from llmc.artifact import atomic_output_dir, is_compiled, read_config
+from llmc.assets import TEMPLATES_DIR
 from llmc.errors import ArtifactError, LlmcError
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "templates" / "web"
-TVMJS = REPO / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
+TEMPLATE = TEMPLATES_DIR / "web"
+# make install-web's npm packages, in the source checkout of an editable install (else: $LLMC_TVMJS)
+TVMJS = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 PAGE_FILES = ("llmc.js", "tokenizer.js")
 DEFAULT_PROMPT = "Once upon a time"
 
