@@ -9,7 +9,7 @@ DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
-.PHONY: install-web test-web
+.PHONY: install-web test-web test-wheel
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ test: install-test test-tools
 
 test-all: install-test
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# the wheel carries llmc's data: pip wheel, a fresh virtualenv (dependencies from the index), llmc run elsewhere
+test-wheel: install-test
+	$(PY) -m pytest -q tests/test_wheel.py
 
 install-bench: $(VENV)/.installed-bench
 

@@ -153,3 +153,9 @@ def read_config(folder: Path) -> dict:
             "recompile it with this llmc."
         )
     return config
+
+
+def is_compiled(folder: Path) -> bool:
+    """Whether ``folder`` is an artifact with a library (not a checkpoint, preset or weights folder)."""
+    folder = Path(folder)
+    return (folder / CONFIG_FILE).exists() and read_config(folder).get("stage") == "compiled"

@@ -391,40 +391,32 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
     temporary folder first; the compile time is reported). Architecture-only presets such as
     llama3-8b need --random-weights: speed does not depend on the weights' values.
     """
-    import tempfile
+    import contextlib
 
-    from llmc.artifact import read_config
+    from llmc.artifact import is_compiled
 
-    with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
         artifact, compile_seconds = Path(model), None
-        if not _is_compiled(artifact):  # a checkpoint, preset or weights folder: build it first
+        if not is_compiled(artifact):  # a checkpoint, preset or weights folder: build it first
             if not _prepare_target(target).runs_here:
-                raise LlmcError(f"--target {target} builds for a phone or Mac; bench runs here: use llvm or cuda.")
-            from llmc.compile import CompileOptions, compile_model
+                raise LlmcError(
+                    f"--target {target} builds for a phone or Mac (or a browser); bench runs here: use llvm or cuda."
+                )
+            from llmc.compile import CompileOptions, compile_temporary
 
-            started = time.time()
             options = CompileOptions(
                 target=target,
                 quant=quant,
-                output=Path(tmp) / "model",
                 quiet=True,
                 random_weights=random_weights,
                 max_batch_size=max(batch, 1),
                 context_window=max(prompt_len + gen_len, 16),
             )
-            artifact = compile_model(model, options)
-            compile_seconds = round(time.time() - started, 2)
-        from llmc.runtime.bench import run_bench
-        from llmc.runtime.engine import Engine
+            artifact, compile_seconds = stack.enter_context(compile_temporary(model, options))
+        from llmc.runtime.bench import bench_engine, run_bench
 
-        config = read_config(artifact)
-        engine = Engine(
-            artifact,
-            device or config.get("device", "cpu"),
-            max_batch_size=max(batch, 1),
-            seed=seed,
-            kv_tokens=batch * (prompt_len + gen_len) + 64 * batch,
-        )
+        engine = bench_engine(artifact, device, batch, prompt_len, gen_len, seed)
+        config = engine.config
         result = {
             "model": model,
             "target": config["target"],
@@ -445,21 +437,12 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
     )
 
 
-def _is_compiled(folder: Path) -> bool:
-    from llmc.artifact import CONFIG_FILE, read_config
-
-    return (folder / CONFIG_FILE).exists() and read_config(folder).get("stage") == "compiled"
-
-
 def _prepare_target(name: str):
     """The target preset; for CUDA, nvcc and the driver are prepared first (before anything imports TVM)."""
     from llmc.compiler.targets import get_target
 
     preset = get_target(name)
-    if preset.device == "cuda":
-        from llmc.compiler.cuda import prepare_cuda_build
-
-        prepare_cuda_build()
+    preset.backend.prepare(preset)
     return preset
 
 
@@ -503,9 +486,12 @@ def package(config, output, force, cache_dir, target, quant, quiet, as_json):
     tokenizers), android/ or ios/ (the app project) and a README with the next steps.
     """
     if target == "webgpu":
-        _package_web(str(config), output, force, quant, quiet or as_json)
+        from llmc.package.web import package_web
+
+        bundle = package_web(str(config), output, force, quant, quiet or as_json)
+        click.echo(f"wrote {bundle}; serve it over http (e.g. `python -m http.server -d {bundle}`) and open index.html")
         return
-    from llmc.package import build_package
+    from llmc.package.bundle import build_package
 
     def log(message: str) -> None:
         if not quiet or not as_json:
@@ -537,25 +523,6 @@ def package(config, output, force, cache_dir, target, quant, quiet, as_json):
     for p in result.models:
         click.echo(f"{p.entry.model_id}: {'reused' if p.reused else 'compiled'}, memory {p.memory.describe()}")
     click.echo(f"wrote {result.output} in {result.seconds:.1f} s; next steps: {result.output / 'README.md'}")
-
-
-def _package_web(model: str, output: Path, force: bool, quant: str, quiet: bool) -> None:
-    """``llmc package --target webgpu``: compile MODEL for webgpu (unless it is such an artifact), write the page."""
-    import tempfile
-
-    from llmc.webbundle import write_web_bundle
-
-    if _is_compiled(Path(model)):
-        bundle = write_web_bundle(model, output, force=force)
-    else:
-        if output.exists() and not force:  # before minutes of compiling
-            raise LlmcError(f"{output} already exists; pass --force to replace it.")
-        from llmc.compile import CompileOptions, compile_model
-
-        with tempfile.TemporaryDirectory(prefix="llmc-web-") as tmp:
-            options = CompileOptions(target="webgpu", quant=quant, output=Path(tmp) / "model", quiet=quiet)
-            bundle = write_web_bundle(compile_model(model, options), output, force=force)
-    click.echo(f"wrote {bundle}; serve it over http (e.g. `python -m http.server -d {bundle}`) and open index.html")
 
 
 @main.command()

@@ -11,9 +11,8 @@ import errno
 import os
 import shutil
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,10 +30,10 @@ from llmc.artifact import (
 )
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.tokenizer_files import write_tokenizer_files
-from llmc.errors import ArtifactError, CheckpointError, ConfigError, LlmcError
-from llmc.memory import record_static_plan
+from llmc.convert import convert_weights
+from llmc.errors import ArtifactError, ConfigError, LlmcError
 from llmc.models import MODELS, ModelFamily, family_for
-from llmc.models.base import ModelConfig, WeightSource, concat_sources
+from llmc.models.base import ModelConfig
 from llmc.quant import QuantScheme, get_quant
 from llmc.source import ResolvedSource, resolve
 
@@ -42,7 +41,6 @@ DEFAULT_CONTEXT_WINDOW = 4096
 DEFAULT_PREFILL_CHUNK = 512
 DEFAULT_MAX_BATCH = 8
 DEFAULT_QUANT = "q0f32"
-CONVERT_THREADS = 2
 
 
 @dataclass
@@ -120,45 +118,8 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
     config.max_batch_size = options.max_batch_size
 
 
-# ---------------------------------------------------------------------- weights
-def _convert_one(reader, name: str, source: WeightSource, plan: ModelPlan):
-    arrays = []
-    for hf_name, shape in zip(source.names, source.shapes):
-        array = reader.get(hf_name)
-        if tuple(array.shape) != tuple(shape):
-            raise CheckpointError(
-                f"{reader.describe(hf_name)}: tensor {hf_name} has shape {tuple(array.shape)}, "
-                f"expected {tuple(shape)} from config.json. Do the weights match the config?"
-            )
-        arrays.append(array)
-    return plan.scheme.convert(name, concat_sources(arrays), plan.quantized, plan.dtype, plan.isa is not None)
-
-
-def convert_weights(reader, plan: ModelPlan, target, writer: TensorCacheWriter, quiet: bool) -> None:
-    """Stream every parameter: read, check shape, convert (2 threads, 2 tensors ahead), store in order."""
-    sources = plan.family.weight_sources(plan.config)
-    params = [(name, tuple(int(d) for d in p.shape)) for name, p in plan.float_module(target).named_parameters()]
-    with (
-        ThreadPoolExecutor(CONVERT_THREADS) as pool,
-        tqdm(total=len(params), desc=f"convert {plan.scheme.name}", unit="tensor", disable=quiet or None) as bar,
-    ):
-        pending: deque = deque()
-        for name, expected in params:
-            source = sources.get(name, WeightSource([name], [expected]))
-            pending.append(pool.submit(_convert_one, reader, name, source, plan))
-            if len(pending) > CONVERT_THREADS:
-                _store(pending.popleft().result(), writer, bar)
-        while pending:
-            _store(pending.popleft().result(), writer, bar)
-
-
-def _store(converted: list, writer: TensorCacheWriter, bar) -> None:
-    for out_name, array in converted:
-        writer.add(out_name, array)
-    bar.update(1)
-
-
-def _plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
+def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
+    """The plan for a model's ``config.json`` (dict): family, parsed config with sizes, scheme."""
     family = family_for(hf_config, str(source.path))
     config = family.parse_config(hf_config, str(source.path))
     apply_sizes(config, options, source.preset)
@@ -171,6 +132,12 @@ def _int_dot(options: CompileOptions) -> bool:
     if options.cpu_matmul not in ("int8", "float"):
         raise ConfigError(f"--cpu-matmul {options.cpu_matmul!r}: use int8 or float.")
     return options.cpu_matmul == "int8"
+
+
+def plan_model(model: str, options: CompileOptions) -> ModelPlan:
+    """The plan ``compile_model`` makes for MODEL (a checkpoint, .gguf or preset), without reading weights."""
+    source = resolve(model)
+    return plan_from_config(open_checkpoint(source).config, source, options)
 
 
 def _model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
@@ -240,7 +207,7 @@ def quantize_model(model: str, options: CompileOptions) -> Path:
     if source.format == "llmc":
         raise ConfigError(f"{source.path}: already converted weights; quantize the original checkpoint instead.")
     reader = open_checkpoint(source)
-    plan = _plan_from_config(reader.config, source, options)
+    plan = plan_from_config(reader.config, source, options)
     target = get_target("llvm").tvm_target()  # any target: only the module's parameter list is used
     plan.module(target, portable=True)
     out_dir = options.output or default_output(model, scheme.name, None)
@@ -315,6 +282,7 @@ def _link_weights(src: Path, dst: Path, relink: bool = False) -> None:
 def compile_model(model: str, options: CompileOptions) -> Path:
     """MODEL (checkpoint or weights folder) -> artifact folder with the library for ``options.target``."""
     from llmc.compiler.build import build_module, compile_library
+    from llmc.compiler.memory_plan import record_static_plan
     from llmc.compiler.targets import get_target
 
     preset_target = get_target(options.target)
@@ -328,10 +296,10 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         plan, stored = _plan_from_weights(source.path, options)
     elif random_weights:
         hf_config = source.preset["config"] if source.format == "config" else open_checkpoint(source).config
-        plan, stored = _plan_from_config(hf_config, source, options), None
+        plan, stored = plan_from_config(hf_config, source, options), None
     else:
         reader = open_checkpoint(source)
-        plan, stored = _plan_from_config(reader.config, source, options), None
+        plan, stored = plan_from_config(reader.config, source, options), None
     mod, named_params = build_module(plan.module(target), target)
     if stored is not None:
         _check_weights_match(source.path, stored["weights"], [name for name, _ in named_params])
@@ -371,6 +339,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "device": preset_target.device,
                 **({"cuda_archs": list(preset_target.cuda_archs)} if preset_target.device == "cuda" else {}),
                 "library": library,
+                "runs_on": preset_target.backend.runs_on(preset_target, library),
                 "system_lib_prefix": prefix,
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,
@@ -379,6 +348,18 @@ def compile_model(model: str, options: CompileOptions) -> Path:
             },
         )
     return Path(out_dir)
+
+
+@contextlib.contextmanager
+def compile_temporary(model: str, options: CompileOptions) -> Iterator[tuple[Path, float]]:
+    """MODEL compiled into a temporary folder (``options.output`` is ignored), removed on exit;
+    yields the artifact and the compile seconds."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="llmc-") as tmp:
+        started = time.time()
+        artifact = compile_model(model, replace(options, output=Path(tmp) / "model"))
+        yield artifact, round(time.time() - started, 2)
 
 
 def _check_weights_match(folder: Path, stored: list[str], expected: list[str]) -> None:

@@ -10,10 +10,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmc.assets import PRESETS_DIR
 from llmc.errors import ModelSourceError
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-PRESETS_DIR = CONFIGS_DIR / "models"
 HF_PREFIX = "hf://"
 HF_ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model"]
 
@@ -29,7 +28,7 @@ class ResolvedSource:
 
 
 def list_presets() -> dict[str, dict]:
-    """Preset name -> preset dict, read from ``configs/models/*.json``."""
+    """Preset name -> preset dict, read from ``llmc/presets/*.json``."""
     presets = {}
     for file in sorted(PRESETS_DIR.glob("*.json")):
         data = json.loads(file.read_text())

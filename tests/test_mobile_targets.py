@@ -22,9 +22,9 @@ import pytest
 from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
 
 from llmc.compile import CompileOptions, compile_model
-from llmc.compiler.objfile import library_symbol, read_static_library
 from llmc.compiler.targets import TARGETS, check_system_lib_prefix, default_system_lib_prefix
 from llmc.errors import LlmcError
+from llmc.package.objfile import library_symbol, read_static_library
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANT = "q4f16_1"

@@ -23,12 +23,10 @@ import tvm  # noqa: E402
 from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK  # noqa: E402
 from tvm import tirx  # noqa: E402
 
-from llmc.checkpoint import open_checkpoint  # noqa: E402
-from llmc.compile import CompileOptions, _plan_from_config, compile_model  # noqa: E402
+from llmc.compile import CompileOptions, compile_model, plan_model  # noqa: E402
 from llmc.compiler.build import build_module  # noqa: E402
 from llmc.compiler.pipeline import PHASES  # noqa: E402
 from llmc.compiler.targets import get_target  # noqa: E402
-from llmc.source import resolve  # noqa: E402
 
 QUANT = "q4f32_1"
 # every kernel of the model with LLMC_TEST_ALL_KERNELS=1 (make test-mobile, ~1 min more); else a sample
@@ -53,8 +51,7 @@ def scheduled_module(checkpoint, preset: str, stop_before: str) -> tuple[tvm.IRM
     options = CompileOptions(
         target=preset, quant=QUANT, context_window=TINY_CONTEXT_WINDOW, prefill_chunk=TINY_PREFILL_CHUNK
     )
-    source = resolve(str(checkpoint))
-    plan = _plan_from_config(open_checkpoint(source).config, source, options)
+    plan = plan_model(str(checkpoint), options)
     target = get_target(preset).tvm_target()
     mod, _ = build_module(plan.module(target), target)
     with target:

@@ -2,7 +2,7 @@
 
 The Android and iPhone libraries are real cross builds (aarch64 ELF / arm64 Mach-O objects); the
 app projects cannot be built here (no NDK or Xcode), so their files are checked for the names
-they must agree on. llmc's C++ engine (templates/common) is compiled and run for real against the
+they must agree on. llmc's C++ engine (llmc/templates/common) is compiled and run for real against the
 wheel's TVM runtime on this CPU, with a host system-lib build of the tiny model.
 """
 
@@ -21,10 +21,10 @@ import pytest
 from click.testing import CliRunner
 
 from llmc.cli import main
-from llmc.compiler.objfile import library_symbol, parse_object
 from llmc.memory import estimate, kv_cache_bytes
-from llmc.package import APP_CONFIG_FILE, load_spec
-from llmc.staticlib import N_WEAK_DEF, SHARED_HELPERS, find_archiver
+from llmc.package.objfile import library_symbol, parse_object
+from llmc.package.spec import APP_CONFIG_FILE, load_spec
+from llmc.package.staticlib import N_WEAK_DEF, SHARED_HELPERS, find_archiver
 
 CONTEXT, CHUNK = 64, 16
 
@@ -219,7 +219,7 @@ def test_second_run_reuses_and_changed_override_recompiles(android, checkpoints)
 
 
 def test_without_an_archiver_objects_stay_per_model(android, monkeypatch):
-    monkeypatch.setattr("llmc.staticlib.find_archiver", lambda: None)
+    monkeypatch.setattr("llmc.package.staticlib.find_archiver", lambda: None)
     out = android["root"] / "dist-no-ar"
     result = package(android["config"], out, android["cache"])
     assert result.exit_code == 0, result.output
@@ -331,7 +331,7 @@ def test_bad_config(tmp_path, change, message):
 
 
 def test_example_configs_are_valid():
-    root = Path(__file__).resolve().parent.parent / "configs" / "package"
+    root = Path(__file__).resolve().parents[1] / "configs" / "package"
     for name, device in [("android-example.json", "android"), ("iphone-example.json", "iphone")]:
         spec = load_spec(root / name)
         assert spec.device.name == device
@@ -374,7 +374,7 @@ int main(int argc, char** argv) {
 
 
 def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_path, monkeypatch):
-    """templates/common/llmc_engine.cc, linked with host system-lib builds of two models merged into one
+    """llmc/templates/common/llmc_engine.cc, linked with host system-lib builds of two models merged into one
     archive (as `llmc package` merges phone builds), gives each model's logits as the Python engine does."""
     compiler = shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
@@ -385,14 +385,14 @@ def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_
     import tvm_ffi
 
     from llmc.compile import CompileOptions, compile_model
-    from llmc.compiler import targets
+    from llmc.compiler import backends, targets
+    from llmc.package.staticlib import extract_objects, make_archive
     from llmc.runtime.engine import Engine
-    from llmc.staticlib import extract_objects, make_archive
 
     host = {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"}
     preset = targets.TargetPreset(
         "llvm-syslib", "test: this CPU as a static system lib", {**targets.TARGETS["llvm"].target, **host}, ".tar",
-        host=host, system_lib=True,
+        host=host, system_lib=True, backend=backends.SystemLibBackend("elf", "x86_64"),
     )  # fmt: skip
     monkeypatch.setitem(targets.TARGETS, "llvm-syslib", preset)
     models = {"llama_tied": "tinyllama_q0f32_", "qwen2_bias": "tinyqwen_q0f32_"}
@@ -408,7 +408,7 @@ def test_cpp_engine_runs_two_models_from_one_archive(checkpoints, compiled, tmp_
     archive = tmp_path / "libllmc_models.a"
     model_code = [str(archive)] if make_archive(objects, archive, darwin=False) else list(map(str, objects))
 
-    common = Path(__file__).resolve().parent.parent / "templates" / "common"
+    common = Path(__file__).resolve().parents[1] / "llmc" / "templates" / "common"
     (tmp_path / "main.cc").write_text(ENGINE_MAIN)
     tvm_lib = Path(tvm.__file__).parent / "lib"
     ffi_root = Path(tvm_ffi.__file__).parent

@@ -152,7 +152,8 @@ def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled, t
     """The compiled library itself (host code + packed SPIR-V) generates on lavapipe like the llvm build;
     ``vulkan`` hands the SPIR-V words to the driver unchanged, ``wgpu`` re-translates them."""
     pytest.importorskip(through, reason=f"{through} missing (make install-vulkan)")
-    from llmc.compiler.kernel_harness import RawVulkanRunner, VulkanLibraryEmulator, WgpuRunner
+    from kernel_harness import RawVulkanRunner, VulkanLibraryEmulator, WgpuRunner
+
     from llmc.runtime.engine import Engine
 
     try:

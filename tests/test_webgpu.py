@@ -22,8 +22,9 @@ from llmc.artifact import FORMAT_VERSION
 from llmc.compile import CompileOptions, compile_model
 from llmc.compiler.targets import get_target
 from llmc.errors import ArtifactError, LlmcError
-from llmc.webbundle import REPO, write_web_bundle
+from llmc.package.web import write_web_bundle
 
+REPO = Path(__file__).resolve().parents[1]
 HEADERS = REPO / "llmc" / "compiler" / "web_headers"
 PLAYWRIGHT = REPO / "web" / "node_modules" / "playwright-core"
 slow_web = pytest.mark.skipif(os.environ.get("LLMC_TEST_WEB") != "1", reason="slow .wasm/browser test: `make test-web`")
@@ -136,6 +137,8 @@ def _fake_webgpu_artifact(folder: Path, target: str = "webgpu") -> Path:
         "prefill_chunk": 24,
         "max_batch_size": 1,
     }
+    preset = get_target(target) if target == "webgpu" else get_target("llvm")
+    config["runs_on"] = preset.backend.runs_on(preset, config["library"])
     (folder / "llmc-config.json").write_text(json.dumps(config))
     for name in ("model-webgpu.wasm", "tensor-cache.json", "params_shard_0.bin", "tokenizer.json"):
         (folder / name).write_bytes(b"\0asm" if name.endswith(".wasm") else b"{}")
@@ -214,7 +217,7 @@ TOKENIZER_TEXTS = [
 @pytest.mark.skipif(shutil.which("node") is None, reason="node missing (make install-web)")
 @pytest.mark.parametrize("pre", ["hf-bytelevel", "smollm", "llama3", "qwen2"])
 def test_page_tokenizer_matches_tokenizers(pre, checkpoints, tmp_path):
-    """templates/web/tokenizer.js (run by node) against `tokenizers`: the fixture's ByteLevel tokenizer and
+    """llmc/templates/web/tokenizer.js (run by node) against `tokenizers`: the fixture's ByteLevel tokenizer and
     the Split+ByteLevel ones llmc writes for GGUF models (SmolLM2, Llama 3, Qwen2 pre-tokenizers)."""
     from tokenizers import Tokenizer
 

@@ -1,6 +1,6 @@
 """A tiny model's kernels run on an emulated Vulkan GPU (Mesa lavapipe through wgpu), compared with
 the llvm build on the same random inputs: TVM's WGSL kernels, and the SPIR-V llmc packs for
-``--target vulkan`` bound the way TVM's Vulkan runtime binds them (llmc.compiler.kernel_harness).
+``--target vulkan`` bound the way TVM's Vulkan runtime binds them (tests/kernel_harness.py).
 
 Default: one function of each kind (matmul, rms_norm, rope, ...) of the q4f16_1 model. The sweep over
 every fused function of the q4f16_1 and q4f32_1 models runs under ``make test-vulkan`` (LLMC_TEST_VULKAN=1).
@@ -20,7 +20,7 @@ pytest.importorskip("wgpu", reason="wgpu missing (make install-vulkan)")
 if not spirv.naga_available() or shutil.which("spirv-val") is None:
     pytest.skip("node + naga-wasm or spirv-val missing (make install-vulkan)", allow_module_level=True)
 
-from llmc.compiler.kernel_harness import MODES, KernelHarness, model_functions  # noqa: E402
+from kernel_harness import MODES, KernelHarness, model_functions  # noqa: E402
 
 TOLERANCE = {"q4f16_1": 1e-2, "q4f32_1": 1e-5}  # max |gpu - llvm| / max |llvm|
 

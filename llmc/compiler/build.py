@@ -1,14 +1,13 @@
-"""Export a model to Relax, attach symbolic bounds, run the pipeline and write the library."""
+"""Export a model to Relax, attach symbolic bounds, run the pipeline and write the library (through the
+preset's backend, ``llmc.compiler.backends``)."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import tvm
 from tvm import relax
 
-from llmc.compiler.context import nested_pass_context
 from llmc.compiler.pipeline import make_pipeline
 from llmc.compiler.targets import TargetPreset
 from llmc.errors import LlmcError
@@ -24,24 +23,6 @@ def build_module(model, target: tvm.target.Target) -> tuple[tvm.IRModule, list[t
             func = func.with_attr("tir_non_negative_var", list(bounds))
             mod[gv] = func
     return mod, named_params
-
-
-@contextlib.contextmanager
-def _device_compiler(preset: TargetPreset):
-    """Per-target build settings: nvcc archs and no TIR CSE for CUDA.
-
-    TVM 0.27's TIR CommonSubexprElim emits a use before its definition in some paged-KV attention
-    kernels (Llama-3.2-1B shapes: "variable cse_vN has been used before definition!"); nvcc does
-    its own CSE, so CUDA builds skip TVM's.
-    """
-    if preset.device != "cuda":
-        yield
-        return
-    from llmc.compiler.cuda import nvcc_for_archs
-
-    context = nested_pass_context({"tirx.disable_cse_tir": True})  # keeps the memory-plan instrument
-    with context, nvcc_for_archs(preset.cuda_archs):
-        yield
 
 
 def compile_library(
@@ -65,64 +46,9 @@ def compile_library(
         # system_lib=True path reads it back with IRModule.get_attr, which raises "Cannot convert from
         # type ffi.SmallStr" for strings of <= 7 characters in 0.27, so llmc sets it and passes False.
         mod = mod.with_attr("system_lib_prefix", system_lib_prefix)
-    if preset.library_suffix == ".wasm":
-        from llmc.compiler.web import runtime_objects
-
-        runtime_objects()  # emcc and the web runtime first: a clear error before the build, not after
-    if preset.device == "vulkan":
-        from llmc.compiler.spirv import require_naga
-
-        require_naga()  # WGSL -> SPIR-V happens at export: fail before the build, not after
     pipeline = make_pipeline(target, dump_dir, opt_level)
-    with target, _device_compiler(preset):  # TVM's nvcc callback reads the current target
+    with target, preset.backend.build_context(preset):  # TVM's nvcc callback reads the current target
         # system_lib None: TVM's default (on for wasm hosts); phones carry the prefix attr set above
         executable = relax.build(mod, target, relax_pipeline=pipeline, system_lib=False if preset.system_lib else None)
-    if not preset.runs_here:
-        write_device_source(executable, out_file)
-    if out_file.suffix == ".dylib":
-        from tvm.support import xcode
-
-        executable.export_library(str(out_file), fcompile=xcode.create_dylib, arch="arm64", sdk="macosx")
-    elif preset.library_suffix == ".wasm":
-        from llmc.compiler.web import link_wasm
-
-        executable.export_library(str(out_file), fcompile=link_wasm)
-    elif preset.device == "vulkan":
-        from llmc.compiler.vulkan import export_library
-
-        export_library(executable, out_file)
-    else:
-        executable.export_library(str(out_file))  # .tar: tvm.support.tar, objects only (no NDK/Xcode)
-    if preset.system_lib:
-        from llmc.compiler.objfile import check_system_library
-
-        mtriple = preset.host["mtriple"]
-        fmt, arch = ("macho", "arm64") if "apple" in mtriple else ("elf", mtriple.split("-")[0])
-        check_system_library(out_file, system_lib_prefix, fmt, arch)
-    if preset.device == "cuda":
-        from llmc.compiler.cuda import library_has_device_code
-
-        if not library_has_device_code(out_file):
-            raise LlmcError(
-                f"{out_file}: TVM stored CUDA source instead of compiled kernels (its CUDA runtime did not load). "
-                "Build CUDA targets through the llmc command, which prepares nvcc and the driver before TVM loads."
-            )
-
-
-DEVICE_SOURCE_SUFFIX = {"opencl": ".cl", "metal": ".metal"}
-
-
-def write_device_source(executable, out_file: Path) -> Path | None:
-    """Beside a cross-compiled library, the kernels' source as TVM embedded it (for review and checks)."""
-
-    def walk(module):
-        yield module
-        for imported in module.imports:
-            yield from walk(imported)
-
-    for module in walk(executable.mod):
-        if module.kind in DEVICE_SOURCE_SUFFIX:
-            path = out_file.with_suffix(DEVICE_SOURCE_SUFFIX[module.kind])
-            path.write_text(module.inspect_source())
-            return path
-    return None
+    preset.backend.export(executable, preset, out_file)
+    preset.backend.verify(preset, out_file, system_lib_prefix)

@@ -51,7 +51,8 @@ def _fuse(target, level):
     return [relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
 
 
-def _schedule(target, level):
+def schedule_passes(target: tvm.target.Target, level: int) -> list:
+    """The passes that schedule ``target``'s kernels at ``level`` (the pipeline's ``schedule`` phase)."""
     if target.kind.name == "llvm":
         # dlight's cpu.GEMV rule makes LLVM codegen run for minutes on even a 2-layer model in TVM 0.27,
         # so CPU matmuls get llmc's own schedule; below O2 they keep TVM's default loop nests
@@ -124,7 +125,7 @@ PHASES: list[Phase] = [
     Phase("fuse_transpose_matmul", _fuse_transpose_matmul, 1),
     Phase("legalize", _legalize),
     Phase("fuse", _fuse, 1),
-    Phase("schedule", _schedule),
+    Phase("schedule", schedule_passes),
     Phase("lower_dataflow", _lower_dataflow),
     Phase("plan_memory", _plan_memory, 1),
     Phase("cuda_graph", _cuda_graph, 3, {"relax.backend.use_cuda_graph": True}),

@@ -6,6 +6,8 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 
+from llmc.compiler import backends
+from llmc.compiler.backends import Backend
 from llmc.errors import LlmcError
 
 
@@ -21,8 +23,13 @@ class TargetPreset:
     host: dict = field(default_factory=dict)
     cuda_archs: tuple[str, ...] = ()  # more than one: a fatbin with SASS for each (+ PTX of the first)
     system_lib: bool = False  # a static library of objects that registers into the app's system lib
-    runs_here: bool = True  # False: cross-compiled for a phone or Mac; `llmc run` refuses it
     note: str = ""  # printed after a build (e.g. what to do with a .tar on another machine)
+    backend: Backend = backends.HOST  # prepare, build context, export, verify, where it runs
+
+    @property
+    def runs_here(self) -> bool:
+        """False: cross-compiled for a phone, a Mac or a browser; `llmc run` and `llmc bench` refuse it."""
+        return self.backend.runs_here
 
     def tvm_target(self):
         import tvm
@@ -52,6 +59,7 @@ def _cuda(arch: str, description: str, name: str | None = None, archs: tuple[str
         host={"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"},
         device="cuda",
         cuda_archs=archs or (arch,),
+        backend=backends.CUDA,
     )
 
 
@@ -101,6 +109,7 @@ TARGETS: dict[str, TargetPreset] = {
         {"kind": "webgpu", "max_num_threads": 256},
         host={"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"},
         device="vulkan",
+        backend=backends.VULKAN,
     ),
     "webgpu": TargetPreset(
         "webgpu",
@@ -110,6 +119,7 @@ TARGETS: dict[str, TargetPreset] = {
         library_suffix=".wasm",
         device="webgpu",
         host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"},
+        backend=backends.WEB,
     ),
 }
 ALIASES = {
@@ -118,7 +128,7 @@ ALIASES = {
 }
 
 
-def _phone(name: str, description: str, target: dict, mtriple: str) -> TargetPreset:
+def _phone(name: str, description: str, target: dict, mtriple: str, backend: Backend) -> TargetPreset:
     """A static .tar of objects registered under a system-lib prefix, linked into an app on the device."""
     return TargetPreset(
         name,
@@ -128,7 +138,7 @@ def _phone(name: str, description: str, target: dict, mtriple: str) -> TargetPre
         device=target["kind"],
         host={"kind": "llvm", "mtriple": mtriple},
         system_lib=True,
-        runs_here=False,
+        backend=backend,
     )
 
 
@@ -139,18 +149,21 @@ TARGETS.update(
             "Android phone GPU (OpenCL, aarch64): static .tar of objects with a system-lib prefix",
             {"kind": "opencl"},
             "aarch64-linux-android",
+            backends.ANDROID,
         ),
         "android:adreno": _phone(
             "android:adreno",
             "Android phone with a Qualcomm Adreno GPU (OpenCL, adreno device flags), static .tar",
             {"kind": "opencl", "device": "adreno"},
             "aarch64-linux-android",
+            backends.ANDROID,
         ),
         "iphone": _phone(
             "iphone",
             "iPhone/iPad GPU (Metal, arm64 iOS): static .tar of objects with a system-lib prefix",
             {"kind": "metal"},
             "arm64-apple-ios",
+            backends.IOS,
         ),
         "metal": TargetPreset(
             "metal",
@@ -159,7 +172,7 @@ TARGETS.update(
             library_suffix=".dylib",
             device="metal",
             host={"kind": "llvm", "mtriple": "arm64-apple-macos"},
-            runs_here=False,
+            backend=backends.MAC,
         ),
     }
 )

@@ -110,7 +110,6 @@ class CausalLMBase(nn.Module):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
-        c = self.config
         cpu = self.target.kind.name == "llvm"
         with llmc_cpu_attention() if cpu else contextlib.nullcontext():
             return self._paged_kv_cache(

@@ -5,10 +5,27 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
+from llmc.artifact import read_config
 from llmc.errors import GenerationError
+
+
+def bench_engine(artifact: Path, device: str | None, batch: int, prompt_len: int, gen_len: int, seed: int = 0):
+    """The artifact's engine on ``device`` (default: the artifact's), its KV cache sized for the run:
+    every sequence's prompt and generated tokens, plus 64 tokens of slack per sequence."""
+    from llmc.runtime.engine import Engine
+
+    config = read_config(artifact)
+    return Engine(
+        artifact,
+        device or config.get("device", "cpu"),
+        max_batch_size=max(batch, 1),
+        seed=seed,
+        kv_tokens=batch * (prompt_len + gen_len) + 64 * batch,
+    )
 
 
 def run_bench(engine, batch: int, prompt_len: int, gen_len: int, repeats: int, seed: int = 0) -> dict:

@@ -11,33 +11,19 @@ from tvm.runtime.vm import VirtualMachine
 
 from llmc.artifact import read_config
 from llmc.errors import ArtifactError, GenerationError
-
-PAGE_SIZE = 16
-
-
-LOADABLE_DEVICES = ("cpu", "cuda")  # libraries TVM's runtime on this kind of machine can load
+from llmc.memory import PAGE_SIZE
 
 
 def check_loadable_here(folder: Path, config: dict) -> None:
-    """A clear error for an artifact built for a phone, a Mac or a browser: its library cannot load here."""
-    device = config.get("device", "cpu")
-    if device == "webgpu" or Path(config.get("library", "")).suffix == ".wasm":
-        raise ArtifactError(
-            f"{folder}: compiled for {config.get('target')}, which runs in a browser, not here. "
-            "Write a web bundle (`llmc package --target webgpu`) or compile for llvm/cuda to run it locally."
-        )
-    if device == "vulkan" and tvm.get_global_func("ffi.Module.load_from_bytes.vulkan", allow_missing=True) is None:
-        raise ArtifactError(
-            f"{folder}: compiled for vulkan; its SPIR-V kernels need a TVM runtime built with Vulkan "
-            "(USE_VULKAN=ON), which the PyPI wheel lacks. Load it there with device 'vulkan', or compile "
-            "for llvm/cuda to run it here."
-        )
-    if device not in (*LOADABLE_DEVICES, "vulkan") or Path(config.get("library", "")).suffix == ".tar":
-        raise ArtifactError(
-            f"{folder}: built for {config.get('target')} ({device}); its library {config.get('library')} "
-            "cannot run on this machine. Link it into an app on the device (`llmc package`), or compile "
-            "for this machine with --target llvm."
-        )
+    """A clear error for an artifact built for a phone, a Mac or a browser: its library cannot load here.
+
+    The compiler records the fact in ``runs_on`` (artifacts written before it ran on CPU or CUDA).
+    """
+    runs_on = config.get("runs_on") or {"here": True}
+    requires = runs_on.get("requires")
+    if runs_on["here"] and (requires is None or tvm.get_global_func(requires, allow_missing=True) is not None):
+        return
+    raise ArtifactError(f"{folder}: {runs_on['message']}")
 
 
 def _builtin(name: str):

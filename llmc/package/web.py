@@ -1,7 +1,7 @@
 """A web bundle: a static folder that runs a ``--target webgpu`` artifact in the browser.
 
 The folder holds the artifact (``llmc-config.json``, the .wasm, tensor cache, tokenizer), the page
-from ``templates/web`` and TVM's JS runtime (``tvmjs.bundle.js``, from the npm package
+from ``llmc/templates/web`` and TVM's JS runtime (``tvmjs.bundle.js``, from the npm package
 ``@mlc-ai/web-runtime`` that ``make install-web`` installs under ``web/node_modules``). Serve it
 over http(s) and open ``index.html`` in a browser with WebGPU.
 """
@@ -13,12 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
-from llmc.artifact import atomic_output_dir, read_config
+from llmc.artifact import atomic_output_dir, is_compiled, read_config
+from llmc.assets import TEMPLATES_DIR
 from llmc.errors import ArtifactError, LlmcError
 
-REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "templates" / "web"
-TVMJS = REPO / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
+TEMPLATE = TEMPLATES_DIR / "web"
+# make install-web's npm packages, in the source checkout of an editable install (else: $LLMC_TVMJS)
+TVMJS = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 PAGE_FILES = ("llmc.js", "tokenizer.js")
 DEFAULT_PROMPT = "Once upon a time"
 
@@ -75,3 +76,18 @@ def write_web_bundle(artifact: str | Path, out_dir: str | Path, force: bool = Fa
         shutil.copy2(tvmjs, tmp / "tvmjs.bundle.js")
         (tmp / "index.html").write_text(page)
     return out_dir
+
+
+def package_web(model: str, output: Path, force: bool = False, quant: str = "q4f32_1", quiet: bool = False) -> Path:
+    """``llmc package --target webgpu``: compile MODEL for webgpu (unless it is such an artifact), write the page."""
+    import tempfile
+
+    if is_compiled(Path(model)):
+        return write_web_bundle(model, output, force=force)
+    if output.exists() and not force:  # before minutes of compiling
+        raise LlmcError(f"{output} already exists; pass --force to replace it.")
+    from llmc.compile import CompileOptions, compile_model
+
+    with tempfile.TemporaryDirectory(prefix="llmc-web-") as tmp:
+        options = CompileOptions(target="webgpu", quant=quant, output=Path(tmp) / "model", quiet=quiet)
+        return write_web_bundle(compile_model(model, options), output, force=force)

@@ -33,7 +33,7 @@ from tvm import tirx
 from tvm.tirx.buffer import BufferType
 
 from llmc.compiler import spirv, vulkan
-from llmc.compiler.pipeline import PHASES
+from llmc.compiler.pipeline import PHASES, schedule_passes
 from llmc.compiler.targets import get_target
 from llmc.compiler.tvm_format import HANDLE, FunctionInfo, read_library_blob, read_vulkan_module, read_webgpu_module
 
@@ -269,10 +269,8 @@ class KernelHarness:
         self.rng = np.random.default_rng(0)
 
     def _schedule(self, func: tirx.PrimFunc, name: str) -> tvm.IRModule:
-        from llmc.compiler.pipeline import _schedule
-
         with self.target:
-            return tvm.transform.Sequential(_schedule(self.target, 2))(tvm.IRModule({name: func}))
+            return tvm.transform.Sequential(schedule_passes(self.target, 2))(tvm.IRModule({name: func}))
 
     def compare(self, name: str, func: tirx.PrimFunc) -> KernelResult:
         func = func.with_attr("global_symbol", name)
@@ -331,15 +329,12 @@ class KernelHarness:
 def model_functions(checkpoint: str, quant: str, context_window: int = 128, prefill_chunk: int = 24) -> dict:
     """Fused PrimFuncs of a model as ``llmc compile --target vulkan`` would build it, before scheduling
     (the KV cache's own kernels arrive scheduled for the target and are left out)."""
-    from llmc.checkpoint import open_checkpoint
-    from llmc.compile import CompileOptions, _plan_from_config
+    from llmc.compile import CompileOptions, plan_model
     from llmc.compiler.build import build_module
-    from llmc.source import resolve
 
     target = get_target("vulkan").tvm_target()
     options = CompileOptions(target="vulkan", quant=quant, context_window=context_window, prefill_chunk=prefill_chunk)
-    source = resolve(checkpoint)
-    plan = _plan_from_config(open_checkpoint(source).config, source, options)
+    plan = plan_model(checkpoint, options)
     mod, _ = build_module(plan.module(target), target)
     mod = fused_functions(mod, target)
     return {

@@ -16,9 +16,8 @@ import tarfile
 from pathlib import Path
 
 from llmc.errors import LlmcError
+from llmc.package.objfile import is_macho64, macho_symbols
 
-MACHO_MAGIC_64 = 0xFEEDFACF
-LC_SYMTAB = 0x2
 N_EXT = 0x01
 N_TYPE = 0x0E
 N_SECT = 0x0E
@@ -52,23 +51,13 @@ def extract_objects(library: Path, prefix: str, dest: Path) -> list[Path]:
 def weaken_macho_symbols(path: Path, names: tuple[str, ...]) -> int:
     """Set ``N_WEAK_DEF`` on the defined external symbols ``names`` of a 64-bit Mach-O object; return how many."""
     data = bytearray(path.read_bytes())
-    if len(data) < 32 or struct.unpack_from("<I", data, 0)[0] != MACHO_MAGIC_64:
+    if not is_macho64(data):
         return 0
-    ncmds = struct.unpack_from("<I", data, 16)[0]
-    offset, changed = 32, 0
-    wanted = {name.encode() for name in names}
-    for _ in range(ncmds):
-        cmd, size = struct.unpack_from("<II", data, offset)
-        if cmd == LC_SYMTAB:
-            symoff, nsyms, stroff, _strsize = struct.unpack_from("<IIII", data, offset + 8)
-            for index in range(nsyms):
-                entry = symoff + 16 * index
-                strx, n_type, _sect, n_desc = struct.unpack_from("<IBBH", data, entry)
-                end = data.index(0, stroff + strx)
-                if (n_type & N_EXT) and (n_type & N_TYPE) == N_SECT and bytes(data[stroff + strx : end]) in wanted:
-                    struct.pack_into("<H", data, entry + 6, n_desc | N_WEAK_DEF)
-                    changed += 1
-        offset += size
+    changed = 0
+    for symbol in macho_symbols(data):
+        if (symbol.n_type & N_EXT) and (symbol.n_type & N_TYPE) == N_SECT and symbol.name in names:
+            struct.pack_into("<H", data, symbol.offset + 6, symbol.n_desc | N_WEAK_DEF)
+            changed += 1
     if changed:
         path.write_bytes(bytes(data))
     return changed

@@ -2,13 +2,15 @@
 
 Small parsers of our own (no binutils needed): the header's format and architecture, and the
 defined / undefined global symbols of each object. ``check_system_library`` uses them to verify
-what TVM wrote for a system-lib build before the artifact is kept.
+what TVM wrote for a system-lib build before the artifact is kept; ``macho_symbols`` also serves
+``staticlib``, which edits Mach-O symbol entries in place.
 """
 
 from __future__ import annotations
 
 import struct
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def parse_object(name: str, data: bytes) -> ObjectFile:
     """Header and global symbols of an ELF64 or Mach-O 64 little-endian object."""
     if data[:4] == ELF_MAGIC:
         return _parse_elf(name, data)
-    if len(data) >= 4 and struct.unpack_from("<I", data)[0] == MACHO_MAGIC_64:
+    if is_macho64(data):
         return _parse_macho(name, data)
     raise LlmcError(f"{name}: neither an ELF nor a Mach-O 64-bit object (starts with {data[:4]!r}).")
 
@@ -62,21 +64,42 @@ def _parse_elf(name: str, data: bytes) -> ObjectFile:
     return obj
 
 
-def _parse_macho(name: str, data: bytes) -> ObjectFile:
-    cputype, _, _, ncmds = struct.unpack_from("<iiII", data, 4)
-    obj = ObjectFile(name, "macho", MACHO_CPUS.get(cputype & 0xFFFFFFFF, f"cpu-{cputype:#x}"))
+def is_macho64(data: bytes) -> bool:
+    return len(data) >= 32 and struct.unpack_from("<I", data)[0] == MACHO_MAGIC_64
+
+
+@dataclass(frozen=True)
+class MachOSymbol:
+    """One ``nlist_64`` entry: ``offset`` of the entry in the file, ``name`` as stored (leading ``_``)."""
+
+    offset: int
+    name: str
+    n_type: int
+    n_desc: int
+
+
+def macho_symbols(data: bytes) -> Iterator[MachOSymbol]:
+    """The symbol table entries of a 64-bit little-endian Mach-O object."""
+    ncmds = struct.unpack_from("<I", data, 16)[0]
     offset = 32
     for _ in range(ncmds):
         cmd, cmdsize = struct.unpack_from("<II", data, offset)
         if cmd == LC_SYMTAB:
             symoff, nsyms, stroff, _ = struct.unpack_from("<IIII", data, offset + 8)
             for i in range(nsyms):
-                n_strx, n_type, _, _, _ = struct.unpack_from("<IBBHQ", data, symoff + i * 16)
-                if n_type & 0xE0 or not n_type & 0x01:  # debug entries; non-external symbols
-                    continue
-                symbol = _cstring(data, stroff + n_strx).removeprefix("_")
-                (obj.undefined if n_type & 0x0E == 0 else obj.defined).add(symbol)
+                entry = symoff + i * 16
+                n_strx, n_type, _, n_desc = struct.unpack_from("<IBBH", data, entry)
+                yield MachOSymbol(entry, _cstring(data, stroff + n_strx), n_type, n_desc)
         offset += cmdsize
+
+
+def _parse_macho(name: str, data: bytes) -> ObjectFile:
+    cputype = struct.unpack_from("<i", data, 4)[0]
+    obj = ObjectFile(name, "macho", MACHO_CPUS.get(cputype & 0xFFFFFFFF, f"cpu-{cputype:#x}"))
+    for symbol in macho_symbols(data):
+        if symbol.n_type & 0xE0 or not symbol.n_type & 0x01:  # debug entries; non-external symbols
+            continue
+        (obj.undefined if symbol.n_type & 0x0E == 0 else obj.defined).add(symbol.name.removeprefix("_"))
     return obj
 
 
