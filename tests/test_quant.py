@@ -13,11 +13,13 @@ from conftest import make_trained_checkpoint
 
 import llmc.quant.group
 from llmc.cli import main
+from llmc.quant import int_dot
 from llmc.compile import CompileOptions, compile_model, quantize_model
 from llmc.quant import QUANTS, get_quant
 from llmc.runtime.engine import Engine
 
 GROUP_SCHEMES = [name for name, scheme in QUANTS.items() if scheme.group is not None]
+INT_DOT_SCHEMES = [name for name in GROUP_SCHEMES if int_dot.supports(QUANTS[name].group)]
 MIN_COSINE = {"q8f16_1": 0.999, "q4f16_1": 0.98, "q4f32_1": 0.98, "q3f16_1": 0.95}
 
 
@@ -81,13 +83,22 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_builds(trained, tmp_path_factory):
+    """``quant``: the exact float path (``--cpu-matmul float``); ``quant-int8``: the CPU integer path."""
     root = tmp_path_factory.mktemp("quant-builds")
+    builds = [(quant, "float") for quant in ["q0f32", *GROUP_SCHEMES]] + [(q, "int8") for q in INT_DOT_SCHEMES]
     return {
-        quant: compile_model(
+        (quant if path == "float" else f"{quant}-int8"): compile_model(
             str(trained),
-            CompileOptions(quant=quant, output=root / quant, quiet=True, context_window=64, prefill_chunk=64),
+            CompileOptions(
+                quant=quant,
+                output=root / f"{quant}-{path}",
+                quiet=True,
+                context_window=64,
+                prefill_chunk=64,
+                cpu_matmul=path,
+            ),
         )
-        for quant in ["q0f32", *GROUP_SCHEMES]
+        for quant, path in builds
     }
 
 
@@ -131,14 +142,28 @@ def test_kernels_equal_transformers_on_dequantized_weights(quant, trained, train
         assert np.abs(ours - reference).max() <= tolerance * np.abs(reference).max()
 
 
-@pytest.mark.parametrize("quant", GROUP_SCHEMES)
+@pytest.mark.parametrize("quant", GROUP_SCHEMES + [f"{q}-int8" for q in INT_DOT_SCHEMES])
 def test_quality_against_q0f32(quant, trained_builds):
     reference_engine = Engine(trained_builds["q0f32"])
     prompt_list = prompts(reference_engine)
     reference = last_logits(reference_engine, prompt_list)
     ours = last_logits(Engine(trained_builds[quant]), prompt_list)
     cosines = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(ours, reference)]
-    assert min(cosines) >= MIN_COSINE[quant], cosines
+    assert min(cosines) >= MIN_COSINE[quant.removesuffix("-int8")], cosines
+
+
+@pytest.mark.parametrize("quant", INT_DOT_SCHEMES)
+def test_int8_activations_cost_little(quant, trained_builds):
+    """The integer path differs from the exact float path on the same codes only by the int8 rounding
+    of activations: near-identical logits and the same top token."""
+    prompt_list = prompts(Engine(trained_builds[quant]))
+    exact = last_logits(Engine(trained_builds[quant]), prompt_list)
+    ours = last_logits(Engine(trained_builds[f"{quant}-int8"]), prompt_list)
+    assert json.loads((trained_builds[f"{quant}-int8"] / "llmc-config.json").read_text())["int_dot"] is not None
+    for a, b in zip(ours, exact):
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.999
+        assert int(a.argmax()) == int(b.argmax())
+        assert not np.array_equal(a, b), "the int8 path should not be the float path"
 
 
 def test_no_kernel_writes_a_dequantized_weight(trained):
@@ -156,7 +181,7 @@ def test_no_kernel_writes_a_dequantized_weight(trained):
 
     config = llama.parse_config(json.loads((trained / "config.json").read_text()), "tiny")
     config.context_window, config.prefill_chunk = 64, 32
-    plan = ModelPlan(llama_family(), config, get_quant("q4f16_1"), True)
+    plan = ModelPlan(llama_family(), config, get_quant("q4f16_1"), True, int_dot=False)  # the float path
     target = get_target("llvm").tvm_target()
     mod, _ = build_module(plan.module(target), target)
     lowered = make_pipeline(target)(mod)
@@ -195,26 +220,33 @@ def llama_family():
     return MODELS["llama"]
 
 
-def test_quantize_command_then_compile_reuses_weights(trained, trained_builds, tmp_path):
+@pytest.mark.parametrize("quant", ["q4f32_1", "q4f16_1"])
+def test_quantize_command_then_compile_reuses_weights(quant, trained, trained_builds, tmp_path):
+    """A weights folder compiles to the same model as the checkpoint: linked as is where the target
+    loads its layout (float path, float32), rewritten where it does not (CPU integer layout, fp16)."""
     weights = tmp_path / "weights"
-    result = CliRunner().invoke(main, ["quantize", str(trained), "--quant", "q4f16_1", "-o", str(weights), "--quiet"])
+    result = CliRunner().invoke(main, ["quantize", str(trained), "--quant", quant, "-o", str(weights), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "bits/param" in result.stdout and "MiB" in result.stdout
     stored = json.loads((weights / "llmc-config.json").read_text())
-    assert stored["stage"] == "weights" and stored["quantization"] == "q4f16_1"
+    assert stored["stage"] == "weights" and stored["quantization"] == quant and stored["int_dot"] is None
     assert not list(weights.glob("*.so")) and (weights / "tokenizer.json").exists()
-    out = tmp_path / "compiled"
-    result = CliRunner().invoke(
-        main, ["compile", str(weights), "-o", str(out), "--quiet", "--context-window", "64", "--prefill-chunk", "64"]
-    )
-    assert result.exit_code == 0, result.output
-    assert os.stat(out / "params_shard_0.bin").st_ino == os.stat(weights / "params_shard_0.bin").st_ino
-    direct = Engine(trained_builds["q4f16_1"])
-    prompt_list = prompts(direct)
-    for a, b in zip(last_logits(Engine(out), prompt_list), last_logits(direct, prompt_list)):
-        assert np.array_equal(a, b)
+    sizes = ["--quiet", "--context-window", "64", "--prefill-chunk", "64"]
+    for path, reference in (("float", quant), ("int8", f"{quant}-int8")):
+        out = tmp_path / f"compiled-{path}"
+        result = CliRunner().invoke(main, ["compile", str(weights), "-o", str(out), "--cpu-matmul", path, *sizes])
+        assert result.exit_code == 0, result.output
+        linked = os.stat(out / "params_shard_0.bin").st_ino == os.stat(weights / "params_shard_0.bin").st_ino
+        assert linked == (path == "float" and quant == "q4f32_1")
+        direct = Engine(trained_builds[reference])
+        prompt_list = prompts(direct)
+        for a, b in zip(last_logits(Engine(out), prompt_list), last_logits(direct, prompt_list)):
+            if quant == "q4f32_1":
+                assert np.array_equal(a, b)
+            else:  # the folder holds norms in float16; a direct build converts them to float32 once
+                assert np.abs(a - b).max() <= 1e-2 * np.abs(b).max() and a.argmax() == b.argmax()
     clash = CliRunner().invoke(main, ["compile", str(weights), "-o", str(tmp_path / "x"), "--quant", "q8f16_1"])
-    assert clash.exit_code == 1 and "holds q4f16_1 weights" in clash.stderr
+    assert clash.exit_code == 1 and f"holds {quant} weights" in clash.stderr
 
 
 def test_fp_embeddings_keeps_embedding_and_head_float(trained, tmp_path):

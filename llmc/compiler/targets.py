@@ -93,8 +93,14 @@ TARGETS: dict[str, TargetPreset] = {
     ),
     "llvm:generic": TargetPreset(
         "llvm:generic",
-        "any x86-64 Linux CPU (no -mcpu): a shared library to run on another machine",
-        {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu", "fast-math-reassoc": True, "fast-math-contract": True},
+        "any x86-64 Linux CPU from 2013 on (x86-64-v3: AVX2, FMA): a shared library to run on another machine",
+        {
+            "kind": "llvm",
+            "mtriple": "x86_64-unknown-linux-gnu",
+            "mcpu": "x86-64-v3",
+            "fast-math-reassoc": True,
+            "fast-math-contract": True,
+        },
     ),
     "cuda:sm_90a": _cuda("sm_90a", "NVIDIA Hopper (H100/H200): cubin for sm_90a, built with nvcc"),
     "cuda:sm_89": _cuda("sm_89", "NVIDIA Ada (RTX 40xx, L4, L40): cubin for sm_89"),
