@@ -1,0 +1,121 @@
+"""The CPU integer path: repacked layout, the int8 x int4/int8 kernel against numpy on odd shapes for
+every x86 instruction set this CPU runs, the CPU attention kernels against TVM's, and the lowered model
+(integer kernels present, no float dequantize-matmul left)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import tvm
+
+from llmc.compiler.targets import get_target
+from llmc.quant import int_dot
+from llmc.quant.group import GroupQuant
+from llmc.quant.int_dot_kernels import int_matmul
+
+# (isa, a CPU name LLVM knows that has exactly that ISA as its best)
+ISA_CPUS = {"avx512vnni": "znver5", "avxvnni": "alderlake", "avx2": "haswell"}
+HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+RUNNABLE = [isa for isa in int_dot.ISAS if int_dot.ISAS.index(isa) >= int_dot.ISAS.index(int_dot.target_isa(HOST))]
+
+
+def reference(gq: GroupQuant, x: np.ndarray, packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The same maths in numpy: x rounded to int8 per group of 32 (absmax / 127), times the decoded weight."""
+    rows, k = x.shape
+    groups = gq.num_groups(k)
+    padded = np.zeros((rows, groups * 32), np.float32)
+    padded[:, :k] = x
+    grouped = padded.reshape(rows, groups, 32)
+    amax = np.abs(grouped).max(-1)
+    inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    codes = np.rint(grouped * inverse[..., None])
+    x_rounded = (codes * (amax / np.float32(127))[..., None]).reshape(rows, -1)[:, :k]
+    return x_rounded.astype(np.float64) @ gq.dequantize(packed, scale, k).T.astype(np.float64)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_repack_round_trip_and_te_element(bits):
+    gq = GroupQuant(bits, 32, "float16")
+    rng = np.random.default_rng(bits)
+    weight = rng.standard_normal((37, 80)).astype(np.float32)  # 3 tiles (last partial), 3 groups (last padded)
+    packed, scale = gq.quantize(weight)
+    codes, scales = int_dot.repack(gq, packed, scale)
+    assert codes.shape == (3, 3, 4 if bits == 4 else 8, 64) and codes.dtype == np.uint8
+    assert scales.shape == (3, 3, 16) and scales.dtype == np.float32
+    flat, flat_scales = int_dot.unrepack(gq, codes, scales, 37)
+    assert np.array_equal(flat, int_dot.unpack_codes(gq, packed))
+    assert np.array_equal(flat_scales, scale.astype(np.float32))
+    # row 5, k = 16 + 4 + 2 of group 1: tile 0, step 1, byte 5*4+2 (4-bit: high nibble)
+    k = 32 + 16 + 4 + 2
+    byte = codes[0, 1, (k % 32) // 4 % (4 if bits == 4 else 8), 5 * 4 + 2]
+    code = (byte >> 4) if bits == 4 else byte
+    assert code == int_dot.unpack_codes(gq, packed)[5, k]
+
+
+@pytest.mark.parametrize("isa", RUNNABLE)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(("out_features", "in_features", "rows"), [(50, 96, 1), (37, 80, 7), (64, 64, 4), (33, 40, 9)])
+def test_kernel_equals_numpy(isa, bits, out_features, in_features, rows):
+    """Rows not a multiple of 16, K not a multiple of the group, activation rows in blocks of 4 and alone."""
+    gq = GroupQuant(bits, 32, "float32")
+    rng = np.random.default_rng(rows)
+    weight = rng.standard_normal((out_features, in_features)).astype(np.float32)
+    x = (rng.standard_normal((rows, in_features)) * rng.choice([1e-3, 1.0, 30.0], (rows, 1))).astype(np.float32)
+    x[0, :5] = 0  # a group with zeros; a whole zero row when K is small
+    packed, scale = gq.quantize(weight)
+    codes, scales = int_dot.repack(gq, packed, scale)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": ISA_CPUS[isa], "num-cores": 2})
+    func = int_matmul(out_features, in_features, bits, isa).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((rows, out_features), np.float32), dev)
+    lib["main"](*(tvm.runtime.tensor(a, dev) for a in (x, codes, scales)), out)
+    expected = reference(gq, x, packed, scale)
+    assert np.abs(out.numpy() - expected).max() <= 1e-5 * max(np.abs(expected).max(), 1e-6)
+    exact = x.astype(np.float64) @ gq.dequantize(packed, scale, in_features).T
+    assert np.abs(out.numpy() - exact).max() > 0 or not x.any(), "activations should be rounded to int8"
+
+
+def test_target_isa():
+    assert int_dot.target_isa(get_target("llvm:generic").tvm_target()) == "avx2"
+    assert int_dot.target_isa(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"})) is None
+    assert int_dot.target_isa(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})) is None
+    assert int_dot.target_isa(tvm.target.Target({"kind": "llvm", "mcpu": "znver5"})) == "avx512vnni"
+    assert int_dot.target_isa(tvm.target.Target({"kind": "cuda"})) is None
+
+
+@pytest.mark.parametrize(("target", "instruction"), [("llvm", "vpdpbusd"), ("llvm:generic", "vpmaddubsw")])
+def test_compiled_model_uses_integer_kernels(compiled, target, instruction):
+    """The lowered model has integer matmuls and no float dequantize-matmul; the library holds the ISA's
+    dot-product instruction (so a later change cannot silently fall back to the float path)."""
+    import json
+
+    folder = compiled("llama_gqa", "q4f16_1", target)
+    config = json.loads((folder / "llmc-config.json").read_text())
+    assert config["int_dot"] == int_dot.target_isa(get_target(target).tvm_target())
+    assert config["dtype"] == "float32"
+    dump = subprocess.run(["objdump", "-d", str(folder / config["library"])], capture_output=True, text=True)
+    if dump.returncode != 0:
+        pytest.skip("objdump is not installed")
+    assert instruction in dump.stdout
+
+
+def test_lowered_module_has_no_float_dequantize_matmul(checkpoints):
+    from llmc.compile import CompileOptions, plan_model
+    from llmc.compiler.build import build_module
+    from llmc.compiler.pipeline import make_pipeline
+
+    options = CompileOptions(quant="q4f16_1", context_window=64, prefill_chunk=32)
+    plan = plan_model(str(checkpoints["llama_gqa"]), options)
+    target = get_target("llvm").tvm_target()
+    mod, _ = build_module(plan.module(target), target)
+    lowered = make_pipeline(target)(mod)
+    names = [gv.name_hint for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert sum(name.startswith("int_dot_matmul") for name in names) >= 5  # qkv, o, gate_up, down, lm_head
+    assert not [name for name in names if "dequantize_matmul" in name and not name.startswith("int_dot")]
+    plan.int_dot = False  # the exact float path, for reference checks
+    mod, _ = build_module(plan.module(target), target)
+    names = [gv.name_hint for gv in make_pipeline(target)(mod).functions]
+    assert not [name for name in names if name.startswith("int_dot")]
