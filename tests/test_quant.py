@@ -13,9 +13,8 @@ from conftest import make_trained_checkpoint
 
 import llmc.quant.group
 from llmc.cli import main
-from llmc.quant import int_dot
 from llmc.compile import CompileOptions, compile_model, quantize_model
-from llmc.quant import QUANTS, get_quant
+from llmc.quant import QUANTS, get_quant, int_dot
 from llmc.runtime.engine import Engine
 
 GROUP_SCHEMES = [name for name, scheme in QUANTS.items() if scheme.group is not None]
