@@ -21,6 +21,7 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 
 from llmc.compiler.context import nested_pass_context
+from llmc.compiler.passes.cpu_parallel import ParallelizeElementwiseCPU
 from llmc.compiler.passes.cpu_schedule import ScheduleMatmulCPU
 
 DEFAULT_OPT_LEVEL = 2
@@ -56,7 +57,7 @@ def schedule_passes(target: tvm.target.Target, level: int) -> list:
     if target.kind.name == "llvm":
         # dlight's cpu.GEMV rule makes LLVM codegen run for minutes on even a 2-layer model in TVM 0.27,
         # so CPU matmuls get llmc's own schedule; below O2 they keep TVM's default loop nests
-        return [ScheduleMatmulCPU] if level >= 2 else []
+        return [ScheduleMatmulCPU, ParallelizeElementwiseCPU] if level >= 2 else []
     if level < 2:
         return [dl.ApplyDefaultSchedule(dl.gpu.Fallback())]
     return [dl.ApplyDefaultSchedule(*gpu_rules(target))]

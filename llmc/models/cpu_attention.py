@@ -1,4 +1,4 @@
-"""CPU attention kernels for TVM's paged KV cache: parallel and vectorizable, in place of TVM's serial ones.
+"""CPU kernels for TVM's paged KV cache (attention, RoPE): parallel and vectorized, in place of TVM's serial ones.
 
 TVM 0.27's ``TIRPagedKVCache`` builds its CPU attention from ``_attention_prefill_ragged_cpu``,
 ``_attention_prefill_cpu`` and ``_attention_decode_cpu``: one thread, scores for every (query, key)
@@ -291,6 +291,76 @@ def decode_paged(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window
     return batch_decode_paged_kv
 
 
+ROPE_TYPES = (None, "default", "llama3")  # rope variants whose frequencies the table kernel takes from TVM
+
+
+def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling, rotary_dim=None):
+    """Split fused qkv into q, k, v and apply RoPE to q and k (HF rotate-half convention).
+
+    TVM's kernel evaluates ``pow``, ``cos`` and ``sin`` for every element of every head on one thread;
+    this one makes a cos/sin table per token (rotary_dim entries, TVM's frequency formulas) and
+    applies it to all heads, tokens in parallel.
+    """
+    from tvm import tirx
+    from tvm.relax.frontend.nn.llm.position_embedding import switch_rope_freq_func
+
+    rotary_dim = rotary_dim or head_dim
+    heads = num_q_heads + 2 * num_kv_heads
+    half = rotary_dim // 2
+    freq_func = switch_rope_freq_func(rope_scaling)
+
+    def table_entry(position, d, which):
+        cos, sin, var_map = freq_func(position * tirx.const(scale, "float32"), d, rotary_dim, theta, "float32")
+        expr = cos if which == 0 else sin
+        for var, value in var_map.items():
+            expr = tirx.Let(var, value, expr)
+        return expr
+
+    def rotated(qkv, table, t, h, d):
+        other = T.if_then_else(d < half, -qkv[t, h, T.min(d + half, head_dim - 1)], qkv[t, h, T.max(d - half, 0)])
+        return T.Cast(
+            dtype, table[d] * T.Cast("float32", qkv[t, h, d]) + table[rotary_dim + d] * T.Cast("float32", other)
+        )
+
+    @T.prim_func(s_tir=True)
+    def fused_rope(
+        var_qkv: T.handle,
+        var_position_map: T.handle,
+        var_q: T.handle,
+        var_k: T.handle,
+        var_v: T.handle,
+        apply_rope: T.int64,
+    ):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True, "tirx.is_scheduled": True})
+        seq_len, pm_off = T.int32(), T.int32()
+        qkv = T.match_buffer(var_qkv, (seq_len, heads, head_dim), dtype)
+        q = T.match_buffer(var_q, (seq_len, num_q_heads, head_dim), dtype)
+        k = T.match_buffer(var_k, (seq_len, num_kv_heads, head_dim), dtype)
+        v = T.match_buffer(var_v, (seq_len, num_kv_heads, head_dim), dtype)
+        position_map = T.match_buffer(var_position_map, (seq_len,), "int32", elem_offset=pm_off)
+        with T.sblock("root"):
+            for t in T.parallel(seq_len):
+                table = T.decl_buffer((2 * rotary_dim,), "float32")  # cos, then sin
+                for d in range(rotary_dim):
+                    table[d] = table_entry(T.Cast("float32", position_map[t]), d, 0)
+                    table[rotary_dim + d] = table_entry(T.Cast("float32", position_map[t]), d, 1)
+                for h in range(num_q_heads):
+                    for d in range(head_dim):
+                        if apply_rope > 0 and d < rotary_dim:
+                            q[t, h, d] = rotated(qkv, table, t, h, d)
+                        else:
+                            q[t, h, d] = qkv[t, h, d]
+                for h in range(num_kv_heads):
+                    for d in range(head_dim):
+                        if apply_rope > 0 and d < rotary_dim:
+                            k[t, h, d] = rotated(qkv, table, t, num_q_heads + h, d)
+                        else:
+                            k[t, h, d] = qkv[t, num_q_heads + h, d]
+                        v[t, h, d] = qkv[t, num_q_heads + num_kv_heads + h, d]
+
+    return fused_rope
+
+
 @contextlib.contextmanager
 def llmc_cpu_attention() -> Iterator[None]:
     """While the cache is built, its CPU kernel makers return llmc's kernels (sliding windows keep TVM's)."""
@@ -298,7 +368,12 @@ def llmc_cpu_attention() -> Iterator[None]:
 
     originals = {
         name: getattr(kv_cache, name)
-        for name in ("_attention_prefill_ragged_cpu", "_attention_prefill_cpu", "_attention_decode_cpu")
+        for name in (
+            "_attention_prefill_ragged_cpu",
+            "_attention_prefill_cpu",
+            "_attention_decode_cpu",
+            "llama_rope_with_position_map",
+        )
     }
 
     def unless_sliding(ours, theirs):
@@ -311,6 +386,13 @@ def llmc_cpu_attention() -> Iterator[None]:
     kv_cache._attention_prefill_ragged_cpu = prefill_ragged
     kv_cache._attention_prefill_cpu = unless_sliding(prefill_paged, originals["_attention_prefill_cpu"])
     kv_cache._attention_decode_cpu = unless_sliding(decode_paged, originals["_attention_decode_cpu"])
+
+    def rope_unless_other(*args, **kwargs):
+        rope_scaling = args[6] if len(args) > 6 else kwargs.get("rope_scaling", {})
+        known = rope_scaling.get("rope_type") in ROPE_TYPES
+        return (rope if known else originals["llama_rope_with_position_map"])(*args, **kwargs)
+
+    kv_cache.llama_rope_with_position_map = rope_unless_other
     try:
         yield
     finally:
