@@ -43,7 +43,8 @@ def test_opt_levels_agree_and_switch_groups_off(checkpoints, tmp_path):
     assert "03_fuse.py" not in phases[0] and "03_fuse.py" in phases[1]
     assert phases[2][-1] == "08_finalize.py"
     final = {level: (dumps[level] / "08_finalize.py").read_text() for level in dumps}
-    assert "T.parallel" not in final[1] and "T.parallel" in final[2], "O2 adds the CPU matmul schedule"
+    # the KV cache's CPU attention kernels are parallel at every level; O2 adds the matmul/elementwise schedules
+    assert final[1].count("T.parallel") < final[2].count("T.parallel"), "O2 adds the CPU schedules"
     assert final[0].count("def fused_") < final[1].count("def fused_"), "O1 adds operator fusion"
 
 
