@@ -198,11 +198,14 @@ def test_run_on_a_vulkan_artifact_without_a_vulkan_runtime_is_a_clear_error(tmp_
 
     from llmc.artifact import FORMAT_VERSION
     from llmc.cli import main
+    from llmc.compiler.targets import get_target
 
     folder = tmp_path / "vk"
     folder.mkdir()
     config = {"format_version": FORMAT_VERSION, "stage": "compiled", "target": "vulkan", "device": "vulkan"}
     config |= {"library": "model-vulkan.so", "quantization": "q0f32", "params": [], "model": {}}
+    preset = get_target("vulkan")
+    config["runs_on"] = preset.backend.runs_on(preset, config["library"])  # what llmc compile records
     (folder / "llmc-config.json").write_text(json.dumps(config))
     (folder / "model-vulkan.so").write_bytes(b"\x7fELF placeholder")
     done = CliRunner().invoke(main, ["run", str(folder), "--prompt", "hi"])
