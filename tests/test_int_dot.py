@@ -43,10 +43,10 @@ def test_repack_round_trip_and_te_element(bits):
     packed, scale = gq.quantize(weight)
     codes, scales = int_dot.repack(gq, packed, scale)
     assert codes.shape == (3, 3, 4 if bits == 4 else 8, 64) and codes.dtype == np.uint8
-    assert scales.shape == (3, 3, 16) and scales.dtype == np.float32
+    assert scales.shape == (3, 3, 16) and scales.dtype == np.float16  # the scheme's scales, unwidened
     flat, flat_scales = int_dot.unrepack(gq, codes, scales, 37)
     assert np.array_equal(flat, int_dot.unpack_codes(gq, packed))
-    assert np.array_equal(flat_scales, scale.astype(np.float32))
+    assert np.array_equal(flat_scales, scale)
     # row 5, k = 16 + 4 + 2 of group 1: tile 0, step 1, byte 5*4+2 (4-bit: high nibble)
     k = 32 + 16 + 4 + 2
     byte = codes[0, 1, (k % 32) // 4 % (4 if bits == 4 else 8), 5 * 4 + 2]
@@ -55,11 +55,11 @@ def test_repack_round_trip_and_te_element(bits):
 
 
 @pytest.mark.parametrize("isa", RUNNABLE)
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize(("bits", "scale_dtype"), [(4, "float32"), (4, "float16"), (8, "float16")])
 @pytest.mark.parametrize(("out_features", "in_features", "rows"), [(50, 96, 1), (37, 80, 7), (64, 64, 4), (33, 40, 9)])
-def test_kernel_equals_numpy(isa, bits, out_features, in_features, rows):
+def test_kernel_equals_numpy(isa, bits, scale_dtype, out_features, in_features, rows):
     """Rows not a multiple of 16, K not a multiple of the group, activation rows in blocks of 4 and alone."""
-    gq = GroupQuant(bits, 32, "float32")
+    gq = GroupQuant(bits, 32, scale_dtype)
     rng = np.random.default_rng(rows)
     weight = rng.standard_normal((out_features, in_features)).astype(np.float32)
     x = (rng.standard_normal((rows, in_features)) * rng.choice([1e-3, 1.0, 30.0], (rows, 1))).astype(np.float32)
@@ -67,7 +67,7 @@ def test_kernel_equals_numpy(isa, bits, out_features, in_features, rows):
     packed, scale = gq.quantize(weight)
     codes, scales = int_dot.repack(gq, packed, scale)
     target = tvm.target.Target({"kind": "llvm", "mcpu": ISA_CPUS[isa], "num-cores": 2})
-    func = int_matmul(out_features, in_features, bits, isa).with_attr("global_symbol", "main")
+    func = int_matmul(out_features, in_features, bits, isa, scale_dtype).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((rows, out_features), np.float32), dev)

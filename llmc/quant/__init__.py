@@ -55,6 +55,8 @@ class QuantScheme:
         if self.group is None:
             return replaced
         group = self.group if dtype in (None, self.group.scale_dtype) else replace(self.group, scale_dtype=dtype)
+        if isa is not None:  # the integer kernels read the scheme's own scales (fp16: widened in the kernel)
+            group = self.group
 
         def swap(name: str, child: nn.Module) -> nn.Module | None:
             is_head = name.split(".")[-1] == "lm_head"
@@ -81,10 +83,11 @@ class QuantScheme:
 
     def relayout(self, arrays: list[tuple[str, np.ndarray]], dtype: str | None, int_layout: bool) -> list:
         """One parameter's stored arrays in the standard layout -> those a target's module wants:
-        repacked for the CPU integer kernels (``int_layout``), float arrays cast to ``dtype``."""
+        repacked for the CPU integer kernels (``int_layout``; scales keep their dtype), other float
+        arrays cast to ``dtype``."""
         if int_layout and len(arrays) == 2 and arrays[0][0].endswith(".q_weight"):
             (weight_name, packed), (scale_name, scale) = arrays
-            arrays = list(zip((weight_name, scale_name), int_dot.repack(self.group, packed, scale)))
+            return list(zip((weight_name, scale_name), int_dot.repack(self.group, packed, scale)))
         if dtype is None:
             return arrays
         return [

@@ -159,7 +159,7 @@ def int_dot_matmul(
     for dim in lead:
         rows = rows * dim
     out = op.tensor_ir_op(
-        int_matmul(out_features, in_features, gq.bits, isa),
+        int_matmul(out_features, in_features, gq.bits, isa, gq.scale_dtype),
         "int_dot_matmul",
         args=[op.reshape(x, (rows, in_features)), codes, scales],
         out=Tensor.placeholder((rows, out_features), "float32"),
@@ -171,7 +171,7 @@ class QuantizedLinear(nn.Module):
     """``nn.Linear`` with a group-quantized weight (``q_weight``, ``q_scale``).
 
     ``isa`` (an x86 integer-dot instruction set, see ``llmc.quant.int_dot``) selects the CPU integer
-    path: the weight is stored repacked (uint8 codes, float32 scales) and computed in float32.
+    path: the weight is stored repacked (uint8 codes, scales in the scheme's dtype), computed in float32.
     """
 
     def __init__(self, in_features: int, out_features: int, gq: GroupQuant, bias: bool, isa: str | None = None):
@@ -183,7 +183,7 @@ class QuantizedLinear(nn.Module):
         else:
             weight_shape, scale_shape = int_dot.layout_shapes(gq, out_features, in_features)
             self.q_weight = nn.Parameter(weight_shape, "uint8")
-            self.q_scale = nn.Parameter(scale_shape, "float32")
+            self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
         dtype = gq.scale_dtype if isa is None else "float32"
         self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
@@ -214,7 +214,7 @@ class QuantizedEmbedding(nn.Module):
         else:
             weight_shape, scale_shape = int_dot.layout_shapes(gq, num, dim)
             self.q_weight = nn.Parameter(weight_shape, "uint8")
-            self.q_scale = nn.Parameter(scale_shape, "float32")
+            self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         gq, dim = self.gq, self.dim

@@ -13,7 +13,8 @@ group. The weights are repacked at compile time into the layout those instructio
   k = ``16+4p .. 16+4p+3``; 8-bit codes: 8 steps, k = ``4p .. 4p+3``;
 * codes stay unsigned (``0 .. 2**bits - 1``); the kernel subtracts ``offset * sum(x_q)`` per group
   instead of re-centring every code;
-* scales become float32 ``[tiles, groups, 16]`` (fp16 schemes too: CPUs compute in float32).
+* scales become ``[tiles, groups, 16]`` in the scheme's scale dtype (fp16 scales are widened in the
+  kernel: half the scale bytes of a float32 copy, and decode reads every weight byte once per token).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def tile_count(out_features: int) -> int:
 
 
 def layout_shapes(gq: GroupQuant, out_features: int, in_features: int) -> tuple[tuple, tuple]:
-    """Shapes of the repacked codes (uint8) and scales (float32)."""
+    """Shapes of the repacked codes (uint8) and scales (the scheme's scale dtype)."""
     tiles, groups = tile_count(out_features), gq.num_groups(in_features)
     return (tiles, groups, steps_per_group(gq.bits), VECTOR_BYTES), (tiles, groups, TILE_ROWS)
 
@@ -75,14 +76,14 @@ def unpack_codes(gq: GroupQuant, packed: np.ndarray) -> np.ndarray:
 
 
 def repack(gq: GroupQuant, packed: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The standard layout (``GroupQuant.quantize``) -> the integer kernels' layout (same codes, f32 scales)."""
+    """The standard layout (``GroupQuant.quantize``) -> the integer kernels' layout (same codes and scales)."""
     codes = unpack_codes(gq, packed)
     out_features, width = codes.shape
     groups, tiles = width // GROUP, tile_count(out_features)
     padded = np.zeros((tiles * TILE_ROWS, width), dtype=np.uint8)
     padded[:out_features] = codes
-    scales = np.zeros((tiles * TILE_ROWS, groups), dtype=np.float32)
-    scales[:out_features] = scale.astype(np.float32)
+    scales = np.zeros((tiles * TILE_ROWS, groups), dtype=scale.dtype)
+    scales[:out_features] = scale
     steps = steps_per_group(gq.bits)
     if gq.bits == 4:  # k = half*16 + p*4 + b; byte (p, r*4+b) = code(half 0) | code(half 1) << 4
         c = padded.reshape(tiles, TILE_ROWS, groups, 2, steps, 4).transpose(0, 2, 4, 1, 5, 3)
@@ -95,7 +96,7 @@ def repack(gq: GroupQuant, packed: np.ndarray, scale: np.ndarray) -> tuple[np.nd
 
 
 def unrepack(gq: GroupQuant, codes: np.ndarray, scales: np.ndarray, out_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of ``repack``: codes ``[out, groups*32]`` (uint8) and float32 scales ``[out, groups]``."""
+    """Inverse of ``repack``: codes ``[out, groups*32]`` (uint8) and scales ``[out, groups]``."""
     tiles, groups, steps, _ = codes.shape
     if gq.bits == 4:
         v = codes.reshape(tiles, groups, steps, TILE_ROWS, 4)
@@ -118,4 +119,4 @@ def te_element(gq: GroupQuant, codes, scales, row, k):
     else:
         byte = codes[tile, g, kk // 4, r * 4 + kk % 4]
         code = byte
-    return (code.astype("float32") - tirx.const(gq.offset, "float32")) * scales[tile, g, r]
+    return (code.astype("float32") - tirx.const(gq.offset, "float32")) * scales[tile, g, r].astype("float32")

@@ -75,7 +75,7 @@ def _quantize_row(in_features: int, offset: int):
     return quantize_row
 
 
-def int_matmul(out_features: int, in_features: int, bits: int, isa: str) -> tirx.PrimFunc:
+def int_matmul(out_features: int, in_features: int, bits: int, isa: str, scale_dtype: str = "float32") -> tirx.PrimFunc:
     """``out[M, out_features]`` from quantized activations and repacked weights (see module docstring)."""
     groups, tiles, steps = -(-in_features // GROUP), tile_count(out_features), steps_per_group(bits)
     words = groups * GROUP // 4  # int32 words of x codes per row
@@ -131,7 +131,8 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str) -> tirx
                             )
             for i in T.unroll(rows):
                 acc[row(i)] = acc[row(i)] + T.Cast(f"float32x{TILE_ROWS}", isum[row(i)]) * (
-                    ws[t, g, T.ramp(0, 1, TILE_ROWS)] * T.broadcast(xs[m0 + i, g], TILE_ROWS)
+                    T.Cast(f"float32x{TILE_ROWS}", ws[t, g, T.ramp(0, 1, TILE_ROWS)])
+                    * T.broadcast(xs[m0 + i, g], TILE_ROWS)
                 )
         for i in T.unroll(rows):
             if t < full_tiles:
@@ -149,7 +150,7 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str) -> tirx
         m_rows = T.int64()
         x = T.match_buffer(x_h, (m_rows, in_features), "float32")
         w = T.match_buffer(w_h, (tiles, groups, steps, VECTOR_BYTES), "uint8")
-        ws = T.match_buffer(ws_h, (tiles, groups, TILE_ROWS), "float32")
+        ws = T.match_buffer(ws_h, (tiles, groups, TILE_ROWS), scale_dtype)
         out = T.match_buffer(out_h, (m_rows, out_features), "float32")
         with T.sblock("root"):
             xq = T.alloc_buffer((m_rows, groups * GROUP), "int8")
