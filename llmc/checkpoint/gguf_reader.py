@@ -106,8 +106,8 @@ class GGUFCheckpoint:
             "bos_token_id": self.metadata.get("tokenizer.ggml.bos_token_id"),
             "eos_token_id": self.metadata.get("tokenizer.ggml.eos_token_id"),
         }
-        if self.arch == "qwen2":
-            config["attention_bias"] = True
+        # qwen2 (its model_type) has q/k/v biases and no o_proj bias, as in its config.json; HF's
+        # attention_bias would add an o_proj bias the file does not have
         return config
 
     def names(self) -> list[str]:
