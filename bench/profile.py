@@ -39,7 +39,7 @@ def profile(folder: str, steps: int, prompt_len: int) -> dict:
         counts: collections.Counter = collections.Counter()
         opened: dict[str, float] = {}
 
-        def instrument(func, name, before_run, ret_value, *args):
+        def instrument(func, name, before_run, ret_value, *args, times=times, counts=counts, opened=opened):
             if before_run:
                 opened[name] = time.perf_counter()
             else:
