@@ -27,6 +27,22 @@ LOG2E = math.log2(math.e)
 NEG_INIT = -5e4  # TVM's initial running max (its merge_state expects the same for empty rows)
 
 
+EXP2_TAYLOR = [math.log(2) ** n / math.factorial(n) for n in range(7)]  # 2^f on |f| <= 1/2: rel. error ~1e-7
+
+
+def _exp2(x, lanes: int):
+    """``2**x`` for a float32 vector with ``x <= 0``: 2^round(x) from the exponent bits times a degree-6
+    polynomial of the remainder (LLVM has no vector exp2 without a vector math library)."""
+    x = T.max(x, T.broadcast(T.float32(-126), lanes))
+    n = T.nearbyint(x)
+    f = x - n
+    poly = T.broadcast(T.float32(EXP2_TAYLOR[-1]), lanes)
+    for coefficient in reversed(EXP2_TAYLOR[:-1]):
+        poly = poly * f + T.broadcast(T.float32(coefficient), lanes)
+    exponent = (T.Cast(f"int32x{lanes}", n) + T.broadcast(127, lanes)) << T.broadcast(23, lanes)
+    return poly * T.reinterpret(exponent, dtype=f"float32x{lanes}")
+
+
 def _lanes(d: int) -> int:
     return next(w for w in (16, 8, 4, 2, 1) if d % w == 0)
 
@@ -51,9 +67,9 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
     def vec(buf, e):
         return buf[T.ramp(e * lanes, 1, lanes)]
 
-    def hsum(part):
-        """The sum of a local vector's lanes, as a pairwise tree (PrimExpr)."""
-        terms = [part[i] for i in range(lanes)]
+    def hsum(part, n=lanes):
+        """The sum of a local vector's ``n`` lanes, as a pairwise tree (PrimExpr)."""
+        terms = [part[i] for i in range(n)]
         while len(terms) > 1:
             terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
         return terms[0]
@@ -91,12 +107,17 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
             for e in range(steps):
                 acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) * T.broadcast(state[3], lanes)
             state[0] = state[2]
+            # the chunk's weights in one vector exp2 (libm's exp2f per key cost more than the dot products)
+            scores[T.ramp(0, 1, CHUNK)] = T.Select(
+                T.ramp(c * CHUNK, 1, CHUNK) < T.broadcast(n_keys, CHUNK),
+                _exp2(scores[T.ramp(0, 1, CHUNK)] - T.broadcast(state[0], CHUNK), CHUNK),
+                T.broadcast(T.float32(0), CHUNK),
+            )
+            state[1] = state[1] + hsum(scores, CHUNK)
             for j in range(CHUNK):
                 if c * CHUNK + j < n_keys:
-                    state[3] = T.exp2(scores[j] - state[0])
-                    state[1] = state[1] + state[3]
                     for e in range(steps):
-                        acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) + T.broadcast(state[3], lanes) * kv_vec(
+                        acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) + T.broadcast(scores[j], lanes) * kv_vec(
                             values, key_base, page[0], c, j, h, e, 1
                         )
         for e in range(steps):

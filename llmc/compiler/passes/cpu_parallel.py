@@ -1,9 +1,10 @@
-"""Parallel elementwise kernels on CPUs: TVM's default lowering runs every unscheduled kernel on one thread.
+"""Parallel elementwise kernels for prompts on CPUs: TVM's default lowering runs them on one thread.
 
-Each spatial-only block at a kernel's top level (elementwise ops, RoPE, KV-cache appends, gathers) has
-its loops fused and cut into tasks of ``GRAIN`` elements run by TVM's thread pool. One-token decode
-kernels stay a single task; prompt-sized ones spread over every core. Kernels with a reduction keep
-their schedule (the matmul schedule handles those worth it).
+A kernel whose buffers have the prompt dimension (``seq_len``: prefill, batch_prefill, batch_verify)
+and only spatial blocks at its top level (elementwise ops, KV-cache appends, gathers) gets, per
+block, all loops but the innermost fused into one parallel loop; the innermost stays whole so LLVM
+vectorizes it (fusing it too put a div/mod in every element and made SiLU 2x slower). Decode
+kernels (one row per sequence) stay serial: a thread-pool launch costs more than their work.
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-GRAIN = 4096  # elements per parallel task
+PROMPT_DIMS = ("seq_len",)  # symbolic dims of prompt-sized kernels (llmc.models.base specs)
+GRAIN = 4096  # a single-loop block is cut into parallel tasks of this many elements
 DATA_PARALLEL = 0
+
+
+def _has_prompt_dim(func: tirx.PrimFunc) -> bool:
+    """Whether the kernel's shapes use a prompt-length variable (free in its body, bound by its buffers)."""
+    return any(var.name in PROMPT_DIMS for var in tirx.analysis.undefined_vars(func.body, list(func.params)))
 
 
 def _parallelize(sch: s_tir.Schedule) -> bool:
@@ -29,8 +36,10 @@ def _parallelize(sch: s_tir.Schedule) -> bool:
         if not loops:
             continue
         try:
-            fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-            outer, _inner = sch.split(fused, [None, GRAIN])
+            if len(loops) > 1:
+                outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+            else:
+                outer, _inner = sch.split(loops[0], [None, GRAIN])
             sch.parallel(outer)
         except Exception:  # noqa: BLE001 - loops shared with another block or not perfectly nested
             continue
@@ -42,6 +51,8 @@ def _parallelize(sch: s_tir.Schedule) -> bool:
 def ParallelizeElementwiseCPU(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 - TVM pass naming
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+            continue
+        if not _has_prompt_dim(func):
             continue
         sch = s_tir.Schedule(func)
         if _parallelize(sch):
