@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,18 @@ from tvm.runtime.vm import VirtualMachine
 from llmc.artifact import read_config
 from llmc.errors import ArtifactError, GenerationError
 from llmc.memory import PAGE_SIZE
+
+
+def use_every_core() -> None:
+    """TVM's CPU thread pool defaults to half the logical cores (it assumes hyper-threading): on a 2-vCPU
+    machine llmc ran on one thread. Use every core this process may run on, unless TVM_NUM_THREADS says
+    otherwise; it must be set before the first parallel kernel creates the pool."""
+    if "TVM_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        os.environ["TVM_NUM_THREADS"] = str(cores or 1)
+
+
+use_every_core()
 
 
 def check_loadable_here(folder: Path, config: dict) -> None:
