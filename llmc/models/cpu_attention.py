@@ -75,6 +75,16 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
         return terms[0]
 
     @T.macro
+    def fold(part):
+        """Halve the vector until two lanes are left (vector adds instead of a scalar tree)."""
+        if lanes >= 16:
+            part[T.ramp(0, 1, 8)] = part[T.ramp(0, 1, 8)] + part[T.ramp(8, 1, 8)]
+        if lanes >= 8:
+            part[T.ramp(0, 1, 4)] = part[T.ramp(0, 1, 4)] + part[T.ramp(4, 1, 4)]
+        if lanes >= 4:
+            part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
+
+    @T.macro
     def attend(q, token, h, n_keys, keys, values, key_base, page_values, output, lse, sm_scale):
         acc = T.decl_buffer((d,), "float32")
         qf = T.decl_buffer((d,), "float32")
@@ -100,7 +110,8 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
                         part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
                             keys, key_base, page[0], c, j, h, e, 0
                         )
-                    scores[j] = hsum(part)
+                    fold(part)
+                    scores[j] = part[0] + part[1]
                     state[2] = T.max(state[2], scores[j])
             state[3] = T.exp2(state[0] - state[2])
             state[1] = state[1] * state[3]
