@@ -11,7 +11,9 @@ decode steps of one token each, each up to its greedy argmax. Every round runs e
 (+10% of one core) is contaminated: dropped and redone in a later round. Medians of the clean runs; the load
 average is recorded per run. Writes bench/results/cpu-<date>.json and .md.
 
-usage: python bench/cpu.py [--rounds 5 | --quick] [--threads 1,2] [--no-large] [--artifacts DIR]
+Rounds stop early after --max-minutes; a system left without a clean run reports the median of all its runs (*).
+
+usage: python bench/cpu.py [--rounds 3 | --quick] [--threads 1,2] [--no-large] [--artifacts DIR] [--max-minutes 30]
 """
 
 from __future__ import annotations
@@ -229,8 +231,9 @@ def summarize(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="clean runs per system and thread count")
-    parser.add_argument("--quick", action="store_true", help="2 rounds, prompt 512 / decode 64 on the large model")
+    parser.add_argument("--rounds", type=int, default=3, help="clean runs per system and thread count")
+    parser.add_argument("--quick", action="store_true", help="1 round; decode-64 on the large model")
+    parser.add_argument("--max-minutes", type=float, default=30.0, help="start no round after this long")
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--gen-len", type=int, default=128)
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
@@ -240,12 +243,10 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, help="keep (and reuse) llmc artifacts here [default: a temp dir]")
     args = parser.parse_args()
     if args.quick:
-        args.rounds = 2
+        args.rounds = 1
     threads = [int(t) for t in args.threads.split(",")]
     window = args.prompt_len + args.gen_len + 16
     rng = np.random.default_rng(0)
-
-    import llama_cpp
 
     info = llama_cpp_info()
     print(f"llama.cpp: {info['system_info']}", flush=True)
@@ -315,7 +316,11 @@ def main() -> None:
     rows: dict[str, dict[int, list[dict]]] = {name: {t: [] for t in threads} for name in systems}
     jobs = [(name, t) for t in threads for name in systems]
     dropped = 0
+    deadline = time.time() + 60 * args.max_minutes
     for round_index in range(args.rounds * 3):
+        if round_index >= 1 and time.time() > deadline:
+            print(f"--max-minutes {args.max_minutes} reached: no more rounds", flush=True)
+            break
         pending = [(n, t) for n, t in jobs if sum(not r["contaminated"] for r in rows[n][t]) < args.rounds]
         if not pending:
             break

@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,24 @@ def smollm2_q4_1() -> Path:
     return Path(resolve("smollm2-135m").path)
 
 
+@contextlib.contextmanager
+def quiet_c_output():
+    """Silence what C code prints on file descriptors 1 and 2 (llama.cpp's quantizer logs every tensor)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def _quantize(source: Path, out: Path, ftype: int) -> Path:
     """llama.cpp's quantizer (the C API ``llama_model_quantize``) from ``source`` to ``out``."""
     import llama_cpp
@@ -40,7 +60,8 @@ def _quantize(source: Path, out: Path, ftype: int) -> Path:
     params.ftype = ftype
     params.nthread = 2
     tmp = out.with_name(out.name + ".partial")
-    rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    with quiet_c_output():
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({source} -> {out.name}) returned {rc}")
     tmp.rename(out)
