@@ -239,7 +239,12 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--quants", default=",".join(LLMC_QUANTS), help="llmc quantizations")
     parser.add_argument("--no-large", action="store_true", help=f"skip {LARGE}")
-    parser.add_argument("--flash-attn", action="store_true", help="llama.cpp with flash attention")
+    parser.add_argument(
+        "--no-flash-attn",
+        dest="flash_attn",
+        action="store_false",
+        help="llama.cpp without flash attention (on by default: llama.cpp's own default, ~20%% faster prefill here)",
+    )
     parser.add_argument("--artifacts", type=Path, help="keep (and reuse) llmc artifacts here [default: a temp dir]")
     args = parser.parse_args()
     if args.quick:
