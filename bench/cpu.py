@@ -167,7 +167,7 @@ def tensor_types(path: Path) -> str:
 
 
 def set_tvm_threads(threads: int) -> None:
-    """Resize TVM's CPU thread pool (what TVM_NUM_THREADS sets at start-up)."""
+    """Use ``threads`` of TVM's CPU thread pool (at most the TVM_NUM_THREADS it was created with)."""
     import tvm
 
     tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: kBig (all cores here)
@@ -250,6 +250,9 @@ def main() -> None:
     if args.quick:
         args.rounds = 1
     threads = [int(t) for t in args.threads.split(",")]
+    # TVM sizes its pool once, at most to TVM_NUM_THREADS, by default to half the cores (it assumes SMT pairs):
+    # 1 thread on this 2-core machine. Sized to the most threads here; set_tvm_threads picks 1..max per run.
+    os.environ["TVM_NUM_THREADS"] = str(max(threads))
     window = args.prompt_len + args.gen_len + 16
     rng = np.random.default_rng(0)
 
@@ -379,6 +382,7 @@ def main() -> None:
         "llmc_commit": llmc_git(),
         "llama_cpp": info,
         "flash_attn": args.flash_attn,
+        "tvm_num_threads": os.environ["TVM_NUM_THREADS"],
     }
     cols = " | ".join(f"prefill x{t} | decode x{t}" for t in threads)
     table = [
