@@ -50,13 +50,23 @@ test-wheel: install-test
 
 install-bench: $(VENV)/.installed-bench
 
+# llama.cpp, the peer in the benchmarks, built from source (~10 minutes on 2 cores) for this machine's ISA (AMD Zen 5:
+# AVX-512 F/BW/VL/VNNI/BF16/VBMI, AVX-VNNI, no AMX) named flag by flag instead of GGML_NATIVE's -march=native, AMX off;
+# llamafile sgemm, repacking and OpenMP stay on. LLAVA_BUILD=OFF: no multimodal library (the bench needs none).
+# --no-cache-dir: pip would otherwise reuse a wheel it built earlier with other CMAKE_ARGS.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
+BENCH_ARGS ?=
+
 $(VENV)/.installed-bench: $(VENV)/.installed-test
-	# llama.cpp, the peer in the benchmarks (builds from source: ~12 minutes on 2 cores)
-	$(PIP) install -q llama-cpp-python
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" FORCE_CMAKE=1 $(PIP) install -q --no-cache-dir llama-cpp-python==$(LLAMA_CPP_VERSION)
 	touch $@
 
+# llmc (q4f16_1, q4f32_1, q8f16_1, q0f32) vs llama.cpp, 1 and 2 threads; BENCH_ARGS=--quick for one round
 bench: install-bench
-	$(PY) bench/cpu.py
+	LLAMA_CPP_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) bench/cpu.py $(BENCH_ARGS)
 
 bench-quant: install-bench
 	test -x /usr/bin/time || apt-get install -y time
