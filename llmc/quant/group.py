@@ -167,6 +167,16 @@ def int_dot_matmul(
     return op.reshape(out, (*lead, out_features))
 
 
+def _quantized_parameters(gq: GroupQuant, rows: int, cols: int, isa: str | None) -> tuple:
+    """(codes, scales) parameters of a ``rows x cols`` weight: packed uint32 words, or with ``isa`` the
+    CPU integer layout (uint8 tiles); scales in the scheme's dtype either way."""
+    if isa is None:
+        weight_shape, scale_shape = gq.packed_shapes(rows, cols)
+        return nn.Parameter(weight_shape, "uint32"), nn.Parameter(scale_shape, gq.scale_dtype)
+    weight_shape, scale_shape = int_dot.layout_shapes(gq, rows, cols)
+    return nn.Parameter(weight_shape, "uint8"), nn.Parameter(scale_shape, gq.scale_dtype)
+
+
 class QuantizedLinear(nn.Module):
     """``nn.Linear`` with a group-quantized weight (``q_weight``, ``q_scale``).
 
@@ -176,14 +186,7 @@ class QuantizedLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, gq: GroupQuant, bias: bool, isa: str | None = None):
         self.in_features, self.out_features, self.gq, self.isa = in_features, out_features, gq, isa
-        if isa is None:
-            weight_shape, scale_shape = gq.packed_shapes(out_features, in_features)
-            self.q_weight = nn.Parameter(weight_shape, "uint32")
-            self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
-        else:
-            weight_shape, scale_shape = int_dot.layout_shapes(gq, out_features, in_features)
-            self.q_weight = nn.Parameter(weight_shape, "uint8")
-            self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
+        self.q_weight, self.q_scale = _quantized_parameters(gq, out_features, in_features, isa)
         dtype = gq.scale_dtype if isa is None else "float32"
         self.bias = nn.Parameter((out_features,), dtype) if bias else None
 
@@ -207,14 +210,7 @@ class QuantizedEmbedding(nn.Module):
 
     def __init__(self, num: int, dim: int, gq: GroupQuant, isa: str | None = None):
         self.num, self.dim, self.gq, self.isa = num, dim, gq, isa
-        if isa is None:
-            weight_shape, scale_shape = gq.packed_shapes(num, dim)
-            self.q_weight = nn.Parameter(weight_shape, "uint32")
-            self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
-        else:
-            weight_shape, scale_shape = int_dot.layout_shapes(gq, num, dim)
-            self.q_weight = nn.Parameter(weight_shape, "uint8")
-            self.q_scale = nn.Parameter(scale_shape, gq.scale_dtype)
+        self.q_weight, self.q_scale = _quantized_parameters(gq, num, dim, isa)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         gq, dim = self.gq, self.dim

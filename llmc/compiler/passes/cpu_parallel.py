@@ -12,6 +12,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from llmc.compiler.passes.cpu_schedule import schedule_unscheduled
+
 PROMPT_DIMS = ("seq_len",)  # symbolic dims of prompt-sized kernels (llmc.models.base specs)
 GRAIN = 4096  # a single-loop block is cut into parallel tasks of this many elements
 DATA_PARALLEL = 0
@@ -49,12 +51,4 @@ def _parallelize(sch: s_tir.Schedule) -> bool:
 
 @tvm.transform.module_pass(opt_level=0, name="ParallelizeElementwiseCPU")
 def ParallelizeElementwiseCPU(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 - TVM pass naming
-    for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
-            continue
-        if not _has_prompt_dim(func):
-            continue
-        sch = s_tir.Schedule(func)
-        if _parallelize(sch):
-            mod[gv] = sch.mod["main"].with_attr("global_symbol", gv.name_hint)
-    return mod
+    return schedule_unscheduled(mod, _parallelize, _has_prompt_dim)

@@ -80,14 +80,22 @@ def _schedule_float_matmuls(sch: s_tir.Schedule) -> bool:
     return changed
 
 
-@tvm.transform.module_pass(opt_level=0, name="ScheduleMatmulCPU")
-def ScheduleMatmulCPU(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 - TVM pass naming
+def schedule_unscheduled(mod: tvm.IRModule, schedule, wanted=lambda func: True) -> tvm.IRModule:
+    """Apply ``schedule(sch) -> changed`` to each PrimFunc not yet scheduled (and ``wanted``); keep its name."""
     for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False):
+        if not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False) or not wanted(func):
             continue
         sch = s_tir.Schedule(func)
-        dequantize = _get_block(sch, DEQUANTIZE_BLOCK)
-        changed = _schedule_dequantize_matmul(sch, dequantize) if dequantize else _schedule_float_matmuls(sch)
-        if changed:
+        if schedule(sch):
             mod[gv] = sch.mod["main"].with_attr("global_symbol", gv.name_hint)
     return mod
+
+
+def _schedule_matmul(sch: s_tir.Schedule) -> bool:
+    dequantize = _get_block(sch, DEQUANTIZE_BLOCK)
+    return _schedule_dequantize_matmul(sch, dequantize) if dequantize else _schedule_float_matmuls(sch)
+
+
+@tvm.transform.module_pass(opt_level=0, name="ScheduleMatmulCPU")
+def ScheduleMatmulCPU(mod: tvm.IRModule, _ctx) -> tvm.IRModule:  # noqa: N802 - TVM pass naming
+    return schedule_unscheduled(mod, _schedule_matmul)
