@@ -1,4 +1,4 @@
-"""The CPU integer path: repacked layout, the int8 x int4/int8 kernel against numpy on odd shapes for
+"""CPU kernels. The integer path: repacked layout, the int8 x int4/int8 kernel against numpy on odd shapes for
 every x86 instruction set this CPU runs, the CPU attention kernels against TVM's, and the lowered model
 (integer kernels present, no float dequantize-matmul left)."""
 
@@ -119,3 +119,19 @@ def test_lowered_module_has_no_float_dequantize_matmul(checkpoints):
     mod, _ = build_module(plan.module(target), target)
     names = [gv.name_hint for gv in make_pipeline(target)(mod).functions]
     assert not [name for name in names if name.startswith("int_dot")]
+
+
+def test_fast_exp_and_silu_multiply():
+    """The libm-free exp of the CPU SiLU kernel: a few float32 ulps over the range it sees (clamped at 2^+-126)."""
+    from tvm import te
+
+    from llmc.models.layers import fast_exp
+
+    x = np.concatenate([np.linspace(-80, 80, 4001), [-200.0, 0.0, 1e-8, 88.0]]).astype(np.float32)
+    placeholder = te.placeholder((x.size,), "float32")
+    func = te.create_prim_func([placeholder, te.compute(placeholder.shape, lambda i: fast_exp(placeholder[i]))])
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=HOST)
+    out = tvm.runtime.tensor(np.zeros_like(x), tvm.cpu())
+    lib["main"](tvm.runtime.tensor(x, tvm.cpu()), out)
+    expected = np.exp(np.clip(x.astype(np.float64), -126 * np.log(2), 126 * np.log(2)))
+    assert np.all(np.abs(out.numpy() - expected) <= 1e-6 * expected)

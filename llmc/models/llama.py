@@ -12,7 +12,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
 from llmc.models.base import CausalLMBase, ModelConfig, WeightSource
-from llmc.models.layers import Embedding
+from llmc.models.layers import Embedding, silu_multiply
 
 SUPPORTED_ROPE_TYPES = {"default", "llama3"}
 REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -67,7 +67,10 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
+        gate_up = self.gate_up_proj(x)
+        if getattr(self, "fast_silu", False):  # CPUs, float32 (set by LlamaForCausalLM)
+            return self.down_proj(silu_multiply(gate_up, gate_up.shape[-1] // 2))
+        gate, up = op.split(gate_up, 2, axis=-1)
         return self.down_proj(op.silu(gate) * up)
 
 
@@ -115,6 +118,8 @@ class LlamaForCausalLM(CausalLMBase):
         self.config = config
         self.target = target  # the paged KV cache's kernels depend on the target
         self.model = LlamaModel(config)
+        for layer in self.model.layers:
+            layer.mlp.fast_silu = target.kind.name == "llvm"
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"
