@@ -22,17 +22,16 @@ from collections.abc import Iterator
 
 from tvm.script import tirx as T
 
+from llmc.models.layers import EXP2_TAYLOR
+
 CHUNK = 16
 LOG2E = math.log2(math.e)
 NEG_INIT = -5e4  # TVM's initial running max (its merge_state expects the same for empty rows)
 
 
-EXP2_TAYLOR = [math.log(2) ** n / math.factorial(n) for n in range(7)]  # 2^f on |f| <= 1/2: rel. error ~1e-7
-
-
 def _exp2(x, lanes: int):
-    """``2**x`` for a float32 vector with ``x <= 0``: 2^round(x) from the exponent bits times a degree-6
-    polynomial of the remainder (LLVM has no vector exp2 without a vector math library)."""
+    """``2**x`` for a float32 vector with ``x <= 0``: the vector form of ``llmc.models.layers.fast_exp``
+    (LLVM has no vector exp2 without a vector math library)."""
     x = T.max(x, T.broadcast(T.float32(-126), lanes))
     n = T.nearbyint(x)
     f = x - n
