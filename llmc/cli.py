@@ -124,7 +124,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     show_default=True,
     help="x86 CPU targets, 4- and 8-bit schemes: int8 quantizes activations per group of 32 and multiplies "
     "in integers (AVX512-VNNI/AVX-VNNI/AVX2, as llama.cpp does); float dequantizes weights to float32 "
-    "(exact, slower: the reference path).",
+    "and keeps TVM's own attention and SiLU kernels (exact, slower: the reference path).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(

@@ -71,13 +71,15 @@ class ModelPlan:
     config: ModelConfig
     scheme: QuantScheme
     quantize_embeddings: bool
-    int_dot: bool = True  # use the CPU integer kernels where the target and scheme allow
+    int_dot: bool = True  # llmc's CPU kernels (integer matmuls, attention, SiLU) where the target allows
     quantized: set[str] = field(default_factory=set)
     dtype: str | None = None  # compute dtype, set by module(): float32 on CPUs
     isa: str | None = None  # CPU integer-dot instruction set, set by module(); None: float path
 
     def float_module(self, target, portable: bool = False):
         module = self.family.module_class(self.config, target)
+        if not self.int_dot:  # the reference path: TVM's own kernels throughout
+            module.use_tvm_cpu_kernels()
         dtype = self.scheme.model_dtype if portable else self.scheme.compute_dtype(target)
         if dtype != "float32":
             module.to(dtype)

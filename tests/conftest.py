@@ -142,19 +142,23 @@ def compiled(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     cache: dict[tuple[str, str, str], Path] = {}
 
-    def get(name: str, quant: str = "q0f32", target: str = "llvm") -> Path:
-        if (name, quant, target) not in cache:
+    def get(name: str, quant: str = "q0f32", target: str = "llvm", cpu_matmul: str = "int8") -> Path:
+        """``cpu_matmul="float"``: the CPU reference path (the GPU builds' float kernels and layout)."""
+        key = (name, quant, target, cpu_matmul)
+        if key not in cache:
+            folder = f"{name}-{quant}" if target == "llvm" else f"{name}-{quant}-{target}"
             options = CompileOptions(
                 target=target,
                 quant=quant,
-                output=root / (f"{name}-{quant}" if target == "llvm" else f"{name}-{quant}-{target}"),
+                output=root / (folder if cpu_matmul == "int8" else f"{folder}-float"),
                 quiet=True,
                 context_window=TINY_CONTEXT_WINDOW,
                 prefill_chunk=TINY_PREFILL_CHUNK,
                 max_batch_size=4,
+                cpu_matmul=cpu_matmul,
             )
-            cache[(name, quant, target)] = compile_model(str(checkpoints[name]), options)
-        return cache[(name, quant, target)]
+            cache[key] = compile_model(str(checkpoints[name]), options)
+        return cache[key]
 
     return get
 

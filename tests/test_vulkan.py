@@ -160,7 +160,7 @@ def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled, t
         runner = WgpuRunner() if through == "wgpu" else RawVulkanRunner()
     except Exception as e:
         pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
-    reference = Engine(compiled("llama_gqa", "q4f16_1"))
+    reference = Engine(compiled("llama_gqa", "q4f16_1", cpu_matmul="float"))  # the same float maths as the GPU
     artifact = shutil.copytree(vulkan_artifact, tmp_path / "vk")  # TVM reads a library path's blob once
     with VulkanLibraryEmulator(runner) as emulator:
         gpu = Engine(artifact, device="webgpu")

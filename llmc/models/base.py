@@ -58,6 +58,14 @@ class CausalLMBase(nn.Module):
 
     config: ModelConfig
     dtype: str = "float32"
+    cpu_kernels: bool = True  # llmc's CPU attention/RoPE/SiLU kernels on llvm targets; False: TVM's own
+
+    def use_tvm_cpu_kernels(self) -> None:
+        """Reference builds (``--cpu-matmul float``): TVM's own kernels for attention, RoPE and SiLU."""
+        self.cpu_kernels = False
+        for layer in self.model.layers:
+            if hasattr(layer.mlp, "fast_silu"):
+                layer.mlp.fast_silu = False
 
     def to(self, dtype: str | None = None) -> None:
         super().to(dtype=dtype)
@@ -110,7 +118,7 @@ class CausalLMBase(nn.Module):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
-        cpu = self.target.kind.name == "llvm"
+        cpu = self.target.kind.name == "llvm" and self.cpu_kernels
         with llmc_cpu_attention() if cpu else contextlib.nullcontext():
             return self._paged_kv_cache(
                 max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
