@@ -6,7 +6,8 @@ and ``-offset * sum(codes)`` per group, the correction that lets the matmul use 
 unsigned codes as they are. Then ``out[m, n] = sum_g scale_w[n, g] * scale_x[m, g] * (sum_k code_w[n, k] * x_q[m, k]
 - offset * sum_k x_q[m, k])``. Tiles of 16 output rows run in parallel; per row of activations and
 per group, one 32-bit integer accumulator per output row takes 4 (8-bit: 8) dot-product steps of
-4 codes each, then is converted and scaled into a float accumulator once per group.
+4 codes each, then is converted and scaled into a float accumulator once per group. (AVX2 with
+8-bit codes re-centres them to signed bytes for ``vpmaddubsw``'s sign trick and needs no correction.)
 """
 
 from __future__ import annotations
