@@ -76,11 +76,15 @@ class ModelPlan:
     dtype: str | None = None  # compute dtype, set by module(): float32 on CPUs
     isa: str | None = None  # CPU integer-dot instruction set, set by module(); None: float path
 
+    def compute_dtype(self, target, portable: bool = False) -> str:
+        """The scheme's dtype for a weights folder (``portable``), else what ``target`` computes in."""
+        return self.scheme.model_dtype if portable else self.scheme.compute_dtype(target)
+
     def float_module(self, target, portable: bool = False):
         module = self.family.module_class(self.config, target)
         if not self.int_dot:  # the reference path: TVM's own kernels throughout
             module.use_tvm_cpu_kernels()
-        dtype = self.scheme.model_dtype if portable else self.scheme.compute_dtype(target)
+        dtype = self.compute_dtype(target, portable)
         if dtype != "float32":
             module.to(dtype)
         return module
@@ -91,7 +95,7 @@ class ModelPlan:
         ``portable``: the target-independent weight format of a weights folder (scheme dtype, no repack).
         """
         module = self.float_module(target, portable)
-        self.dtype = self.scheme.model_dtype if portable else self.scheme.compute_dtype(target)
+        self.dtype = self.compute_dtype(target, portable)
         self.isa = None if portable or not self.int_dot else self.scheme.int_dot_isa(target)
         self.quantized = self.scheme.quantize_module(module, self.quantize_embeddings, self.isa, self.dtype)
         return module
@@ -267,13 +271,13 @@ def _relayout_weights(src: Path, dst: Path, plan: ModelPlan, quiet: bool) -> dic
     return {"param_bytes": writer.total_bytes}
 
 
-def _link_weights(src: Path, dst: Path, relink: bool = False) -> None:
+def _link_weights(src: Path, dst: Path, weights: bool = True) -> None:
     """Hard-link (or copy) the weight and tokenizer files of a weights folder into ``dst``
-    (``relink``: tokenizer files only; the weights are rewritten)."""
+    (``weights=False``: tokenizer files only, the weights are rewritten)."""
     for file in sorted(src.iterdir()):
         if file.name == CONFIG_FILE or not file.is_file() or file.suffix in (".so", ".tar", ".wasm"):
             continue
-        if relink and (file.name == TENSOR_CACHE_FILE or file.name.startswith("params_shard_")):
+        if not weights and (file.name == TENSOR_CACHE_FILE or file.name.startswith("params_shard_")):
             continue
         try:
             os.link(file, dst / file.name)
@@ -315,8 +319,9 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         elif stored is None:
             weights = _write_weights(source, reader, plan, target, tmp, options.quiet)
         else:
-            _link_weights(source.path, tmp, relink=not _stored_layout_fits(stored, plan))
-            if not _stored_layout_fits(stored, plan):  # e.g. fp16 / standard-layout weights for a CPU
+            fits = _stored_layout_fits(stored, plan)
+            _link_weights(source.path, tmp, weights=fits)
+            if not fits:  # e.g. fp16 / standard-layout weights for a CPU
                 stored = {**stored, **_relayout_weights(source.path, tmp, plan, options.quiet)}
             weights = {
                 **stored,

@@ -54,9 +54,9 @@ class QuantScheme:
         replaced: set[str] = set()
         if self.group is None:
             return replaced
-        group = self.group if dtype in (None, self.group.scale_dtype) else replace(self.group, scale_dtype=dtype)
-        if isa is not None:  # the integer kernels read the scheme's own scales (fp16: widened in the kernel)
-            group = self.group
+        # the integer kernels read the scheme's own scales (fp16: widened in the kernel)
+        keep_scales = isa is not None or dtype in (None, self.group.scale_dtype)
+        group = self.group if keep_scales else replace(self.group, scale_dtype=dtype)
 
         def swap(name: str, child: nn.Module) -> nn.Module | None:
             is_head = name.split(".")[-1] == "lm_head"
