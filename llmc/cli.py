@@ -369,6 +369,33 @@ def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
 
 
 @main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port, printed).")
+@click.option("--max-batch", type=int, default=None, help="Sequences decoded together [default: the artifact's].")
+@click.option("--max-queue", type=int, default=64, show_default=True, help="Waiting requests before 429 answers.")
+@click.option("--api-key", default=None, envvar="LLMC_API_KEY", help="Require 'Authorization: Bearer KEY'.")
+@click.option("--model-name", default=None, help="The model id clients send [default: the artifact folder's name].")
+@click.option("--device", default="cpu", show_default=True, help="TVM device to run on (cpu, cuda, ...).")
+def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, device):
+    """Serve a compiled ARTIFACT over the OpenAI API (chat and completions, streaming or not).
+
+    \b
+    Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health,
+    GET /metrics (Prometheus). Requests join and leave one running batch at every decode step;
+    prompts sharing a prefix with a recent request reuse its KV cache. SIGTERM or Ctrl-C stops
+    accepting, lets requests in flight finish, and exits 0.
+    """
+    from llmc.serve.server import serve as run_server
+
+    if max_batch is not None and max_batch < 1:
+        raise LlmcError(f"--max-batch {max_batch}: must be at least 1.")
+    if max_queue < 0:
+        raise LlmcError(f"--max-queue {max_queue}: must be 0 or more.")
+    run_server(artifact, host, port, max_batch, max_queue, api_key, device, model_name)
+
+
+@main.command()
 @click.argument("model")
 @click.option(
     "--random-weights",
