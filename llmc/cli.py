@@ -341,31 +341,21 @@ def run(artifact, prompt, chat, system, as_json, max_tokens, temperature, top_p,
 @click.option("--system", default=None, help="System message.")
 @_sampling_options
 def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
-    """Chat with a compiled ARTIFACT. Commands: /reset clears the conversation, /exit quits."""
-    from llmc.runtime.session import ChatSession
+    """Chat with a compiled ARTIFACT. /help lists the commands.
 
-    session = ChatSession(artifact, device, system)
-    click.echo("llmc chat: /reset clears the conversation, /exit quits.", err=True)
-    while True:
-        try:
-            line = input(">>> ")
-        except EOFError:
-            break
-        text = line.strip()
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/reset":
-            session.reset()
-            click.echo("[conversation cleared]", err=True)
-            continue
-        if not text:
-            continue
-        result = session.send(
-            text, max_tokens, temperature, top_p, seed, on_text=lambda piece: click.echo(piece, nl=False)
-        )
-        click.echo()
-        if result.finish_reason == "context_window":
-            click.echo("[the context window is full: /reset to start over]", err=True)
+    When the conversation outgrows the context window the oldest turns are dropped (the system
+    message stays). Ctrl-C stops an answer; Ctrl-C twice at the prompt, Ctrl-D or /exit quits.
+    """
+    import signal
+
+    from llmc.runtime.chat_loop import ChatLoop
+
+    loop = ChatLoop(artifact, device, system, max_tokens, temperature, top_p, seed)
+    previous = signal.signal(signal.SIGINT, loop.on_sigint)
+    try:
+        loop.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @main.command()

@@ -63,8 +63,12 @@ def generate(
     on_token: Callable[[int], None] | None = None,
     seq_id: int = 0,
     keep_sequence: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GenerationResult:
-    """Prefill ``prompt_ids`` (continuing ``seq_id`` if it exists) and sample up to ``max_tokens``."""
+    """Prefill ``prompt_ids`` (continuing ``seq_id`` if it exists) and sample up to ``max_tokens``.
+
+    ``should_stop`` is asked after every token (e.g. Ctrl-C in a chat): true ends with ``"cancelled"``.
+    """
     past = engine.sequence_length(seq_id) if keep_sequence else 0
     if not keep_sequence:
         engine.add_sequence(seq_id)
@@ -96,6 +100,9 @@ def generate(
                 break
             if past + len(prompt_ids) + len(result.output_ids) >= window:
                 result.finish_reason = "context_window"
+                break
+            if should_stop and should_stop():
+                result.finish_reason = "cancelled"
                 break
             logits = engine.decode(seq_id, token)
         result.decode_seconds = time.perf_counter() - started
