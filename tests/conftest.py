@@ -204,3 +204,40 @@ def make_trained_checkpoint(folder: Path, steps: int = 40, seed: int = 0) -> Pat
         optimizer.step()
     model.eval().save_pretrained(folder, max_shard_size="200KB")
     return folder
+
+
+@pytest.fixture(scope="session")
+def serving_artifact(tmp_path_factory) -> Path:
+    """A random Llama wide enough (hidden 512, 4 layers) that one decode step outweighs Python and HTTP
+    overheads, so that continuous batching shows in wall time: max batch 8, context 512 (~6 s to build)."""
+    import torch
+    import transformers
+
+    folder = tmp_path_factory.mktemp("serving") / "checkpoint"
+    folder.mkdir()
+    config = transformers.LlamaConfig(
+        vocab_size=make_tokenizer(folder),
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=1024,
+        bos_token_id=None,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    randomize(model, 0)
+    model.save_pretrained(folder)
+    options = CompileOptions(
+        target="llvm",
+        quant="q0f32",
+        output=folder.parent / "serving-q0f32",
+        quiet=True,
+        context_window=512,
+        prefill_chunk=64,
+        max_batch_size=8,
+    )
+    return compile_model(str(folder), options)

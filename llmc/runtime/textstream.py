@@ -13,6 +13,7 @@ class OutputText:
         self.stop = [s for s in stop if s]
         self.text = ""  # everything decoded so far (cut at a stop string once one is found)
         self.sent = 0  # how much of ``text`` was handed out
+        self.stopped = False
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """Add one token; return (the text that is now safe to send, whether a stop string was reached)."""
@@ -21,12 +22,16 @@ class OutputText:
             return self._take(len(self.text)), False
         hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
         if hits:
-            self.text = self.text[: min(hits)]
+            self.text, self.stopped = self.text[: min(hits)], True
             return self._take(len(self.text)), True
         return self._take(len(self.text) - self._held_back()), False
 
     def flush(self) -> str:
-        """The held-back tail, once generation ended without completing a stop string."""
+        """The rest once generation ended: the held-back tail and any incomplete character (as U+FFFD)."""
+        if not self.stopped:
+            decoder = self.decoder
+            self.text += decoder.tokenizer.decode(decoder.ids)[len(decoder.emitted) :]
+            decoder.emitted = decoder.tokenizer.decode(decoder.ids)
         return self._take(len(self.text))
 
     def _held_back(self) -> int:
