@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
+.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
 .PHONY: install-web test-web test-wheel
 
@@ -67,6 +67,12 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test
 # llmc (q4f16_1, q4f32_1, q8f16_1, q0f32) vs llama.cpp, 1 and 2 threads; BENCH_ARGS=--quick for one round
 bench: install-bench
 	LLAMA_CPP_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) bench/cpu.py $(BENCH_ARGS)
+
+# llmc serve vs llama.cpp's server (llama-cpp-python[server]: its web stack added without rebuilding llama.cpp)
+# at concurrency 1, 4, 16 on SmolLM2 through the openai client; BENCH_ARGS e.g. --artifact DIR to keep the build
+bench-serve: install-bench
+	$(PIP) install -q fastapi uvicorn sse-starlette starlette-context pydantic-settings
+	$(PY) bench/serve.py $(BENCH_ARGS)
 
 bench-quant: install-bench
 	test -x /usr/bin/time || apt-get install -y time
