@@ -27,6 +27,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	# the CPU wheel first, so that nothing pulls a CUDA build of torch
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
+	# constrained decoding for llmc serve's response_format; --no-deps: its torch/transformers are the test extras'
+	# (a plain install would also pull triton, which a CPU machine does not use)
+	$(PIP) install -q --no-deps 'xgrammar>=0.1.20'
 	touch $@
 
 demo: install

@@ -248,6 +248,34 @@ def test_bad_request_gets_an_openai_error_and_the_server_keeps_serving(
     assert client.completions.create(model=model, prompt="hi", max_tokens=2, temperature=0).choices[0].text is not None
 
 
+COLOR_SCHEMA = {
+    "type": "object",
+    "properties": {"color": {"enum": ["red", "green"]}, "ok": {"type": "boolean"}},
+    "required": ["color", "ok"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_json_schema_constrains_the_output(client, model):
+    pytest.importorskip("xgrammar")
+    messages = [{"role": "user", "content": "pick a color"}]
+    free = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=40)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(free.choices[0].message.content)  # the random model alone does not write JSON
+    for seed in (0, 1):
+        answer = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            temperature=1.0,
+            seed=seed,
+            max_tokens=40,
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": COLOR_SCHEMA}},
+        )
+        value = json.loads(answer.choices[0].message.content)
+        assert value["color"] in ("red", "green") and isinstance(value["ok"], bool) and set(value) == {"color", "ok"}
+        assert answer.choices[0].finish_reason == "stop"
+
+
 def test_openai_client_raises_typed_errors(server, client, model):
     with pytest.raises(openai.BadRequestError, match="context window"):
         client.completions.create(model=model, prompt="fox jumps " * 400)
@@ -364,3 +392,15 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(small_server):
     assert code == 0, log
     assert "stopped" in log and "Traceback" not in log
     assert result["answer"].usage.completion_tokens >= 1, "the request in flight was answered"
+
+
+def test_serve_cli_errors_are_one_line(compiled, tmp_path):
+    missing = CliRunner().invoke(main, ["serve", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and missing.stderr.startswith("llmc: error:") and "Traceback" not in missing.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = CliRunner().invoke(main, ["serve", str(compiled("llama_tied", "q0f32")), "--port", str(port)])
+    assert busy.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    assert CliRunner().invoke(main, ["serve", str(tmp_path), "--max-batch", "0"]).exit_code == 1

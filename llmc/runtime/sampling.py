@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -18,19 +19,41 @@ class TokenLogprob:
     top: list[tuple[int, float]]
 
 
+class Constraint(Protocol):
+    """Constrained decoding (e.g. a JSON schema): which tokens may come next, and the one that came."""
+
+    def allowed(self, vocab_size: int) -> np.ndarray:
+        """A boolean mask over the vocabulary."""
+
+    def accept(self, token_id: int) -> None: ...
+
+
 class Sampler:
     """One request's sampler: its parameters and its own random stream (reproducible under any batching)."""
 
-    def __init__(self, temperature: float, top_p: float, seed: int | None, top_logprobs: int | None = None):
+    def __init__(
+        self,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        top_logprobs: int | None = None,
+        constraint: Constraint | None = None,
+    ):
         self.params = SamplingParams(temperature, top_p, seed)
         self.rng = np.random.default_rng(seed)
         self.top_logprobs = top_logprobs  # None: no logprobs; 0..k: the chosen token's plus k alternatives
+        self.constraint = constraint
 
     def __call__(self, logits: np.ndarray) -> tuple[int, TokenLogprob | None]:
+        raw = logits
+        if self.constraint is not None:
+            logits = np.where(self.constraint.allowed(len(logits)), logits, -np.inf)
         token = sample(logits, self.params, self.rng)
+        if self.constraint is not None:
+            self.constraint.accept(token)
         if self.top_logprobs is None:
             return token, None
-        return token, logprobs_of(logits, token, self.top_logprobs)
+        return token, logprobs_of(raw, token, self.top_logprobs)
 
 
 def logprobs_of(logits: np.ndarray, token: int, top: int) -> TokenLogprob:

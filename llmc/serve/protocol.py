@@ -44,6 +44,7 @@ class GenerationSpec:
     stream: bool = False
     include_usage: bool = False
     top_logprobs: int | None = None  # None: no logprobs
+    response_format: dict | None = None  # json_object / json_schema; None: free text
 
 
 def parse_json(raw: bytes) -> dict:
@@ -168,13 +169,14 @@ def parse_generation(body: dict, chat: bool) -> GenerationSpec:
         if _number(body, name, -2.0, 2.0, 0.0) != 0.0:
             raise APIError(400, f"'{name}' is not supported; leave it at 0.", param=name)
     response_format = _typed(body, "response_format", (dict,), "an object", {"type": "text"})
-    if response_format.get("type", "text") != "text":
+    kind = response_format.get("type", "text")
+    if kind not in ("text", "json_object", "json_schema"):
         raise APIError(
             400,
-            f"response_format {json.dumps(response_format.get('type'))} is not supported: this server has no "
-            'constrained decoding; use {"type": "text"} and ask for JSON in the prompt.',
+            f"response_format type must be text, json_object or json_schema, got {json.dumps(kind)}.",
             param="response_format",
         )
+    spec.response_format = None if kind == "text" else response_format
     if body.get("tools"):
         raise APIError(400, "'tools' (function calling) is not supported.", param="tools")
     return spec

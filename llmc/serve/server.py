@@ -19,6 +19,7 @@ from pathlib import Path
 from llmc.errors import GenerationError, LlmcError
 from llmc.runtime.sampling import Sampler
 from llmc.runtime.scheduler import QueueFullError, Request, ServingEngine, ShuttingDownError
+from llmc.serve.grammar import GrammarFactory
 from llmc.serve.metrics import ServerMetrics
 from llmc.serve.protocol import APIError, GenerationSpec, parse_generation, parse_json
 from llmc.serve.responses import ResponseShape
@@ -43,6 +44,8 @@ class LlmcHTTPServer(ThreadingHTTPServer):
         self.model_names = {model_name, *aliases}
         self.api_key = api_key
         self.metrics = ServerMetrics(engine)
+        tokenizer_file = engine.engine.folder / "tokenizer.json"
+        self.grammars = GrammarFactory(tokenizer_file, engine.engine.vocab_size, sorted(engine.tokenizer.eos_token_ids))
         self.created = int(time.time())
         self.active = 0
         self.active_lock = threading.Lock()
@@ -204,7 +207,8 @@ class Handler(BaseHTTPRequestHandler):
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        sampler = Sampler(spec.temperature, spec.top_p, spec.seed, spec.top_logprobs)
+        constraint = self.server.grammars.constraint(spec.response_format) if spec.response_format else None
+        sampler = Sampler(spec.temperature, spec.top_p, spec.seed, spec.top_logprobs, constraint)
         return Request(ids, spec.max_tokens or room, sampler, spec.stop)
 
     def _answer(self, spec: GenerationSpec, request: Request, shape: ResponseShape) -> None:
