@@ -149,12 +149,30 @@ def run_level(base: str, model: str, concurrency: int, requests: int, max_tokens
     }
 
 
-def bench_server(name: str, command: list[str], base: str, model: str, args) -> list[dict]:
+def greedy_matches_llmc_run(base: str, model: str, artifact: Path, max_tokens: int) -> bool:
+    """The served greedy answer to the first question equals `llmc run --temperature 0`'s."""
+    import openai
+
+    client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=600)
+    served = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=max_tokens, temperature=0
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "llmc", "run", str(artifact), "--json", "--prompt", QUESTIONS[0], "--temperature", "0",
+         "--max-tokens", str(max_tokens)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return served.choices[0].message.content == json.loads(run.stdout)["text"]
+
+
+def bench_server(name: str, command: list[str], base: str, model: str, args, artifact: Path | None = None):
     print(f"{name}: starting", flush=True)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(base, proc)
         run_level(base, model, 1, 2, 8)  # warm-up
+        if artifact is not None:
+            args.greedy_matches_llmc_run = greedy_matches_llmc_run(base, model, artifact, args.max_tokens)
         rows = []
         for level in args.levels:
             row = run_level(base, model, level, max(args.min_requests, 2 * level), args.max_tokens)
@@ -187,6 +205,7 @@ def main() -> None:
         f"http://127.0.0.1:{port}",
         artifact.name,
         args,
+        artifact,
     )
     if not args.no_llama_cpp:
         port = free_port()
@@ -207,6 +226,7 @@ def main() -> None:
         "llmc_commit": commit,
         "model": f"SmolLM2-135M-Instruct ({gguf.name})",
         "max_tokens": args.max_tokens,
+        "llmc_greedy_matches_llmc_run": getattr(args, "greedy_matches_llmc_run", None),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "systems": systems,
@@ -227,8 +247,8 @@ def cpu_name() -> str:
 
 def markdown(result: dict) -> str:
     lines = [f"# serving benchmark {result['date']}", ""]
-    for key in ("command", "machine", "llmc_commit", "model", "max_tokens", "load_average_before",
-                "load_average_after"):  # fmt: skip
+    for key in ("command", "machine", "llmc_commit", "model", "max_tokens", "llmc_greedy_matches_llmc_run",
+                "load_average_before", "load_average_after"):  # fmt: skip
         lines.append(f"- {key}: {result[key]}")
     lines += [
         "",
