@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -70,6 +71,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         route = self._route()
+        self._body_read = False
         with self.server.active_lock:
             self.server.active += 1
         status = 200
@@ -84,13 +86,22 @@ class Handler(BaseHTTPRequestHandler):
             status = getattr(self, "_" + route.strip("/").replace("/", "_"))() or 200
         except APIError as err:
             status = err.status
-            self._send_json(err.status, err.body())
+            self._fail(err)
         except (BrokenPipeError, ConnectionResetError):
             status = 499
+        except Exception as err:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
+            status = 500
+            traceback.print_exc()
+            self._fail(APIError(500, f"internal error: {err.__class__.__name__}: {err}", code="internal_error"))
         finally:
             self.server.metrics.count_request(route if (method, route) in ROUTES else "other", status)
             with self.server.active_lock:
                 self.server.active -= 1
+
+    def _fail(self, err: APIError) -> None:
+        if self.command == "POST" and not self._body_read:
+            self.close_connection = True  # an unread body would be taken for the next request
+        self._send_json(err.status, err.body())
 
     def _check_key(self) -> None:
         key = self.server.api_key
@@ -115,7 +126,9 @@ class Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             self.close_connection = True
             raise APIError(413, f"the request body is {length} bytes; the limit is {MAX_BODY_BYTES}.")
-        return parse_json(self.rfile.read(length))
+        raw = self.rfile.read(length)
+        self._body_read = True
+        return parse_json(raw)
 
     # ------------------------------------------------------------------ routes
     def _health(self) -> None:
