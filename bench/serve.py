@@ -138,6 +138,7 @@ def run_level(base: str, model: str, concurrency: int, requests: int, max_tokens
         "concurrency": concurrency,
         "requests": requests,
         "errors": errors,
+        "empty_answers": sum(1 for d in done if d["tokens"] == 0),
         "seconds": round(seconds, 2),
         "request_rate": round(len(done) / seconds, 2),
         "output_tokens": tokens,
@@ -212,7 +213,8 @@ def main() -> None:
         systems["llama.cpp server Q4_1"] = bench_server(
             "llama.cpp",
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx", "2048", "--n_threads", "2",
-             "--n_threads_batch", "2", "--host", "127.0.0.1", "--port", str(port), "--model_alias", "smollm2"],
+             "--n_threads_batch", "2", "--host", "127.0.0.1", "--port", str(port), "--model_alias", "smollm2",
+             "--interrupt_requests", "False"],  # its default: a new request cancels the one being served
             f"http://127.0.0.1:{port}",
             "smollm2",
             args,
@@ -254,13 +256,15 @@ def markdown(result: dict) -> str:
         "",
         "Streaming chat requests, greedy, through the `openai` client; TTFT and inter-token latency on the client.",
         "",
-        "| system | concurrency | requests | errors | req/s | output tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |",
+        "| system | concurrency | requests | errors / empty | req/s | output tok/s | TTFT p50 / p99 ms | "
+        "ITL p50 / p99 ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in result["systems"].items():
         for r in rows:
             lines.append(
-                f"| {name} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['request_rate']} | "
+                f"| {name} | {r['concurrency']} | {r['requests']} | {r['errors']} / {r['empty_answers']} | "
+                f"{r['request_rate']} | "
                 f"{r['output_tok_s']} | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} | "
                 f"{r['itl_p50_ms']} / {r['itl_p99_ms']} |"
             )

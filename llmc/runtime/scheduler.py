@@ -226,11 +226,18 @@ class ServingEngine:
         decoding = [r for r in self._running if r.fed == len(r.prompt_ids)]
         self._prefill([r for r in self._running if r.fed < len(r.prompt_ids)])
         if decoding:
-            logits = self.engine.batch_decode([r.seq_id for r in decoding], [r.output_ids[-1] for r in decoding])
+            logits = self._decode([r.seq_id for r in decoding], [r.output_ids[-1] for r in decoding])
             self.stats.decode_calls += 1
             self.stats.decode_batch_sizes[len(decoding)] += 1
             for request, row in zip(decoding, logits):
                 self._emit(request, row)
+
+    def _decode(self, seq_ids: list[int], tokens: list[int]) -> np.ndarray:
+        """A lone sequence runs ``decode`` (faster at batch 1, and the kernels ``llmc run`` uses: CPU int8
+        artifacts round decode and batch_decode differently); several run one ``batch_decode``."""
+        if len(seq_ids) == 1:
+            return self.engine.decode(seq_ids[0], tokens[0])[None]
+        return self.engine.batch_decode(seq_ids, tokens)
 
     def _prefill(self, pending: list[Request]) -> None:
         budget, batch = self.engine.prefill_chunk, []
