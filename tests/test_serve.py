@@ -162,6 +162,7 @@ def test_max_tokens_and_seeded_sampling(client, model):
         again = list(pool.map(sampled, [3, 3, 4]))
     assert again[0].text == again[1].text == first.text
     assert any(sampled(s).text != first.text for s in (5, 6, 7))
+    assert sampled(-1).text == sampled(-1).text
     capped = client.completions.create(model=model, prompt="A compiler", max_tokens=3, temperature=0)
     assert capped.usage.completion_tokens <= 3
 

@@ -40,7 +40,7 @@ class Sampler:
         constraint: Constraint | None = None,
     ):
         self.params = SamplingParams(temperature, top_p, seed)
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(None if seed is None else seed % 2**64)  # any int64 seed
         self.top_logprobs = top_logprobs  # None: no logprobs; 0..k: the chosen token's plus k alternatives
         self.constraint = constraint
 
