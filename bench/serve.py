@@ -171,9 +171,11 @@ def bench_server(name: str, command: list[str], base: str, model: str, args, art
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(base, proc)
-        run_level(base, model, 1, 2, 8)  # warm-up
-        if artifact is not None:
+        if artifact is not None:  # first, while no prefix is cached
             args.greedy_matches_llmc_run = greedy_matches_llmc_run(base, model, artifact, args.max_tokens)
+        run_level(base, model, 1, 2, 8)  # warm-up
+        if artifact is not None:  # the template's system prompt is now cached: this prompt forks it
+            args.greedy_matches_llmc_run_forked = greedy_matches_llmc_run(base, model, artifact, args.max_tokens)
         rows = []
         for level in args.levels:
             row = run_level(base, model, level, max(args.min_requests, 2 * level), args.max_tokens)
@@ -229,6 +231,7 @@ def main() -> None:
         "model": f"SmolLM2-135M-Instruct ({gguf.name})",
         "max_tokens": args.max_tokens,
         "llmc_greedy_matches_llmc_run": getattr(args, "greedy_matches_llmc_run", None),
+        "llmc_greedy_matches_llmc_run_forked_prefix": getattr(args, "greedy_matches_llmc_run_forked", None),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "systems": systems,
@@ -250,7 +253,8 @@ def cpu_name() -> str:
 def markdown(result: dict) -> str:
     lines = [f"# serving benchmark {result['date']}", ""]
     for key in ("command", "machine", "llmc_commit", "model", "max_tokens", "llmc_greedy_matches_llmc_run",
-                "load_average_before", "load_average_after"):  # fmt: skip
+                "llmc_greedy_matches_llmc_run_forked_prefix", "load_average_before",
+                "load_average_after"):  # fmt: skip
         lines.append(f"- {key}: {result[key]}")
     lines += [
         "",

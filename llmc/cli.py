@@ -366,8 +366,14 @@ def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
 @click.option("--max-queue", type=int, default=64, show_default=True, help="Waiting requests before 429 answers.")
 @click.option("--api-key", default=None, envvar="LLMC_API_KEY", help="Require 'Authorization: Bearer KEY'.")
 @click.option("--model-name", default=None, help="The model id clients send [default: the artifact folder's name].")
+@click.option(
+    "--prefix-cache/--no-prefix-cache",
+    default=True,
+    show_default=True,
+    help="Keep finished sequences so prompts sharing their start fork them instead of prefilling again.",
+)
 @click.option("--device", default="cpu", show_default=True, help="TVM device to run on (cpu, cuda, ...).")
-def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, device):
+def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, prefix_cache, device):
     """Serve a compiled ARTIFACT over the OpenAI API (chat and completions, streaming or not).
 
     \b
@@ -382,7 +388,7 @@ def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, devic
         raise LlmcError(f"--max-batch {max_batch}: must be at least 1.")
     if max_queue < 0:
         raise LlmcError(f"--max-queue {max_queue}: must be 0 or more.")
-    run_server(artifact, host, port, max_batch, max_queue, api_key, device, model_name)
+    run_server(artifact, host, port, max_batch, max_queue, api_key, device, model_name, prefix_cache)
 
 
 @main.command()

@@ -296,11 +296,12 @@ def serve(
     api_key: str | None,
     device: str,
     model_name: str | None = None,
+    prefix_cache: bool = True,
     grace_seconds: float = 10.0,
     log=lambda message: print(message, file=sys.stderr, flush=True),
 ) -> None:
     """Run the server until SIGTERM or SIGINT; return once in-flight requests are done or cancelled."""
-    engine = ServingEngine(artifact, device, max_batch=max_batch, max_queue=max_queue)
+    engine = ServingEngine(artifact, device, max_batch=max_batch, max_queue=max_queue, prefix_cache=prefix_cache)
     name = model_name or Path(artifact).resolve().name
     try:
         httpd = LlmcHTTPServer((host, port), engine, name, api_key, {str(artifact)})
