@@ -100,6 +100,8 @@ def test_completions_greedy_equals_llmc_run(client, model, serving_artifact):
     assert answer.choices[0].text == expected["text"]
     assert answer.usage.completion_tokens == expected["output_tokens"]
     assert stream_text(client, model, "A compiler turns", 20)[0] == expected["text"]
+    by_ids = client.completions.create(model=model, prompt=expected["prompt_ids"], temperature=0, max_tokens=20)
+    assert by_ids.choices[0].text == expected["text"]
 
 
 def test_eight_concurrent_streams_match_sequential_and_finish_sooner(server, client, model):
@@ -326,6 +328,7 @@ def test_load_200_requests_16_threads_no_errors_no_memory_growth(server, model):
 
     with ThreadPoolExecutor(16) as pool:
         assert all(n >= 1 for n in pool.map(one, range(48)))  # warm-up: allocator pools, prefix cache full
+    before = server.metrics()
     rss_before = server.rss_bytes()
     started = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
@@ -338,6 +341,10 @@ def test_load_200_requests_16_threads_no_errors_no_memory_growth(server, model):
     metrics = server.metrics()
     assert metrics["llmc_running_sequences"] == 0 and metrics["llmc_queued_requests"] == 0
     assert metrics["llmc_prefix_cache_sequences"] <= metrics["llmc_max_batch_size"]
+    # 16 clients, a batch bound of 8: full batches ran and the rest queued
+    steps = metrics["llmc_batch_size_count"] - before["llmc_batch_size_count"]
+    below_full = metrics['llmc_batch_size_bucket{le="7"}'] - before['llmc_batch_size_bucket{le="7"}']
+    assert below_full < steps and metrics['llmc_batch_size_bucket{le="8"}'] == metrics["llmc_batch_size_count"]
 
 
 @pytest.fixture(scope="module")
@@ -393,6 +400,23 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(small_server):
     assert code == 0, log
     assert "stopped" in log and "Traceback" not in log
     assert result["answer"].usage.completion_tokens >= 1, "the request in flight was answered"
+
+
+def test_engine_runs_a_full_batch_of_window_long_requests(compiled):
+    """Requests that may each grow to the context window still fill the batch (KV pages are sized for it)."""
+    from llmc.runtime.sampling import Sampler
+    from llmc.runtime.scheduler import Request, ServingEngine
+
+    engine = ServingEngine(compiled("llama_tied", "q0f32"))
+    try:
+        prompt = engine.tokenizer.encode("The quick brown fox")
+        room = engine.context_window - len(prompt)
+        requests = [engine.submit(Request(prompt, room, Sampler(1.0, 1.0, seed))) for seed in range(engine.max_batch)]
+        for request in requests:
+            list(request)
+        assert engine.stats.decode_batch_sizes[engine.max_batch] > 0, engine.stats.decode_batch_sizes
+    finally:
+        engine.stop()
 
 
 def test_serve_cli_errors_are_one_line(compiled, tmp_path):

@@ -132,7 +132,9 @@ class ServingEngine:
     ):
         config = read_config(Path(artifact))
         batch = min(max_batch or config["max_batch_size"], config["max_batch_size"])
-        self.engine = Engine(artifact, device, max_batch_size=batch, kv_tokens=batch * config["context_window"])
+        # every sequence may grow to the context window, plus a page each for forks that copy a partial page
+        kv_tokens = batch * (config["context_window"] + PAGE_SIZE)
+        self.engine = Engine(artifact, device, max_batch_size=batch, kv_tokens=kv_tokens)
         self.tokenizer = ArtifactTokenizer(self.engine.folder, self.engine.config["tokenizer"])
         self.max_batch = self.engine.max_batch_size
         self.max_queue = max_queue
