@@ -324,7 +324,10 @@ class ServingEngine:
                 if self._reserved_pages() + need > self.total_pages:
                     return  # wait for a running sequence to finish
                 self._waiting.popleft()
-            self._start(request)
+            try:
+                self._start(request)
+            except Exception as err:  # noqa: BLE001 - the request fails, the engine goes on
+                self._finish(request, "error", error=f"{err.__class__.__name__}: {err}")
 
     def _start(self, request: Request) -> None:
         request.seq_id = next(self._ids)
