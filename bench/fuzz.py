@@ -439,36 +439,65 @@ def _digest(*parts) -> str:
     return digest.hexdigest()
 
 
+def compile_checks(reader, source_format: str, require_all: bool) -> dict:
+    """What ``llmc compile`` checks before and while converting: config types and ranges (``plan_from_config``),
+    every tensor's shape against the model's (``require_all``: none missing), no NaN or infinity."""
+    from llmc.artifact import check_finite
+    from llmc.compile import CompileOptions, plan_from_config
+    from llmc.compiler.targets import get_target
+    from llmc.errors import CheckpointError
+    from llmc.source import ResolvedSource
+
+    plan = plan_from_config(
+        reader.config, ResolvedSource(str(reader.path), source_format, reader.path), CompileOptions()
+    )
+    sources = plan.family.weight_sources(plan.config)
+    expected = {}
+    for name, param in plan.float_module(get_target("llvm").tvm_target()).named_parameters():
+        source = sources.get(name)
+        expected.update(zip(source.names, source.shapes) if source else [(name, tuple(int(d) for d in param.shape))])
+    missing = sorted(set(expected) - set(reader.names())) if require_all else []
+    if missing:
+        raise CheckpointError(f"{reader.path}: tensor {missing[0]} is missing")
+    arrays = {}
+    for name in sorted(reader.names()):
+        array = reader.get(name)
+        if name in expected and tuple(array.shape) != expected[name]:
+            raise CheckpointError(f"{reader.describe(name)}: tensor {name} has shape {array.shape}")
+        check_finite(name, array, str(reader.path))
+        arrays[name] = array
+    return arrays
+
+
 def read_gguf_target(folder: Path) -> str:
     from llmc.checkpoint.gguf_reader import GGUFCheckpoint
     from llmc.checkpoint.tokenizer_files import write_tokenizer_files
 
     reader = GGUFCheckpoint(folder / "model.gguf")
-    arrays = [reader.get(name) for name in sorted(reader.names())]
+    arrays = compile_checks(reader, "gguf", require_all=False)  # the seed holds 5 of the model's tensors
     out = folder / "tokenizer-out"
     out.mkdir(exist_ok=True)
     info = write_tokenizer_files(reader, out)
-    return _digest(reader.config, sorted(reader.names()), info, *arrays)
+    return _digest(reader.config, list(arrays), info, *arrays.values())
 
 
 def read_safetensors_target(folder: Path) -> str:
-    from llmc.checkpoint.config_checks import check_hf_config
     from llmc.checkpoint.safetensors_reader import SafetensorsCheckpoint
 
     reader = SafetensorsCheckpoint(folder)
-    check_hf_config(reader.config, str(folder / "config.json"))
-    names = sorted(reader.names())
-    return _digest(reader.config, names, *[reader.get(name) for name in names])
+    arrays = compile_checks(reader, "hf", require_all=True)
+    return _digest(reader.config, list(arrays), *arrays.values())
 
 
 def read_artifact_target(folder: Path) -> str:
+    """Same weights = same digest: config fields that pass the schema are valid settings, not corruption."""
     from llmc.artifact import read_config, read_tensor_cache
     from llmc.artifact_checks import verify_artifact
 
     config = read_config(folder)
     verify_artifact(folder, config, force=True)
-    arrays = [array for _name, array in read_tensor_cache(folder)]
-    return _digest(config, *arrays)
+    names, arrays = zip(*read_tensor_cache(folder)) if config.get("weights") is not None else ((), ())
+    return _digest(list(names), *arrays)
 
 
 READERS = {
@@ -685,6 +714,8 @@ def run_fuzz(
 ) -> list[Outcome]:
     """``count`` inputs spread evenly over ``targets``; each read in a forked child (``workers`` at once)."""
     os.environ.setdefault("XDG_CACHE_HOME", str(workdir / "cache"))
+    import llmc.models  # noqa: F401 - imported once here (TVM), shared by every forked child
+
     baselines = {target: _baseline(target, seeds, workdir / f"baseline-{target}") for target in targets}
     rng = random.Random(seed)
     jobs = [(i, targets[i % len(targets)]) for i in range(count)]

@@ -63,16 +63,30 @@ def check_config_schema(file: Path, config: dict) -> None:
     model = config.get("model")
     if not isinstance(model, dict):
         raise ArtifactError(f"{file}: 'model' is missing or not an object. Re-run `llmc compile`.")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_key_value_heads", "head_dim"):
-        _positive_int(file, f"model.{key}", model.get(key))
+    _check_model_section(file, model)
     for key in ("context_window", "prefill_chunk", "max_batch_size"):
         _positive_int(file, key, config.get(key))
+    if config.get("stage") not in ("weights", "compiled"):
+        raise ArtifactError(
+            f"{file}: 'stage' is {config.get('stage')!r}, not weights or compiled. Re-run `llmc compile`."
+        )
+    if not _known_dtype(config.get("dtype")) or not isinstance(config.get("quantize_embeddings", True), bool):
+        raise ArtifactError(f"{file}: 'dtype' or 'quantize_embeddings' is malformed. Re-run `llmc compile`.")
+    if not (config.get("int_dot") is None or isinstance(config.get("int_dot"), str)):
+        raise ArtifactError(f"{file}: 'int_dot' is {config.get('int_dot')!r}. Re-run `llmc compile`.")
+    if not config.get("random_weights"):
+        weights = config.get("weights")
+        if not (isinstance(weights, list) and all(isinstance(w, str) for w in weights)):
+            raise ArtifactError(f"{file}: 'weights' is not a list of names. Re-run `llmc compile`.")
     if not isinstance(config.get("quantization"), str):
         raise ArtifactError(f"{file}: 'quantization' is missing or not a string. Re-run `llmc compile`.")
     if config.get("stage") == "compiled":
         contained_file(folder, config.get("library"), file, "library")
-        if config.get("dtype") not in _DTYPES:
-            raise ArtifactError(f"{file}: 'dtype' is {config.get('dtype')!r}. Re-run `llmc compile`.")
+        for key in ("library_bytes",):
+            if key in config:
+                _positive_int(file, key, config[key])
+        if not isinstance(config.get("library_sha256", ""), str):
+            raise ArtifactError(f"{file}: 'library_sha256' is not a string. Re-run `llmc compile`.")
         params = config.get("params")
         if not (isinstance(params, list) and all(isinstance(p, str) for p in params)):
             raise ArtifactError(f"{file}: 'params' is not a list of names. Re-run `llmc compile`.")
@@ -94,21 +108,64 @@ def check_config_schema(file: Path, config: dict) -> None:
             raise ArtifactError(f"{file}: 'param_specs' is malformed. Re-run `llmc compile`.")
 
 
+MODEL_INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "context_window",
+    "prefill_chunk",
+    "max_batch_size",
+)
+MODEL_FLOAT_FIELDS = ("rms_norm_eps", "rope_theta")
+MODEL_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "o_proj_bias", "mlp_bias")
+
+
+def _check_model_section(file: Path, model: dict) -> None:
+    """The ``model`` section (``ModelConfig``): core fields present with their types; families may add more."""
+    if not isinstance(model.get("model_type"), str):
+        raise ArtifactError(f"{file}: model.model_type is {model.get('model_type')!r}. Re-run `llmc compile`.")
+    for key in MODEL_INT_FIELDS:
+        _positive_int(file, f"model.{key}", model.get(key))
+    for key in MODEL_FLOAT_FIELDS:
+        value = model.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ArtifactError(f"{file}: model.{key} is {value!r}; expected a positive number. Re-run `llmc compile`.")
+    for key in MODEL_BOOL_FIELDS:
+        if not isinstance(model.get(key, False), bool):
+            raise ArtifactError(
+                f"{file}: model.{key} is {model[key]!r}; expected true or false. Re-run `llmc compile`."
+            )
+    if not isinstance(model.get("rope_scaling", {}), dict):
+        raise ArtifactError(f"{file}: model.rope_scaling is not an object. Re-run `llmc compile`.")
+    if model["num_attention_heads"] % model["num_key_value_heads"]:
+        raise ArtifactError(f"{file}: model.num_attention_heads is not a multiple of num_key_value_heads.")
+
+
 def _valid_spec(spec) -> bool:
     if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[1], list)):
         return False
-    return all(_is_int(d) and 0 <= d < 1 << 40 for d in spec[1]) and spec[2] in _DTYPES
+    return all(_is_int(d) and 0 <= d < 1 << 40 for d in spec[1]) and _known_dtype(spec[2])
 
 
 _DTYPES = {"float32", "float16", "bfloat16", "uint32", "uint8", "int8", "int32", "int64", "float64", "uint16"}
+
+
+def _known_dtype(dtype) -> bool:
+    return isinstance(dtype, str) and dtype in _DTYPES
 
 
 def _dtype_bytes(dtype: str) -> int:
     return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
 
 
-def read_shards(folder: Path, params: list[str] | None = None) -> list[dict]:
-    """The shards of ``tensor-cache.json``, every record checked against its shard's bytes."""
+def read_shards(folder: Path, params: list[str] | None = None, stored: list[str] | None = None) -> list[dict]:
+    """The shards of ``tensor-cache.json``, every record checked against its shard's bytes; ``params``: names
+    the library loads (all must be there), ``stored``: the names llmc-config.json lists (exactly these)."""
     file = folder / "tensor-cache.json"
     fix = "Re-run `llmc compile`."
     if not file.exists():
@@ -149,6 +206,9 @@ def read_shards(folder: Path, params: list[str] | None = None) -> list[dict]:
                 raise ArtifactError(f"{file}: tensors {name} and {other} overlap in {shard['dataPath']}. {fix}")
         if ranges and ranges[-1][1] > size:
             raise ArtifactError(f"{file}: tensor {ranges[-1][2]} lies past the end of {shard['dataPath']}. {fix}")
+    if stored is not None and names != set(stored):
+        odd = sorted(names.symmetric_difference(stored))
+        raise ArtifactError(f"{file}: its tensors differ from llmc-config.json's 'weights' ({odd[0]}). {fix}")
     missing = sorted(set(params or []) - names)
     if missing:
         raise ArtifactError(f"{file}: lacks weights {', '.join(missing[:3])}. {fix}")
@@ -165,7 +225,7 @@ def _check_record(file: Path, shard: str, rec, fix: str) -> str:
         raise ArtifactError(f"{file}: a record of {shard} is malformed. {fix}")
     name = rec["name"]
     shape, dtype = rec.get("shape"), rec.get("dtype")
-    if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)) or dtype not in _DTYPES:
+    if not (isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape)) or not _known_dtype(dtype):
         raise ArtifactError(f"{file}: tensor {name} has shape {shape!r} dtype {dtype!r}. {fix}")
     _positive_or_zero(file, f"tensor {name} byteOffset", rec.get("byteOffset"))
     _positive_or_zero(file, f"tensor {name} nbytes", rec.get("nbytes"))
@@ -211,7 +271,7 @@ def verify_artifact(folder: Path, config: dict, force: bool = False) -> dict:
     """Check sizes, paths and (first load of these files, or ``force``) checksums; a summary dict."""
     folder = Path(folder)
     library = check_library(folder, config) if config.get("stage") == "compiled" else None
-    shards = [] if config.get("random_weights") else read_shards(folder, config.get("params"))
+    shards = [] if config.get("random_weights") else read_shards(folder, config.get("params"), config.get("weights"))
     files = [folder / shard["dataPath"] for shard in shards] + ([library] if library else [])
     record = _verified_record(folder, files)
     hashed = force or record is None or not record.exists()

@@ -21,7 +21,18 @@ POSITIVE_INT_FIELDS = (
     "max_position_embeddings",
 )
 POSITIVE_FLOAT_FIELDS = ("rms_norm_eps", "rope_theta", "layer_norm_eps")
-MAX_SIZE = 1 << 24  # no real hidden size, vocabulary, layer count or context is this large per field
+MAX_SIZE = 1 << 24  # no real size field is this large
+# per-field bounds far above any released model (Llama 3.1 405B: 126 layers, 128 heads, hidden 16384):
+# a corrupt count must not make the compiler build a million-layer module before it reads a weight
+FIELD_MAX = {
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 4096,
+    "hidden_size": 1 << 17,
+    "intermediate_size": 1 << 20,
+    "vocab_size": 1 << 22,
+}
 
 
 def _is_int(value) -> bool:
@@ -36,8 +47,9 @@ def check_hf_config(config: dict, source: str) -> None:
         value = config.get(key)
         if value is None:
             continue
-        if not _is_int(value) or not 1 <= value <= MAX_SIZE:
-            raise ConfigError(f"{source}: config field {key} is {value!r}; expected an integer from 1 to {MAX_SIZE}.")
+        limit = FIELD_MAX.get(key, MAX_SIZE)
+        if not _is_int(value) or not 1 <= value <= limit:
+            raise ConfigError(f"{source}: config field {key} is {value!r}; expected an integer from 1 to {limit}.")
     for key in POSITIVE_FLOAT_FIELDS:
         value = config.get(key)
         if value is None:

@@ -28,6 +28,7 @@ MAX_ELEMENTS = 1 << 50  # per tensor; larger products cannot be real
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
 _INTEGER_KINDS = {0, 1, 2, 3, 4, 5, 10, 11}
 _STRING, _ARRAY, _BOOL = 8, 9, 7
+_INTEGER_TENSOR_TYPES = {"I8", "I16", "I32", "I64"}
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
 
@@ -176,7 +177,7 @@ def read_gguf(path: Path) -> tuple[dict, list[GGUFTensor]]:
     if data_start > cursor.size and infos:
         raise GGUFFormatError(f"the tensor data would start at byte {data_start}, past the end of the file")
     placed = [_tensor(mapped, data_start, alignment, *info) for info in infos]
-    _check_disjoint(placed)
+    _check_disjoint(placed, data_start, alignment)
     return metadata, [tensor for tensor, _begin, _end in placed]
 
 
@@ -218,6 +219,8 @@ def _tensor(mapped: np.ndarray, data_start: int, alignment: int, name, dims, typ
         block, block_bytes = GGML_QUANT_SIZES[qtype]
     except (ValueError, KeyError) as err:
         raise GGUFFormatError(f"tensor {name} has unknown ggml type {type_id}") from err
+    if qtype.name in _INTEGER_TENSOR_TYPES:
+        raise GGUFFormatError(f"tensor {name} has integer type {qtype.name}; model weights are float or quantized")
     if any(d < 1 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
         raise GGUFFormatError(f"tensor {name} has an impossible shape {list(dims)}")
     if dims[0] % block:
@@ -239,8 +242,10 @@ def _tensor(mapped: np.ndarray, data_start: int, alignment: int, name, dims, typ
     return GGUFTensor(name, dims, qtype, data), begin, begin + nbytes
 
 
-def _check_disjoint(placed: list) -> None:
-    """Tensor names unique and data ranges non-overlapping (aliased offsets would share weights)."""
+def _check_disjoint(placed: list, data_start: int, alignment: int) -> None:
+    """Tensor names unique; data ranges packed one after another from the data section's start, each
+    padded to the alignment (as every GGUF writer lays them out): aliased or overlapping offsets would
+    share weights, and a gap means a tensor's size (its type or shape) was changed."""
     seen: set[str] = set()
     ranges = []
     for tensor, begin, end in placed:
@@ -249,9 +254,16 @@ def _check_disjoint(placed: list) -> None:
         seen.add(tensor.name)
         ranges.append((begin, end, tensor.name))
     ranges.sort()
-    for (_, end, name), (begin, _, other) in zip(ranges, ranges[1:]):
-        if begin < end:
-            raise GGUFFormatError(f"tensors {name} and {other} overlap in the data section")
+    expected, previous = data_start, None
+    for begin, end, name in ranges:
+        if begin < expected:
+            raise GGUFFormatError(f"tensors {previous} and {name} overlap in the data section")
+        if begin > expected:
+            raise GGUFFormatError(
+                f"tensor {name}: {begin - expected} unused bytes before its data (after {previous or 'the header'}); "
+                "a tensor's type or shape does not match the data layout"
+            )
+        expected, previous = -(-end // alignment) * alignment, name
 
 
 def check_metadata(metadata: dict) -> None:
@@ -291,6 +303,9 @@ def check_metadata(metadata: dict) -> None:
                     if vocab is not None
                     else f"metadata {key!r} is {token_id!r}; expected a non-negative token id"
                 )
+    for key in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix"):
+        if key in metadata and not isinstance(metadata[key], bool):
+            raise GGUFFormatError(f"metadata {key!r} is {metadata[key]!r}; expected a boolean")
     template = metadata.get("tokenizer.chat_template")
     if template is not None and not isinstance(template, str):
         raise GGUFFormatError("metadata 'tokenizer.chat_template' is not a string")

@@ -205,6 +205,15 @@ class SafetensorsCheckpoint:
         for name, file in self._where.items():
             if name not in self._files[file].entries:
                 raise CheckpointError(f"{file}: tensor {name} is listed in the index but not in the file.")
+        for file, opened in self._files.items():
+            unlisted = [name for name in opened.entries if self._where.get(name) != file]
+            if unlisted:
+                raise CheckpointError(
+                    f"{file}: holds tensor {unlisted[0]}, which {index.name} does not map to this file "
+                    "(an incomplete or mismatched index). Re-download the index."
+                )
+        if not self._where:
+            raise CheckpointError(f"{folder}: the checkpoint holds no tensors.")
 
     def _read_index(self, index: Path) -> dict[str, str]:
         """``weight_map`` of the index: names to shard file names inside this folder."""
