@@ -165,7 +165,8 @@ def _metadata_kind(value) -> tuple[int, int | None]:
 
 
 def gguf_seed_from(path: Path, vocab: int = 400) -> GGUFSeed:
-    """The real file's metadata (vocabulary cut to ``vocab`` tokens, merges to those inside it) + 5 tensors."""
+    """A complete one-layer model cut from the real file: its metadata with block_count 1 and the vocabulary
+    cut to ``vocab`` tokens (merges to those inside it), layer 0's tensors, the norm and ``vocab`` embedding rows."""
     from llmc.checkpoint.gguf_file import read_gguf
 
     metadata, tensors = read_gguf(path)
@@ -174,21 +175,25 @@ def gguf_seed_from(path: Path, vocab: int = 400) -> GGUFSeed:
     merges = [
         m for m in metadata["tokenizer.ggml.merges"] if m.replace(" ", "", 1) in kept and set(m.split(" ")) <= kept
     ]
-    items = []
-    for key, value in metadata.items():
-        if key == "tokenizer.ggml.tokens":
-            value = tokens
-        elif key == "tokenizer.ggml.merges":
-            value = merges
-        elif key == "tokenizer.ggml.token_type":
-            value = value[:vocab]
-        elif key == "llama.vocab_size":
-            value = vocab
-        items.append((key, *_metadata_kind(value), value))
+    cut = {
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.token_type": metadata["tokenizer.ggml.token_type"][:vocab],
+        "llama.vocab_size": vocab,
+        "llama.block_count": 1,
+    }
+    items = [(key, *_metadata_kind(cut.get(key, value)), cut.get(key, value)) for key, value in metadata.items()]
     items.append(("general.alignment", 4, None, 32))
-    wanted = ("blk.0.attn_norm.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.0.ffn_norm.weight")
-    chosen = [t for t in tensors if t.name in wanted or t.name == "output_norm.weight"]
-    return GGUFSeed(items, [(t.name, list(t.shape), int(t.tensor_type), np.asarray(t.data).tobytes()) for t in chosen])
+    chosen = []
+    for tensor in tensors:
+        data = np.asarray(tensor.data)
+        dims = list(tensor.shape)
+        if tensor.name == "token_embd.weight":  # rows of whole blocks: the first ``vocab`` tokens' embeddings
+            data, dims = data[:vocab], [*dims[:-1], vocab]
+        elif not (tensor.name.startswith("blk.0.") or tensor.name == "output_norm.weight"):
+            continue
+        chosen.append((tensor.name, dims, int(tensor.tensor_type), data.tobytes()))
+    return GGUFSeed(items, chosen)
 
 
 # ----------------------------------------------------------------------------------------- mutators
@@ -474,7 +479,7 @@ def read_gguf_target(folder: Path) -> str:
     from llmc.checkpoint.tokenizer_files import write_tokenizer_files
 
     reader = GGUFCheckpoint(folder / "model.gguf")
-    arrays = compile_checks(reader, "gguf", require_all=False)  # the seed holds 5 of the model's tensors
+    arrays = compile_checks(reader, "gguf", require_all=True)
     out = folder / "tokenizer-out"
     out.mkdir(exist_ok=True)
     info = write_tokenizer_files(reader, out)

@@ -177,7 +177,8 @@ def read_gguf(path: Path) -> tuple[dict, list[GGUFTensor]]:
     if data_start > cursor.size and infos:
         raise GGUFFormatError(f"the tensor data would start at byte {data_start}, past the end of the file")
     placed = [_tensor(mapped, data_start, alignment, *info) for info in infos]
-    _check_disjoint(placed, data_start, alignment)
+    _check_disjoint(placed, data_start, alignment, cursor.size)
+    _check_block_indices(metadata, [tensor.name for tensor, _begin, _end in placed])
     return metadata, [tensor for tensor, _begin, _end in placed]
 
 
@@ -242,7 +243,7 @@ def _tensor(mapped: np.ndarray, data_start: int, alignment: int, name, dims, typ
     return GGUFTensor(name, dims, qtype, data), begin, begin + nbytes
 
 
-def _check_disjoint(placed: list, data_start: int, alignment: int) -> None:
+def _check_disjoint(placed: list, data_start: int, alignment: int, file_size: int) -> None:
     """Tensor names unique; data ranges packed one after another from the data section's start, each
     padded to the alignment (as every GGUF writer lays them out): aliased or overlapping offsets would
     share weights, and a gap means a tensor's size (its type or shape) was changed."""
@@ -264,6 +265,22 @@ def _check_disjoint(placed: list, data_start: int, alignment: int) -> None:
                 "a tensor's type or shape does not match the data layout"
             )
         expected, previous = -(-end // alignment) * alignment, name
+    if ranges and file_size > expected:
+        raise GGUFFormatError(
+            f"{file_size - expected} bytes follow the last tensor ({previous}); "
+            "a tensor's type or shape does not match the data layout"
+        )
+
+
+def _check_block_indices(metadata: dict, names: list[str]) -> None:
+    """Tensors ``blk.N.*`` exist only for N < ``{arch}.block_count`` (a lowered count would drop layers)."""
+    count = metadata.get(f"{metadata.get('general.architecture')}.block_count")
+    if not _is_int(count):
+        return
+    for name in names:
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) >= count:
+            raise GGUFFormatError(f"tensor {name} belongs to a layer past block_count {count}")
 
 
 def check_metadata(metadata: dict) -> None:
