@@ -550,11 +550,9 @@ def make_seeds(root: Path, checkpoint: Path | None = None, gguf_path: Path | Non
     save_file({name: np.ascontiguousarray(reader.get(name)) for name in reader.names()}, single / "model.safetensors")
     weights = root / "weights"
     if not (weights / "llmc-config.json").exists():
-        subprocess.run(
-            [sys.executable, "-m", "llmc", "quantize", str(checkpoint), "-q", "q4f16_1", "-o", str(weights), "--quiet"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        from llmc.compile import CompileOptions, quantize_model
+
+        quantize_model(str(checkpoint), CompileOptions(quant="q4f16_1", output=weights, quiet=True))
     for name in ("tensor-cache", "llmc-config"):
         shutil.copytree(weights, folders[name], dirs_exist_ok=True)
     return Seeds(folders, gguf)
@@ -653,8 +651,11 @@ def _mutate_index(rng: random.Random, slot: Path) -> str:
 
 def child_main(target: str, slot: Path, memory_cap: int, cpu_seconds: int, out_fd: int) -> None:
     """In the forked child: cap memory and CPU time, read, report one JSON line, exit without cleanup."""
+    import faulthandler
+
     from llmc.errors import LlmcError
 
+    faulthandler.disable()  # a crash is an outcome here, not a trace to print
     resource.setrlimit(resource.RLIMIT_AS, (memory_cap, memory_cap))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     signal.alarm(cpu_seconds * 3)  # wall clock too (a blocked read)
@@ -861,7 +862,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 1),
         "failures": failures,
     }
-    payload = {"summary": summarize(results), "results": [r.__dict__ for r in results]}
+    notable = [r.__dict__ for r in results if r.outcome != "refused" and r.outcome != "accepted, same"]
+    refusals = [r.__dict__ for r in results if r.outcome == "refused"][:200]
+    payload = {"summary": summarize(results), "notable": notable, "refusal_examples": refusals}
     path = write_report("fuzz", "fuzz", meta, payload, markdown_table(results))
     print("\n".join(markdown_table(results)[: len(TARGETS) + 3]))
     print(f"wrote {path}")

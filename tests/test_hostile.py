@@ -184,10 +184,7 @@ SAFETENSORS_CASES = {
     "negative-offset": (lambda h: h[first_tensor(h)].update(data_offsets=[-4, 0]), "negative"),
     "overlap": (lambda h: shift_second_tensor(h, -4), "overlap"),
     "duplicate-key": (
-        lambda h: "{"
-        + json.dumps({first_tensor(h): h[first_tensor(h)]})[1:-1]
-        + ","
-        + json.dumps(h)[1:],
+        lambda h: "{" + json.dumps({first_tensor(h): h[first_tensor(h)]})[1:-1] + "," + json.dumps(h)[1:],
         "twice",
     ),
     "dtype-shape": (lambda h: h[first_tensor(h)].update(dtype="F16"), "bytes for shape"),
