@@ -405,3 +405,24 @@ def test_package_config_with_a_hostile_url_fails_cleanly(tmp_path):
     file.write_text(json.dumps(config))
     out = tmp_path / "bundle"
     assert_clean_failure(invoke("package", str(file), "-o", str(out)), "app.json", "model_url", out_dir=out)
+
+
+def test_engine_refuses_token_ids_outside_the_vocabulary(compiled):
+    from llmc.errors import GenerationError
+    from llmc.runtime.engine import Engine
+
+    engine = Engine(compiled("llama_tied", "q0f32"))
+    engine.add_sequence(0)
+    for bad in (-1, engine.vocab_size, 10**9):
+        with pytest.raises(GenerationError, match="outside the vocabulary"):
+            engine.prefill(0, [1, bad])
+
+
+def test_chat_template_error_at_run_time_is_a_generation_error():
+    from llmc.errors import GenerationError
+    from llmc.runtime.tokenizer import render_chat_template
+
+    with pytest.raises(GenerationError, match="failed to render"):
+        render_chat_template("{{ messages[5]['content'] / 0 }}", [{"role": "user", "content": "x"}], True)
+    with pytest.raises(GenerationError, match="failed to render"):
+        render_chat_template("{{ 1 / 0 }}", [], True)

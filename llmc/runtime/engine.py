@@ -164,7 +164,11 @@ class Engine:
 
     # ------------------------------------------------------------------ forward
     def _embed(self, token_ids: list[int], batch: int, length: int):
-        ids = tvm.runtime.tensor(np.asarray(token_ids, dtype="int32"), self.device)
+        array = np.asarray(token_ids, dtype=np.int64)
+        outside = array[(array < 0) | (array >= self.vocab_size)]  # would read outside the embedding table
+        if outside.size:
+            raise GenerationError(f"token id {int(outside[0])} is outside the vocabulary of {self.vocab_size}.")
+        ids = tvm.runtime.tensor(array.astype("int32"), self.device)
         embeds = self.vm["embed"](ids, self.params)
         return self._reshape(embeds, ShapeTuple([batch, length, self.hidden_size]))
 
