@@ -56,10 +56,9 @@ def check_hf_config(config: dict, source: str) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{source}: config field {key} is {value!r}; expected a positive finite number.")
-    for key in ("bos_token_id", "pad_token_id"):
-        value = config.get(key)
-        if value is not None and not (_is_int(value) and 0 <= value < (config.get("vocab_size") or MAX_SIZE)):
-            raise ConfigError(f"{source}: config field {key} is {value!r}, outside the vocabulary.")
+    value = config.get("bos_token_id")  # pad_token_id is never fed to the model (some configs say -1)
+    if value is not None and not (_is_int(value) and 0 <= value < (config.get("vocab_size") or MAX_SIZE)):
+        raise ConfigError(f"{source}: config field bos_token_id is {value!r}, outside the vocabulary.")
     eos = config.get("eos_token_id")
     for value in eos if isinstance(eos, list) else [eos]:
         if value is not None and not (_is_int(value) and 0 <= value < (config.get("vocab_size") or MAX_SIZE)):
