@@ -22,6 +22,7 @@ from llmc.errors import ArtifactError, CheckpointError
 
 CONFIG_FILE = "llmc-config.json"
 TENSOR_CACHE_FILE = "tensor-cache.json"
+BUILD_INFO_FILE = "build-info.json"  # timings: not part of the artifact's identity
 SHARD_CAP_BYTES = 32 << 20
 FORMAT_VERSION = 1
 
@@ -199,6 +200,14 @@ def read_tensor_cache(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 def write_config(folder: Path, config: dict) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def write_build_info(folder: Path, fields: dict) -> None:
+    """Merge ``fields`` into ``build-info.json`` (never through a hard link into a weights folder)."""
+    file = folder / BUILD_INFO_FILE
+    info = json.loads(file.read_text()) if file.exists() else {}
+    file.unlink(missing_ok=True)
+    file.write_text(json.dumps({**info, **fields}, indent=2))
 
 
 def read_config(folder: Path) -> dict:

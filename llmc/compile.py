@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import llmc
 from llmc.artifact import (
+    BUILD_INFO_FILE,
     CONFIG_FILE,
     FORMAT_VERSION,
     TENSOR_CACHE_FILE,
@@ -26,6 +27,7 @@ from llmc.artifact import (
     atomic_output_dir,
     read_config,
     read_tensor_cache,
+    write_build_info,
     write_config,
 )
 from llmc.artifact_checks import library_fingerprint
@@ -186,14 +188,15 @@ def _write_weights(source: ResolvedSource, reader, plan: ModelPlan, target, fold
     writer = TensorCacheWriter(folder, source=str(source.path))
     convert_weights(reader, plan, target, writer, quiet)
     writer.finish({"quantization": plan.scheme.name, "model_type": plan.config.model_type})
-    return {
+    fields = {
         **_model_fields(source, plan),
         "weights": [rec["name"] for shard in writer.shards for rec in shard["records"]],
         "param_bytes": writer.total_bytes,
         "bits_per_param": plan.scheme.bits_per_param,
-        "convert_seconds": round(time.time() - started, 2),
         "tokenizer": write_tokenizer_files(reader, folder),
     }
+    write_build_info(folder, {"convert_seconds": round(time.time() - started, 2)})  # outside the identity
+    return fields
 
 
 @contextlib.contextmanager
@@ -280,7 +283,7 @@ def _link_weights(src: Path, dst: Path, weights: bool = True) -> None:
     """Hard-link (or copy) the weight and tokenizer files of a weights folder into ``dst``
     (``weights=False``: tokenizer files only, the weights are rewritten)."""
     for file in sorted(src.iterdir()):
-        if file.name == CONFIG_FILE or not file.is_file() or file.suffix in (".so", ".tar", ".wasm"):
+        if file.name in (CONFIG_FILE, BUILD_INFO_FILE) or not file.is_file() or file.suffix in (".so", ".tar", ".wasm"):
             continue
         if not weights and (file.name == TENSOR_CACHE_FILE or file.name.startswith("params_shard_")):
             continue
@@ -358,9 +361,9 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,
                 "static_plan_bytes": static_plan,
-                "compile_seconds": round(time.time() - started, 2),
             },
         )
+        write_build_info(tmp, {"compile_seconds": round(time.time() - started, 2)})  # outside the identity
     return Path(out_dir)
 
 

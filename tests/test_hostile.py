@@ -426,3 +426,25 @@ def test_chat_template_error_at_run_time_is_a_generation_error():
         render_chat_template("{{ messages[5]['content'] / 0 }}", [{"role": "user", "content": "x"}], True)
     with pytest.raises(GenerationError, match="failed to render"):
         render_chat_template("{{ 1 / 0 }}", [], True)
+
+
+def test_identical_inputs_give_byte_identical_artifacts(compiled, checkpoints, tmp_path):
+    """Timings live in build-info.json; every other file of a recompile is byte-identical."""
+    from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
+
+    from llmc.compile import CompileOptions, compile_model
+
+    first = compiled("llama_tied", "q0f32")
+    options = CompileOptions(
+        quant="q0f32",
+        output=tmp_path / "again",
+        quiet=True,
+        context_window=TINY_CONTEXT_WINDOW,
+        prefill_chunk=TINY_PREFILL_CHUNK,
+        max_batch_size=4,
+    )
+    second = compile_model(str(checkpoints["llama_tied"]), options)
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir()) and "build-info.json" in names
+    differing = [n for n in names if (first / n).read_bytes() != (second / n).read_bytes()]
+    assert set(differing) <= {"build-info.json"}
