@@ -9,7 +9,7 @@ DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
-.PHONY: install-web test-web test-wheel
+.PHONY: install-web test-web test-wheel fuzz
 
 install: $(VENV)/.installed
 
@@ -89,6 +89,14 @@ gpu-carry: install
 gpu-dry-run: install
 	$(PY) bench/gpu/prepare.py --dry-run
 	PYTHON=$(abspath $(PY)) OUT=$(abspath dist/gpu-dry-run) bash bench/gpu/run.sh
+
+# issue 15: 10,000 mutated GGUF / safetensors / tensor-cache.json / llmc-config.json inputs, each read in a
+# forked child under a 2 GiB address-space cap and a 10 s CPU limit; table in bench/results/fuzz-<date>.md.
+# `make test` runs a seeded 200-input subset (tests/test_fuzz.py). FUZZ_ARGS=--count N for another size.
+FUZZ_ARGS ?= --count 10000
+
+fuzz: install-test
+	$(PY) bench/fuzz.py $(FUZZ_ARGS)
 
 lint: install-test
 	$(VENV)/bin/ruff check llmc tests bench

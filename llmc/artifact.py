@@ -17,36 +17,86 @@ from pathlib import Path
 
 import numpy as np
 
-from llmc.errors import ArtifactError
+from llmc.artifact_checks import check_config_schema, read_json
+from llmc.errors import ArtifactError, CheckpointError
 
 CONFIG_FILE = "llmc-config.json"
 TENSOR_CACHE_FILE = "tensor-cache.json"
+BUILD_INFO_FILE = "build-info.json"  # timings: not part of the artifact's identity
 SHARD_CAP_BYTES = 32 << 20
 FORMAT_VERSION = 1
 
 
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside ``out_dir``; on success it replaces ``out_dir``, on failure it is removed."""
+    """Yield a temp folder beside ``out_dir``; on success it replaces ``out_dir``, on failure it is removed.
+
+    A lock beside ``out_dir`` makes a second writer fail at once; files and folders are fsync'ed before
+    the final rename, so a crash after "wrote" cannot leave a half-written artifact under the real name.
+    """
     out_dir = out_dir.resolve()
-    if out_dir.exists() and not force:
-        raise ArtifactError(f"{out_dir}: already exists. Pass --force to overwrite it, or choose another -o.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_temp_dirs(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+    with output_lock(out_dir):
+        if out_dir.exists() and not force:
+            raise ArtifactError(f"{out_dir}: already exists. Pass --force to overwrite it, or choose another -o.")
+        remove_abandoned_temp_dirs(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
+        try:
+            yield tmp
+            tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
+            _fsync_tree(tmp)
+            if out_dir.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+                os.replace(out_dir, trash / "old")
+                os.replace(tmp, out_dir)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, out_dir)
+            _fsync_path(out_dir.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on ``.NAME.lock`` beside ``out_dir``; removed when released."""
+    import fcntl
+
+    lock = out_dir.parent / f".{out_dir.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, trash / "old")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not lock.exists() or os.stat(lock).st_ino != os.fstat(fd).st_ino:
+                raise BlockingIOError  # the holder removed it as we opened it: someone else owns the name now
+        except BlockingIOError:
+            raise ArtifactError(
+                f"{out_dir}: another llmc is writing this folder (lock {lock.name}). "
+                "Wait for it to finish or choose another -o."
+            ) from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            _fsync_path(Path(root) / name)
+        _fsync_path(Path(root))
 
 
 def remove_abandoned_temp_dirs(out_dir: Path) -> list[Path]:
@@ -73,8 +123,9 @@ def _process_alive(pid: int) -> bool:
 class TensorCacheWriter:
     """Append tensors one at a time into ~32 MB shards; ``finish`` writes ``tensor-cache.json``."""
 
-    def __init__(self, folder: Path, shard_cap: int = SHARD_CAP_BYTES):
-        self.folder, self.shard_cap = folder, shard_cap
+    def __init__(self, folder: Path, shard_cap: int = SHARD_CAP_BYTES, source: str | None = None):
+        """``source``: the checkpoint the tensors come from, named when one holds NaN or infinity."""
+        self.folder, self.shard_cap, self.source = folder, shard_cap, source
         self.shards: list[dict] = []
         self._file = None
         self._md5 = None
@@ -95,6 +146,7 @@ class TensorCacheWriter:
 
     def add(self, name: str, array: np.ndarray) -> None:
         data = np.ascontiguousarray(array)
+        check_finite(name, data, self.source)
         nbytes = data.nbytes
         if self._file is None or (self.shards[-1]["nbytes"] and self.shards[-1]["nbytes"] + nbytes > self.shard_cap):
             self._open_shard()
@@ -121,6 +173,21 @@ class TensorCacheWriter:
         (self.folder / TENSOR_CACHE_FILE).write_text(json.dumps({"metadata": meta, "records": self.shards}, indent=1))
 
 
+def check_finite(name: str, data: np.ndarray, source: str | None, chunk: int = 1 << 22) -> None:
+    """Refuse a float weight holding NaN or infinity (checked in bounded chunks)."""
+    if data.dtype.kind != "f" and data.dtype.name != "bfloat16":
+        return
+    flat = data.reshape(-1)
+    for start in range(0, flat.size, chunk):
+        part = flat[start : start + chunk]
+        if not np.isfinite(part.astype(np.float32, copy=False)).all():
+            where = f"{source}: " if source else ""
+            raise CheckpointError(
+                f"{where}weight {name} holds NaN or infinity after conversion. The checkpoint is corrupt "
+                "(or its values overflow this quantization's scale dtype)."
+            )
+
+
 def read_tensor_cache(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
     """The arrays of a folder's tensor cache, in stored order (memory-mapped, one shard at a time)."""
     index = json.loads((folder / TENSOR_CACHE_FILE).read_text())
@@ -135,23 +202,31 @@ def write_config(folder: Path, config: dict) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
+def write_build_info(folder: Path, fields: dict) -> None:
+    """Merge ``fields`` into ``build-info.json`` (never through a hard link into a weights folder)."""
+    file = folder / BUILD_INFO_FILE
+    info = json.loads(file.read_text()) if file.exists() else {}
+    file.unlink(missing_ok=True)
+    file.write_text(json.dumps({**info, **fields}, indent=2))
+
+
 def read_config(folder: Path) -> dict:
-    """Read an artifact's ``llmc-config.json`` with errors that say what to do."""
+    """Read an artifact's ``llmc-config.json`` with errors that say what to do; its schema is checked."""
     folder = Path(folder)
     file = folder / CONFIG_FILE
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such artifact folder. Create one with `llmc compile MODEL -o {folder}`.")
     if not file.exists():
         raise ArtifactError(f"{file}: missing; {folder} is not a complete llmc artifact. Re-run `llmc compile`.")
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{file}: not valid JSON ({err}). Re-run `llmc compile`.") from err
+    config = read_json(file, "Re-run `llmc compile`.")
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{file}: expected a JSON object. Re-run `llmc compile`.")
     if config.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{file}: artifact format {config.get('format_version')} is not {FORMAT_VERSION}; "
             "recompile it with this llmc."
         )
+    check_config_schema(file, config)
     return config
 
 

@@ -460,6 +460,24 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
     )
 
 
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+def verify(artifact):
+    """Check an ARTIFACT's files: config schema, paths, sizes, every shard's md5 and the library's sha256.
+
+    `llmc run` does the same on the first load of an artifact copy and then checks sizes only;
+    verify forces the full check (after copying an artifact, or when a disk is suspect).
+    """
+    from llmc.artifact import read_config
+    from llmc.artifact_checks import verify_artifact
+
+    summary = verify_artifact(artifact, read_config(artifact), force=True)
+    click.echo(
+        f"verified {artifact}: {summary['shards']} weight shards ({summary['weight_bytes'] / 2**20:.1f} MiB)"
+        + (f", library {summary['library']}" if summary["library"] else "")
+    )
+
+
 def _prepare_target(name: str):
     """The target preset; for CUDA, nvcc and the driver are prepared first (before anything imports TVM)."""
     from llmc.compiler.targets import get_target

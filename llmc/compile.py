@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 import llmc
 from llmc.artifact import (
+    BUILD_INFO_FILE,
     CONFIG_FILE,
     FORMAT_VERSION,
     TENSOR_CACHE_FILE,
@@ -26,9 +27,12 @@ from llmc.artifact import (
     atomic_output_dir,
     read_config,
     read_tensor_cache,
+    write_build_info,
     write_config,
 )
+from llmc.artifact_checks import library_fingerprint
 from llmc.checkpoint import open_checkpoint
+from llmc.checkpoint.config_checks import check_hf_config, check_model_config
 from llmc.checkpoint.tokenizer_files import write_tokenizer_files
 from llmc.convert import convert_weights
 from llmc.errors import ArtifactError, ConfigError, LlmcError
@@ -126,8 +130,11 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
 
 def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
     """The plan for a model's ``config.json`` (dict): family, parsed config with sizes, scheme."""
+    label = str(source.path / "config.json") if source.format == "hf" else str(source.path)
+    check_hf_config(hf_config, label)
     family = family_for(hf_config, str(source.path))
     config = family.parse_config(hf_config, str(source.path))
+    check_model_config(config, label)
     apply_sizes(config, options, source.preset)
     return ModelPlan(
         family, config, get_quant(options.quant or DEFAULT_QUANT), options.quantize_embeddings, _int_dot(options)
@@ -178,17 +185,18 @@ def _describe_random_weights(source: ResolvedSource, plan: ModelPlan, named_para
 def _write_weights(source: ResolvedSource, reader, plan: ModelPlan, target, folder: Path, quiet: bool) -> dict:
     """Converted weights + tokenizer into ``folder``; returns the config fields that describe them."""
     started = time.time()
-    writer = TensorCacheWriter(folder)
+    writer = TensorCacheWriter(folder, source=str(source.path))
     convert_weights(reader, plan, target, writer, quiet)
     writer.finish({"quantization": plan.scheme.name, "model_type": plan.config.model_type})
-    return {
+    fields = {
         **_model_fields(source, plan),
         "weights": [rec["name"] for shard in writer.shards for rec in shard["records"]],
         "param_bytes": writer.total_bytes,
         "bits_per_param": plan.scheme.bits_per_param,
-        "convert_seconds": round(time.time() - started, 2),
         "tokenizer": write_tokenizer_files(reader, folder),
     }
+    write_build_info(folder, {"convert_seconds": round(time.time() - started, 2)})  # outside the identity
+    return fields
 
 
 @contextlib.contextmanager
@@ -217,7 +225,7 @@ def quantize_model(model: str, options: CompileOptions) -> Path:
     target = get_target("llvm").tvm_target()  # any target: only the module's parameter list is used
     plan.module(target, portable=True)
     out_dir = options.output or default_output(model, scheme.name, None)
-    with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
+    with interrupt_flag(), _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
         write_config(tmp, {**_write_weights(source, reader, plan, target, tmp, options.quiet), "stage": "weights"})
     return Path(out_dir)
 
@@ -275,7 +283,7 @@ def _link_weights(src: Path, dst: Path, weights: bool = True) -> None:
     """Hard-link (or copy) the weight and tokenizer files of a weights folder into ``dst``
     (``weights=False``: tokenizer files only, the weights are rewritten)."""
     for file in sorted(src.iterdir()):
-        if file.name == CONFIG_FILE or not file.is_file() or file.suffix in (".so", ".tar", ".wasm"):
+        if file.name in (CONFIG_FILE, BUILD_INFO_FILE) or not file.is_file() or file.suffix in (".so", ".tar", ".wasm"):
             continue
         if not weights and (file.name == TENSOR_CACHE_FILE or file.name.startswith("params_shard_")):
             continue
@@ -313,7 +321,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
     prefix = _system_lib_prefix(preset_target, options, model, plan.scheme.name)
 
     started = time.time()
-    with _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
+    with interrupt_flag(), _disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
         if random_weights:
             weights = _describe_random_weights(source, plan, named_params)
         elif stored is None:
@@ -336,6 +344,7 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         library = f"model-{preset_target.name.replace(':', '-').replace('+', '-')}{preset_target.library_suffix}"
         with record_static_plan() as static_plan:  # activation bytes per function, for memory estimates
             _build_with_progress(compile_library, mod, preset_target, tmp / library, options, prefix)
+        fingerprint = library_fingerprint(tmp / library) if (tmp / library).is_file() else {}
         write_config(
             tmp,
             {
@@ -346,14 +355,15 @@ def compile_model(model: str, options: CompileOptions) -> Path:
                 "device": preset_target.device,
                 **({"cuda_archs": list(preset_target.cuda_archs)} if preset_target.device == "cuda" else {}),
                 "library": library,
+                **fingerprint,
                 "runs_on": preset_target.backend.runs_on(preset_target, library),
                 "system_lib_prefix": prefix,
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,
                 "static_plan_bytes": static_plan,
-                "compile_seconds": round(time.time() - started, 2),
             },
         )
+        write_build_info(tmp, {"compile_seconds": round(time.time() - started, 2)})  # outside the identity
     return Path(out_dir)
 
 
@@ -398,18 +408,47 @@ def _system_lib_prefix(preset_target, options: CompileOptions, model: str, quant
 def _build_with_progress(
     compile_library, mod, preset_target, library: Path, options: CompileOptions, prefix: str | None
 ) -> None:
-    with tqdm(total=1, desc=f"build {preset_target.name}", unit="library", disable=options.quiet or None) as bar:
+    with (
+        tqdm(total=1, desc=f"build {preset_target.name}", unit="library", disable=options.quiet or None) as bar,
+        interrupt_flag() as interrupted,
+    ):
         try:
             compile_library(mod, preset_target, library, options.debug_dump, options.opt_level, prefix)
         except LlmcError:
             raise
         except Exception as err:  # TVM's errors carry long C++ traces; keep the first line
+            if interrupted or "KeyboardInterrupt" in str(err):  # a signal TVM turned into its own error
+                raise KeyboardInterrupt from err
             first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
             raise LlmcError(
                 f"TVM failed to build the library for target {preset_target.name}: {first}. "
                 "Re-run with --verbose for the full trace."
             ) from err
         bar.update(1)
+
+
+@contextlib.contextmanager
+def interrupt_flag() -> Iterator[list]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (so the atomic folder is removed and the CLI says
+    "interrupted"); the yielded list becomes non-empty once one arrived, for errors TVM wraps it in."""
+    import signal
+    import threading
+
+    received: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _tvm_version() -> str:

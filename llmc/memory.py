@@ -68,3 +68,45 @@ def estimate(config: dict, context_window: int | None = None, sequences: int = 1
         context_window=window,
         sequences=sequences,
     )
+
+
+SKIP_CHECK_ENV = "LLMC_SKIP_MEMORY_CHECK"
+
+
+def available_host_bytes() -> int | None:
+    """MemAvailable, or the cgroup's remaining limit when that is lower; None when unknown."""
+    available = None
+    try:
+        for line in open("/proc/meminfo"):  # noqa: SIM115 - a tiny read
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()  # noqa: SIM115
+        used = int(open("/sys/fs/cgroup/memory.current").read())  # noqa: SIM115
+        if limit != "max" and available is not None:
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def check_fits(config: dict, where: str, available: int | None, tokens: int | None = None) -> None:
+    """Refuse, with the numbers, to load a model whose estimate exceeds the memory ``available`` (bytes).
+
+    ``LLMC_SKIP_MEMORY_CHECK=1`` overrides (the estimate can be pessimistic: memory-mapped weights).
+    """
+    import os
+
+    from llmc.errors import ArtifactError
+
+    if available is None or os.environ.get(SKIP_CHECK_ENV) == "1":
+        return
+    needed = estimate(config, context_window=tokens).total_bytes
+    if needed > available:
+        raise ArtifactError(
+            f"{where}: needs about {needed / MIB:,.0f} MiB ({estimate(config, context_window=tokens).describe()}) "
+            f"but only {available / MIB:,.0f} MiB is available. Use a smaller model or quantization, a smaller "
+            f"--context-window, or set {SKIP_CHECK_ENV}=1 to try anyway."
+        )

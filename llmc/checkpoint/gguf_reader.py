@@ -132,6 +132,8 @@ class GGUFCheckpoint:
             ) from err
         if self.arch in PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
             key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
+            if array.ndim != 2 or array.shape[0] % (2 * self.config[key]):
+                raise CheckpointError(f"{self.path}: tensor {tensor.name} of shape {shape} does not fit {key}.")
             array = unpermute_qk(array, self.config[key])
         return array
 

@@ -50,10 +50,72 @@ USER_DEFINED_TOKEN_TYPE = 4
 
 
 def write_tokenizer_files(reader, out_dir: Path) -> dict:
-    """Write tokenizer files for ``reader`` into ``out_dir``; return the tokenizer section of llmc-config."""
+    """Write tokenizer files for ``reader`` into ``out_dir``; return the tokenizer section of llmc-config.
+
+    Every special token id and every id the tokenizer can produce must index the embedding table, and
+    the chat template must render a one-message conversation: both are checked here, before compiling.
+    """
     if hasattr(reader, "tokenizer_metadata"):
-        return _from_gguf(reader, out_dir)
-    return _from_hf_folder(reader.path, reader.config, out_dir)
+        info = _from_gguf(reader, out_dir)
+    else:
+        info = _from_hf_folder(reader.path, reader.config, out_dir)
+    vocab_size = reader.config.get("vocab_size")
+    check_token_ids(info, vocab_size, reader.path)
+    if info.get("has_tokenizer"):
+        check_tokenizer_ids(out_dir / "tokenizer.json", vocab_size, reader.path)
+    check_chat_template(info, reader.path)
+    return info
+
+
+def check_token_ids(info: dict, vocab_size, source: Path) -> None:
+    """bos / eos ids: integers inside the vocabulary (an id past it would read outside the embedding table)."""
+    ids = [("bos_token_id", info.get("bos_token_id"))] if info.get("bos_token_id") is not None else []
+    ids += [("eos_token_id", token_id) for token_id in info.get("eos_token_ids") or []]
+    for key, token_id in ids:
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < (vocab_size or 0):
+            raise CheckpointError(
+                f"{source}: {key} {token_id!r} is outside the vocabulary of {vocab_size} tokens. "
+                "The tokenizer metadata is corrupt or belongs to another model."
+            )
+
+
+def check_tokenizer_ids(tokenizer_file: Path, vocab_size, source: Path) -> None:
+    """Every id of ``tokenizer.json`` (vocabulary and added tokens) is below the model's vocab_size."""
+    try:
+        data = json.loads(tokenizer_file.read_text())
+        vocab = (data.get("model") or {}).get("vocab") or {}
+        ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+        ids += [token.get("id") for token in data.get("added_tokens") or []]
+    except (ValueError, AttributeError, TypeError) as err:
+        raise CheckpointError(f"{tokenizer_file.name} of {source}: malformed tokenizer ({err}).") from err
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < (vocab_size or 0)]
+    if bad:
+        raise CheckpointError(
+            f"{source}: tokenizer.json has token id {bad[0]!r} outside the model's vocabulary of {vocab_size} "
+            "(config.json vocab_size); the tokenizer belongs to another model or is corrupt."
+        )
+
+
+def check_chat_template(info: dict, source: Path) -> None:
+    """A chat template that cannot render one user message is refused at compile time."""
+    template = info.get("chat_template")
+    if template is None:
+        return
+    from llmc.runtime.tokenizer import render_chat_template
+
+    try:
+        render_chat_template(
+            template,
+            [{"role": "user", "content": "Hello"}],
+            True,
+            bos_token=info.get("bos_token") or "",
+            eos_token=info.get("eos_token") or "",
+        )
+    except Exception as err:  # noqa: BLE001 - jinja2 templates may raise anything; name the file either way
+        raise CheckpointError(
+            f"{source}: the chat template fails to render a one-message conversation "
+            f"({err.__class__.__name__}: {err}). Fix or remove it."
+        ) from err
 
 
 def _from_hf_folder(folder: Path, config: dict, out_dir: Path) -> dict:
@@ -86,12 +148,15 @@ def _from_gguf(reader, out_dir: Path) -> dict:
             f"{reader.path}: GGUF tokenizer model {model!r} is not supported yet "
             "(byte-level BPE 'gpt2' is); compile the Hugging Face checkpoint instead."
         )
-    tokenizer = build_bpe_tokenizer(
-        tokens,
-        meta.get("tokenizer.ggml.merges") or [],
-        meta.get("tokenizer.ggml.token_type") or [],
-        meta.get("tokenizer.ggml.pre"),
-    )
+    try:
+        tokenizer = build_bpe_tokenizer(
+            tokens,
+            meta.get("tokenizer.ggml.merges") or [],
+            meta.get("tokenizer.ggml.token_type") or [],
+            meta.get("tokenizer.ggml.pre"),
+        )
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception on a bad vocabulary
+        raise CheckpointError(f"{reader.path}: the GGUF vocabulary or merges are malformed ({err}).") from err
     tokenizer.save(str(out_dir / "tokenizer.json"))
     bos_id, eos_id = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
     info = {
@@ -141,7 +206,7 @@ def _read_json(file: Path) -> dict:
         return {}
     try:
         data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise CheckpointError(f"{file}: not valid JSON ({err}).") from err
     return data if isinstance(data, dict) else {}
 
@@ -149,7 +214,7 @@ def _read_json(file: Path) -> dict:
 def _as_list(value) -> list[int]:
     if value is None:
         return []
-    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
+    return list(value) if isinstance(value, list) else [value]  # types checked by check_token_ids
 
 
 def _token_text(token) -> str | None:

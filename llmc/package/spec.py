@@ -194,7 +194,7 @@ def load_spec(file: Path) -> PackageSpec:
             prefill_chunk=_positive_int(file, f"{where}.prefill_chunk", item.get("prefill_chunk")),
             max_batch_size=_positive_int(file, f"{where}.max_batch_size", item.get("max_batch_size", 1), False),
             bundle_weights=item.get("bundle_weights", True),
-            model_url=item.get("model_url"),
+            model_url=check_model_url(file, where, item.get("model_url")),
             fp_embeddings=item.get("fp_embeddings", False),
         )
         if not entry.bundle_weights and not entry.model_url:
@@ -217,6 +217,28 @@ def load_spec(file: Path) -> PackageSpec:
         app_name=app_name,
         app_id=app_id,
     )
+
+
+URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!&'()*+,;=%]+")
+
+
+def check_model_url(file: Path, where: str, url) -> str | None:
+    """An http(s) URL of RFC 3986 characters only: no quote, backslash, ``$``, space or control character can
+    reach the Kotlin, Swift, C++ or JSON source it is pasted into (percent-encode such characters)."""
+    from urllib.parse import urlsplit
+
+    if url is None:
+        return None
+    if not isinstance(url, str) or len(url) > 2048 or not URL_CHARS.fullmatch(url):
+        raise _fail(file, f"{where}.model_url {url!r} is not a URL (percent-encode quotes, spaces, $ and \\).")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed [IPv6 literal
+        host = None
+    if host is None or parts.scheme not in ("http", "https"):
+        raise _fail(file, f"{where}.model_url {url!r} must be an http:// or https:// URL with a host.")
+    return url
 
 
 def _model_path(config_file: Path, model: str) -> str:

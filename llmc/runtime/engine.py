@@ -11,8 +11,9 @@ from tvm.runtime import ShapeTuple
 from tvm.runtime.vm import VirtualMachine
 
 from llmc.artifact import read_config
+from llmc.artifact_checks import verify_artifact
 from llmc.errors import ArtifactError, GenerationError
-from llmc.memory import PAGE_SIZE
+from llmc.memory import PAGE_SIZE, available_host_bytes, check_fits
 
 
 def use_every_core() -> None:
@@ -37,6 +38,40 @@ def check_loadable_here(folder: Path, config: dict) -> None:
     if runs_on["here"] and (requires is None or tvm.get_global_func(requires, allow_missing=True) is not None):
         return
     raise ArtifactError(f"{folder}: {runs_on['message']}")
+
+
+def open_device(folder: Path, config: dict, device: str):
+    """The TVM device, or a clear error when it is absent here or is not the kind the artifact was built for."""
+    try:
+        dev = tvm.device(device)
+    except Exception as err:  # noqa: BLE001 - TVM raises ValueError or its own errors for unknown names
+        raise ArtifactError(f"{folder}: unknown device {device!r} ({err}); use cpu or cuda.") from err
+    built_for = config.get("device")
+    if built_for in ("cpu", "cuda") and dev.dlpack_device_type() != tvm.device(built_for).dlpack_device_type():
+        raise ArtifactError(
+            f"{folder}: compiled for target {config.get('target')} ({built_for}), not device {device!r}; "
+            f"run it with --device {built_for}, or compile it for the device you have."
+        )
+    try:
+        present = dev.exist
+    except Exception:  # noqa: BLE001 - no driver at all
+        present = False
+    if not present:
+        raise ArtifactError(
+            f"{folder}: device {device!r} is not present on this machine (compiled for {config.get('target')}). "
+            "Run it where that device is, or compile with --target llvm to run on this CPU."
+        )
+    return dev
+
+
+def device_memory(dev) -> int | None:
+    """Bytes available for the model on ``dev``: host RAM for the CPU, total memory for a GPU."""
+    if dev.dlpack_device_type() == 1:  # kDLCPU
+        return available_host_bytes()
+    try:
+        return int(dev.total_global_memory)
+    except Exception:  # noqa: BLE001 - not every device reports it
+        return None
 
 
 def _builtin(name: str):
@@ -65,10 +100,10 @@ class Engine:
         self.prefill_chunk = self.config["prefill_chunk"]
         # never above the bound the library's memory was planned for
         self.max_batch_size = min(max_batch_size or self.config["max_batch_size"], self.config["max_batch_size"])
-        self.device = tvm.device(device)
+        self.device = open_device(self.folder, self.config, device)
+        check_fits(self.config, str(self.folder), device_memory(self.device), kv_tokens)
+        verify_artifact(self.folder, self.config)  # sizes, paths, checksums: before any library or weight loads
         library = self.folder / self.config["library"]
-        if not library.exists():
-            raise ArtifactError(f"{library}: missing; the artifact is incomplete. Re-run `llmc compile`.")
         self.vm = VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
         self.params = self._random_params(seed) if self.config.get("random_weights") else self._load_params()
         self._kv_add = _builtin("vm.builtin.kv_state_add_sequence")
@@ -129,7 +164,11 @@ class Engine:
 
     # ------------------------------------------------------------------ forward
     def _embed(self, token_ids: list[int], batch: int, length: int):
-        ids = tvm.runtime.tensor(np.asarray(token_ids, dtype="int32"), self.device)
+        array = np.asarray(token_ids, dtype=np.int64)
+        outside = array[(array < 0) | (array >= self.vocab_size)]  # would read outside the embedding table
+        if outside.size:
+            raise GenerationError(f"token id {int(outside[0])} is outside the vocabulary of {self.vocab_size}.")
+        ids = tvm.runtime.tensor(array.astype("int32"), self.device)
         embeds = self.vm["embed"](ids, self.params)
         return self._reshape(embeds, ShapeTuple([batch, length, self.hidden_size]))
 

@@ -62,7 +62,9 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
         return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
-    except TemplateError as err:
+    except GenerationError:
+        raise
+    except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as err:
         raise GenerationError(f"the model's chat template failed to render: {err}") from err
 
 
