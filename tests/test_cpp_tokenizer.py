@@ -311,3 +311,9 @@ def test_unsupported_component_is_named(tokenizer_main, smollm2_gguf_folder, tmp
     done = subprocess.run([str(tokenizer_main), str(file), str(tmp_path / "one.bin")], capture_output=True)
     assert done.returncode != 0
     assert b"normalizer NFKC is not supported by llmc's C++ tokenizer" in done.stderr
+
+
+def test_unicode_tables_are_generated():
+    from llmc.package.unicode_tables import HEADER, render
+
+    assert HEADER.read_text() == render(), "run python -m llmc.package.unicode_tables"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from pathlib import Path
 
 from llmc.assets import TEMPLATES_DIR
 
