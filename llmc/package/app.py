@@ -9,11 +9,13 @@ from pathlib import Path
 import llmc
 from llmc.assets import TEMPLATES_DIR
 from llmc.errors import LlmcError
+from llmc.package.chat_format import derive_chat_format
 from llmc.package.spec import APP_CONFIG_FILE, ARCHIVE_NAME, PackagedModel, PackageSpec
 
 
 def app_model_entry(spec: PackageSpec, p: PackagedModel) -> dict:
     fits = None if spec.memory_budget_bytes is None else p.memory.total_bytes <= spec.memory_budget_bytes
+    chat, why_not = chat_entry(p.config.get("tokenizer") or {}, p.artifact / "tokenizer.json")
     return {
         "model_id": p.entry.model_id,
         "model_lib": p.entry.system_lib_prefix,
@@ -27,7 +29,15 @@ def app_model_entry(spec: PackageSpec, p: PackagedModel) -> dict:
         "estimated_memory_bytes": p.memory.total_bytes,
         "memory": p.memory.as_dict(),
         "fits_memory_budget": fits,
+        "chat": chat,
+        "chat_note": why_not or None,
     }
+
+
+def chat_entry(info: dict, tokenizer_file: Path) -> tuple[dict | None, str]:
+    """The chat format apps use (the template rendered into fixed strings), or None and the reason."""
+    chat, why_not = derive_chat_format(info, tokenizer_file if tokenizer_file.exists() else None)
+    return (chat.as_dict() if chat else None), why_not
 
 
 def _template_context(spec: PackageSpec, packaged: list[PackagedModel], archive: str | None) -> dict:
