@@ -1,5 +1,5 @@
 // Test driver for llmc::Chat: chat_main APP_CONFIG MODEL_ID MODEL_DIR MAX_TOKENS TEMPERATURE TOP_P SEED
-// stdin: one command a line, "say TEXT" or "reset"; stdout for each "say":
+// stdin: one command a line, "say TEXT", "reset" or "options TEMPERATURE TOP_P SEED"; stdout for each "say":
 //   hex of each streamed piece, comma separated TAB hex of the reply TAB prompt_tokens output_tokens finish_reason
 #include <cstdio>
 #include <iostream>
@@ -26,6 +26,11 @@ int main(int argc, char** argv) {
     for (std::string line; std::getline(std::cin, line);) {
       if (line == "reset") {
         chat.Reset();
+        continue;
+      }
+      if (line.rfind("options ", 0) == 0) {
+        std::sscanf(line.c_str(), "options %f %f %llu", &options.temperature, &options.top_p,
+                    reinterpret_cast<unsigned long long*>(&options.seed));
         continue;
       }
       std::string pieces;
