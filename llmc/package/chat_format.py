@@ -117,7 +117,7 @@ def derive_chat_format(info: dict, tokenizer_file=None) -> tuple[ChatFormat | No
 
 
 def _add_stops(chat: ChatFormat, info: dict, tokenizer_file) -> None:
-    """The end of an assistant turn: the first token of ``assistant_to_user`` when it is special, else its first line."""
+    """Where an answer ends: the first token of ``assistant_to_user`` if special, else its first line."""
     chat.stop_token_ids = list(info.get("eos_token_ids") or [])
     turn_end = chat.assistant_to_user
     if tokenizer_file is not None and turn_end.strip():
