@@ -137,12 +137,13 @@ $(VENV)/.installed-mobile: $(VENV)/.installed-test
 	touch $@
 
 # issue 5B: tools for tests/test_package.py (g++: builds and runs llmc's C++ engine; llvm: llvm-ar
-# merges the models' objects, Mach-O included; JDK headers: compiles the JNI glue). Needs root for apt.
+# merges the models' objects, Mach-O included; JDK: compiles the JNI glue; kotlin: compiles the generated
+# Android Kotlin against tests/android_stubs). Needs root for apt.
 install-package: $(VENV)/.installed-package
 
 $(VENV)/.installed-package: $(VENV)/.installed-test
-	apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless || \
-	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless)
+	apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless kotlin || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless kotlin)
 	touch $@
 
 # the two example app bundles of SmolLM2-135M (q4f16_1): dist/android and dist/iphone
