@@ -138,12 +138,13 @@ $(VENV)/.installed-mobile: $(VENV)/.installed-test
 
 # issue 5B: tools for tests/test_package.py (g++: builds and runs llmc's C++ engine; llvm: llvm-ar
 # merges the models' objects, Mach-O included; JDK: compiles the JNI glue; kotlin: compiles the generated
-# Android Kotlin against tests/android_stubs). Needs root for apt.
+# Android Kotlin against tests/android_stubs; clang + GNUstep headers: syntax-checks the iOS Objective-C++
+# bridge). Needs root for apt.
 install-package: $(VENV)/.installed-package
 
 $(VENV)/.installed-package: $(VENV)/.installed-test
-	apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless kotlin || \
-	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless kotlin)
+	apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless kotlin clang libgnustep-base-dev || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless kotlin clang libgnustep-base-dev)
 	touch $@
 
 # the two example app bundles of SmolLM2-135M (q4f16_1): dist/android and dist/iphone

@@ -143,8 +143,9 @@ def test_android_bundle_layout_and_app_config(android):
         assert memory["kv_cache_bytes"] == kv_cache_bytes(config["model"], config["dtype"], CONTEXT)
         assert memory["activation_bytes"] == max(config["static_plan_bytes"].values()) > 0
         assert entry["estimated_memory_bytes"] == memory["total_bytes"] == estimate(config).total_bytes
-        # the tiny checkpoints are base models: no chat template, so no chat format (the app sends text as is)
-        assert entry["chat"] is None and "no chat template" in entry["chat_note"]
+        # the chat template (ChatML in the tiny checkpoints) rendered into fixed strings for the app
+        assert entry["chat"]["user_to_assistant"] == "<|im_end|>\n<|im_start|>assistant\n", entry["chat_note"]
+        assert entry["chat"]["checked_turns"] >= 3
     llama, qwen = (out / "bundle" / m["model_path"] for m in app["models"])
     assert (llama / "tensor-cache.json").exists() and list(llama.glob("params_shard_*.bin"))
     assert not (qwen / "tensor-cache.json").exists() and not list(qwen.glob("params_shard_*.bin"))
@@ -347,9 +348,49 @@ def test_iphone_package(checkpoints, tmp_path):
     assert 'modelId: "tiny-llama"' in swift and 'modelLib: "tiny_llama_q4f16_1_"' in swift
     manifest = (out / "ios/Package.swift").read_text()
     assert '"-Wl,-force_load,\\(dist)/lib/libllmc_models.a"' in manifest  # made on the Mac when no llvm-ar
-    assert (out / "ios/Sources/LLMCRuntime/LLMCRuntime.mm").exists()
-    assert (out / "ios/Sources/LLMCRuntime/llmc_engine.cc").exists()
+    bridge = (out / "ios/Sources/LLMCRuntime/LLMCRuntime.mm").read_text()
+    header = (out / "ios/Sources/LLMCRuntime/include/LLMCRuntime.h").read_text()
+    for selector in ("initWithAppConfig:", "sendMessage:", "- (void)stop", "resetWithSystemPrompt:"):
+        assert selector in bridge and selector in header
+    assert "llmc::Chat" in bridge and "kDLMetal" in bridge
+    for source in ENGINE_SOURCES:
+        assert (out / "ios/Sources/LLMCRuntime" / source).exists()
+    chat_swift = (out / "ios/Sources/LLMC/LLMCChat.swift").read_text()
+    assert "native.sendMessage(" in chat_swift and "native.reset(withSystemPrompt:" in chat_swift
+    view = (out / "ios/Sources/LLMC/LLMCChatView.swift").read_text()
+    for part in ("TextField(", 'Button("Stop")', "tok/s", "Picker(", "ScrollViewReader"):
+        assert part in view
     assert "Xcode" in (out / "README.md").read_text()
+
+
+BLOCKS_RUNTIME_SHIM = """#pragma once
+extern "C" void *_Block_copy(const void *);
+extern "C" void _Block_release(const void *);
+"""
+
+
+def test_ios_bridge_compiles_against_gnustep_foundation(tmp_path):
+    """The Objective-C++ bridge (LLMCRuntime.mm over llmc::Chat) passes clang's syntax check with GNUstep's
+    Foundation headers and TVM's tvm-ffi headers (no Xcode or Swift compiler here: the Swift is not compiled)."""
+    clang = shutil.which("clang++")
+    gcc_objc = sorted(Path("/usr/lib/gcc").glob("*/*/include/objc/objc.h"))
+    if clang is None or not Path("/usr/include/GNUstep/Foundation/Foundation.h").exists() or not gcc_objc:
+        pytest.skip("needs clang++ and GNUstep's Foundation headers (apt-get install clang libgnustep-base-dev)")
+    import tvm_ffi
+
+    (tmp_path / "objc").mkdir()
+    (tmp_path / "objc/blocks_runtime.h").write_text(BLOCKS_RUNTIME_SHIM)  # Debian ships GCC's runtime headers only
+    templates = Path(__file__).resolve().parents[1] / "llmc/templates"
+    runtime = templates / "ios/Sources/LLMCRuntime"
+    done = subprocess.run(
+        [clang, "-x", "objective-c++", "-std=c++17", "-fsyntax-only", "-fblocks", "-fobjc-runtime=gnustep-2.0",
+         "-fexceptions", "-fobjc-exceptions", "-DGNUSTEP", "-DGNUSTEP_BASE_LIBRARY=1", "-DGNU_RUNTIME=1",
+         f"-I{tmp_path}", f"-I{gcc_objc[0].parent.parent}", "-I/usr/include/GNUstep", f"-I{runtime / 'include'}",
+         f"-I{templates / 'common'}", f"-I{Path(tvm_ffi.__file__).parent / 'include'}",
+         str(runtime / "LLMCRuntime.mm")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _macho_weak(data: bytes) -> set[str]:
