@@ -133,6 +133,7 @@ def check_chat(replies: list[dict], python_chat: list[dict]) -> None:
         assert ours["reply"] == theirs["reply"]
         assert "".join(ours["pieces"]) == theirs["reply"]
         assert ours["prompt_tokens"] == theirs["prompt_tokens"]  # the second turn prefills only the new tokens
+        assert ours["finish_reason"] == theirs["finish"]  # EOS (<|im_end|>) or max_tokens, as llmc chat
     assert "Paris" in replies[0]["reply"]
     # the second turn reused the cache: it prefilled fewer tokens than the whole conversation holds
     assert replies[1]["prompt_tokens"] < replies[0]["prompt_tokens"]

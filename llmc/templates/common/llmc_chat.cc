@@ -241,7 +241,11 @@ std::string Chat::Send(const std::string& text, const SamplingOptions& options,
     }
     logits = engine_->Decode(token);
   }
-  if (!stopped_by_string) reply += decoder.Finish();
+  if (!stopped_by_string) {
+    // what the decoder held back: shown unless it ends inside a character (cut off by max_tokens), as llmc chat
+    std::string rest = decoder.Finish();
+    if (rest.size() < 3 || rest.compare(rest.size() - 3, 3, "\xEF\xBF\xBD") != 0) reply += rest;
+  }
   emit(reply.size());
   s.decode_seconds = Seconds(started);
   s.output_tokens = static_cast<int64_t>(output.size());
@@ -249,7 +253,7 @@ std::string Chat::Send(const std::string& text, const SamplingOptions& options,
   // every output token but the last was fed back through decode
   fed_ = full;
   fed_.insert(fed_.end(), output.begin(), output.end() - 1);
-  std::string content = reply;
+  std::string content = reply;  // the conversation keeps the whole answer (a cut-off character included)
   if (!stopped_by_string) {
     std::vector<int32_t> kept;
     for (int32_t id : output) {
@@ -258,7 +262,7 @@ std::string Chat::Send(const std::string& text, const SamplingOptions& options,
     content = tokenizer_.Decode(kept);
   }
   messages_.push_back({false, content});
-  return content;
+  return reply;
 }
 
 }  // namespace llmc

@@ -72,7 +72,7 @@ class Chat {
        DLDeviceType device_type, int device_id = 0);
 
   // Answer `text`; `on_text` receives the answer as it is generated (whole UTF-8 characters); `cancel`, when
-  // set from another thread, stops the generation after the current token.
+  // set from another thread, stops the generation after the current token. Returns the text shown.
   std::string Send(const std::string& text, const SamplingOptions& options,
                    const std::function<void(const std::string&)>& on_text, ReplyStats* stats = nullptr,
                    const std::atomic<bool>* cancel = nullptr);

@@ -244,11 +244,12 @@ class LlmcChat {
       }
       logits = await this.model.decodeToken(token);
     }
-    if (!stoppedByString) reply = this.tokenizer.decode(output.filter((id) => !this.eos.has(id)), true);
+    // the stream never shows a character cut off by maxTokens (as llmc chat); the conversation keeps it
     if (reply.length > shown) onText(reply.slice(shown));
+    const content = stoppedByString ? reply : this.tokenizer.decode(output.filter((id) => !this.eos.has(id)), true);
     const decodeSeconds = (performance.now() - started) / 1000;
     this.fed = [...full, ...output.slice(0, -1)]; // every output token but the last was fed back
-    this.messages.push({ role: "assistant", content: reply });
+    this.messages.push({ role: "assistant", content });
     return {
       ids: output,
       text: reply,
