@@ -45,7 +45,7 @@ test: install-test test-tools
 	$(PY) -m pytest -q
 
 test-all: install-test
-	$(PY) -m pytest -q -m "slow or not slow"
+	LLMC_TEST_SLOW=1 $(PY) -m pytest -q -m "slow or not slow"
 
 # the wheel carries llmc's data: pip wheel, a fresh virtualenv (dependencies from the index), llmc run elsewhere
 test-wheel: install-test
