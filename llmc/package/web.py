@@ -8,7 +8,9 @@ over http(s) and open ``index.html`` in a browser with WebGPU.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +23,7 @@ TEMPLATE = TEMPLATES_DIR / "web"
 # make install-web's npm packages, in the source checkout of an editable install (else: $LLMC_TVMJS)
 TVMJS = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 PAGE_FILES = ("llmc.js", "tokenizer.js")
+WEB_CONFIG = "llmc-web.json"  # the page's settings: chat format, browser-cache scope of the weights
 DEFAULT_PROMPT = "Once upon a time"
 
 
@@ -67,6 +70,7 @@ def write_web_bundle(artifact: str | Path, out_dir: str | Path, force: bool = Fa
         (TEMPLATE / "index.html").read_text(),
         {"MODEL_NAME": name, "QUANT": config["quantization"], "DEFAULT_PROMPT": DEFAULT_PROMPT},
     )
+    web_config = web_settings(artifact, config)
     with atomic_output_dir(out_dir, force) as tmp:
         for file in sorted(artifact.iterdir()):
             if file.is_file() and (file.suffix != ".wasm" or file.name == config["library"]):
@@ -75,7 +79,18 @@ def write_web_bundle(artifact: str | Path, out_dir: str | Path, force: bool = Fa
             shutil.copy2(TEMPLATE / name, tmp / name)
         shutil.copy2(tvmjs, tmp / "tvmjs.bundle.js")
         (tmp / "index.html").write_text(page)
+        (tmp / WEB_CONFIG).write_text(json.dumps(web_config, indent=2, ensure_ascii=False))
     return out_dir
+
+
+def web_settings(artifact: Path, config: dict) -> dict:
+    """The chat format (the template rendered into fixed strings, as for phone apps) and the Cache API scope of
+    the weights: named after tensor-cache.json (which holds each shard's md5), so new weights get a new scope."""
+    from llmc.package.app import chat_entry
+
+    chat, why_not = chat_entry(config.get("tokenizer") or {}, artifact / "tokenizer.json")
+    digest = hashlib.sha256((artifact / "tensor-cache.json").read_bytes()).hexdigest()[:16]
+    return {"chat": chat, "chat_note": why_not or None, "cache_scope": f"llmc-{digest}"}
 
 
 def package_web(model: str, output: Path, force: bool = False, quant: str = "q4f32_1", quiet: bool = False) -> Path:

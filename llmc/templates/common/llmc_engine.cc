@@ -23,8 +23,14 @@ ffi::Function Global(const char* name) { return ffi::Function::GetGlobalRequired
 
 
 // The model's objects registered their symbols under model_lib at static-initialisation time.
+// A path to a shared library (a desktop build: ends in .so/.dylib/.dll) is loaded from the file instead.
 ffi::Module LoadExecutable(const std::string& model_lib) {
-  ffi::Module lib = Global("ffi.SystemLib")(ffi::String(model_lib)).cast<ffi::Module>();
+  auto ends_with = [&](const std::string& suffix) {
+    return model_lib.size() >= suffix.size() && model_lib.compare(model_lib.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  bool shared = ends_with(".so") || ends_with(".dylib") || ends_with(".dll");
+  ffi::Module lib = shared ? ffi::Module::LoadFromFile(ffi::String(model_lib))
+                           : Global("ffi.SystemLib")(ffi::String(model_lib)).cast<ffi::Module>();
   ffi::Optional<ffi::Function> load_executable = lib->GetFunction("vm_load_executable");
   if (!load_executable.has_value()) {
     throw std::runtime_error("model library '" + model_lib +

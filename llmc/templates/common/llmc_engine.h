@@ -21,7 +21,7 @@
 namespace llmc {
 
 struct ModelSpec {
-  std::string model_lib;                 // system-lib symbol prefix, e.g. "smollm2_q4f16_1_"
+  std::string model_lib;                 // system-lib symbol prefix, e.g. "smollm2_q4f16_1_", or a .so path
   std::string model_dir;                 // folder holding tensor-cache.json and the weight shards
   std::vector<std::string> param_names;  // "params" of llmc-config.json, in order
   int64_t context_window = 0;

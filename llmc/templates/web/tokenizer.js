@@ -33,6 +33,7 @@ class Tokenizer {
     this.spec = spec;
     this.vocab = new Map(Object.entries(spec.model.vocab || {}));
     this.added = new Map((spec.added_tokens || []).map((t) => [t.content, t.id]));
+    this.specialIds = new Set((spec.added_tokens || []).filter((t) => t.special).map((t) => t.id));
     this.idToToken = new Map();
     for (const [token, id] of this.vocab) this.idToToken.set(id, token);
     for (const [token, id] of this.added) this.idToToken.set(id, token);
@@ -94,11 +95,12 @@ class Tokenizer {
     });
   }
 
-  decode(ids) {
+  /** Text of `ids`; with `skipSpecial`, special added tokens are left out (as `tokenizers`' skip_special_tokens). */
+  decode(ids, skipSpecial = false) {
     const bytes = [];
     for (const id of ids) {
       const token = this.idToToken.get(id);
-      if (token === undefined) continue;
+      if (token === undefined || (skipSpecial && this.specialIds.has(id))) continue;
       if (this.added.has(token)) {
         bytes.push(...new TextEncoder().encode(token));
         continue;

@@ -1,11 +1,12 @@
-// Objective-C++ bridge: LLMCNativeEngine wraps llmc::Engine (Metal device).
+// Objective-C++ bridge: LLMCNativeChat wraps llmc::Chat (Metal device).
 #import "LLMCRuntime.h"
 
+#include <atomic>
 #include <exception>
 #include <memory>
-#include <vector>
+#include <string>
 
-#include "llmc_engine.h"
+#include "llmc_chat.h"
 
 static NSError *LLMCError(const std::exception &err) {
   return [NSError errorWithDomain:@"LLMC"
@@ -13,25 +14,23 @@ static NSError *LLMCError(const std::exception &err) {
                          userInfo:@{NSLocalizedDescriptionKey : [NSString stringWithUTF8String:err.what()]}];
 }
 
-@implementation LLMCNativeEngine {
-  std::unique_ptr<llmc::Engine> _engine;
+@implementation LLMCReplyStats
+@end
+
+@implementation LLMCNativeChat {
+  std::unique_ptr<llmc::Chat> _chat;
+  std::atomic<bool> _cancel;
 }
 
-- (nullable instancetype)initWithModelLib:(NSString *)modelLib
-                                 modelDir:(NSString *)modelDir
-                               paramNames:(NSArray<NSString *> *)paramNames
-                            contextWindow:(NSInteger)contextWindow
-                             prefillChunk:(NSInteger)prefillChunk
-                                    error:(NSError **)error {
+- (nullable instancetype)initWithAppConfig:(NSString *)appConfigPath
+                                   modelId:(NSString *)modelId
+                                  modelDir:(NSString *)modelDir
+                                     error:(NSError **)error {
   if (!(self = [super init])) return nil;
+  _cancel = false;
   try {
-    llmc::ModelSpec spec;
-    spec.model_lib = modelLib.UTF8String;
-    spec.model_dir = modelDir.UTF8String;
-    for (NSString *name in paramNames) spec.param_names.push_back(name.UTF8String);
-    spec.context_window = contextWindow;
-    spec.prefill_chunk = prefillChunk;
-    _engine = std::make_unique<llmc::Engine>(spec, kDLMetal);
+    _chat = std::make_unique<llmc::Chat>(appConfigPath.UTF8String, modelId.UTF8String, modelDir.UTF8String,
+                                         kDLMetal);
   } catch (const std::exception &err) {
     if (error) *error = LLMCError(err);
     return nil;
@@ -39,29 +38,47 @@ static NSError *LLMCError(const std::exception &err) {
   return self;
 }
 
-- (nullable NSNumber *)prefill:(NSArray<NSNumber *> *)tokens error:(NSError **)error {
+- (nullable LLMCReplyStats *)sendMessage:(NSString *)text
+                             temperature:(float)temperature
+                                    topP:(float)topP
+                                    seed:(uint64_t)seed
+                               maxTokens:(NSInteger)maxTokens
+                                  onText:(void (^)(NSString *piece))onText
+                                   error:(NSError **)error {
+  _cancel = false;
+  llmc::SamplingOptions options;
+  options.temperature = temperature;
+  options.top_p = topP;
+  options.seed = seed;
+  options.max_tokens = static_cast<int>(maxTokens);
+  llmc::ReplyStats stats;
   try {
-    std::vector<int32_t> ids;
-    ids.reserve(tokens.count);
-    for (NSNumber *token in tokens) ids.push_back(token.intValue);
-    return @(llmc::Engine::Argmax(_engine->Prefill(ids)));
+    // NSString from UTF-8: the engine only hands out whole characters
+    _chat->Send(
+        text.UTF8String, options,
+        [&](const std::string &piece) { onText([[NSString alloc] initWithBytes:piece.data()
+                                                                         length:piece.size()
+                                                                       encoding:NSUTF8StringEncoding]); },
+        &stats, &_cancel);
   } catch (const std::exception &err) {
     if (error) *error = LLMCError(err);
     return nil;
   }
+  LLMCReplyStats *out = [[LLMCReplyStats alloc] init];
+  out.promptTokens = stats.prompt_tokens;
+  out.outputTokens = stats.output_tokens;
+  out.prefillSeconds = stats.prefill_seconds;
+  out.decodeSeconds = stats.decode_seconds;
+  out.finishReason = [NSString stringWithUTF8String:stats.finish_reason.c_str()];
+  return out;
 }
 
-- (nullable NSNumber *)decode:(NSInteger)token error:(NSError **)error {
-  try {
-    return @(llmc::Engine::Argmax(_engine->Decode(static_cast<int32_t>(token))));
-  } catch (const std::exception &err) {
-    if (error) *error = LLMCError(err);
-    return nil;
-  }
+- (void)stop {
+  _cancel = true;
 }
 
-- (void)reset {
-  _engine->Reset();
+- (void)resetWithSystemPrompt:(NSString *)systemPrompt {
+  _chat->Reset(systemPrompt.UTF8String);
 }
 
 @end
