@@ -95,6 +95,16 @@ class QuantScheme:
             for name, a in arrays
         ]
 
+    def relayout_stream(self, arrays, dtype: str | None, int_layout: bool):
+        """A weights folder's ``(name, array)`` stream -> the target's arrays (``relayout`` per parameter)."""
+        pending: list = []
+        for name, array in arrays:
+            pending.append((name, array))
+            if name.endswith(".q_weight"):
+                continue  # its scale follows
+            yield from self.relayout(pending, dtype, int_layout)
+            pending = []
+
 
 def _rewrite(module: nn.Module, prefix: str, swap) -> None:
     for attr, child in list(vars(module).items()):
@@ -139,6 +149,12 @@ QUANTS: dict[str, QuantScheme] = {
         GroupQuant(3, 40, "float16"),
     ),
 }
+
+
+from llmc.quant.keep import KEEP  # noqa: E402 - keep.py builds on QuantScheme above
+
+QUANTS["keep"] = KEEP
+KEEP_QUANT = "keep"  # the default for GGUF files
 
 
 def get_quant(name: str) -> QuantScheme:
