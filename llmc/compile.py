@@ -317,7 +317,8 @@ def compile_model(model: str, options: CompileOptions) -> Path:
         plan, stored = plan_from_config(reader.config, source, options, reader), None
     mod, named_params = build_module(plan.module(target), target)
     if stored is not None:
-        _check_weights_match(source.path, stored["weights"], [name for name, _ in named_params])
+        expected = [plan.scheme.portable_name(name) for name, _ in named_params]
+        _check_weights_match(source.path, stored["weights"], expected)
     out_dir = options.output or default_output(model, plan.scheme.name, preset_target.name)
     prefix = _system_lib_prefix(preset_target, options, model, plan.scheme.name)
 

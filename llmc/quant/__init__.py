@@ -95,6 +95,10 @@ class QuantScheme:
             for name, a in arrays
         ]
 
+    def portable_name(self, name: str) -> str:
+        """The name a module parameter has in a weights folder (the same for group schemes)."""
+        return name
+
     def relayout_stream(self, arrays, dtype: str | None, int_layout: bool):
         """A weights folder's ``(name, array)`` stream -> the target's arrays (``relayout`` per parameter)."""
         pending: list = []

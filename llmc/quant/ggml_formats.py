@@ -163,7 +163,7 @@ def _k_scale_min(p, row, b, s):
         return _byte(p["scales"], row, b * 12 + i)
 
     low = s < 4
-    i = tirx.Select(low, s, s - 4)
+    i = s % 4  # byte i (s < 4) or byte i of the high half (s >= 4)
     sc = tirx.Select(
         low,
         tirx.bitwise_and(byte(i), _u32(0x3F)),

@@ -27,6 +27,7 @@ from llmc.quant.ggml_layers import (
     make_embedding,
 )
 
+_PORTABLE_LEAF = {"q_weight": "qs", "q_scale": "d"}
 Runs = tuple[tuple[str, int], ...]  # (GGML type, rows) per run of rows
 
 
@@ -173,6 +174,11 @@ class KeepScheme(QuantScheme):
             codes, scales = int_dot_arrays(fmt, planes)
             return [(f"{part}.q_weight", codes), (f"{part}.q_scale", scales)]
         return [(f"{part}.{plane.name}", planes[plane.name]) for plane in FORMATS[fmt].planes]
+
+    def portable_name(self, name: str) -> str:
+        """A Q4_0/Q8_0 part's CPU arrays come from its ``qs`` / ``d`` planes."""
+        prefix, _, leaf = name.rpartition(".")
+        return f"{prefix}.{_PORTABLE_LEAF[leaf]}" if leaf in _PORTABLE_LEAF else name
 
     def relayout_stream(self, arrays, dtype: str | None, int_layout: bool):
         """A weights folder's arrays (portable planes) -> those of the target's module, in order."""
