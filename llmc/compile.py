@@ -131,10 +131,8 @@ def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOp
     config = family.parse_config(hf_config, str(source.path))
     apply_sizes(config, options, source.preset)
     scheme = get_quant(options.quant or default_quant(source))
-    if hasattr(scheme, "bind"):
-        if not hasattr(reader, "tensor_types"):
-            raise ConfigError(f"{source.path}: --quant keep keeps a GGUF file's own formats; pass a .gguf file.")
-        scheme = scheme.bind(reader.tensor_types(), family.weight_sources(config), reader.path)
+    if hasattr(scheme, "prepare"):  # per-parameter schemes (keep, GGML encoders): bound to this checkpoint
+        scheme = scheme.prepare(reader, family.weight_sources(config), source.path)
     return ModelPlan(family, config, scheme, options.quantize_embeddings, _int_dot(options))
 
 

@@ -278,3 +278,36 @@ def test_unsupported_format_names_tensor_and_format(tmp_path):
 def test_keep_needs_a_gguf(checkpoints):
     with pytest.raises(ConfigError, match="keep"):
         plan_model(str(checkpoints["llama_gqa"]), CompileOptions(quant="keep"))
+
+
+# ---------------------------------------------------------------------- llmc's quantizer for float weights
+def test_scale_search_beats_range_scales_on_heavy_tailed_weights():
+    """Searched scales: lower error than range-covering ones (same layout, same bits)."""
+    from llmc.quant import get_quant
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_t(4, (64, 256)) * 0.02).astype(np.float32)  # outliers, as in real matrices
+    weight[0] = 0
+    for plain, searched in [("q4f16_1", "q4f16_s"), ("q3f16_1", "q3f16_s")]:
+        errors = {}
+        for name in (plain, searched):
+            gq = get_quant(name).group
+            decoded = gq.dequantize(*gq.quantize(weight), weight.shape[1])
+            errors[name] = float(np.square(decoded - weight).mean())
+            assert (decoded[0] == 0).all()
+        assert errors[searched] < 0.97 * errors[plain], errors
+
+
+def test_q4_1_encoder_decodes_with_gguf_py_and_beats_its_quantizer():
+    from llmc.quant.encode import encode_q4_1
+
+    rng = np.random.default_rng(1)
+    weight = (rng.standard_t(4, (33, 128)) * 0.02).astype(np.float32)
+    weight[1] = 0
+    weight[2] = np.abs(weight[2])  # all-positive rows: the minimum stays <= 0
+    raw = encode_q4_1(weight)
+    assert raw.shape == (33, 4 * 20) and raw.dtype == np.uint8
+    ours = np.asarray(dequantize(raw, GGMLType.Q4_1)).reshape(weight.shape)
+    theirs = np.asarray(dequantize(quantize(weight, GGMLType.Q4_1), GGMLType.Q4_1)).reshape(weight.shape)
+    assert (ours[1] == 0).all()
+    assert np.square(ours - weight).mean() < 0.9 * np.square(theirs - weight).mean()

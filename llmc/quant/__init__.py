@@ -155,9 +155,28 @@ QUANTS: dict[str, QuantScheme] = {
 }
 
 
-from llmc.quant.keep import KEEP  # noqa: E402 - keep.py builds on QuantScheme above
+from llmc.quant.encode import EncodeScheme  # noqa: E402 - these build on QuantScheme above
+from llmc.quant.keep import KEEP  # noqa: E402
 
 QUANTS["keep"] = KEEP
+QUANTS["q4f16_s"] = QuantScheme(
+    "q4f16_s",
+    "float16",
+    "int4 symmetric, group 32, float16 scales chosen by error search (q4f16_1's layout and kernels)",
+    GroupQuant(4, 32, "float16", search=True),
+)
+QUANTS["q3f16_s"] = QuantScheme(
+    "q3f16_s",
+    "float16",
+    "int3 symmetric, group 40, float16 scales chosen by error search (q3f16_1's layout and kernels)",
+    GroupQuant(3, 40, "float16", search=True),
+)
+QUANTS["q4a_s"] = EncodeScheme(
+    "q4a_s",
+    "float32",
+    "int4 asymmetric (scale + minimum), group 32, searched; stored as GGML Q4_1 blocks (5.0 bits)",
+    encode_format="Q4_1",
+)
 KEEP_QUANT = "keep"  # the default for GGUF files
 
 

@@ -49,6 +49,13 @@ class KeepScheme(QuantScheme):
     formats: dict = field(default_factory=dict, compare=False)  # param -> Runs
     columns: dict = field(default_factory=dict, compare=False)  # param -> in features (1 for vectors)
     embeddings: set = field(default_factory=set, compare=False)  # params swapped for GGML embeddings
+    keeps_raw: bool = field(default=True, compare=False)  # weights are the checkpoint's own blocks
+
+    def prepare(self, reader, sources: dict, path) -> KeepScheme:
+        """This scheme for one checkpoint (``llmc.compile.plan_from_config``)."""
+        if not hasattr(reader, "tensor_types"):
+            raise ConfigError(f"{path}: --quant keep keeps a GGUF file's own formats; pass a .gguf file.")
+        return self.bind(reader.tensor_types(), sources, path)
 
     # ------------------------------------------------------------------ binding
     def bind(self, tensor_types: dict, sources: dict, path) -> KeepScheme:
@@ -211,6 +218,16 @@ class KeepScheme(QuantScheme):
         if runs is None or index >= len(runs) or "weight" in leaves or "bias" in leaves:
             return None
         return runs[index][0]
+
+
+def describe_groups(groups: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
+    """``llmc inspect`` lines: each tensor group (``layers.*.self_attn.qkv_proj``) and its formats by share."""
+    lines = []
+    for group, counts in sorted(groups.items()):
+        total = sum(counts.values())
+        shares = ", ".join(f"{fmt} {100 * n / total:.0f}%" for fmt, n in sorted(counts.items(), key=lambda x: -x[1]))
+        lines.append((group.removeprefix("model.").removesuffix(".weight"), shares))
+    return lines
 
 
 KEEP = KeepScheme("keep", "float32", "each tensor in its GGUF file's own format, decoded in the kernels (GGUF only)")
