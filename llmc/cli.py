@@ -640,6 +640,8 @@ def inspect(artifact, as_json):
         "random_weights": bool(config.get("random_weights")),
         "memory": memory.as_dict(),
         "static_plan_bytes": config.get("static_plan_bytes"),
+        "bits_per_param": config.get("bits_per_param"),
+        "tensor_groups": config.get("tensor_groups"),
     }
     if as_json:
         click.echo(json.dumps(summary))
@@ -671,8 +673,16 @@ def inspect(artifact, as_json):
         ),
         ("memory", f"{memory.total_bytes / MIB:.1f} MiB estimated on the device"),
     ]
+    if config.get("bits_per_param") is not None:
+        rows.insert(2, ("bits/weight", f"{config['bits_per_param']:.3f} on average"))
+    if config.get("tensor_groups"):  # --quant keep: the format of each tensor group
+        from llmc.quant.keep import describe_groups
+
+        groups = describe_groups(config["tensor_groups"])
+        width = max(len(group) for group, _ in groups)
+        rows[3:3] = [("formats" if i == 0 else "", f"{g:{width}s}  {f}") for i, (g, f) in enumerate(groups)]
     for name, value in rows:
-        click.echo(f"{name + ':':14s}{value}")
+        click.echo(f"{name + ':' if name else '':14s}{value}")
 
 
 def _inspect_package(app_config: Path, as_json: bool) -> None:
@@ -719,7 +729,8 @@ def quants():
     from llmc.quant import QUANTS
 
     for scheme in QUANTS.values():
-        click.echo(f"{scheme.name:10s} {scheme.bits_per_param:5.1f} bits/param  {scheme.description}")
+        bits = " file's" if getattr(scheme, "keeps_raw", False) else f"{scheme.bits_per_param:5.1f}"
+        click.echo(f"{scheme.name:10s} {bits} bits/param  {scheme.description}")
 
 
 @main.command()

@@ -38,7 +38,7 @@ from llmc.convert import convert_weights
 from llmc.errors import ArtifactError, ConfigError, LlmcError
 from llmc.models import MODELS, ModelFamily, family_for
 from llmc.models.base import ModelConfig
-from llmc.quant import QuantScheme, get_quant
+from llmc.quant import KEEP_QUANT, QuantScheme, get_quant
 from llmc.source import ResolvedSource, resolve
 
 DEFAULT_CONTEXT_WINDOW = 4096
@@ -128,17 +128,24 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
     config.max_batch_size = options.max_batch_size
 
 
-def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions) -> ModelPlan:
-    """The plan for a model's ``config.json`` (dict): family, parsed config with sizes, scheme."""
+def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions, reader=None) -> ModelPlan:
+    """The plan for a model's ``config.json`` (dict): family, parsed config with sizes, scheme
+    (``--quant keep``, the default for GGUF files: bound to ``reader``'s tensor formats)."""
     label = str(source.path / "config.json") if source.format == "hf" else str(source.path)
     check_hf_config(hf_config, label)
     family = family_for(hf_config, str(source.path))
     config = family.parse_config(hf_config, str(source.path))
     check_model_config(config, label)
     apply_sizes(config, options, source.preset)
-    return ModelPlan(
-        family, config, get_quant(options.quant or DEFAULT_QUANT), options.quantize_embeddings, _int_dot(options)
-    )
+    scheme = get_quant(options.quant or default_quant(source))
+    if hasattr(scheme, "prepare"):  # per-parameter schemes (keep, GGML encoders): bound to this checkpoint
+        scheme = scheme.prepare(reader, family.weight_sources(config), source.path)
+    return ModelPlan(family, config, scheme, options.quantize_embeddings, _int_dot(options))
+
+
+def default_quant(source: ResolvedSource) -> str:
+    """``keep`` for GGUF files (their own formats, lossless), else q0f32."""
+    return KEEP_QUANT if source.format == "gguf" else DEFAULT_QUANT
 
 
 def _int_dot(options: CompileOptions) -> bool:
@@ -150,7 +157,8 @@ def _int_dot(options: CompileOptions) -> bool:
 def plan_model(model: str, options: CompileOptions) -> ModelPlan:
     """The plan ``compile_model`` makes for MODEL (a checkpoint, .gguf or preset), without reading weights."""
     source = resolve(model)
-    return plan_from_config(open_checkpoint(source).config, source, options)
+    reader = open_checkpoint(source)
+    return plan_from_config(reader.config, source, options, reader)
 
 
 def _model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
@@ -167,6 +175,7 @@ def _model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
         "context_window": plan.config.context_window,
         "prefill_chunk": plan.config.prefill_chunk,
         "max_batch_size": plan.config.max_batch_size,
+        **(plan.scheme.record() if hasattr(plan.scheme, "record") else {}),
     }
 
 
@@ -216,12 +225,12 @@ def quantize_model(model: str, options: CompileOptions) -> Path:
     """Convert MODEL's weights to ``options.quant``: a weights folder that ``compile`` accepts."""
     from llmc.compiler.targets import get_target
 
-    scheme = get_quant(options.quant or DEFAULT_QUANT)
     source = resolve(model)
+    scheme = get_quant(options.quant or default_quant(source))
     if source.format == "llmc":
         raise ConfigError(f"{source.path}: already converted weights; quantize the original checkpoint instead.")
     reader = open_checkpoint(source)
-    plan = plan_from_config(reader.config, source, options)
+    plan = plan_from_config(reader.config, source, options, reader)
     target = get_target("llvm").tvm_target()  # any target: only the module's parameter list is used
     plan.module(target, portable=True)
     out_dir = options.output or default_output(model, scheme.name, None)
@@ -247,10 +256,13 @@ def _plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan
     if options.prefill_chunk is None:
         options.prefill_chunk = stored["prefill_chunk"]
     apply_sizes(config, options, {})
+    scheme = get_quant(stored["quantization"])
+    if hasattr(scheme, "with_stored"):  # keep: the per-tensor formats recorded at conversion
+        scheme = scheme.with_stored(stored)
     plan = ModelPlan(
         MODELS[config.model_type],
         config,
-        get_quant(stored["quantization"]),
+        scheme,
         stored.get("quantize_embeddings", True),
         _int_dot(options),
     )
@@ -265,16 +277,10 @@ def _stored_layout_fits(stored: dict, plan: ModelPlan) -> bool:
 def _relayout_weights(src: Path, dst: Path, plan: ModelPlan, quiet: bool) -> dict:
     """Rewrite a weights folder's tensor cache into ``dst`` in the target's layout (CPU repack, float32)."""
     writer = TensorCacheWriter(dst)
-    pending: list = []
     with tqdm(desc=f"relayout {plan.scheme.name}", unit="tensor", disable=quiet or None) as bar:
-        for name, array in read_tensor_cache(src):
-            pending.append((name, array))
-            if name.endswith(".q_weight"):
-                continue  # its scale follows
-            for out_name, out in plan.scheme.relayout(pending, plan.dtype, plan.isa is not None):
-                writer.add(out_name, out)
-            bar.update(len(pending))
-            pending = []
+        for out_name, out in plan.scheme.relayout_stream(read_tensor_cache(src), plan.dtype, plan.isa is not None):
+            writer.add(out_name, out)
+            bar.update(1)
     writer.finish({"quantization": plan.scheme.name, "model_type": plan.config.model_type})
     return {"param_bytes": writer.total_bytes}
 
@@ -309,14 +315,16 @@ def compile_model(model: str, options: CompileOptions) -> Path:
     if source.format == "llmc":
         plan, stored = _plan_from_weights(source.path, options)
     elif random_weights:
-        hf_config = source.preset["config"] if source.format == "config" else open_checkpoint(source).config
-        plan, stored = plan_from_config(hf_config, source, options), None
+        reader = None if source.format == "config" else open_checkpoint(source)
+        hf_config = source.preset["config"] if reader is None else reader.config
+        plan, stored = plan_from_config(hf_config, source, options, reader), None
     else:
         reader = open_checkpoint(source)
-        plan, stored = plan_from_config(reader.config, source, options), None
+        plan, stored = plan_from_config(reader.config, source, options, reader), None
     mod, named_params = build_module(plan.module(target), target)
     if stored is not None:
-        _check_weights_match(source.path, stored["weights"], [name for name, _ in named_params])
+        expected = [plan.scheme.portable_name(name) for name, _ in named_params]
+        _check_weights_match(source.path, stored["weights"], expected)
     out_dir = options.output or default_output(model, plan.scheme.name, preset_target.name)
     prefix = _system_lib_prefix(preset_target, options, model, plan.scheme.name)
 

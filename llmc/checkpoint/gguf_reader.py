@@ -137,6 +137,25 @@ class GGUFCheckpoint:
             array = unpermute_qk(array, self.config[key])
         return array
 
+    def tensor_types(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """``{hf_name: (GGML type name, numpy shape)}``: what ``--quant keep`` stores per tensor."""
+        return {
+            name: (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape))) for name, t in self._tensors.items()
+        }
+
+    def get_raw(self, name: str) -> tuple[str, np.ndarray]:
+        """(GGML type name, the tensor's bytes as ``uint8 [rows, row bytes]``), rows in HF order (Q/K
+        rows un-permuted as in ``get``); blocks are never split across rows, so rows move whole."""
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            raise CheckpointError(f"{self.path}: tensor {name} is missing from the GGUF file.")
+        rows = int(np.prod(tensor.shape[1:], dtype=np.int64)) if len(tensor.shape) > 1 else 1
+        raw = np.asarray(tensor.data).view(np.uint8).reshape(rows, -1)
+        if self.arch in PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
+            key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
+            raw = unpermute_qk(raw, self.config[key])
+        return tensor.tensor_type.name, raw
+
     @staticmethod
     def _dequantize_rows(tensor, dequantize, rows_per_chunk: int = 4096) -> np.ndarray:
         """Dequantize a row chunk at a time into one float32 array (bounded temporaries)."""

@@ -95,6 +95,20 @@ class QuantScheme:
             for name, a in arrays
         ]
 
+    def portable_name(self, name: str) -> str:
+        """The name a module parameter has in a weights folder (the same for group schemes)."""
+        return name
+
+    def relayout_stream(self, arrays, dtype: str | None, int_layout: bool):
+        """A weights folder's ``(name, array)`` stream -> the target's arrays (``relayout`` per parameter)."""
+        pending: list = []
+        for name, array in arrays:
+            pending.append((name, array))
+            if name.endswith(".q_weight"):
+                continue  # its scale follows
+            yield from self.relayout(pending, dtype, int_layout)
+            pending = []
+
 
 def _rewrite(module: nn.Module, prefix: str, swap) -> None:
     for attr, child in list(vars(module).items()):
@@ -139,6 +153,31 @@ QUANTS: dict[str, QuantScheme] = {
         GroupQuant(3, 40, "float16"),
     ),
 }
+
+
+from llmc.quant.encode import EncodeScheme  # noqa: E402 - these build on QuantScheme above
+from llmc.quant.keep import KEEP  # noqa: E402
+
+QUANTS["keep"] = KEEP
+QUANTS["q4f16_s"] = QuantScheme(
+    "q4f16_s",
+    "float16",
+    "int4 symmetric, group 32, float16 scales chosen by error search (q4f16_1's layout and kernels)",
+    GroupQuant(4, 32, "float16", search=True),
+)
+QUANTS["q3f16_s"] = QuantScheme(
+    "q3f16_s",
+    "float16",
+    "int3 symmetric, group 40, float16 scales chosen by error search (q3f16_1's layout and kernels)",
+    GroupQuant(3, 40, "float16", search=True),
+)
+QUANTS["q4a_s"] = EncodeScheme(
+    "q4a_s",
+    "float32",
+    "int4 asymmetric (scale + minimum), group 32, searched; stored as GGML Q4_1 blocks (5.0 bits)",
+    encode_format="Q4_1",
+)
+KEEP_QUANT = "keep"  # the default for GGUF files
 
 
 def get_quant(name: str) -> QuantScheme:

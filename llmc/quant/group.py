@@ -33,6 +33,7 @@ class GroupQuant:
     bits: int
     group_size: int
     scale_dtype: str  # also the compute dtype
+    search: bool = False  # scales by error search (llmc.quant.search), not by range
 
     @property
     def per_word(self) -> int:
@@ -79,7 +80,7 @@ class GroupQuant:
         w = np.zeros((out_features, groups * self.group_size), dtype=np.float32)
         w[:, :in_features] = weight
         w = w.reshape(out_features, groups, self.group_size)
-        scale = self.choose_scales(w)
+        scale = self.search_scales(w) if self.search else self.choose_scales(w)
         q = np.rint(w / scale.astype(np.float32)[..., None]) + self.offset
         q = np.clip(q, 0, self.levels - 1).astype(np.uint32)
         q = q.reshape(out_features, groups * self.words_per_group, self.per_word)
@@ -101,6 +102,12 @@ class GroupQuant:
         shrunk = np.abs(stored.astype(np.float32)) < np.abs(scale)  # rounding must not shrink the range
         stored[shrunk] = np.nextafter(stored[shrunk], np.copysign(np.inf, stored[shrunk]).astype(self.scale_dtype))
         return stored
+
+    def search_scales(self, groups: np.ndarray) -> np.ndarray:
+        """Per group, the scale minimising the weighted squared error (``llmc.quant.search``)."""
+        from llmc.quant.search import search_symmetric
+
+        return search_symmetric(groups, -self.offset, self.offset - 1).astype(self.scale_dtype)
 
     def dequantize(self, packed: np.ndarray, scale: np.ndarray, in_features: int) -> np.ndarray:
         """Inverse of ``quantize`` (float32), for tests and quality checks."""
