@@ -1,0 +1,124 @@
+"""Every model family against transformers' own implementation of the same tiny random config.
+
+One q0f32 library per family serves: prefill at three lengths (short, across a KV page, longer than the
+prefill chunk and than the sliding window), teacher-forced decode, batch prefill + batch decode of three
+sequences, and free-running greedy tokens. A q4f16_1 library (float CPU path) is checked against the
+transformers model whose weights were quantized and dequantized by llmc's own quantizer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FAMILY_MODELS, TINY_PREFILL_CHUNK, hf_logits
+
+from llmc.quant import get_quant
+from llmc.runtime.engine import PAGE_SIZE, Engine
+
+PROMPT_LENGTHS = [5, PAGE_SIZE + 3, TINY_PREFILL_CHUNK * 2 + 7]  # the last: > 2 chunks, > every sliding window
+DECODE_STEPS = 6
+FP32, FP16 = 1e-4, 2e-2  # of max|logit|
+
+
+def random_ids(vocab: int, length: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).integers(3, vocab, length).tolist()
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, tolerance: float, what: str) -> None:
+    scale = float(np.abs(expected).max())
+    error = float(np.abs(actual - expected).max())
+    assert error <= tolerance * scale, f"{what}: max|err| {error:.3g} > {tolerance} x {scale:.3g}"
+
+
+def load_hf(path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_MODELS))
+def family(request, compiled, family_checkpoints):
+    name = request.param
+    engine = Engine(compiled(name, "q0f32"))
+    yield name, engine, load_hf(family_checkpoints[name])
+    engine.reset()
+
+
+def test_window_and_chunk_cover_the_test(family):
+    name, engine, hf = family
+    window = getattr(hf.config, "sliding_window", None)
+    if window:
+        assert window < PROMPT_LENGTHS[-1], "the long prompt must cross the sliding window"
+        assert engine.prefill_chunk < window
+    assert engine.prefill_chunk < PROMPT_LENGTHS[-1]
+
+
+def test_prefill_then_decode(family):
+    name, engine, hf = family
+    engine.reset()
+    for seq_id, length in enumerate(PROMPT_LENGTHS):
+        ids = random_ids(engine.vocab_size, length + DECODE_STEPS, seed=seq_id)
+        reference = hf_logits(hf, ids)
+        engine.add_sequence(seq_id)
+        assert_close(engine.prefill(seq_id, ids[:length]), reference[length - 1], FP32, f"{name} prefill {length}")
+        for step in range(DECODE_STEPS):
+            position = length + step
+            logits = engine.decode(seq_id, ids[position])
+            assert_close(logits, reference[position], FP32, f"{name} decode step {step} after {length}")
+        engine.remove_sequence(seq_id)
+
+
+def test_batch_prefill_and_batch_decode(family):
+    name, engine, hf = family
+    engine.reset()
+    lengths, seq_ids = [3, 11, 9], [10, 11, 12]
+    prompts = [random_ids(engine.vocab_size, n + DECODE_STEPS, seed=100 + i) for i, n in enumerate(lengths)]
+    references = [hf_logits(hf, p) for p in prompts]
+    for seq_id in seq_ids:
+        engine.add_sequence(seq_id)
+    logits = engine.batch_prefill(seq_ids, [p[:n] for p, n in zip(prompts, lengths)])
+    for i, n in enumerate(lengths):
+        assert_close(logits[i], references[i][n - 1], FP32, f"{name} batch_prefill seq {i}")
+    for step in range(DECODE_STEPS):
+        logits = engine.batch_decode(seq_ids, [p[n + step] for p, n in zip(prompts, lengths)])
+        for i, n in enumerate(lengths):
+            assert_close(logits[i], references[i][n + step], FP32, f"{name} batch_decode step {step} seq {i}")
+    for seq_id in seq_ids:
+        engine.remove_sequence(seq_id)
+
+
+def test_greedy_tokens_match_transformers(family):
+    import torch
+
+    name, engine, hf = family
+    engine.reset()
+    prompt = random_ids(engine.vocab_size, 30, seed=7)  # + 8 new tokens: past the smallest window
+    engine.add_sequence(0)
+    tokens = [int(np.argmax(engine.prefill(0, prompt)))]
+    for _ in range(7):
+        tokens.append(int(np.argmax(engine.decode(0, tokens[-1]))))
+    engine.remove_sequence(0)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert tokens == out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("name", list(FAMILY_MODELS))
+def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, family_checkpoints):
+    """The quantized kernels compute exactly the model whose matrices are llmc's decoded ones (fp16)."""
+    import torch
+
+    group = get_quant("q4f16_1").group
+    hf = load_hf(family_checkpoints[name])
+    with torch.no_grad():
+        for param in hf.parameters():
+            if param.ndim == 2:  # every Linear and the embedding
+                packed, scale = group.quantize(param.numpy())
+                param.copy_(torch.from_numpy(group.dequantize(packed, scale, param.shape[1])))
+    engine = Engine(compiled(name, "q4f16_1", cpu_matmul="float"))
+    for seq_id, length in enumerate(PROMPT_LENGTHS):
+        ids = random_ids(engine.vocab_size, length, seed=50 + seq_id)
+        engine.add_sequence(seq_id)
+        assert_close(engine.prefill(seq_id, ids), hf_logits(hf, ids)[-1], FP16, f"{name} q4f16_1 prefill {length}")
+        engine.remove_sequence(seq_id)
