@@ -70,6 +70,24 @@ FAMILY_MODELS = {
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
         },
     ),
+    # Phi-3: fused qkv / gate_up in the checkpoint, longrope (short factors: context below the original
+    # 200, as transformers picks for these lengths) with its attention factor, partial rotary 0.5
+    "phi3": dict(
+        arch="Phi3ForCausalLM",
+        pad_token_id=0,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+            "short_factor": [1.0, 1.3, 1.7, 2.5],
+            "long_factor": [2.0, 3.0, 5.0, 9.0],
+            "original_max_position_embeddings": 200,
+        },
+    ),
+    # OLMo 2: norms after attention and MLP, QK-norm over all heads
+    "olmo2": dict(arch="Olmo2ForCausalLM", num_attention_heads=4, num_key_value_heads=2, pad_token_id=0),
     # Llama with YaRN rope scaling (applied by the module, not the KV cache)
     "llama_yarn": dict(
         arch="LlamaForCausalLM",

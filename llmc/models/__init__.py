@@ -28,10 +28,8 @@ class ModelFamily:
     gguf: GGUFSpec | None = None
 
 
-def _llama(name: str, features: str, gguf: GGUFSpec | None = None) -> ModelFamily:
-    return ModelFamily(
-        name, llama.LlamaConfig, llama.parse_config, llama.LlamaForCausalLM, llama.weight_sources, features, gguf
-    )
+def _llama(name: str, features: str, gguf: GGUFSpec | None = None, weights=llama.weight_sources) -> ModelFamily:
+    return ModelFamily(name, llama.LlamaConfig, llama.parse_config, llama.LlamaForCausalLM, weights, features, gguf)
 
 
 def _gemma3(name: str) -> ModelFamily:
@@ -52,6 +50,8 @@ MODELS: dict[str, ModelFamily] = {
     "qwen2": _llama("qwen2", f"q/k/v bias, {ROPE}", llama.GGUF_QWEN2),
     "qwen3": _llama("qwen3", f"QK-norm, explicit head_dim, {ROPE}", llama.GGUF_QWEN3),
     "mistral": _llama("mistral", f"sliding-window attention, {ROPE}"),
+    "phi3": _llama("phi3", f"fused qkv/gate_up, partial rotary, {ROPE}", llama.GGUF_PHI3, llama.fused_weight_sources),
+    "olmo2": _llama("olmo2", f"norms after attention/MLP, QK-norm over all heads, {ROPE}"),
     "gemma3_text": _gemma3("gemma3_text"),
     "gemma3": _gemma3("gemma3"),  # the multimodal config: its text part
 }

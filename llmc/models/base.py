@@ -44,6 +44,7 @@ class ModelConfig:
     # per-layer attention: HF ``layer_types`` entries ("full_attention" / "sliding_attention")
     layer_types: list[str] = field(default_factory=list)
     sliding_window: int = 0  # tokens a "sliding_attention" layer sees (itself included)
+    rotary_dim: int = 0  # RoPE on the first rotary_dim of each head (0: all of head_dim)
     context_window: int = 2048
     prefill_chunk: int = 512
     max_batch_size: int = 8
@@ -219,7 +220,7 @@ class CausalLMBase(nn.Module):
             rope_theta=c.rope_theta,
             rope_scaling={} if self.rope_in_model else c.rope_scaling,
             rope_ext_factors=relax.prim_value(0),
-            rotary_dim=c.head_dim,
+            rotary_dim=c.rotary_dim or c.head_dim,
             enable_disaggregation=False,
             dtype=self.dtype,
             target=self.target,

@@ -1,5 +1,6 @@
-"""The Llama family: Llama 2/3 (incl. rope scaling), Qwen2 (q/k/v bias), Qwen3 (QK-norm, explicit
-head_dim), Mistral (sliding-window attention), SmolLM (tied embeddings).
+"""The Llama family: Llama 2/3 (incl. rope scaling), Qwen2 (q/k/v bias), Qwen3 (QK-norm per head,
+explicit head_dim), Mistral (sliding-window attention), SmolLM (tied embeddings), Phi-3 (checkpoint
+already fused, longrope, partial rotary), OLMo 2 (norms after attention/MLP, QK-norm over all heads).
 
 q/k/v projections are fused into one ``qkv_proj`` and gate/up into ``gate_up_proj`` (one GEMV each
 at decode); ``weight_sources`` says how HF tensors are concatenated to make them. RoPE is applied by
@@ -44,7 +45,8 @@ ROPE_KEYS = {
 
 @dataclass
 class LlamaConfig(ModelConfig):
-    qk_norm: bool = False  # Qwen3: RMSNorm over each q/k head before RoPE
+    qk_norm: str = ""  # "head": RMSNorm over each q/k head (Qwen3); "all": over all q / all k heads (OLMo 2)
+    post_norm: bool = False  # OLMo 2: residual + norm(attn(x)), residual + norm(mlp(x)), no input norms
 
 
 def check_rope(rope: dict, source: str) -> str:
@@ -72,10 +74,18 @@ def parse_config(hf: dict, source: str) -> LlamaConfig:
     layers = hf["num_hidden_layers"]
     if model_type == "qwen2" and hf.get("use_sliding_window"):
         raise ConfigError(f"{source}: Qwen2 with use_sliding_window=true is not supported yet.")
-    layer_types = sliding_layer_types(hf, layers) if model_type in ("mistral", "qwen3") else []
+    layer_types = sliding_layer_types(hf, layers) if model_type in ("mistral", "qwen3", "phi3") else []
     if model_type == "qwen3" and not hf.get("use_sliding_window"):
         layer_types = []
     bias = bool(hf.get("attention_bias", False))
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    partial = float(rope.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) or 1.0)
+    rope_scaling.pop("partial_rotary_factor", None)
+    if kind == "longrope":
+        rope_scaling.setdefault(
+            "original_max_position_embeddings",
+            hf.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 2048),
+        )
     return LlamaConfig(
         model_type=model_type,
         vocab_size=hf["vocab_size"],
@@ -84,7 +94,8 @@ def parse_config(hf: dict, source: str) -> LlamaConfig:
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        head_dim=head_dim,
+        rotary_dim=int(head_dim * partial) if partial != 1.0 else 0,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
@@ -95,7 +106,8 @@ def parse_config(hf: dict, source: str) -> LlamaConfig:
         max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
         layer_types=layer_types if any(t == "sliding_attention" for t in layer_types) else [],
         sliding_window=int(hf.get("sliding_window") or 0) if layer_types else 0,
-        qk_norm=model_type == "qwen3",
+        qk_norm={"qwen3": "head", "olmo2": "all"}.get(model_type, ""),
+        post_norm=model_type == "olmo2",
     )
 
 
@@ -119,20 +131,28 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = nn.Linear(c.hidden_size, qkv_out, bias=c.attention_bias)
         self.o_proj = nn.Linear(self.q_heads * self.head_dim, c.hidden_size, bias=c.o_proj_bias)
         if c.qk_norm:
-            self.q_norm = Norm(c.head_dim, c.rms_norm_eps)
-            self.k_norm = Norm(c.head_dim, c.rms_norm_eps)
+            whole = c.qk_norm == "all"
+            self.q_norm = Norm(c.head_dim * (self.q_heads if whole else 1), c.rms_norm_eps)
+            self.k_norm = Norm(c.head_dim * (self.kv_heads if whole else 1), c.rms_norm_eps)
         self.qk_norm = c.qk_norm
+        self.rotary_dim = c.rotary_dim or c.head_dim
         self.rope = None  # (inv_freq, scale) when the module applies RoPE (set by LlamaForCausalLM)
 
     def forward(self, x: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         b, s, _ = x.shape
-        qkv = op.reshape(self.qkv_proj(x), (b, s, self.q_heads + 2 * self.kv_heads, self.head_dim))
-        if self.qk_norm:
+        qkv = self.qkv_proj(x)
+        if self.qk_norm == "all":
+            q, k, v = op.split(
+                qkv, [self.q_heads * self.head_dim, (self.q_heads + self.kv_heads) * self.head_dim], axis=2
+            )
+            qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
+        qkv = op.reshape(qkv, (b, s, self.q_heads + 2 * self.kv_heads, self.head_dim))
+        if self.qk_norm == "head":
             q, k, v = op.split(qkv, [self.q_heads, self.q_heads + self.kv_heads], axis=2)
             qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
         if self.rope is not None:
             positions = paged_kv_cache.get_query_positions(b * s)
-            qkv = apply_rope(qkv, positions, *self.rope, self.q_heads + self.kv_heads, self.head_dim)
+            qkv = apply_rope(qkv, positions, *self.rope, self.q_heads + self.kv_heads, self.rotary_dim)
         # otherwise RoPE (HF rotate-half convention) is applied inside the cache's attention kernels
         out = paged_kv_cache.attention_with_fused_qkv(layer_id, qkv, self.q_heads, sm_scale=self.head_dim**-0.5)
         return self.o_proj(op.reshape(out, (b, s, self.q_heads * self.head_dim)))
@@ -142,10 +162,18 @@ class LlamaDecoderLayer(nn.Module):
     def __init__(self, c: LlamaConfig):
         self.self_attn = LlamaAttention(c)
         self.mlp = LlamaMLP(c)
-        self.input_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
-        self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+        self.post_norm = c.post_norm
+        if c.post_norm:
+            self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+            self.post_feedforward_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+        else:
+            self.input_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+            self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
 
     def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
+        if self.post_norm:
+            hidden = hidden + self.post_attention_layernorm(self.self_attn(hidden, paged_kv_cache, layer_id))
+            return hidden + self.post_feedforward_layernorm(self.mlp(hidden))
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), paged_kv_cache, layer_id)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
@@ -175,7 +203,7 @@ class LlamaForCausalLM(CausalLMBase):
             rope = rope_inv_freq(
                 config.rope_scaling,
                 config.rope_theta,
-                config.head_dim,
+                config.rotary_dim or config.head_dim,
                 config.max_position_embeddings,
                 config.context_window,
             )
@@ -184,6 +212,11 @@ class LlamaForCausalLM(CausalLMBase):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"
+
+
+def fused_weight_sources(c: ModelConfig) -> dict[str, WeightSource]:
+    """Phi-3: the checkpoint's qkv_proj and gate_up_proj are already the module's fused parameters."""
+    return {}
 
 
 def weight_sources(c: ModelConfig) -> dict[str, WeightSource]:
@@ -239,6 +272,7 @@ def _sliding_window_config(meta) -> dict:
 
 GGUF_LLAMA = GGUFSpec(("llama",), "llama", config=_sliding_window_config, fix_tensor=_unpermute_llama_qk)
 GGUF_QWEN2 = GGUFSpec(("qwen2",), "qwen2")
+GGUF_PHI3 = GGUFSpec(("phi3",), "phi3", block_names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"})
 GGUF_QWEN3 = GGUFSpec(
     ("qwen3",), "qwen3", block_names={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
 )
