@@ -88,6 +88,8 @@ FAMILY_MODELS = {
     ),
     # OLMo 2: norms after attention and MLP, QK-norm over all heads
     "olmo2": dict(arch="Olmo2ForCausalLM", num_attention_heads=4, num_key_value_heads=2, pad_token_id=0),
+    # GPT-2: LayerNorm, learned positions, Conv1D weights, tied head
+    "gpt2": dict(arch="GPT2LMHeadModel", config_class="GPT2Config", num_attention_heads=4, n_inner=96),
     # Llama with YaRN rope scaling (applied by the module, not the KV cache)
     "llama_yarn": dict(
         arch="LlamaForCausalLM",
@@ -139,7 +141,7 @@ def randomize(model, seed: int) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name:  # RMSNorm / LayerNorm scales near one (GPT-2: ln_1, ln_f)
                 param.copy_(1.0 + 0.1 * noise)
             elif name.endswith("bias"):
                 param.copy_(0.1 * noise)

@@ -111,11 +111,22 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
 
     group = get_quant("q4f16_1").group
     hf = load_hf(family_checkpoints[name])
+
+    def round_trip(weight: np.ndarray) -> np.ndarray:  # [out, in], groups along in
+        packed, scale = group.quantize(weight)
+        return group.dequantize(packed, scale, weight.shape[1])
+
+    done = set()  # a tied embedding / LM head is one tensor: round-trip it once (quantizing is not idempotent)
     with torch.no_grad():
-        for param in hf.parameters():
-            if param.ndim == 2:  # every Linear and the embedding
-                packed, scale = group.quantize(param.numpy())
-                param.copy_(torch.from_numpy(group.dequantize(packed, scale, param.shape[1])))
+        for module_name, module in hf.named_modules():
+            weight = getattr(module, "weight", None)
+            if weight is None or weight.ndim != 2 or module_name.endswith("wpe") or id(weight) in done:
+                continue  # (learned positions stay float)
+            done.add(id(weight))
+            if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+                weight.copy_(torch.from_numpy(round_trip(weight.numpy().T).T.copy()))
+            else:  # Linear layers and the token embedding
+                weight.copy_(torch.from_numpy(round_trip(weight.numpy())))
     engine = Engine(compiled(name, "q4f16_1", cpu_matmul="float"))
     for seq_id, length in enumerate(PROMPT_LENGTHS):
         ids = random_ids(engine.vocab_size, length, seed=50 + seq_id)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmc.errors import ConfigError
-from llmc.models import gemma3, llama
+from llmc.models import gemma3, gpt2, llama
 from llmc.models.base import GGUFSpec, ModelConfig
 
 
@@ -53,6 +53,14 @@ MODELS: dict[str, ModelFamily] = {
     "phi3": _llama("phi3", f"fused qkv/gate_up, partial rotary, {ROPE}", llama.GGUF_PHI3, llama.fused_weight_sources),
     "olmo2": _llama("olmo2", f"norms after attention/MLP, QK-norm over all heads, {ROPE}"),
     "gemma3_text": _gemma3("gemma3_text"),
+    "gpt2": ModelFamily(
+        "gpt2",
+        gpt2.GPT2Config,
+        gpt2.parse_config,
+        gpt2.GPT2LMHeadModel,
+        gpt2.weight_sources,
+        "LayerNorm, learned absolute positions, Conv1D weights (transposed), tied head",
+    ),
     "gemma3": _gemma3("gemma3"),  # the multimodal config: its text part
 }
 
