@@ -9,7 +9,7 @@ DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
-.PHONY: install-web test-web test-wheel install-models-real test-models-real
+.PHONY: install-web test-web test-wheel install-models-real test-models-real test-models-builds
 
 install: $(VENV)/.installed
 
@@ -128,6 +128,10 @@ install-models-real: install-test
 
 test-models-real: install-models-real
 	LLMC_TEST_REAL_MODELS=1 $(PY) -m pytest -q tests/test_models_gguf.py
+
+# every new model family built for cuda:sm_90a and android (build-only, ~5 minutes)
+test-models-builds: install-test
+	LLMC_TEST_FAMILY_BUILDS=1 $(PY) -m pytest -q tests/test_models_targets.py
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache

@@ -133,3 +133,95 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
         engine.add_sequence(seq_id)
         assert_close(engine.prefill(seq_id, ids), hf_logits(hf, ids)[-1], FP16, f"{name} q4f16_1 prefill {length}")
         engine.remove_sequence(seq_id)
+
+
+# ---------------------------------------------------------------------- GGUF files of the tiny models
+GGUF_ARCH = {"qwen3": "qwen3", "mistral": "llama"}  # Mistral files use llama.cpp's llama architecture
+
+
+def write_gguf(checkpoint, name: str, path) -> None:
+    """The tiny checkpoint as an F32 GGUF the way llama.cpp's converter writes one: its tensor names and
+    metadata, Q/K rows permuted for the llama architecture, the BPE vocabulary and merges."""
+    import json
+
+    import gguf
+    import torch
+
+    arch = GGUF_ARCH[name]
+    hf = load_hf(checkpoint)
+    c = hf.config
+    tokenizer = json.loads((checkpoint / "tokenizer.json").read_text())
+    vocab = sorted(tokenizer["model"]["vocab"].items(), key=lambda item: item[1])
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_key_length(c.head_dim)
+    writer.add_value_length(c.head_dim)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    if getattr(c, "sliding_window", None):
+        writer.add_sliding_window(c.sliding_window)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([token for token, _ in vocab])
+    writer.add_token_types([3 if i < 3 else 1 for i in range(len(vocab))])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]])
+    names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for hf_name, tensor in hf.state_dict().items():
+        array = tensor.to(torch.float32).numpy()
+        if hf_name == "model.embed_tokens.weight":
+            out = "token_embd.weight"
+        elif hf_name == "model.norm.weight":
+            out = "output_norm.weight"
+        elif hf_name == "lm_head.weight":
+            out = "output.weight"
+        else:
+            _, _, layer, *rest = hf_name.split(".")
+            module, kind = ".".join(rest[:-1]), rest[-1]
+            out = f"blk.{layer}.{names[module]}.{kind}"
+            if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj") and kind == "weight":
+                heads = c.num_attention_heads if "q_proj" in module else c.num_key_value_heads
+                array = array.reshape(heads, 2, array.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(array.shape)
+        writer.add_tensor(out, np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("name", list(GGUF_ARCH))
+def test_gguf_of_the_tiny_model_equals_transformers(name, family_checkpoints, tmp_path):
+    """The family's GGUF naming and metadata (qwen3 QK-norm tensors; llama-architecture Mistral files with
+    their sliding window and permuted Q/K) give the same model as the safetensors checkpoint."""
+    from llmc.compile import CompileOptions, compile_model
+
+    gguf_file = tmp_path / f"{name}.gguf"
+    write_gguf(family_checkpoints[name], name, gguf_file)
+    artifact = compile_model(
+        str(gguf_file),
+        CompileOptions(output=tmp_path / "out", quiet=True, context_window=128, prefill_chunk=TINY_PREFILL_CHUNK),
+    )
+    engine = Engine(artifact)
+    hf = load_hf(family_checkpoints[name])
+    ids = random_ids(engine.vocab_size, PROMPT_LENGTHS[-1], seed=3)
+    engine.add_sequence(0)
+    ours = engine.forward_all(0, ids)
+    reference = hf_logits(hf, ids)
+    for position in (0, len(ids) // 2, len(ids) - 1):
+        assert_close(ours[position], reference[position], FP32, f"{name} GGUF position {position}")

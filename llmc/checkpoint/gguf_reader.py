@@ -104,6 +104,7 @@ class GGUFCheckpoint:
             "max_position_embeddings": self._meta("context_length", 2048),
             "vocab_size": len(tokens) or self._meta("vocab_size"),
             "tie_word_embeddings": "lm_head.weight" not in self._tensors,
+            "attention_bias": "model.layers.0.self_attn.o_proj.bias" in self._tensors,
             "bos_token_id": self.metadata.get("tokenizer.ggml.bos_token_id"),
             "eos_token_id": self.metadata.get("tokenizer.ggml.eos_token_id"),
         }
