@@ -16,6 +16,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
+from llmc.errors import ConfigError
 from llmc.models.base import CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints
 from llmc.models.layers import Embedding, Norm, apply_rope, gelu_tanh_multiply, rope_inv_freq
 from llmc.models.llama import check_rope
@@ -47,6 +48,11 @@ def parse_config(hf: dict, source: str) -> Gemma3Config:
         hf = {**hf["text_config"], "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
         prefix = "model.language_model."
     required_ints(hf, source, REQUIRED_FIELDS)
+    unsupported = [
+        k for k in ("attn_logit_softcapping", "final_logit_softcapping", "use_bidirectional_attention") if hf.get(k)
+    ]
+    if unsupported:
+        raise ConfigError(f"{source}: Gemma 3 with {', '.join(unsupported)} is not supported yet.")
     heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
     global_rope, local_rope = _rope_parameters(hf)
     theta = float(global_rope.pop("rope_theta", 1_000_000.0))
