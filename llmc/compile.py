@@ -124,7 +124,8 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
         raise ConfigError(f"--prefill-chunk {chunk} must be positive.")
     if options.max_batch_size < 1:
         raise ConfigError(f"--max-batch-size {options.max_batch_size} must be positive.")
-    config.context_window, config.prefill_chunk = window, min(chunk, window)
+    # a sliding-window model's chunk stays within its window (attention within a chunk has no window)
+    config.context_window, config.prefill_chunk = window, min(chunk, window, config.max_prefill_chunk() or chunk)
     config.max_batch_size = options.max_batch_size
 
 
@@ -250,7 +251,7 @@ def _plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan
     model = dict(stored["model"])
     if model["model_type"] not in MODELS:
         raise ConfigError(f"{folder}: model_type {model['model_type']!r} is not supported by this llmc.")
-    config = ModelConfig(**model)
+    config = MODELS[model["model_type"]].config_class(**model)
     if options.context_window is None:
         options.context_window = stored["context_window"]
     if options.prefill_chunk is None:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from llmc.artifact import TensorCacheWriter
 from llmc.errors import CheckpointError
-from llmc.models.base import WeightSource, concat_sources
+from llmc.models.base import WeightSource
 
 if TYPE_CHECKING:
     from llmc.compile import ModelPlan
@@ -30,7 +30,7 @@ def _convert_one(reader, name: str, source: WeightSource, plan: ModelPlan):
                 f"expected {tuple(shape)} from config.json. Do the weights match the config?"
             )
         arrays.append(array)
-    return plan.scheme.convert(name, concat_sources(arrays), plan.quantized, plan.dtype, plan.isa is not None)
+    return plan.scheme.convert(name, source.make(arrays), plan.quantized, plan.dtype, plan.isa is not None)
 
 
 def convert_weights(reader, plan: ModelPlan, target, writer: TensorCacheWriter, quiet: bool) -> None:

@@ -46,6 +46,65 @@ TINY_MODELS = {
 }
 
 
+# tests/test_models_families.py: one tiny checkpoint per family feature (the sliding windows are shorter
+# than the longest test prompt and at least the prefill chunk)
+FAMILY_MODELS = {
+    # Qwen3: QK-norm, explicit head_dim (4 x 32 != hidden 64), q/k/v/o bias
+    "qwen3": dict(
+        arch="Qwen3ForCausalLM", num_attention_heads=4, num_key_value_heads=2, head_dim=32, attention_bias=True
+    ),
+    # Mistral: every layer a 32-token sliding window
+    "mistral": dict(arch="MistralForCausalLM", num_attention_heads=4, num_key_value_heads=2, sliding_window=32),
+    # Gemma 3: a sliding (24 tokens, local base) and a global layer (linear-scaled rope), query_pre_attn_scalar
+    "gemma3": dict(
+        arch="Gemma3ForCausalLM",
+        config_class="Gemma3TextConfig",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=24,
+        layer_types=["sliding_attention", "full_attention"],
+        query_pre_attn_scalar=24,
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+    ),
+    # Phi-3: fused qkv / gate_up in the checkpoint, longrope (short factors: context below the original
+    # 200, as transformers picks for these lengths) with its attention factor, partial rotary 0.5
+    "phi3": dict(
+        arch="Phi3ForCausalLM",
+        pad_token_id=0,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+            "short_factor": [1.0, 1.3, 1.7, 2.5],
+            "long_factor": [2.0, 3.0, 5.0, 9.0],
+            "original_max_position_embeddings": 200,
+        },
+    ),
+    # OLMo 2: norms after attention and MLP, QK-norm over all heads
+    "olmo2": dict(arch="Olmo2ForCausalLM", num_attention_heads=4, num_key_value_heads=2, pad_token_id=0),
+    # GPT-2: LayerNorm, learned positions, Conv1D weights, tied head
+    "gpt2": dict(arch="GPT2LMHeadModel", config_class="GPT2Config", num_attention_heads=4, n_inner=96),
+    # Llama with YaRN rope scaling (applied by the module, not the KV cache)
+    "llama_yarn": dict(
+        arch="LlamaForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ),
+}
+
+
 def make_tokenizer(folder: Path) -> int:
     """Train a small byte-level BPE, save tokenizer.json + tokenizer_config.json; return its vocab size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -82,7 +141,7 @@ def randomize(model, seed: int) -> None:
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name:  # RMSNorm / LayerNorm scales near one (GPT-2: ln_1, ln_f)
                 param.copy_(1.0 + 0.1 * noise)
             elif name.endswith("bias"):
                 param.copy_(0.1 * noise)
@@ -94,11 +153,11 @@ def make_checkpoint(folder: Path, name: str, seed: int = 0) -> Path:
     import torch
     import transformers
 
-    spec = dict(TINY_MODELS[name])
+    spec = dict(TINY_MODELS[name] if name in TINY_MODELS else FAMILY_MODELS[name])
     arch = spec.pop("arch")
     folder.mkdir(parents=True, exist_ok=True)
     vocab = make_tokenizer(folder)
-    config_class = getattr(transformers, arch.replace("ForCausalLM", "Config"))
+    config_class = getattr(transformers, spec.pop("config_class", arch.replace("ForCausalLM", "Config")))
     config = config_class(
         vocab_size=vocab,
         hidden_size=64,
@@ -125,6 +184,21 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def family_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """FAMILY_MODELS saved by transformers, made on first use (only the family tests pay for them)."""
+    root = tmp_path_factory.mktemp("family-checkpoints")
+    cache: dict[str, Path] = {}
+
+    class Lazy(dict):
+        def __missing__(self, name: str) -> Path:
+            cache[name] = make_checkpoint(root / name, name, seed=10 + list(FAMILY_MODELS).index(name))
+            self[name] = cache[name]
+            return cache[name]
+
+    return Lazy()
+
+
+@pytest.fixture(scope="session")
 def hf_models(checkpoints):
     """The transformers reference models, loaded back from the saved checkpoints (float32, CPU)."""
     import torch
@@ -137,8 +211,8 @@ def hf_models(checkpoints):
 
 
 @pytest.fixture(scope="session")
-def compiled(checkpoints, tmp_path_factory):
-    """compiled(name, quant, target) -> artifact folder, built once per session."""
+def compiled(checkpoints, family_checkpoints, tmp_path_factory):
+    """compiled(name, quant, target) -> artifact folder, built once per session (TINY_MODELS and FAMILY_MODELS)."""
     root = tmp_path_factory.mktemp("artifacts")
     cache: dict[tuple[str, str, str], Path] = {}
 
@@ -146,6 +220,7 @@ def compiled(checkpoints, tmp_path_factory):
         """``cpu_matmul="float"``: the CPU reference path (the GPU builds' float kernels and layout)."""
         key = (name, quant, target, cpu_matmul)
         if key not in cache:
+            source = checkpoints[name] if name in checkpoints else family_checkpoints[name]
             folder = f"{name}-{quant}" if target == "llvm" else f"{name}-{quant}-{target}"
             options = CompileOptions(
                 target=target,
@@ -157,7 +232,7 @@ def compiled(checkpoints, tmp_path_factory):
                 max_batch_size=4,
                 cpu_matmul=cpu_matmul,
             )
-            cache[key] = compile_model(str(checkpoints[name]), options)
+            cache[key] = compile_model(str(source), options)
         return cache[key]
 
     return get

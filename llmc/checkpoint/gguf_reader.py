@@ -1,8 +1,9 @@
 """GGUF files through gguf-py, presented as a Hugging Face checkpoint.
 
 Metadata becomes a config.json-style dict, tensor names become HF names, quantized blocks are
-dequantized per tensor, ggml's reversed shapes are put back, and llama.cpp's Q/K row permutation
-(applied by its converter for the ``llama`` architecture) is undone.
+dequantized per tensor, ggml's reversed shapes are put back, and what llama.cpp's converter changed
+is undone (the model family's ``GGUFSpec.fix_tensor``: Llama's Q/K row permutation, Gemma's norm
+offset). Which tensor names and metadata an architecture has is the family's (``llmc.models``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,6 @@ import numpy as np
 
 from llmc.checkpoint.gguf_file import GGUFFormatError, read_gguf
 from llmc.errors import CheckpointError, ConfigError
-
-# GGUF architecture -> HF model_type; both use the same tensor naming.
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
-# architectures whose Q/K rows llama.cpp's converter permuted (HF rotate-half -> interleaved)
-PERMUTED_QK = {"llama"}
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -39,21 +35,22 @@ _BLOCK_NAMES = {
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """HF tensor name for a GGUF tensor name (None when there is no HF counterpart)."""
+def hf_name(gguf_name: str, block_names: dict[str, str] | None = None) -> str | None:
+    """HF tensor name for a GGUF tensor name (None when there is no HF counterpart); ``block_names``
+    are a family's names that differ from or add to llama.cpp's Llama naming."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     match = _BLOCK_RE.match(gguf_name)
-    if match and match.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}.{match.group(3)}"
+    names = {**_BLOCK_NAMES, **(block_names or {})}
+    if match and match.group(2) in names:
+        return f"model.layers.{match.group(1)}.{names[match.group(2)]}.{match.group(3)}"
     return None
 
 
 def unpermute_qk(weight: np.ndarray, num_heads: int) -> np.ndarray:
-    """Invert llama.cpp's ``permute``: rows (heads, 2, d/2) were stored as (heads, d/2, 2)."""
-    rows = weight.shape[0]
-    rest = weight.shape[1:]
-    return weight.reshape(num_heads, rows // num_heads // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
+    from llmc.models.llama import unpermute_qk as unpermute
+
+    return unpermute(weight, num_heads)
 
 
 class GGUFCheckpoint:
@@ -67,18 +64,22 @@ class GGUFCheckpoint:
             raise CheckpointError(
                 f"{path}: not a readable GGUF file ({err}). The file is corrupt or truncated: re-download it."
             ) from err
+        from llmc.models import gguf_architectures, gguf_spec
+
         self.arch = self.metadata.get("general.architecture")
-        if self.arch not in GGUF_ARCHITECTURES:
+        self.spec = gguf_spec(self.arch)
+        if self.spec is None:
             raise ConfigError(
                 f"{path}: GGUF architecture {self.arch!r} is not supported; "
-                f"supported: {', '.join(sorted(GGUF_ARCHITECTURES))}."
+                f"supported: {', '.join(gguf_architectures())}."
             )
         if any(t.name == "rope_freqs.weight" for t in self.tensors):
             raise ConfigError(
                 f"{path}: GGUF rope_freqs (Llama 3.1-style rope scaling) is not supported yet; "
                 "compile the Hugging Face checkpoint instead."
             )
-        self._tensors = {hf_name(t.name): t for t in self.tensors if hf_name(t.name) is not None}
+        names = {t.name: hf_name(t.name, self.spec.block_names) for t in self.tensors}
+        self._tensors = {names[t.name]: t for t in self.tensors if names[t.name] is not None}
         self.config = self._config()
 
     def _meta(self, key: str, default=None):
@@ -91,7 +92,7 @@ class GGUFCheckpoint:
         if heads is None or hidden is None:
             raise ConfigError(f"{self.path}: GGUF metadata lacks {self.arch}.attention.head_count / embedding_length.")
         config = {
-            "model_type": GGUF_ARCHITECTURES[self.arch],
+            "model_type": self.spec.model_type,
             "hidden_size": hidden,
             "intermediate_size": self._meta("feed_forward_length"),
             "num_hidden_layers": self._meta("block_count"),
@@ -103,11 +104,14 @@ class GGUFCheckpoint:
             "max_position_embeddings": self._meta("context_length", 2048),
             "vocab_size": len(tokens) or self._meta("vocab_size"),
             "tie_word_embeddings": "lm_head.weight" not in self._tensors,
+            "attention_bias": "model.layers.0.self_attn.o_proj.bias" in self._tensors,
             "bos_token_id": self.metadata.get("tokenizer.ggml.bos_token_id"),
             "eos_token_id": self.metadata.get("tokenizer.ggml.eos_token_id"),
         }
         # qwen2 (its model_type) has q/k/v biases and no o_proj bias, as in its config.json; HF's
         # attention_bias would add an o_proj bias the file does not have
+        if self.spec.config is not None:
+            config.update(self.spec.config(self._meta))
         return config
 
     def names(self) -> list[str]:
@@ -130,11 +134,8 @@ class GGUFCheckpoint:
                 f"{self.path}: cannot decode tensor {tensor.name} ({tensor.tensor_type.name}): {err}. "
                 "The file may be corrupt."
             ) from err
-        if self.arch in PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
-            key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
-            if array.ndim != 2 or array.shape[0] % (2 * self.config[key]):
-                raise CheckpointError(f"{self.path}: tensor {tensor.name} of shape {shape} does not fit {key}.")
-            array = unpermute_qk(array, self.config[key])
+        if self.spec.fix_tensor is not None:
+            array = self.spec.fix_tensor(name, array, self.config)
         return array
 
     def tensor_types(self) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -151,9 +152,8 @@ class GGUFCheckpoint:
             raise CheckpointError(f"{self.path}: tensor {name} is missing from the GGUF file.")
         rows = int(np.prod(tensor.shape[1:], dtype=np.int64)) if len(tensor.shape) > 1 else 1
         raw = np.asarray(tensor.data).view(np.uint8).reshape(rows, -1)
-        if self.arch in PERMUTED_QK and name.endswith(("q_proj.weight", "k_proj.weight")):
-            key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
-            raw = unpermute_qk(raw, self.config[key])
+        if self.spec.fix_tensor is not None:  # quantized matrices only see row moves (Llama's Q/K un-permute)
+            raw = self.spec.fix_tensor(name, raw, self.config)
         return tensor.tensor_type.name, raw
 
     @staticmethod

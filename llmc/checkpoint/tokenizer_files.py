@@ -143,18 +143,26 @@ def _from_gguf(reader, out_dir: Path) -> dict:
     meta = reader.tokenizer_metadata()
     model = meta.get("tokenizer.ggml.model")
     tokens = meta.get("tokenizer.ggml.tokens") or []
-    if model != "gpt2":
+    if model not in ("gpt2", "llama"):
         raise CheckpointError(
             f"{reader.path}: GGUF tokenizer model {model!r} is not supported yet "
-            "(byte-level BPE 'gpt2' is); compile the Hugging Face checkpoint instead."
+            "(byte-level BPE 'gpt2' and SentencePiece 'llama' are); compile the Hugging Face checkpoint instead."
         )
     try:
-        tokenizer = build_bpe_tokenizer(
-            tokens,
-            meta.get("tokenizer.ggml.merges") or [],
-            meta.get("tokenizer.ggml.token_type") or [],
-            meta.get("tokenizer.ggml.pre"),
-        )
+        if model == "gpt2":
+            tokenizer = build_bpe_tokenizer(
+                tokens,
+                meta.get("tokenizer.ggml.merges") or [],
+                meta.get("tokenizer.ggml.token_type") or [],
+                meta.get("tokenizer.ggml.pre"),
+            )
+        else:
+            tokenizer = build_spm_tokenizer(
+                tokens,
+                meta.get("tokenizer.ggml.scores") or [],
+                meta.get("tokenizer.ggml.token_type") or [],
+                bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+            )
     except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception on a bad vocabulary
         raise CheckpointError(f"{reader.path}: the GGUF vocabulary or merges are malformed ({err}).") from err
     tokenizer.save(str(out_dir / "tokenizer.json"))
@@ -195,6 +203,60 @@ def build_bpe_tokenizer(tokens: list[str], merges: list[str], token_types: list[
         AddedToken(t, special=False, normalized=False)
         for t, kind in zip(tokens, token_types)
         if kind == USER_DEFINED_TOKEN_TYPE
+    ]
+    tokenizer.add_special_tokens(specials)
+    tokenizer.add_tokens(plain)
+    return tokenizer
+
+
+SPM_SPACE = "\u2581"
+BYTE_TOKEN_TYPE = 6
+
+
+def build_spm_tokenizer(tokens: list[str], scores: list[float], token_types: list[int], add_space_prefix: bool):
+    """A ``tokenizers.Tokenizer`` for a SentencePiece vocabulary (GGUF ``tokenizer.ggml.model == "llama"``:
+    Gemma, Llama 2, Mistral), tokenizing as llama.cpp does: spaces become U+2581 (one prepended when
+    ``add_space_prefix``), the adjacent pair whose union has the highest score merges first, pieces
+    outside the vocabulary fall back to ``<0xXX>`` byte tokens, control / user-defined tokens match whole.
+
+    Score-ordered merging is BPE whose merge ranks follow the merged piece's score: every split of a
+    vocabulary piece into two vocabulary pieces is a merge, ranked by that score.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    vocab = {token: index for index, token in enumerate(tokens)}
+    merges = []
+    for index, token in enumerate(tokens):
+        if token_types and token_types[index] != 1:  # only normal pieces are made by merging
+            continue
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                merges.append((-(scores[index] if scores else -index), index, vocab[left], vocab[right], left, right))
+    merges.sort()
+    unk = next((t for t, kind in zip(tokens, token_types) if kind == 2), None)
+    bpe = models.BPE(
+        vocab=vocab,
+        merges=[(m[4], m[5]) for m in merges],
+        unk_token=unk,
+        byte_fallback=True,
+        fuse_unk=True,
+        ignore_merges=False,
+    )
+    tokenizer = Tokenizer(bpe)
+    steps = [normalizers.Prepend(SPM_SPACE)] if add_space_prefix else []
+    tokenizer.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", SPM_SPACE)])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace(SPM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+        + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else [])
+    )
+    specials = [
+        AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, token_types) if k == CONTROL_TOKEN_TYPE
+    ]
+    plain = [
+        AddedToken(t, special=False, normalized=False)
+        for t, k in zip(tokens, token_types)
+        if k == USER_DEFINED_TOKEN_TYPE
     ]
     tokenizer.add_special_tokens(specials)
     tokenizer.add_tokens(plain)

@@ -1,4 +1,9 @@
-"""Model families by HF ``model_type``: one line per architecture."""
+"""Model families by HF ``model_type``: one line per architecture.
+
+A family owns its config class (from config.json and GGUF metadata), its Relax module, its weight
+map (HF tensors -> module parameters, with per-tensor transforms), its GGUF tensor names and its
+per-layer attention spec (``ModelConfig.attention_kinds``), from which the KV cache is built.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmc.errors import ConfigError
-from llmc.models import llama
+from llmc.models import gemma3, gpt2, llama
+from llmc.models.base import GGUFSpec, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -14,16 +20,48 @@ class ModelFamily:
     """How to parse a config, build the Relax module and find each parameter's HF tensors."""
 
     name: str
-    parse_config: Callable
+    config_class: type[ModelConfig]
+    parse_config: Callable[[dict, str], ModelConfig]
     module_class: type
     weight_sources: Callable
+    features: str = ""
+    gguf: GGUFSpec | None = None
 
 
-LLAMA = ModelFamily("llama", llama.parse_config, llama.LlamaForCausalLM, llama.weight_sources)
+def _llama(name: str, features: str, gguf: GGUFSpec | None = None, weights=llama.weight_sources) -> ModelFamily:
+    return ModelFamily(name, llama.LlamaConfig, llama.parse_config, llama.LlamaForCausalLM, weights, features, gguf)
 
+
+def _gemma3(name: str) -> ModelFamily:
+    return ModelFamily(
+        name,
+        gemma3.Gemma3Config,
+        gemma3.parse_config,
+        gemma3.Gemma3ForCausalLM,
+        gemma3.weight_sources,
+        "QK-norm, (1+w) RMSNorm, GELU-tanh, sliding/global layers with local rope base",
+        gemma3.GGUF_GEMMA3 if name == "gemma3_text" else None,
+    )
+
+
+ROPE = "rope default/linear/dynamic/yarn/longrope/llama3"
 MODELS: dict[str, ModelFamily] = {
-    "llama": LLAMA,
-    "qwen2": LLAMA,
+    "llama": _llama("llama", f"GQA, {ROPE}, tied embeddings", llama.GGUF_LLAMA),
+    "qwen2": _llama("qwen2", f"q/k/v bias, {ROPE}", llama.GGUF_QWEN2),
+    "qwen3": _llama("qwen3", f"QK-norm, explicit head_dim, {ROPE}", llama.GGUF_QWEN3),
+    "mistral": _llama("mistral", f"sliding-window attention, {ROPE}"),
+    "phi3": _llama("phi3", f"fused qkv/gate_up, partial rotary, {ROPE}", llama.GGUF_PHI3, llama.fused_weight_sources),
+    "olmo2": _llama("olmo2", f"norms after attention/MLP, QK-norm over all heads, {ROPE}"),
+    "gemma3_text": _gemma3("gemma3_text"),
+    "gpt2": ModelFamily(
+        "gpt2",
+        gpt2.GPT2Config,
+        gpt2.parse_config,
+        gpt2.GPT2LMHeadModel,
+        gpt2.weight_sources,
+        "LayerNorm, learned absolute positions, Conv1D weights (transposed), tied head",
+    ),
+    "gemma3": _gemma3("gemma3"),  # the multimodal config: its text part
 }
 
 
@@ -35,3 +73,15 @@ def family_for(hf_config: dict, source: str) -> ModelFamily:
             f"{source}: model_type {model_type!r} is not supported. Supported: {', '.join(sorted(MODELS))}."
         )
     return MODELS[model_type]
+
+
+def gguf_spec(architecture: str | None) -> GGUFSpec | None:
+    """The GGUF naming of a ``general.architecture`` (None when no family reads it)."""
+    for family in MODELS.values():
+        if family.gguf is not None and architecture in family.gguf.architectures:
+            return family.gguf
+    return None
+
+
+def gguf_architectures() -> list[str]:
+    return sorted({a for f in MODELS.values() if f.gguf is not None for a in f.gguf.architectures})

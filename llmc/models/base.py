@@ -8,6 +8,7 @@ embeddings). The functions below are written once for all families.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,17 +41,83 @@ class ModelConfig:
     o_proj_bias: bool = False
     mlp_bias: bool = False
     max_position_embeddings: int = 2048
+    # per-layer attention: HF ``layer_types`` entries ("full_attention" / "sliding_attention")
+    layer_types: list[str] = field(default_factory=list)
+    sliding_window: int = 0  # tokens a "sliding_attention" layer sees (itself included)
+    rotary_dim: int = 0  # RoPE on the first rotary_dim of each head (0: all of head_dim)
     context_window: int = 2048
     prefill_chunk: int = 512
     max_batch_size: int = 8
 
+    def attention_kinds(self) -> list[str]:
+        """The KV cache's per-layer attention kinds: ``mha`` or ``mha_sliding``."""
+        types = self.layer_types or ["full_attention"] * self.num_hidden_layers
+        return ["mha_sliding" if t == "sliding_attention" else "mha" for t in types]
+
+    def max_prefill_chunk(self) -> int | None:
+        """The largest prefill chunk the attention is exact for: TVM's ragged (in-chunk) attention has no
+        window, so a chunk must be shorter than the sliding window; and TVM's sliding kernels return NaN
+        for a query row that sees no cached key (a chunk as long as the window), so one shorter still."""
+        return self.sliding_window - 1 if "mha_sliding" in self.attention_kinds() else None
+
+
+def sliding_layer_types(config: dict, num_layers: int) -> list[str]:
+    """HF ``layer_types`` of a config.json, or every layer sliding when only ``sliding_window`` is set."""
+    if config.get("layer_types"):
+        return list(config["layer_types"])
+    window = config.get("sliding_window")
+    if window and config.get("use_sliding_window", True):
+        return ["sliding_attention"] * num_layers
+    return []
+
 
 @dataclass
 class WeightSource:
-    """How one module parameter is made from checkpoint tensors (concatenated along axis 0)."""
+    """How one module parameter is made from checkpoint tensors: concatenated along axis 0, then
+    ``transform`` (transpose, norm offset, permutation, ...) applied to the result."""
 
     names: list[str]
     shapes: list[tuple[int, ...]]
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+    # room for tensor-parallel sharding annotations (axis to split over workers); not used yet
+    shard_axis: int | None = None
+
+    def make(self, arrays: list[np.ndarray]) -> np.ndarray:
+        array = concat_sources(arrays)
+        return self.transform(array) if self.transform is not None else array
+
+
+@dataclass(frozen=True)
+class GGUFSpec:
+    """How a family reads a GGUF file: its ``general.architecture`` names, tensor names that differ from
+    llama.cpp's Llama naming, extra config fields from metadata and tensor fix-ups to HF conventions."""
+
+    architectures: tuple[str, ...]
+    model_type: str
+    block_names: dict[str, str] = field(default_factory=dict)  # GGUF block tensor -> HF suffix
+    config: Callable[[Callable], dict] | None = None  # meta(key, default) -> extra config.json fields
+    fix_tensor: Callable[[str, np.ndarray, dict], np.ndarray] | None = None  # (HF name, array, config)
+
+
+def required_ints(hf: dict, source: str, keys: tuple[str, ...]) -> None:
+    from llmc.errors import ConfigError
+
+    missing = [key for key in keys if not isinstance(hf.get(key), int)]
+    if missing:
+        raise ConfigError(f"{source}: config.json lacks integer field(s) {', '.join(missing)}.")
+
+
+def rope_settings(hf: dict) -> tuple[float, dict]:
+    """``(rope_theta, rope parameters without theta)`` from the transformers 4 or 5 layout."""
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    if "full_attention" in rope and isinstance(rope["full_attention"], dict):  # per-layer-type (Gemma 3, tf 5)
+        rope = dict(rope["full_attention"])
+    theta = float(rope.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    if "type" in rope and "rope_type" not in rope:
+        rope["rope_type"] = rope.pop("type")
+    if rope.get("rope_type") == "su":  # Phi-3's old name for longrope
+        rope["rope_type"] = "longrope"
+    return theta, rope
 
 
 class CausalLMBase(nn.Module):
@@ -58,6 +125,7 @@ class CausalLMBase(nn.Module):
 
     config: ModelConfig
     dtype: str = "float32"
+    rope_in_model: bool = False  # True: the module applies RoPE itself (per-layer bases); the cache does not
     cpu_kernels: bool = True  # llmc's CPU attention/RoPE/SiLU kernels on llvm targets; False: TVM's own
 
     def use_tvm_cpu_kernels(self) -> None:
@@ -126,30 +194,37 @@ class CausalLMBase(nn.Module):
 
     def _paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
         c = self.config
+        kinds = c.attention_kinds()
+        if "mha" not in kinds:
+            # TVM 0.27 allocates its prefill q/k/v scratch only when some layer is "mha" (an all-sliding
+            # cache fails at the first forward): one unused full-attention layer at the end.
+            kinds = [*kinds, "mha"]
+        layers = len(kinds)
         return TIRPagedKVCache(
-            attn_kind="mha",
+            attn_kind=kinds if "mha_sliding" in kinds else "mha",
             max_batch_size=max_batch_size,
             max_total_seq_len=max_total_seq_len,
             prefill_chunk_size=prefill_chunk_size,
             page_size=page_size,
             support_sliding_window=support_sliding_window,
-            layer_partition=relax.ShapeExpr([0, c.num_hidden_layers]),
-            num_hidden_layers=c.num_hidden_layers,
+            layer_partition=relax.ShapeExpr([0, layers]),
+            num_hidden_layers=layers,
             num_attention_heads=c.num_attention_heads,
             num_key_value_heads=c.num_key_value_heads,
             qk_head_dim=c.head_dim,
             v_head_dim=c.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
+            rope_mode=RopeMode.NONE if self.rope_in_model else RopeMode.NORMAL,
             rope_scale=1,
             rope_theta=c.rope_theta,
-            rope_scaling=c.rope_scaling,
+            rope_scaling={} if self.rope_in_model else c.rope_scaling,
             rope_ext_factors=relax.prim_value(0),
-            rotary_dim=c.head_dim,
+            rotary_dim=c.rotary_dim or c.head_dim,
             enable_disaggregation=False,
             dtype=self.dtype,
             target=self.target,
+            layer_sliding_window_size=c.sliding_window or 1,
         )
 
     def get_default_spec(self) -> dict:

@@ -1,63 +1,113 @@
-"""The Llama family: Llama 2/3 (incl. ``llama3`` rope scaling), Qwen2 (q/k/v bias), SmolLM (tied embeddings).
+"""The Llama family: Llama 2/3 (incl. rope scaling), Qwen2 (q/k/v bias), Qwen3 (QK-norm per head,
+explicit head_dim), Mistral (sliding-window attention), SmolLM (tied embeddings), Phi-3 (checkpoint
+already fused, longrope, partial rotary), OLMo 2 (norms after attention/MLP, QK-norm over all heads).
 
 q/k/v projections are fused into one ``qkv_proj`` and gate/up into ``gate_up_proj`` (one GEMV each
-at decode); ``weight_sources`` says how HF tensors are concatenated to make them.
+at decode); ``weight_sources`` says how HF tensors are concatenated to make them. RoPE is applied by
+the KV cache's kernels for ``default``/``llama3`` scaling, by the module for the other types.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
-from llmc.models.base import CausalLMBase, ModelConfig, WeightSource
-from llmc.models.layers import Embedding, silu_multiply
+from llmc.models.base import (
+    CausalLMBase,
+    GGUFSpec,
+    ModelConfig,
+    WeightSource,
+    required_ints,
+    rope_settings,
+    sliding_layer_types,
+)
+from llmc.models.layers import (
+    IN_CACHE_ROPE_TYPES,
+    Embedding,
+    Norm,
+    apply_rope,
+    rope_inv_freq,
+    rope_type,
+    silu_multiply,
+)
 
-SUPPORTED_ROPE_TYPES = {"default", "llama3"}
+SUPPORTED_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"}
 REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+ROPE_KEYS = {
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 
 
-def parse_config(hf: dict, source: str) -> ModelConfig:
-    """A ``ModelConfig`` from a config.json dict (transformers 4 and 5 layouts)."""
-    missing = [key for key in REQUIRED_FIELDS if not isinstance(hf.get(key), int)]
-    if missing:
-        raise ConfigError(f"{source}: config.json lacks integer field(s) {', '.join(missing)}.")
-    model_type = hf.get("model_type", "llama")
-    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    rope_theta = float(rope.pop("rope_theta", hf.get("rope_theta", 10000.0)))
-    rope_type = rope.get("rope_type", rope.get("type", "default")) or "default"
-    if rope_type not in SUPPORTED_ROPE_TYPES:
+@dataclass
+class LlamaConfig(ModelConfig):
+    qk_norm: str = ""  # "head": RMSNorm over each q/k head (Qwen3); "all": over all q / all k heads (OLMo 2)
+    post_norm: bool = False  # OLMo 2: residual + norm(attn(x)), residual + norm(mlp(x)), no input norms
+
+
+def check_rope(rope: dict, source: str) -> str:
+    kind = rope_type(rope)
+    if kind not in SUPPORTED_ROPE_TYPES:
         raise ConfigError(
-            f"{source}: rope scaling type {rope_type!r} is not supported "
+            f"{source}: rope scaling type {kind!r} is not supported "
             f"(supported: {', '.join(sorted(SUPPORTED_ROPE_TYPES))})."
         )
-    rope_scaling = {}
-    if rope_type == "llama3":
-        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-        rope_scaling = {"rope_type": "llama3", **{k: float(rope[k]) for k in keys}}
+    return kind
+
+
+def parse_config(hf: dict, source: str) -> LlamaConfig:
+    """A ``LlamaConfig`` from a config.json dict (transformers 4 and 5 layouts)."""
+    required_ints(hf, source, REQUIRED_FIELDS)
+    model_type = hf.get("model_type", "llama")
+    rope_theta, rope = rope_settings(hf)
+    kind = check_rope(rope, source)
+    rope_scaling = {"rope_type": kind, **{k: v for k, v in rope.items() if k != "rope_type"}}
+    if kind == "default":
+        rope_scaling = {}
+    if kind == "llama3":
+        rope_scaling = {"rope_type": "llama3", **{k: float(rope[k]) for k in ROPE_KEYS["llama3"]}}
     heads = hf["num_attention_heads"]
-    is_qwen2 = model_type == "qwen2"
-    if is_qwen2 and hf.get("use_sliding_window"):
+    layers = hf["num_hidden_layers"]
+    if model_type == "qwen2" and hf.get("use_sliding_window"):
         raise ConfigError(f"{source}: Qwen2 with use_sliding_window=true is not supported yet.")
+    layer_types = sliding_layer_types(hf, layers) if model_type in ("mistral", "qwen3", "phi3") else []
+    if model_type == "qwen3" and not hf.get("use_sliding_window"):
+        layer_types = []
     bias = bool(hf.get("attention_bias", False))
-    return ModelConfig(
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    partial = float(rope.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) or 1.0)
+    rope_scaling.pop("partial_rotary_factor", None)
+    if kind == "longrope":
+        rope_scaling.setdefault(
+            "original_max_position_embeddings",
+            hf.get("original_max_position_embeddings") or hf.get("max_position_embeddings", 2048),
+        )
+    return LlamaConfig(
         model_type=model_type,
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
         intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=hf["num_hidden_layers"],
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+        head_dim=head_dim,
+        rotary_dim=int(head_dim * partial) if partial != 1.0 else 0,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        attention_bias=bias or is_qwen2,
+        attention_bias=bias or model_type == "qwen2",
         o_proj_bias=bias,
         mlp_bias=bool(hf.get("mlp_bias", False)),
         max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+        layer_types=layer_types if any(t == "sliding_attention" for t in layer_types) else [],
+        sliding_window=int(hf.get("sliding_window") or 0) if layer_types else 0,
+        qk_norm={"qwen3": "head", "olmo2": "all"}.get(model_type, ""),
+        post_norm=model_type == "olmo2",
     )
 
 
@@ -75,34 +125,61 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, c: ModelConfig):
+    def __init__(self, c: LlamaConfig):
         self.head_dim, self.q_heads, self.kv_heads = c.head_dim, c.num_attention_heads, c.num_key_value_heads
         qkv_out = (self.q_heads + 2 * self.kv_heads) * self.head_dim
         self.qkv_proj = nn.Linear(c.hidden_size, qkv_out, bias=c.attention_bias)
         self.o_proj = nn.Linear(self.q_heads * self.head_dim, c.hidden_size, bias=c.o_proj_bias)
+        if c.qk_norm:
+            whole = c.qk_norm == "all"
+            self.q_norm = Norm(c.head_dim * (self.q_heads if whole else 1), c.rms_norm_eps)
+            self.k_norm = Norm(c.head_dim * (self.kv_heads if whole else 1), c.rms_norm_eps)
+        self.qk_norm = c.qk_norm
+        self.rotary_dim = c.rotary_dim or c.head_dim
+        self.rope = None  # (inv_freq, scale) when the module applies RoPE (set by LlamaForCausalLM)
 
     def forward(self, x: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         b, s, _ = x.shape
-        qkv = op.reshape(self.qkv_proj(x), (b, s, self.q_heads + 2 * self.kv_heads, self.head_dim))
-        # RoPE (HF rotate-half convention) is applied inside the cache's attention kernels
+        qkv = self.qkv_proj(x)
+        if self.qk_norm == "all":
+            q, k, v = op.split(
+                qkv, [self.q_heads * self.head_dim, (self.q_heads + self.kv_heads) * self.head_dim], axis=2
+            )
+            qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
+        qkv = op.reshape(qkv, (b, s, self.q_heads + 2 * self.kv_heads, self.head_dim))
+        if self.qk_norm == "head":
+            q, k, v = op.split(qkv, [self.q_heads, self.q_heads + self.kv_heads], axis=2)
+            qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
+        if self.rope is not None:
+            positions = paged_kv_cache.get_query_positions(b * s)
+            qkv = apply_rope(qkv, positions, *self.rope, self.q_heads + self.kv_heads, self.rotary_dim)
+        # otherwise RoPE (HF rotate-half convention) is applied inside the cache's attention kernels
         out = paged_kv_cache.attention_with_fused_qkv(layer_id, qkv, self.q_heads, sm_scale=self.head_dim**-0.5)
         return self.o_proj(op.reshape(out, (b, s, self.q_heads * self.head_dim)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, c: ModelConfig):
+    def __init__(self, c: LlamaConfig):
         self.self_attn = LlamaAttention(c)
         self.mlp = LlamaMLP(c)
-        self.input_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
-        self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+        self.post_norm = c.post_norm
+        if c.post_norm:
+            self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+            self.post_feedforward_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+        else:
+            self.input_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+            self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
 
     def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
+        if self.post_norm:
+            hidden = hidden + self.post_attention_layernorm(self.self_attn(hidden, paged_kv_cache, layer_id))
+            return hidden + self.post_feedforward_layernorm(self.mlp(hidden))
         hidden = hidden + self.self_attn(self.input_layernorm(hidden), paged_kv_cache, layer_id)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, c: ModelConfig):
+    def __init__(self, c: LlamaConfig):
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList([LlamaDecoderLayer(c) for _ in range(c.num_hidden_layers)])
         self.norm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
@@ -114,15 +191,32 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(CausalLMBase):
-    def __init__(self, config: ModelConfig, target):
+    def __init__(self, config: LlamaConfig, target):
         self.config = config
         self.target = target  # the paged KV cache's kernels depend on the target
         self.model = LlamaModel(config)
         for layer in self.model.layers:
             layer.mlp.fast_silu = target.kind.name == "llvm"
+        kind = rope_type(config.rope_scaling)
+        if kind not in IN_CACHE_ROPE_TYPES:
+            self.rope_in_model = True
+            rope = rope_inv_freq(
+                config.rope_scaling,
+                config.rope_theta,
+                config.rotary_dim or config.head_dim,
+                config.max_position_embeddings,
+                config.context_window,
+            )
+            for layer in self.model.layers:
+                layer.self_attn.rope = rope
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"
+
+
+def fused_weight_sources(c: ModelConfig) -> dict[str, WeightSource]:
+    """Phi-3: the checkpoint's qkv_proj and gate_up_proj are already the module's fused parameters."""
+    return {}
 
 
 def weight_sources(c: ModelConfig) -> dict[str, WeightSource]:
@@ -153,3 +247,32 @@ def weight_sources(c: ModelConfig) -> dict[str, WeightSource]:
                 [f"{mlp}.gate_proj.bias", f"{mlp}.up_proj.bias"], [(inter,)] * 2
             )
     return sources
+
+
+# ---------------------------------------------------------------------- GGUF
+def unpermute_qk(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Invert llama.cpp's ``permute``: rows (heads, 2, d/2) were stored as (heads, d/2, 2)."""
+    rows = weight.shape[0]
+    rest = weight.shape[1:]
+    return weight.reshape(num_heads, rows // num_heads // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _unpermute_llama_qk(name: str, array: np.ndarray, config: dict) -> np.ndarray:
+    """llama.cpp's converter permuted Llama's Q/K rows (HF rotate-half -> interleaved pairs)."""
+    if name.endswith(("q_proj.weight", "k_proj.weight")):
+        key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
+        return unpermute_qk(array, config[key])
+    return array
+
+
+def _sliding_window_config(meta) -> dict:
+    window = meta("attention.sliding_window", 0)
+    return {"sliding_window": int(window), "model_type": "mistral"} if window else {}
+
+
+GGUF_LLAMA = GGUFSpec(("llama",), "llama", config=_sliding_window_config, fix_tensor=_unpermute_llama_qk)
+GGUF_QWEN2 = GGUFSpec(("qwen2",), "qwen2")
+GGUF_PHI3 = GGUFSpec(("phi3",), "phi3", block_names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"})
+GGUF_QWEN3 = GGUFSpec(
+    ("qwen3",), "qwen3", block_names={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+)

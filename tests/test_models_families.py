@@ -1,0 +1,227 @@
+"""Every model family against transformers' own implementation of the same tiny random config.
+
+One q0f32 library per family serves: prefill at three lengths (short, across a KV page, longer than the
+prefill chunk and than the sliding window), teacher-forced decode, batch prefill + batch decode of three
+sequences, and free-running greedy tokens. A q4f16_1 library (float CPU path) is checked against the
+transformers model whose weights were quantized and dequantized by llmc's own quantizer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FAMILY_MODELS, TINY_PREFILL_CHUNK, hf_logits
+
+from llmc.quant import get_quant
+from llmc.runtime.engine import PAGE_SIZE, Engine
+
+PROMPT_LENGTHS = [5, PAGE_SIZE + 3, TINY_PREFILL_CHUNK * 2 + 7]  # the last: > 2 chunks, > every sliding window
+DECODE_STEPS = 6
+FP32, FP16 = 1e-4, 2e-2  # of max|logit|
+
+
+def random_ids(vocab: int, length: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).integers(3, vocab, length).tolist()
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, tolerance: float, what: str) -> None:
+    scale = float(np.abs(expected).max())
+    error = float(np.abs(actual - expected).max())
+    assert error <= tolerance * scale, f"{what}: max|err| {error:.3g} > {tolerance} x {scale:.3g}"
+
+
+def load_hf(path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_MODELS))
+def family(request, compiled, family_checkpoints):
+    name = request.param
+    engine = Engine(compiled(name, "q0f32"))
+    yield name, engine, load_hf(family_checkpoints[name])
+    engine.reset()
+
+
+def test_window_and_chunk_cover_the_test(family):
+    name, engine, hf = family
+    window = getattr(hf.config, "sliding_window", None)
+    if window:
+        assert window < PROMPT_LENGTHS[-1], "the long prompt must cross the sliding window"
+        assert engine.prefill_chunk < window
+    assert engine.prefill_chunk < PROMPT_LENGTHS[-1]
+
+
+def test_prefill_then_decode(family):
+    name, engine, hf = family
+    engine.reset()
+    for seq_id, length in enumerate(PROMPT_LENGTHS):
+        ids = random_ids(engine.vocab_size, length + DECODE_STEPS, seed=seq_id)
+        reference = hf_logits(hf, ids)
+        engine.add_sequence(seq_id)
+        assert_close(engine.prefill(seq_id, ids[:length]), reference[length - 1], FP32, f"{name} prefill {length}")
+        for step in range(DECODE_STEPS):
+            position = length + step
+            logits = engine.decode(seq_id, ids[position])
+            assert_close(logits, reference[position], FP32, f"{name} decode step {step} after {length}")
+        engine.remove_sequence(seq_id)
+
+
+def test_batch_prefill_and_batch_decode(family):
+    name, engine, hf = family
+    engine.reset()
+    lengths, seq_ids = [3, 11, 9], [10, 11, 12]
+    prompts = [random_ids(engine.vocab_size, n + DECODE_STEPS, seed=100 + i) for i, n in enumerate(lengths)]
+    references = [hf_logits(hf, p) for p in prompts]
+    for seq_id in seq_ids:
+        engine.add_sequence(seq_id)
+    logits = engine.batch_prefill(seq_ids, [p[:n] for p, n in zip(prompts, lengths)])
+    for i, n in enumerate(lengths):
+        assert_close(logits[i], references[i][n - 1], FP32, f"{name} batch_prefill seq {i}")
+    for step in range(DECODE_STEPS):
+        logits = engine.batch_decode(seq_ids, [p[n + step] for p, n in zip(prompts, lengths)])
+        for i, n in enumerate(lengths):
+            assert_close(logits[i], references[i][n + step], FP32, f"{name} batch_decode step {step} seq {i}")
+    for seq_id in seq_ids:
+        engine.remove_sequence(seq_id)
+
+
+def test_greedy_tokens_match_transformers(family):
+    import torch
+
+    name, engine, hf = family
+    engine.reset()
+    prompt = random_ids(engine.vocab_size, 30, seed=7)  # + 8 new tokens: past the smallest window
+    engine.add_sequence(0)
+    tokens = [int(np.argmax(engine.prefill(0, prompt)))]
+    for _ in range(7):
+        tokens.append(int(np.argmax(engine.decode(0, tokens[-1]))))
+    engine.remove_sequence(0)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert tokens == out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("name", list(FAMILY_MODELS))
+def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, family_checkpoints):
+    """The quantized kernels compute exactly the model whose matrices are llmc's decoded ones (fp16)."""
+    import torch
+
+    group = get_quant("q4f16_1").group
+    hf = load_hf(family_checkpoints[name])
+
+    def round_trip(weight: np.ndarray) -> np.ndarray:  # [out, in], groups along in
+        packed, scale = group.quantize(weight)
+        return group.dequantize(packed, scale, weight.shape[1])
+
+    done = set()  # a tied embedding / LM head is one tensor: round-trip it once (quantizing is not idempotent)
+    with torch.no_grad():
+        for module_name, module in hf.named_modules():
+            weight = getattr(module, "weight", None)
+            if weight is None or weight.ndim != 2 or module_name.endswith("wpe") or id(weight) in done:
+                continue  # (learned positions stay float)
+            done.add(id(weight))
+            if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
+                weight.copy_(torch.from_numpy(round_trip(weight.numpy().T).T.copy()))
+            else:  # Linear layers and the token embedding
+                weight.copy_(torch.from_numpy(round_trip(weight.numpy())))
+    engine = Engine(compiled(name, "q4f16_1", cpu_matmul="float"))
+    for seq_id, length in enumerate(PROMPT_LENGTHS):
+        ids = random_ids(engine.vocab_size, length, seed=50 + seq_id)
+        engine.add_sequence(seq_id)
+        assert_close(engine.prefill(seq_id, ids), hf_logits(hf, ids)[-1], FP16, f"{name} q4f16_1 prefill {length}")
+        engine.remove_sequence(seq_id)
+
+
+# ---------------------------------------------------------------------- GGUF files of the tiny models
+GGUF_ARCH = {"qwen3": "qwen3", "mistral": "llama"}  # Mistral files use llama.cpp's llama architecture
+
+
+def write_gguf(checkpoint, name: str, path) -> None:
+    """The tiny checkpoint as an F32 GGUF the way llama.cpp's converter writes one: its tensor names and
+    metadata, Q/K rows permuted for the llama architecture, the BPE vocabulary and merges."""
+    import json
+
+    import gguf
+    import torch
+
+    arch = GGUF_ARCH[name]
+    hf = load_hf(checkpoint)
+    c = hf.config
+    tokenizer = json.loads((checkpoint / "tokenizer.json").read_text())
+    vocab = sorted(tokenizer["model"]["vocab"].items(), key=lambda item: item[1])
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_key_length(c.head_dim)
+    writer.add_value_length(c.head_dim)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    if getattr(c, "sliding_window", None):
+        writer.add_sliding_window(c.sliding_window)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([token for token, _ in vocab])
+    writer.add_token_types([3 if i < 3 else 1 for i in range(len(vocab))])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]])
+    names = {
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    for hf_name, tensor in hf.state_dict().items():
+        array = tensor.to(torch.float32).numpy()
+        if hf_name == "model.embed_tokens.weight":
+            out = "token_embd.weight"
+        elif hf_name == "model.norm.weight":
+            out = "output_norm.weight"
+        elif hf_name == "lm_head.weight":
+            out = "output.weight"
+        else:
+            _, _, layer, *rest = hf_name.split(".")
+            module, kind = ".".join(rest[:-1]), rest[-1]
+            out = f"blk.{layer}.{names[module]}.{kind}"
+            if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj") and kind == "weight":
+                heads = c.num_attention_heads if "q_proj" in module else c.num_key_value_heads
+                array = array.reshape(heads, 2, array.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(array.shape)
+        writer.add_tensor(out, np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("name", list(GGUF_ARCH))
+def test_gguf_of_the_tiny_model_equals_transformers(name, family_checkpoints, tmp_path):
+    """The family's GGUF naming and metadata (qwen3 QK-norm tensors; llama-architecture Mistral files with
+    their sliding window and permuted Q/K) give the same model as the safetensors checkpoint."""
+    from llmc.compile import CompileOptions, compile_model
+
+    gguf_file = tmp_path / f"{name}.gguf"
+    write_gguf(family_checkpoints[name], name, gguf_file)
+    artifact = compile_model(
+        str(gguf_file),
+        CompileOptions(output=tmp_path / "out", quiet=True, context_window=128, prefill_chunk=TINY_PREFILL_CHUNK),
+    )
+    engine = Engine(artifact)
+    hf = load_hf(family_checkpoints[name])
+    ids = random_ids(engine.vocab_size, PROMPT_LENGTHS[-1], seed=3)
+    engine.add_sequence(0)
+    ours = engine.forward_all(0, ids)
+    reference = hf_logits(hf, ids)
+    for position in (0, len(ids) // 2, len(ids) - 1):
+        assert_close(ours[position], reference[position], FP32, f"{name} GGUF position {position}")

@@ -1,0 +1,72 @@
+"""Build-only checks: the families whose shape differs most from Llama compile for the GPU and phone targets.
+
+In the default run: ``gemma3`` (sliding-window + global layers, module-applied RoPE with two bases,
+QK-norm, GELU-tanh, offset norms) for android and webgpu (WGSL codegen; linking the .wasm needs emcc
+and is ``make test-web``'s job). Under ``make test-models-builds`` (LLMC_TEST_FAMILY_BUILDS=1, ~5 min):
+gemma3, qwen3, phi3, olmo2, gpt2 and mistral for cuda:sm_90a (through the CLI, which prepares nvcc),
+the rest of them for android. q4f16_1 throughout (the quantized GPU kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LLMC = str(Path(sys.executable).parent / "llmc")
+ALL_BUILDS = os.environ.get("LLMC_TEST_FAMILY_BUILDS") == "1"
+slow_builds = pytest.mark.skipif(not ALL_BUILDS, reason="every family on every target: `make test-models-builds`")
+FAMILIES = ["gemma3", "qwen3", "phi3", "olmo2", "gpt2", "mistral"]
+
+
+@slow_builds
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
+@pytest.mark.parametrize("name", FAMILIES)
+def test_builds_for_cuda_sm90a(name, family_checkpoints, tmp_path):
+    from llmc.compiler.cuda import library_has_device_code
+
+    out = tmp_path / "cuda"
+    args = ["compile", str(family_checkpoints[name]), "--target", "cuda:sm_90a", "--quant", "q4f16_1"]
+    done = subprocess.run(
+        [LLMC, *args, "-o", str(out), "--quiet", "--context-window", "64"], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "llmc-config.json").read_text())
+    assert library_has_device_code(out / config["library"])
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "gemma3" else [slow_builds]) for n in FAMILIES])
+def test_builds_for_android(name, compiled):
+    folder = compiled(name, "q4f16_1", "android")
+    config = json.loads((folder / "llmc-config.json").read_text())
+    assert config["target"] == "android" and (folder / config["library"]).stat().st_size > 0
+
+
+def test_gemma3_codegen_for_webgpu(family_checkpoints):
+    """Every kernel, the paged KV cache's sliding-window ones included, becomes WGSL."""
+    from tvm import relax
+
+    from llmc.compile import CompileOptions, plan_model
+    from llmc.compiler.build import build_module
+    from llmc.compiler.pipeline import make_pipeline
+    from llmc.compiler.targets import get_target
+
+    options = CompileOptions(target="webgpu", quant="q4f16_1", context_window=64, prefill_chunk=16)
+    plan = plan_model(str(family_checkpoints["gemma3"]), options)
+    target = get_target("webgpu").tvm_target()
+    mod, _ = build_module(plan.module(target), target)
+    with target:
+        executable = relax.build(mod, target, relax_pipeline=make_pipeline(target, None, 2))
+
+    def device_sources(module) -> list[str]:
+        found = [module.inspect_source()] if module.kind == "webgpu" else []
+        return found + [s for child in module.imports for s in device_sources(child)]
+
+    sources = device_sources(executable.mod)
+    assert len(sources) == 1 and "@compute" in sources[0]
+    assert "sliding_window" in sources[0]  # the sliding layers' attention kernels
