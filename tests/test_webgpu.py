@@ -318,6 +318,21 @@ def test_f16_kernels_on_an_adapter_without_shader_f16_fail_clearly(webgpu_artifa
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert not result["ok"] and "no shader-f16" in result["error"] and "q4f32_1" in result["error"], result
+    assert "the page shows: Error: this WebGPU adapter has no shader-f16" in result["error"]
+
+
+@slow_web
+@needs_emcc
+@needs_browser
+def test_browser_without_webgpu_gets_a_clear_message(webgpu_artifact, tmp_path):
+    bundle = write_web_bundle(webgpu_artifact("q0f32"), tmp_path / "bundle")
+    request = json.dumps({"ids": [5, 6], "max_tokens": 1, "hide_webgpu": True})
+    done = subprocess.run(
+        ["node", str(REPO / "web" / "run_page.mjs"), str(bundle), request], capture_output=True, text=True, timeout=600
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not result["ok"], result
+    assert "the page shows: Error: this browser has no WebGPU (navigator.gpu is missing)" in result["error"]
 
 
 CHAT_TURNS = ["Hello there, how are you?", "Tell me about compilers."]

@@ -81,9 +81,19 @@ async function chat(page) {
 }
 
 async function generate(page) {
+  if (request.hide_webgpu) {
+    // a browser without WebGPU: the page must say so
+    await page.addInitScript(() => Object.defineProperty(Navigator.prototype, "gpu", { get: () => undefined }));
+  }
   const started = Date.now();
   await page.goto(url);
-  const ready = await page.evaluate(() => window.llmcReady);
+  let ready;
+  try {
+    ready = await page.evaluate(() => window.llmcReady);
+  } catch (err) {
+    const shown = await page.textContent("#error");
+    throw new Error(`${err.message} | the page shows: ${shown}`);
+  }
   const loadSeconds = (Date.now() - started) / 1000;
   const genStarted = Date.now();
   const tokens = await page.evaluate(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import re
 import shutil
 from pathlib import Path
@@ -36,7 +39,14 @@ def app_model_entry(spec: PackageSpec, p: PackagedModel) -> dict:
 
 def chat_entry(info: dict, tokenizer_file: Path) -> tuple[dict | None, str]:
     """The chat format apps use (the template rendered into fixed strings), or None and the reason."""
-    chat, why_not = derive_chat_format(info, tokenizer_file if tokenizer_file.exists() else None)
+    chat, why_not = _chat_entry(json.dumps(info, sort_keys=True), str(tokenizer_file))
+    return copy.deepcopy(chat), why_not
+
+
+@functools.lru_cache(maxsize=16)
+def _chat_entry(info_json: str, tokenizer_file: str) -> tuple[dict | None, str]:
+    file = Path(tokenizer_file)
+    chat, why_not = derive_chat_format(json.loads(info_json), file if file.exists() else None)
     return (chat.as_dict() if chat else None), why_not
 
 

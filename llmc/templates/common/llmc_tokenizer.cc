@@ -3,6 +3,7 @@
 #include "llmc_tokenizer.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -130,10 +131,7 @@ std::vector<std::string> SplitWord(const std::string& word, const MatchFn& match
           merged.back().end = s.end;
           merged.back().matched = false;
         } else {
-          merged.push_back(s);
-        }
-        if (merged.back().matched) {
-          // a delimiter waits for the next segment
+          merged.push_back(s);  // a delimiter waits here for the segment after it
         }
         break;
       case Behavior::kContiguous:

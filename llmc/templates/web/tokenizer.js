@@ -60,7 +60,11 @@ class Tokenizer {
   }
 
   encode(text) {
-    if (this.spec.model.type !== "BPE") throw new Error("tokenizer.js handles BPE tokenizers only");
+    if (this.spec.model.type !== "BPE" || this.spec.normalizer || this.spec.model.byte_fallback) {
+      // SentencePiece-style BPE (Gemma, Llama 2) normalizes text and falls back to bytes: llmc's C++ tokenizer
+      // handles it (the phone apps); this page's JS tokenizer does not yet
+      throw new Error("tokenizer.js handles byte-level BPE tokenizers only (not SentencePiece-style ones)");
+    }
     const ids = [];
     const parts = this.specialRe ? text.split(this.specialRe) : [text];
     for (const part of parts) {
