@@ -351,8 +351,9 @@ def test_cuda_artifact_without_a_gpu(artifact):
 
 def test_memory_preflight_refuses_with_the_numbers(artifact):
     edit_json(artifact / "llmc-config.json", lambda d: d.update(param_bytes=1 << 50))
-    line = assert_clean_failure(invoke(*run_args(artifact)), "MiB is available", "LLMC_SKIP_MEMORY_CHECK")
-    assert "1,073,741,824 MiB" in line or "needs about" in line
+    assert_clean_failure(
+        invoke(*run_args(artifact)), "needs about 1073741", "MiB is available", "LLMC_SKIP_MEMORY_CHECK"
+    )
     result = invoke(*run_args(artifact), env={"LLMC_SKIP_MEMORY_CHECK": "1"})
     assert result.exit_code == 0, result.output
 
