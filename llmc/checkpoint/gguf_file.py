@@ -359,11 +359,14 @@ def _is_int(value) -> bool:
 
 
 def _check_ints(key: str, value, minimum: int) -> None:
-    values = value if isinstance(value, list) else [value]
-    if not values or not all(_is_int(v) and v >= minimum for v in values):
-        raise GGUFFormatError(f"metadata {key!r} is {value!r}; expected an integer >= {minimum}")
-    if not isinstance(value, list) and minimum == 0 and value == 0:
-        raise GGUFFormatError(f"metadata {key!r} is 0; expected a positive integer")
+    """A positive integer; only the per-layer KV head count may be an array (of integers >= 0)."""
+    if isinstance(value, list) and minimum == 0:
+        if value and all(_is_int(v) and v >= 0 for v in value):
+            return
+    elif _is_int(value) and value >= 1:
+        return
+    shown = repr(value) if not isinstance(value, list) else f"an array of {len(value)} items"
+    raise GGUFFormatError(f"metadata {key!r} is {shown}; expected a positive integer")
 
 
 def _plain_dtype(qtype) -> str:
