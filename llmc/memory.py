@@ -103,10 +103,10 @@ def check_fits(config: dict, where: str, available: int | None, tokens: int | No
 
     if available is None or os.environ.get(SKIP_CHECK_ENV) == "1":
         return
-    needed = estimate(config, context_window=tokens).total_bytes
-    if needed > available:
+    needed = estimate(config, context_window=tokens)
+    if needed.total_bytes > available:
         raise ArtifactError(
-            f"{where}: needs about {needed / MIB:,.0f} MiB ({estimate(config, context_window=tokens).describe()}) "
-            f"but only {available / MIB:,.0f} MiB is available. Use a smaller model or quantization, a smaller "
-            f"--context-window, or set {SKIP_CHECK_ENV}=1 to try anyway."
+            f"{where}: needs about {needed.describe()} but only {available / MIB:,.0f} MiB is available. "
+            f"Use a smaller model or quantization, a smaller --context-window, or set {SKIP_CHECK_ENV}=1 "
+            "to try anyway."
         )

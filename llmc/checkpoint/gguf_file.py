@@ -24,6 +24,8 @@ MAX_ALIGNMENT = 1 << 16
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_TENSOR_NAME_BYTES = 64  # GGML_MAX_NAME
 MAX_ARRAY_DEPTH = 2  # arrays of arrays at most
+MAX_STRING_ARRAY = 1 << 22  # 16x the largest vocabulary (256k tokens): a crafted count cannot loop for minutes
+MAX_NESTED_ARRAYS = 1 << 20
 MAX_ELEMENTS = 1 << 50  # per tensor; larger products cannot be real
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
 _INTEGER_KINDS = {0, 1, 2, 3, 4, 5, 10, 11}
@@ -109,6 +111,26 @@ class _Cursor:
         except UnicodeDecodeError as err:
             raise GGUFFormatError(f"{what} is not valid UTF-8 ({err.reason} at byte {err.start})") from err
 
+    def strings(self, count: int, what: str) -> list[str]:
+        """``count`` length-prefixed UTF-8 strings (a vocabulary): one tight loop, names built only on error."""
+        view, pos, size, out = self.view, self.pos, self.size, []
+        for index in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"the length of {what}[{index}]")
+            (length,) = struct.unpack_from("<Q", view, pos)
+            pos += 8
+            if length > size - pos:
+                self.pos = pos
+                self.need(length, f"{what}[{index}] ({length} bytes)")
+            try:
+                out.append(str(view[pos : pos + length], "utf-8"))
+            except UnicodeDecodeError as err:
+                raise GGUFFormatError(f"{what}[{index}] is not valid UTF-8 ({err.reason} at byte {err.start})") from err
+            pos += length
+        self.pos = pos
+        return out
+
     def value(self, kind: int, what: str, depth: int = 0):
         if kind in _SCALARS:
             value = self.scalar(_SCALARS[kind], what)
@@ -136,9 +158,13 @@ class _Cursor:
             return values.tolist()
         if item_kind == _STRING:
             self.need(count * 8, f"{what} ({count} strings)")  # each string has at least its length
-            return [self.string(f"{what}[{i}]") for i in range(count)]
+            if count > MAX_STRING_ARRAY:
+                raise GGUFFormatError(f"{what} holds {count} strings (at most {MAX_STRING_ARRAY})")
+            return self.strings(count, what)
         if item_kind == _ARRAY:
             self.need(count * 12, f"{what} ({count} arrays)")
+            if count > MAX_NESTED_ARRAYS:
+                raise GGUFFormatError(f"{what} holds {count} arrays (at most {MAX_NESTED_ARRAYS})")
             return [self.array(f"{what}[{i}]", depth + 1) for i in range(count)]
         raise GGUFFormatError(f"{what} has unknown item type {item_kind}")
 
@@ -333,11 +359,14 @@ def _is_int(value) -> bool:
 
 
 def _check_ints(key: str, value, minimum: int) -> None:
-    values = value if isinstance(value, list) else [value]
-    if not values or not all(_is_int(v) and v >= minimum for v in values):
-        raise GGUFFormatError(f"metadata {key!r} is {value!r}; expected an integer >= {minimum}")
-    if not isinstance(value, list) and minimum == 0 and value == 0:
-        raise GGUFFormatError(f"metadata {key!r} is 0; expected a positive integer")
+    """A positive integer; only the per-layer KV head count may be an array (of integers >= 0)."""
+    if isinstance(value, list) and minimum == 0:
+        if value and all(_is_int(v) and v >= 0 for v in value):
+            return
+    elif _is_int(value) and value >= 1:
+        return
+    shown = repr(value) if not isinstance(value, list) else f"an array of {len(value)} items"
+    raise GGUFFormatError(f"metadata {key!r} is {shown}; expected a positive integer")
 
 
 def _plain_dtype(qtype) -> str:
