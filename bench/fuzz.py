@@ -459,7 +459,7 @@ def compile_checks(reader, source_format: str, require_all: bool) -> dict:
     from llmc.source import ResolvedSource
 
     plan = plan_from_config(
-        reader.config, ResolvedSource(str(reader.path), source_format, reader.path), CompileOptions()
+        reader.config, ResolvedSource(str(reader.path), source_format, reader.path), CompileOptions(), reader
     )
     sources = plan.family.weight_sources(plan.config)
     expected = {}
