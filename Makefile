@@ -9,7 +9,7 @@ DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
-.PHONY: install-web test-web test-wheel
+.PHONY: install-web test-web test-wheel test-keep-targets
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ test-tools: install-test
 
 test: install-test test-tools
 	$(PY) -m pytest -q
+
+# --quant keep: the tiny mixed-format GGUF compiled for every GPU target (minutes per target)
+test-keep-targets: install-test
+	LLMC_TEST_KEEP_TARGETS=1 $(PY) -m pytest -q tests/test_gguf_quant.py -k gpu_targets
 
 test-all: install-test
 	$(PY) -m pytest -q -m "slow or not slow"

@@ -4,6 +4,10 @@ computes what its dequantized (q0f32) build computes; unsupported formats fail n
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +315,21 @@ def test_q4_1_encoder_decodes_with_gguf_py_and_beats_its_quantizer():
     theirs = np.asarray(dequantize(quantize(weight, GGMLType.Q4_1), GGMLType.Q4_1)).reshape(weight.shape)
     assert (ours[1] == 0).all()
     assert np.square(ours - weight).mean() < 0.9 * np.square(theirs - weight).mean()
+
+
+@pytest.mark.skipif(not os.environ.get("LLMC_TEST_KEEP_TARGETS"), reason="minutes per target: `make test-keep-targets`")
+@pytest.mark.parametrize("target", ["vulkan", "cuda:sm_90a", "android", "iphone", "webgpu"])
+def test_mixed_gguf_keep_compiles_for_gpu_targets(mixed_gguf, tmp_path, target):
+    """The same decode expressions go through dlight's GPU rules (single contiguous reads per plane)."""
+    if target.startswith("cuda") and shutil.which("nvcc") is None:
+        pytest.skip("nvcc (CUDA toolkit) is not installed")
+    out = tmp_path / "a"
+    llmc = str(Path(sys.executable).parent / "llmc")  # CUDA builds need the CLI's nvcc/driver set-up
+    done = subprocess.run(
+        [llmc, "compile", str(mixed_gguf), "--target", target, "-o", str(out), "--quiet", "--context-window", "64"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "llmc-config.json").read_text())
+    assert config["quantization"] == "keep" and config["target"] == target
