@@ -333,3 +333,51 @@ def test_mixed_gguf_keep_compiles_for_gpu_targets(mixed_gguf, tmp_path, target):
     assert done.returncode == 0, done.stderr
     config = json.loads((out / "llmc-config.json").read_text())
     assert config["quantization"] == "keep" and config["target"] == target
+
+
+# ---------------------------------------------------------------------- real files (make test-keep-real)
+REAL_GGUF = os.environ.get("LLMC_TEST_KEEP_REAL")  # a GGUF path, or "smollm2-135m"
+
+
+def _llama_cpp_perplexity(gguf: Path, ids: list[int], window: int) -> float:
+    from llama_cpp import Llama
+
+    from llmc.runtime.perplexity import log_softmax_nll, window_slices
+
+    llm = Llama(model_path=str(gguf), n_ctx=window, n_batch=window, logits_all=True, n_threads=2, verbose=False)
+    nll = []
+    for part in window_slices(len(ids), window):
+        tokens = ids[part]
+        llm.reset()
+        llm.eval(tokens[:-1])
+        nll.extend(log_softmax_nll(np.asarray(llm.scores[: len(tokens) - 1], np.float32), np.asarray(tokens[1:])))
+    return float(np.exp(np.mean(nll)))
+
+
+@pytest.mark.skipif(not REAL_GGUF, reason="a real GGUF, minutes: `make test-keep-real [KEEP_GGUF=path]`")
+def test_real_gguf_keep_perplexity_matches_q0f32_and_llama_cpp(tmp_path):
+    from llmc.checkpoint.gguf_file import read_gguf
+    from llmc.runtime.perplexity import perplexity, read_text
+    from llmc.runtime.session import Session
+    from llmc.source import resolve
+
+    gguf_path = resolve(REAL_GGUF).path
+    window = 512
+    scores, ids = {}, None
+    for quant in ("keep", "q0f32"):
+        options = CompileOptions(
+            quant=quant, output=tmp_path / quant, quiet=True, context_window=window, prefill_chunk=window
+        )
+        options.cpu_matmul = "float"  # keep: the exact decode path; the int8 path rounds activations
+        artifact = compile_model(str(gguf_path), options)
+        session = Session(artifact)
+        ids = ids or session.tokenizer.encode(read_text(None)[0])
+        scores[quant] = perplexity(session.engine, ids, window).perplexity
+        if quant == "keep":
+            config = json.loads((artifact / "llmc-config.json").read_text())
+            tensor_bytes = sum(int(t.data.nbytes) for t in read_gguf(gguf_path)[1])
+            assert abs(config["param_bytes"] - tensor_bytes) <= 0.1 * tensor_bytes
+        del session
+    reference = _llama_cpp_perplexity(gguf_path, ids, window)
+    assert abs(scores["keep"] / scores["q0f32"] - 1) < 0.001, scores
+    assert abs(scores["keep"] / reference - 1) < 0.005, (scores, reference)
