@@ -381,3 +381,22 @@ def test_real_gguf_keep_perplexity_matches_q0f32_and_llama_cpp(tmp_path):
     reference = _llama_cpp_perplexity(gguf_path, ids, window)
     assert abs(scores["keep"] / scores["q0f32"] - 1) < 0.001, scores
     assert abs(scores["keep"] / reference - 1) < 0.005, (scores, reference)
+
+
+def test_q4a_s_compiles_a_float_checkpoint_through_the_ggml_kernels(tmp_path):
+    """llmc's Q4_1 encoder on a float checkpoint: a weights folder whose formats are recorded, compiled,
+    close to the float model."""
+    from conftest import make_trained_checkpoint
+
+    checkpoint = make_trained_checkpoint(tmp_path / "trained")
+    sizes = dict(quiet=True, context_window=TINY_CONTEXT_WINDOW, prefill_chunk=TINY_PREFILL_CHUNK, max_batch_size=2)
+    folder = quantize_model(str(checkpoint), CompileOptions(quant="q4a_s", output=tmp_path / "w", **sizes))
+    stored = json.loads((folder / "llmc-config.json").read_text())
+    assert stored["quantization"] == "q4a_s" and stored["bits_per_param"] == 5.0
+    assert set(stored["tensor_groups"]["model.layers.*.mlp.down_proj.weight"]) == {"Q4_1"}
+    ours = compile_model(str(folder), CompileOptions(output=tmp_path / "a", **sizes))
+    reference = compile_model(str(checkpoint), CompileOptions(quant="q0f32", output=tmp_path / "r", **sizes))
+    ids = np.random.default_rng(3).integers(3, 200, 10).tolist()
+    got, expected = _logits(ours, ids), _logits(reference, ids)
+    cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+    assert cosine.min() > 0.98, cosine
