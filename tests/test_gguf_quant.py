@@ -228,6 +228,16 @@ def test_mixed_gguf_keep_equals_dequantized_build(mixed_builds):
     assert config["param_bytes"] < reference["param_bytes"] / 3  # blocks, not floats
     assert abs(config["bits_per_param"] - config["param_bytes"] * 8 / _weights(reference)) < 0.01
 
+    from click.testing import CliRunner
+
+    from llmc.cli import main
+
+    shown = CliRunner().invoke(main, ["inspect", str(mixed_builds["keep"])]).output
+    assert f"bits/weight:  {config['bits_per_param']:.3f}" in shown
+    assert any(
+        "layers.*.self_attn.qkv_proj" in line and "Q4_K" in line and "Q6_K" in line for line in shown.splitlines()
+    )
+
     ids = np.random.default_rng(1).integers(2, VOCAB, 12).tolist()
     expected = _logits(mixed_builds["q0f32"], ids)
     kept = _logits(mixed_builds["keep"], ids)
