@@ -241,14 +241,14 @@ def main() -> None:
             if path is not None:
                 keep += keep_rows(name, path, args.window, Path(tmp))
 
-    meta = {
-        "text": label,
-        "window": args.window,
-        "note": "llmc schemes are converted from the Q4_1 GGUF dequantized to float32 (the only SmolLM2 "
-        "weights here), so they re-quantize Q4_1 values; q0f32 is the Q4_1 model itself. llama.cpp's "
-        "Q4_0/Q4_K_M/Q3_K_M rows are quantized by llama.cpp from the F32 GGUF of the same weights. Those "
-        "weights lie on Q4_1 grids, which favours q4a_s (asymmetric, group 32, as Q4_1 is).",
-    }
+    meta = {"text": label, "window": args.window}
+    if rows:
+        meta["note"] = (
+            "llmc schemes are converted from the Q4_1 GGUF dequantized to float32 (the only SmolLM2 "
+            "weights here), so they re-quantize Q4_1 values; q0f32 is the Q4_1 model itself. llama.cpp's "
+            "Q4_0/Q4_K_M/Q3_K_M rows are quantized by llama.cpp from the F32 GGUF of the same weights. Those "
+            "weights lie on Q4_1 grids, which favours q4a_s (asymmetric, group 32, as Q4_1 is)."
+        )
     table = [
         "| system | scheme | bits/param | perplexity | tokens | convert s | peak RSS MiB (budget) | compile s |",
         "|---|---|---|---|---|---|---|---|",
