@@ -185,6 +185,7 @@ def main() -> None:
     text, label = read_text(None)
     budget = largest_tensor_bytes(gguf) * 4 + 500_000_000  # the issue: largest tensor x 4 + 500 MB
     rows = []
+    weights = gguf_stats(gguf)[1]
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
         ids = None
         for scheme in [name for name in args.schemes.split(",") if name]:
@@ -213,7 +214,7 @@ def main() -> None:
                 {
                     "system": "llmc",
                     "scheme": scheme,
-                    "bits_per_param": stored["bits_per_param"],
+                    "bits_per_param": stored["bytes"] * 8 / weights,  # all tensors, as for llama.cpp's files
                     "bytes": stored["bytes"],
                     "convert_seconds": round(seconds, 2),
                     "peak_rss_mib": round(rss / 2**20, 1),
