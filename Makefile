@@ -10,6 +10,7 @@ DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 .PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
 .PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds
+.PHONY: test-keep-targets test-keep-real
 
 install: $(VENV)/.installed
 
@@ -46,6 +47,15 @@ test-tools: install-test
 
 test: install-test test-tools
 	$(PY) -m pytest -q
+
+# --quant keep: the tiny mixed-format GGUF compiled for every GPU target (minutes per target)
+test-keep-targets: install-test
+	LLMC_TEST_KEEP_TARGETS=1 $(PY) -m pytest -q tests/test_gguf_quant.py -k gpu_targets
+
+# --quant keep on a real GGUF: perplexity equal to q0f32 (0.1%) and to llama.cpp on the same ids (0.5%)
+KEEP_GGUF ?= smollm2-135m
+test-keep-real: install-test
+	LLMC_TEST_KEEP_REAL=$(KEEP_GGUF) $(PY) -m pytest -q tests/test_gguf_quant.py -k real_gguf
 
 test-all: install-test
 	LLMC_TEST_SLOW=1 $(PY) -m pytest -q -m "slow or not slow"

@@ -185,6 +185,7 @@ def main() -> None:
     text, label = read_text(None)
     budget = largest_tensor_bytes(gguf) * 4 + 500_000_000  # the issue: largest tensor x 4 + 500 MB
     rows = []
+    weights = gguf_stats(gguf)[1]
     with tempfile.TemporaryDirectory(prefix="llmc-bench-") as tmp:
         ids = None
         for scheme in [name for name in args.schemes.split(",") if name]:
@@ -213,7 +214,7 @@ def main() -> None:
                 {
                     "system": "llmc",
                     "scheme": scheme,
-                    "bits_per_param": stored["bits_per_param"],
+                    "bits_per_param": stored["bytes"] * 8 / weights,  # all tensors, as for llama.cpp's files
                     "bytes": stored["bytes"],
                     "convert_seconds": round(seconds, 2),
                     "peak_rss_mib": round(rss / 2**20, 1),
@@ -241,14 +242,14 @@ def main() -> None:
             if path is not None:
                 keep += keep_rows(name, path, args.window, Path(tmp))
 
-    meta = {
-        "text": label,
-        "window": args.window,
-        "note": "llmc schemes are converted from the Q4_1 GGUF dequantized to float32 (the only SmolLM2 "
-        "weights here), so they re-quantize Q4_1 values; q0f32 is the Q4_1 model itself. llama.cpp's "
-        "Q4_0/Q4_K_M/Q3_K_M rows are quantized by llama.cpp from the F32 GGUF of the same weights. Those "
-        "weights lie on Q4_1 grids, which favours q4a_s (asymmetric, group 32, as Q4_1 is).",
-    }
+    meta = {"text": label, "window": args.window}
+    if rows:
+        meta["note"] = (
+            "llmc schemes are converted from the Q4_1 GGUF dequantized to float32 (the only SmolLM2 "
+            "weights here), so they re-quantize Q4_1 values; q0f32 is the Q4_1 model itself. llama.cpp's "
+            "Q4_0/Q4_K_M/Q3_K_M rows are quantized by llama.cpp from the F32 GGUF of the same weights. Those "
+            "weights lie on Q4_1 grids, which favours q4a_s (asymmetric, group 32, as Q4_1 is)."
+        )
     table = [
         "| system | scheme | bits/param | perplexity | tokens | convert s | peak RSS MiB (budget) | compile s |",
         "|---|---|---|---|---|---|---|---|",

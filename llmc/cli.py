@@ -228,14 +228,14 @@ def quantize(model, quant, fp_embeddings, output, force, quiet, eval_text, windo
     summary = {
         "output": str(out_dir),
         "quantization": scheme.name,
-        "bits_per_param": scheme.bits_per_param,
+        "bits_per_param": stored.get("bits_per_param", scheme.bits_per_param),  # per-tensor schemes: as bound
         "bytes": stored["param_bytes"],
         "seconds": round(time.time() - started, 2),
     }
     if not as_json:
         click.echo(
             f"wrote {out_dir}: {stored['param_bytes'] / 2**20:.1f} MiB, "
-            f"{scheme.bits_per_param:.2f} bits/param, {summary['seconds']:.1f} s"
+            f"{summary['bits_per_param']:.2f} bits/param, {summary['seconds']:.1f} s"
         )
     if eval_text is not None:
         from llmc.evaluate import evaluate_quantized

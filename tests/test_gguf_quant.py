@@ -4,6 +4,10 @@ computes what its dequantized (q0f32) build computes; unsupported formats fail n
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +228,16 @@ def test_mixed_gguf_keep_equals_dequantized_build(mixed_builds):
     assert config["param_bytes"] < reference["param_bytes"] / 3  # blocks, not floats
     assert abs(config["bits_per_param"] - config["param_bytes"] * 8 / _weights(reference)) < 0.01
 
+    from click.testing import CliRunner
+
+    from llmc.cli import main
+
+    shown = CliRunner().invoke(main, ["inspect", str(mixed_builds["keep"])]).output
+    assert f"bits/weight:  {config['bits_per_param']:.3f}" in shown
+    assert any(
+        "layers.*.self_attn.qkv_proj" in line and "Q4_K" in line and "Q6_K" in line for line in shown.splitlines()
+    )
+
     ids = np.random.default_rng(1).integers(2, VOCAB, 12).tolist()
     expected = _logits(mixed_builds["q0f32"], ids)
     kept = _logits(mixed_builds["keep"], ids)
@@ -311,3 +325,89 @@ def test_q4_1_encoder_decodes_with_gguf_py_and_beats_its_quantizer():
     theirs = np.asarray(dequantize(quantize(weight, GGMLType.Q4_1), GGMLType.Q4_1)).reshape(weight.shape)
     assert (ours[1] == 0).all()
     assert np.square(ours - weight).mean() < 0.9 * np.square(theirs - weight).mean()
+
+
+@pytest.mark.skipif(not os.environ.get("LLMC_TEST_KEEP_TARGETS"), reason="minutes per target: `make test-keep-targets`")
+@pytest.mark.parametrize("target", ["vulkan", "cuda:sm_90a", "android", "iphone", "webgpu"])
+def test_mixed_gguf_keep_compiles_for_gpu_targets(mixed_gguf, tmp_path, target):
+    """The same decode expressions go through dlight's GPU rules (single contiguous reads per plane)."""
+    if target.startswith("cuda") and shutil.which("nvcc") is None:
+        pytest.skip("nvcc (CUDA toolkit) is not installed")
+    out = tmp_path / "a"
+    llmc = str(Path(sys.executable).parent / "llmc")  # CUDA builds need the CLI's nvcc/driver set-up
+    done = subprocess.run(
+        [llmc, "compile", str(mixed_gguf), "--target", target, "-o", str(out), "--quiet", "--context-window", "64"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "llmc-config.json").read_text())
+    assert config["quantization"] == "keep" and config["target"] == target
+
+
+# ---------------------------------------------------------------------- real files (make test-keep-real)
+REAL_GGUF = os.environ.get("LLMC_TEST_KEEP_REAL")  # a GGUF path, or "smollm2-135m"
+
+
+def _llama_cpp_perplexity(gguf: Path, ids: list[int], window: int) -> float:
+    from llama_cpp import Llama
+
+    from llmc.runtime.perplexity import log_softmax_nll, window_slices
+
+    llm = Llama(model_path=str(gguf), n_ctx=window, n_batch=window, logits_all=True, n_threads=2, verbose=False)
+    nll = []
+    for part in window_slices(len(ids), window):
+        tokens = ids[part]
+        llm.reset()
+        llm.eval(tokens[:-1])
+        nll.extend(log_softmax_nll(np.asarray(llm.scores[: len(tokens) - 1], np.float32), np.asarray(tokens[1:])))
+    return float(np.exp(np.mean(nll)))
+
+
+@pytest.mark.skipif(not REAL_GGUF, reason="a real GGUF, minutes: `make test-keep-real [KEEP_GGUF=path]`")
+def test_real_gguf_keep_perplexity_matches_q0f32_and_llama_cpp(tmp_path):
+    from llmc.checkpoint.gguf_file import read_gguf
+    from llmc.runtime.perplexity import perplexity, read_text
+    from llmc.runtime.session import Session
+    from llmc.source import resolve
+
+    gguf_path = resolve(REAL_GGUF).path
+    window = 512
+    scores, ids = {}, None
+    for quant in ("keep", "q0f32"):
+        options = CompileOptions(
+            quant=quant, output=tmp_path / quant, quiet=True, context_window=window, prefill_chunk=window
+        )
+        options.cpu_matmul = "float"  # keep: the exact decode path; the int8 path rounds activations
+        artifact = compile_model(str(gguf_path), options)
+        session = Session(artifact)
+        ids = ids or session.tokenizer.encode(read_text(None)[0])
+        scores[quant] = perplexity(session.engine, ids, window).perplexity
+        if quant == "keep":
+            config = json.loads((artifact / "llmc-config.json").read_text())
+            tensor_bytes = sum(int(t.data.nbytes) for t in read_gguf(gguf_path)[1])
+            assert abs(config["param_bytes"] - tensor_bytes) <= 0.1 * tensor_bytes
+        del session
+    reference = _llama_cpp_perplexity(gguf_path, ids, window)
+    assert abs(scores["keep"] / scores["q0f32"] - 1) < 0.001, scores
+    assert abs(scores["keep"] / reference - 1) < 0.005, (scores, reference)
+
+
+def test_q4a_s_compiles_a_float_checkpoint_through_the_ggml_kernels(tmp_path):
+    """llmc's Q4_1 encoder on a float checkpoint: a weights folder whose formats are recorded, compiled,
+    close to the float model."""
+    from conftest import make_trained_checkpoint
+
+    checkpoint = make_trained_checkpoint(tmp_path / "trained")
+    sizes = dict(quiet=True, context_window=TINY_CONTEXT_WINDOW, prefill_chunk=TINY_PREFILL_CHUNK, max_batch_size=2)
+    folder = quantize_model(str(checkpoint), CompileOptions(quant="q4a_s", output=tmp_path / "w", **sizes))
+    stored = json.loads((folder / "llmc-config.json").read_text())
+    assert stored["quantization"] == "q4a_s" and 5.0 < stored["bits_per_param"] < 8.5
+    assert set(stored["tensor_groups"]["model.layers.*.mlp.down_proj.weight"]) == {"Q4_1"}
+    assert set(stored["tensor_groups"]["model.embed_tokens.weight"]) == {"Q8_0"}
+    ours = compile_model(str(folder), CompileOptions(output=tmp_path / "a", **sizes))
+    reference = compile_model(str(checkpoint), CompileOptions(quant="q0f32", output=tmp_path / "r", **sizes))
+    ids = np.random.default_rng(3).integers(3, 200, 10).tolist()
+    got, expected = _logits(ours, ids), _logits(reference, ids)
+    cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+    assert cosine.min() > 0.98, cosine

@@ -174,7 +174,7 @@ QUANTS["q3f16_s"] = QuantScheme(
 QUANTS["q4a_s"] = EncodeScheme(
     "q4a_s",
     "float32",
-    "int4 asymmetric (scale + minimum), group 32, searched; stored as GGML Q4_1 blocks (5.0 bits)",
+    "int4 asymmetric (scale + minimum), group 32, searched, as GGML Q4_1 blocks; embedding Q8_0",
     encode_format="Q4_1",
 )
 KEEP_QUANT = "keep"  # the default for GGUF files

@@ -2,7 +2,9 @@
 same decode kernels as ``--quant keep`` (every target), and gguf-py can read them back.
 
 ``Q4_1`` (asymmetric 4-bit with a minimum, group 32, fp16 scale and minimum: 5.0 bits per weight)
-with the scale and minimum chosen by error search (``llmc.quant.search``).
+with the scale and minimum chosen by error search (``llmc.quant.search``). The token embedding (also
+the tied LM head) is kept at 8 bits, ``Q8_0`` (gguf-py's reference quantizer), as llama.cpp keeps its
+output tensor at 6-8 bits: it is the most sensitive matrix.
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ def encode_q4_1(weight: np.ndarray, rows_per_chunk: int = 1024) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
-ENCODERS = {"Q4_1": encode_q4_1}
+def encode_q8_0(weight: np.ndarray) -> np.ndarray:
+    """Float ``[rows, cols]`` -> Q8_0 blocks (gguf-py's reference: ``d = absmax / 127``, round to nearest)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    return np.asarray(quantize(np.asarray(weight, np.float32), GGMLQuantizationType.Q8_0))
+
+
+ENCODERS = {"Q4_1": encode_q4_1, "Q8_0": encode_q8_0}
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class EncodeScheme(KeepScheme):
     """Every Linear/Embedding weight of a float checkpoint encoded by llmc into ``encode_format``."""
 
     encode_format: str = "Q4_1"
+    embedding_format: str = "Q8_0"  # the token embedding / tied LM head (and an untied lm_head)
     keeps_raw: bool = field(default=False, compare=False)
 
     def prepare(self, reader, sources: dict, path) -> EncodeScheme:
@@ -59,11 +70,13 @@ class EncodeScheme(KeepScheme):
             block = FORMATS[self.encode_format].block_size
 
             def record(name: str, child: nn.Module):
+                head = name.split(".")[-1] == "lm_head"
                 if isinstance(child, nn.Linear) and child.in_features % block == 0:
-                    self.formats[f"{name}.weight"] = ((self.encode_format, child.out_features),)
+                    fmt = self.embedding_format if head else self.encode_format
+                    self.formats[f"{name}.weight"] = ((fmt, child.out_features),)
                     self.columns[f"{name}.weight"] = child.in_features
                 elif isinstance(child, Embedding) and child.dim % block == 0:
-                    self.formats[f"{name}.weight"] = ((self.encode_format, child.num),)
+                    self.formats[f"{name}.weight"] = ((self.embedding_format, child.num),)
                     self.columns[f"{name}.weight"] = child.dim
                 return None
 
@@ -75,8 +88,8 @@ class EncodeScheme(KeepScheme):
     def convert(self, name, array, quantized, dtype=None, int_layout=False):
         if name not in quantized:
             return super().convert(name, array, quantized, dtype, int_layout)
-        raw = ENCODERS[self.encode_format](np.asarray(array, np.float32))
-        return self.convert_raw(name, [(self.encode_format, raw)], int_layout)
+        ((fmt, _),) = self.formats[name]
+        return self.convert_raw(name, [(fmt, ENCODERS[fmt](np.asarray(array, np.float32)))], int_layout)
 
     @property
     def bits_per_param(self) -> float:

@@ -41,6 +41,48 @@ class Plane:
     offset: int
     size: int
     dtype: str
+    order: CodeOrder | None = None  # packed codes: stored in weight order instead of the file's
+
+
+@dataclass(frozen=True)
+class CodeOrder:
+    """Where the file puts the ``bits``-bit code of weight ``j`` of a block: byte ``byte(j)``, bit ``shift(j)``.
+
+    llmc stores such a field in weight order instead (code ``j`` at bits ``bits*(j % per_word)`` of word
+    ``j // per_word``): the same bits, moved, so a kernel reads weight ``k`` from word ``k // per_word``
+    (one contiguous read stream, which dlight's GPU rules need and CPU loops vectorize).
+    """
+
+    bits: int
+    codes: int  # codes per block
+    byte: object  # j -> byte index in the field
+    shift: object  # j -> bit shift in that byte
+
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        j = np.arange(self.codes)
+        return np.asarray(self.byte(j)), np.asarray(self.shift(j)).astype(np.uint8)
+
+    def to_linear(self, field: np.ndarray) -> np.ndarray:
+        """File bytes ``[rows, blocks, size]`` -> words ``[rows, blocks * codes * bits / 32]`` in weight order."""
+        byte, shift = self._index()
+        codes = (field[..., byte] >> shift) & np.uint8((1 << self.bits) - 1)
+        per_word = 32 // self.bits
+        codes = codes.reshape(field.shape[0], -1, per_word).astype(np.uint32)
+        shifts = (np.arange(per_word, dtype=np.uint32) * self.bits)[None, None, :]
+        return np.bitwise_or.reduce(codes << shifts, axis=-1).astype(np.uint32)
+
+    def to_file(self, words: np.ndarray, size: int) -> np.ndarray:
+        """Inverse of ``to_linear``: the file's bytes ``[rows, blocks, size]``."""
+        per_word = 32 // self.bits
+        shifts = (np.arange(per_word, dtype=np.uint32) * self.bits)[None, None, :]
+        codes = ((words[..., None] >> shifts) & np.uint32((1 << self.bits) - 1)).astype(np.uint8)
+        codes = codes.reshape(words.shape[0], -1, self.codes)
+        byte, shift = self._index()
+        out = np.zeros((*codes.shape[:2], size), np.uint8)
+        for value in np.unique(shift):  # codes sharing a shift land in distinct bytes
+            chosen = shift == value
+            out[..., byte[chosen]] |= codes[..., chosen] << value
+        return out
 
 
 @dataclass(frozen=True)
@@ -71,7 +113,10 @@ class GGMLFormat:
         out = {}
         for p in self.planes:
             field = np.ascontiguousarray(blocks[:, :, p.offset : p.offset + p.size])
-            out[p.name] = field.view(np.dtype(p.dtype).newbyteorder("<")).reshape(rows, -1).astype(p.dtype)
+            if p.order is not None:
+                out[p.name] = p.order.to_linear(field)
+            else:
+                out[p.name] = field.view(np.dtype(p.dtype).newbyteorder("<")).reshape(rows, -1).astype(p.dtype)
         return out
 
     def join(self, planes: dict[str, np.ndarray]) -> np.ndarray:
@@ -81,9 +126,12 @@ class GGMLFormat:
         n = first.shape[1] * first.itemsize // self.planes[0].size
         raw = np.empty((rows, n, self.block_bytes), np.uint8)
         for p in self.planes:
-            raw[:, :, p.offset : p.offset + p.size] = (
-                np.ascontiguousarray(planes[p.name]).view(np.uint8).reshape(rows, n, p.size)
-            )
+            if p.order is not None:
+                raw[:, :, p.offset : p.offset + p.size] = p.order.to_file(np.asarray(planes[p.name]), p.size)
+            else:
+                raw[:, :, p.offset : p.offset + p.size] = (
+                    np.ascontiguousarray(planes[p.name]).view(np.uint8).reshape(rows, n, p.size)
+                )
         return raw.reshape(rows, -1)
 
     def te_element(self, planes: dict, row, k):
@@ -112,6 +160,12 @@ def _bits(value, shift, mask: int):
     return tirx.bitwise_and(tirx.shift_right(value, shift), _u32(mask))
 
 
+def _code(plane, row, k, bits: int):
+    """Code ``k`` of a row of a weight-order plane (``CodeOrder``), as uint32."""
+    per_word = 32 // bits
+    return _bits(plane[row, k // per_word], k % per_word * bits, (1 << bits) - 1)
+
+
 def _half(plane, row, index):
     return plane[row, index].astype("float32")
 
@@ -123,22 +177,18 @@ def _signed_byte(byte):
 
 # ---------------------------------------------------------------------- decoders (gguf-py's arithmetic)
 def _q4_0(p, row, k, f):
-    b, j = k // 32, k % 32
-    q = _bits(_byte(p["qs"], row, b * 16 + j % 16), j // 16 * 4, 0xF)
-    return _half(p["d"], row, b) * (q.astype("int32") - 8).astype("float32")
+    q = _code(p["qs"], row, k, 4)
+    return _half(p["d"], row, k // 32) * (q.astype("int32") - 8).astype("float32")
 
 
 def _q4_1(p, row, k, f):
-    b, j = k // 32, k % 32
-    q = _bits(_byte(p["qs"], row, b * 16 + j % 16), j // 16 * 4, 0xF)
-    return _half(p["d"], row, b) * q.astype("float32") + _half(p["m"], row, b)
+    b = k // 32
+    return _half(p["d"], row, b) * _code(p["qs"], row, k, 4).astype("float32") + _half(p["m"], row, b)
 
 
 def _q5_code(p, row, k):
-    b, j = k // 32, k % 32
-    low = _bits(_byte(p["qs"], row, b * 16 + j % 16), j // 16 * 4, 0xF)
-    high = _bits(p["qh"][row, b], j, 1)
-    return b, tirx.bitwise_or(low, tirx.shift_left(high, _u32(4)))
+    high = _code(p["qh"], row, k, 1)  # the file's qh word already holds bit j of weight j
+    return k // 32, tirx.bitwise_or(_code(p["qs"], row, k, 4), tirx.shift_left(high, _u32(4)))
 
 
 def _q5_0(p, row, k, f):
@@ -152,62 +202,52 @@ def _q5_1(p, row, k, f):
 
 
 def _q8_0(p, row, k, f):
-    b, j = k // 32, k % 32
-    return _signed_byte(_byte(p["qs"], row, b * 32 + j)) * _half(p["d"], row, b)
+    return _signed_byte(_code(p["qs"], row, k, 8)) * _half(p["d"], row, k // 32)
 
 
 def _k_scale_min(p, row, b, s):
     """Q4_K/Q5_K: the 6-bit scale and min of sub-block ``s`` (0..7) of block ``b``, as float32."""
 
-    def byte(i):
-        return _byte(p["scales"], row, b * 12 + i)
-
-    low = s < 4
-    i = s % 4  # byte i (s < 4) or byte i of the high half (s >= 4)
-    sc = tirx.Select(
-        low,
-        tirx.bitwise_and(byte(i), _u32(0x3F)),
-        tirx.bitwise_or(
-            tirx.bitwise_and(byte(8 + i), _u32(0xF)), tirx.bitwise_and(_bits(byte(i), 2, 0xFF), _u32(0x30))
-        ),
+    i = s % 4  # sub-block s < 4: byte i of words a (scale) and b (min); s >= 4: byte i of c, high bits of a/b
+    byte_a, byte_b, byte_c = (_byte(p[f"scales_{w}"], row, b * 4 + i) for w in "abc")
+    # without a branch (dlight's GPU rules reject a Select on the loop variable): h = s // 4 picks
+    # low 6 bits (h = 0) or top 2 bits << 4 | a nibble of c (h = 1)
+    h = (s // 4).astype("uint32")
+    six, four = h * _u32(6), h * _u32(4)
+    top = tirx.shift_right(_u32(63), four)  # 63, or 3 for the two high bits
+    sc = tirx.bitwise_or(
+        tirx.shift_left(tirx.bitwise_and(tirx.shift_right(byte_a, six), top), four),
+        tirx.bitwise_and(byte_c, h * _u32(15)),
     )
-    mn = tirx.Select(
-        low,
-        tirx.bitwise_and(byte(4 + i), _u32(0x3F)),
-        tirx.bitwise_or(_bits(byte(8 + i), 4, 0xF), tirx.bitwise_and(_bits(byte(4 + i), 2, 0xFF), _u32(0x30))),
+    mn = tirx.bitwise_or(
+        tirx.shift_left(tirx.bitwise_and(tirx.shift_right(byte_b, six), top), four),
+        tirx.bitwise_and(tirx.shift_right(byte_c, _u32(4)), h * _u32(15)),
     )
     return sc.astype("float32"), mn.astype("float32")
 
 
-def _q4_k(p, row, k, f):
-    b, j = k // 256, k % 256
-    s, lane = j // 32, j % 32
-    q = _bits(_byte(p["qs"], row, b * 128 + s // 2 * 32 + lane), s % 2 * 4, 0xF)
+def _k_quant(p, row, k, q):
+    b, s = k // 256, k % 256 // 32
     sc, mn = _k_scale_min(p, row, b, s)
     d = _half(p["d"], row, b) * sc
     dm = _half(p["dmin"], row, b) * mn
     return d * q.astype("float32") - dm
+
+
+def _q4_k(p, row, k, f):
+    return _k_quant(p, row, k, _code(p["qs"], row, k, 4))
 
 
 def _q5_k(p, row, k, f):
-    b, j = k // 256, k % 256
-    s, lane = j // 32, j % 32
-    low = _bits(_byte(p["qs"], row, b * 128 + s // 2 * 32 + lane), s % 2 * 4, 0xF)
-    high = _bits(_byte(p["qh"], row, b * 32 + lane), s, 1)
-    q = tirx.bitwise_or(low, tirx.shift_left(high, _u32(4)))
-    sc, mn = _k_scale_min(p, row, b, s)
-    d = _half(p["d"], row, b) * sc
-    dm = _half(p["dmin"], row, b) * mn
-    return d * q.astype("float32") - dm
+    high = _code(p["qh"], row, k, 1)
+    return _k_quant(p, row, k, tirx.bitwise_or(_code(p["qs"], row, k, 4), tirx.shift_left(high, _u32(4))))
 
 
 def _q6_k(p, row, k, f):
-    b, j = k // 256, k % 256
-    half, r = j // 128, j % 128
-    low = _bits(_byte(p["ql"], row, b * 128 + half * 64 + r % 64), r // 64 * 4, 0xF)
-    high = _bits(_byte(p["qh"], row, b * 64 + half * 32 + r % 32), r // 32 * 2, 0x3)
+    b = k // 256
+    low, high = _code(p["ql"], row, k, 4), _code(p["qh"], row, k, 2)
     q = tirx.bitwise_or(low, tirx.shift_left(high, _u32(4))).astype("int32") - 32
-    scale = _signed_byte(_byte(p["scales"], row, b * 16 + j // 16))
+    scale = _signed_byte(_byte(p["scales"], row, k // 16))
     return (_half(p["d"], row, b) * scale) * q.astype("float32")
 
 
@@ -239,17 +279,29 @@ _DECODERS = {
 }
 
 _D, _M = Plane("d", 0, 2, "float16"), Plane("m", 2, 2, "float16")
+# the file's code orders (gguf-py's dequantize_blocks): Q4_x/Q5_x low nibbles hold weights 0..15, high
+# nibbles 16..31; K-quants: 32-byte chunks, nibble (sub-block) by sub-block
+_NIBBLES_32 = CodeOrder(4, 32, lambda j: j % 16, lambda j: j // 16 * 4)
+_NIBBLES_K = CodeOrder(4, 256, lambda j: j // 64 * 32 + j % 32, lambda j: j % 64 // 32 * 4)
+_BITS_K = CodeOrder(1, 256, lambda j: j % 32, lambda j: j // 32)
+_Q6_LOW = CodeOrder(4, 256, lambda j: j // 128 * 64 + j % 64, lambda j: j % 128 // 64 * 4)
+_Q6_HIGH = CodeOrder(2, 256, lambda j: j // 128 * 32 + j % 32, lambda j: j % 128 // 32 * 2)
+# Q4_K/Q5_K's 12 scale bytes as three word planes: a kernel reads each plane at one place per weight
+# (dlight's GPU analysis needs single-point reads of every buffer)
+_K_SCALES = tuple(Plane(f"scales_{w}", 4 + 4 * n, 4, "uint32") for n, w in enumerate("abc"))
 FORMATS: dict[str, GGMLFormat] = {
-    "Q4_0": GGMLFormat("Q4_0", 32, 18, (_D, Plane("qs", 2, 16, "uint32"))),
-    "Q4_1": GGMLFormat("Q4_1", 32, 20, (_D, _M, Plane("qs", 4, 16, "uint32"))),
-    "Q5_0": GGMLFormat("Q5_0", 32, 22, (_D, Plane("qh", 2, 4, "uint32"), Plane("qs", 6, 16, "uint32"))),
-    "Q5_1": GGMLFormat("Q5_1", 32, 24, (_D, _M, Plane("qh", 4, 4, "uint32"), Plane("qs", 8, 16, "uint32"))),
+    "Q4_0": GGMLFormat("Q4_0", 32, 18, (_D, Plane("qs", 2, 16, "uint32", _NIBBLES_32))),
+    "Q4_1": GGMLFormat("Q4_1", 32, 20, (_D, _M, Plane("qs", 4, 16, "uint32", _NIBBLES_32))),
+    "Q5_0": GGMLFormat("Q5_0", 32, 22, (_D, Plane("qh", 2, 4, "uint32"), Plane("qs", 6, 16, "uint32", _NIBBLES_32))),
+    "Q5_1": GGMLFormat(
+        "Q5_1", 32, 24, (_D, _M, Plane("qh", 4, 4, "uint32"), Plane("qs", 8, 16, "uint32", _NIBBLES_32))
+    ),
     "Q8_0": GGMLFormat("Q8_0", 32, 34, (_D, Plane("qs", 2, 32, "uint32"))),
     "Q4_K": GGMLFormat(
         "Q4_K",
         256,
         144,
-        (_D, Plane("dmin", 2, 2, "float16"), Plane("scales", 4, 12, "uint32"), Plane("qs", 16, 128, "uint32")),
+        (_D, Plane("dmin", 2, 2, "float16"), *_K_SCALES, Plane("qs", 16, 128, "uint32", _NIBBLES_K)),
     ),
     "Q5_K": GGMLFormat(
         "Q5_K",
@@ -258,9 +310,9 @@ FORMATS: dict[str, GGMLFormat] = {
         (
             _D,
             Plane("dmin", 2, 2, "float16"),
-            Plane("scales", 4, 12, "uint32"),
-            Plane("qh", 16, 32, "uint32"),
-            Plane("qs", 48, 128, "uint32"),
+            *_K_SCALES,
+            Plane("qh", 16, 32, "uint32", _BITS_K),
+            Plane("qs", 48, 128, "uint32", _NIBBLES_K),
         ),
     ),
     "Q6_K": GGMLFormat(
@@ -268,8 +320,8 @@ FORMATS: dict[str, GGMLFormat] = {
         256,
         210,
         (
-            Plane("ql", 0, 128, "uint32"),
-            Plane("qh", 128, 64, "uint32"),
+            Plane("ql", 0, 128, "uint32", _Q6_LOW),
+            Plane("qh", 128, 64, "uint32", _Q6_HIGH),
             Plane("scales", 192, 16, "uint32"),
             Plane("d", 208, 2, "float16"),
         ),

@@ -141,15 +141,11 @@ def make_embedding(num: int, dim: int, fmt: str, isa: str | None) -> nn.Module:
 
 # ---------------------------------------------------------------------- numpy: stored arrays
 def int_dot_arrays(fmt: str, planes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """A Q4_0 / Q8_0 part's planes -> (codes, fp16 scales) in the CPU integer layout (same values)."""
+    """A Q4_0 / Q8_0 part's planes -> (codes, fp16 scales) in the CPU integer layout (same values).
+
+    The planes already hold the codes in weight order, 32 // bits per word: llmc's group layout. Q4_0
+    codes are offset-8 nibbles as llmc's; Q8_0's int8 become offset-128 codes by flipping each top bit.
+    """
     gq = INT_DOT_FORMATS[fmt]
-    rows = planes["qs"].shape[0]
-    qs = planes["qs"].view(np.uint8).reshape(rows, -1, 16 if fmt == "Q4_0" else 32)
-    if fmt == "Q4_0":  # weight j < 16: low nibble of byte j; j >= 16: high nibble of byte j - 16
-        codes = np.concatenate([qs & 15, qs >> 4], axis=-1)
-    else:  # int8 -> offset-128 codes
-        codes = (qs.view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-    codes = codes.reshape(rows, -1, gq.per_word).astype(np.uint32)
-    shifts = (np.arange(gq.per_word, dtype=np.uint32) * gq.bits)[None, None, :]
-    packed = np.bitwise_or.reduce(codes << shifts, axis=-1).astype(np.uint32)
+    packed = planes["qs"] if fmt == "Q4_0" else planes["qs"] ^ np.uint32(0x80808080)
     return int_dot.repack(gq, packed, planes["d"])
