@@ -78,6 +78,37 @@ def test_kernel_equals_numpy(isa, bits, scale_dtype, out_features, in_features, 
     assert np.abs(out.numpy() - exact).max() > 0 or not x.any(), "activations should be rounded to int8"
 
 
+@pytest.mark.parametrize("isa", RUNNABLE)
+@pytest.mark.parametrize(("out_features", "in_features", "rows"), [(50, 96, 1), (37, 80, 7), (33, 40, 9)])
+def test_kernel_with_minimum_equals_numpy(isa, out_features, in_features, rows):
+    """GGML Q4_1's ``w = d * code + m`` (``with_min``): codes 0..15 and a float16 minimum per row and group."""
+    groups = -(-in_features // 32)
+    gq = GroupQuant(4, 32, "float16")
+    rng = np.random.default_rng(rows)
+    codes = rng.integers(0, 16, (out_features, groups * 32)).astype(np.uint32)
+    d = (rng.random((out_features, groups)) * 0.1).astype(np.float16)
+    m = (-rng.random((out_features, groups)) * 0.8).astype(np.float16)
+    packed = np.zeros((out_features, groups * 4), np.uint32)
+    for j in range(8):  # llmc's group layout: 8 codes per word, weight order
+        packed |= codes[:, j::8] << np.uint32(4 * j)
+    w_codes, w_scales = int_dot.repack(gq, packed, d)
+    x = rng.standard_normal((rows, in_features)).astype(np.float32)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": ISA_CPUS[isa], "num-cores": 2})
+    func = int_matmul(out_features, in_features, 4, isa, "float16", with_min=True).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    out = tvm.runtime.tensor(np.zeros((rows, out_features), np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, w_codes, w_scales, int_dot.repack_scales(m))), out)
+    weight = d.astype(np.float32).repeat(32, 1) * codes + m.astype(np.float32).repeat(32, 1)
+    padded = np.zeros((rows, groups * 32), np.float32)
+    padded[:, :in_features] = x
+    grouped = padded.reshape(rows, groups, 32)
+    amax = np.abs(grouped).max(-1)
+    inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    x_rounded = (np.rint(grouped * inverse[..., None]) * (amax / np.float32(127))[..., None]).reshape(rows, -1)
+    expected = x_rounded.astype(np.float64) @ weight.T.astype(np.float64)
+    assert np.abs(out.numpy() - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
 def test_target_isa():
     assert int_dot.target_isa(get_target("llvm:generic").tvm_target()) == "avx2"
     assert int_dot.target_isa(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"})) is None

@@ -18,13 +18,22 @@ from llmc.quant import int_dot
 from llmc.quant.ggml_formats import FORMATS, GGMLFormat
 from llmc.quant.group import PER_WORD_ATTR, GroupQuant, QuantizedEmbedding, QuantizedLinear, int_dot_matmul
 
-# formats with the math of a symmetric group-32 scheme: value = (code - offset) * d, d in float16
-INT_DOT_FORMATS = {"Q4_0": GroupQuant(4, 32, "float16"), "Q8_0": GroupQuant(8, 32, "float16")}
+# formats with the math of a group-32 scheme: value = (code - offset) * d, d in float16; Q4_1 (value =
+# d * code + m) adds a float16 minimum per group, taken by the kernel's ``with_min`` form (linear layers only)
+INT_DOT_FORMATS = {
+    "Q4_0": GroupQuant(4, 32, "float16"),
+    "Q8_0": GroupQuant(8, 32, "float16"),
+    "Q4_1": GroupQuant(4, 32, "float16"),
+}
+WITH_MIN = {"Q4_1"}
 
 
-def int_dot_group(fmt: str, isa: str | None) -> GroupQuant | None:
-    """The group scheme a part in ``fmt`` runs as on the CPU integer path (None: the decode path)."""
-    return INT_DOT_FORMATS.get(fmt) if isa is not None else None
+def int_dot_group(fmt: str, isa: str | None, embedding: bool = False) -> GroupQuant | None:
+    """The group scheme a part in ``fmt`` runs as on the CPU integer path (None: the decode path).
+    Embeddings (gathered rows, tied LM head) take it for the offset formats only."""
+    if isa is None or (embedding and fmt in WITH_MIN):
+        return None
+    return INT_DOT_FORMATS.get(fmt)
 
 
 def _planes(fmt: GGMLFormat, rows: int, cols: int) -> dict[str, nn.Parameter]:
@@ -71,14 +80,18 @@ class GGMLPart(nn.Module):
 
 
 class IntDotPart(QuantizedLinear):
-    """A Q4_0 / Q8_0 part on the CPU integer path (``q_weight``, ``q_scale`` in the repacked layout)."""
+    """A Q4_0 / Q4_1 / Q8_0 part on the CPU integer path (``q_weight``, ``q_scale``, Q4_1's ``q_min``, in
+    the repacked layout)."""
 
     def __init__(self, fmt: str, rows: int, cols: int, isa: str):
         self.fmt_name = fmt
         super().__init__(cols, rows, INT_DOT_FORMATS[fmt], False, isa)
+        self.q_min = nn.Parameter(tuple(self.q_scale.shape), "float16") if fmt in WITH_MIN else None
 
     def matmul(self, x: Tensor) -> Tensor:
-        return int_dot_matmul(self.gq, self.isa, x, self.q_weight, self.q_scale, self.out_features, self.in_features)
+        return int_dot_matmul(
+            self.gq, self.isa, x, self.q_weight, self.q_scale, self.out_features, self.in_features, self.q_min
+        )
 
 
 def make_part(fmt: str, rows: int, cols: int, isa: str | None) -> nn.Module:
@@ -135,17 +148,22 @@ class GGMLEmbedding(nn.Module):
 
 
 def make_embedding(num: int, dim: int, fmt: str, isa: str | None) -> nn.Module:
-    gq = int_dot_group(fmt, isa)
+    gq = int_dot_group(fmt, isa, embedding=True)
     return QuantizedEmbedding(num, dim, gq, isa) if gq is not None else GGMLEmbedding(num, dim, FORMATS[fmt])
 
 
 # ---------------------------------------------------------------------- numpy: stored arrays
-def int_dot_arrays(fmt: str, planes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """A Q4_0 / Q8_0 part's planes -> (codes, fp16 scales) in the CPU integer layout (same values).
+def int_dot_arrays(fmt: str, planes: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """A Q4_0 / Q4_1 / Q8_0 part's planes -> [codes, fp16 scales (, Q4_1's fp16 minimums)] in the CPU
+    integer layout (same values).
 
     The planes already hold the codes in weight order, 32 // bits per word: llmc's group layout. Q4_0
-    codes are offset-8 nibbles as llmc's; Q8_0's int8 become offset-128 codes by flipping each top bit.
+    codes are offset-8 nibbles as llmc's, Q4_1's plain nibbles; Q8_0's int8 become offset-128 codes by
+    flipping each top bit.
     """
     gq = INT_DOT_FORMATS[fmt]
-    packed = planes["qs"] if fmt == "Q4_0" else planes["qs"] ^ np.uint32(0x80808080)
-    return int_dot.repack(gq, packed, planes["d"])
+    packed = planes["qs"] ^ np.uint32(0x80808080) if fmt == "Q8_0" else planes["qs"]
+    codes, scales = int_dot.repack(gq, packed, planes["d"])
+    if fmt not in WITH_MIN:
+        return [codes, scales]
+    return [codes, scales, int_dot.repack_scales(planes["m"])]

@@ -157,18 +157,26 @@ def dequantize_matmul(
 
 
 def int_dot_matmul(
-    gq: GroupQuant, isa: str, x: Tensor, codes: Tensor, scales: Tensor, out_features: int, in_features: int
+    gq: GroupQuant,
+    isa: str,
+    x: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    out_features: int,
+    in_features: int,
+    mins: Tensor | None = None,
 ) -> Tensor:
     """``x @ W.T`` on the CPU integer path (``llmc.quant.int_dot``): one kernel quantizes the rows of x
-    to int8 and takes integer dot products with the repacked weights. Float32 in and out."""
+    to int8 and takes integer dot products with the repacked weights. Float32 in and out. ``mins``:
+    a float minimum per row and group (GGML Q4_1), in the scales' layout, instead of the code offset."""
     *lead, _ = x.shape
     rows = 1
     for dim in lead:
         rows = rows * dim
     out = op.tensor_ir_op(
-        int_matmul(out_features, in_features, gq.bits, isa, gq.scale_dtype),
+        int_matmul(out_features, in_features, gq.bits, isa, gq.scale_dtype, with_min=mins is not None),
         "int_dot_matmul",
-        args=[op.reshape(x, (rows, in_features)), codes, scales],
+        args=[op.reshape(x, (rows, in_features)), codes, scales, *([] if mins is None else [mins])],
         out=Tensor.placeholder((rows, out_features), "float32"),
     )
     return op.reshape(out, (*lead, out_features))

@@ -95,6 +95,15 @@ def repack(gq: GroupQuant, packed: np.ndarray, scale: np.ndarray) -> tuple[np.nd
     return codes_out, scales_out
 
 
+def repack_scales(scale: np.ndarray) -> np.ndarray:
+    """Per-row, per-group values ``[out_features, groups]`` -> the kernels' ``[tiles, groups, 16]`` layout."""
+    out_features, groups = scale.shape
+    tiles = tile_count(out_features)
+    padded = np.zeros((tiles * TILE_ROWS, groups), dtype=scale.dtype)
+    padded[:out_features] = scale
+    return np.ascontiguousarray(padded.reshape(tiles, TILE_ROWS, groups).transpose(0, 2, 1))
+
+
 def unrepack(gq: GroupQuant, codes: np.ndarray, scales: np.ndarray, out_features: int) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of ``repack``: codes ``[out, groups*32]`` (uint8) and scales ``[out, groups]``."""
     tiles, groups, steps, _ = codes.shape

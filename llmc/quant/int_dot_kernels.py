@@ -76,14 +76,22 @@ def _quantize_row(in_features: int, offset: int):
     return quantize_row
 
 
-def int_matmul(out_features: int, in_features: int, bits: int, isa: str, scale_dtype: str = "float32") -> tirx.PrimFunc:
-    """``out[M, out_features]`` from quantized activations and repacked weights (see module docstring)."""
+def int_matmul(
+    out_features: int, in_features: int, bits: int, isa: str, scale_dtype: str = "float32", with_min: bool = False
+) -> tirx.PrimFunc:
+    """``out[M, out_features]`` from quantized activations and repacked weights (see module docstring).
+
+    ``with_min``: 4-bit codes with a float minimum per row and group instead of the offset (GGML Q4_1,
+    ``w = d * code + m``): a fourth input ``wm`` (same layout as the scales) and
+    ``out += scale_x * (d * sum(code * x_q) + m * sum(x_q))`` per group."""
     groups, tiles, steps = -(-in_features // GROUP), tile_count(out_features), steps_per_group(bits)
     words = groups * GROUP // 4  # int32 words of x codes per row
     full_tiles = out_features // TILE_ROWS
     halves, lanes = (1, 16) if isa == "avx512vnni" else (2, 8)
     vbytes = lanes * 4
     signed = bits == 8 and isa == "avx2"  # AVX2 multiplies re-centred 8-bit codes (no correction)
+    if with_min and bits != 4:
+        raise ValueError("int_matmul: with_min is for 4-bit codes (GGML Q4_1)")
     low = T.broadcast(T.uint8(15), vbytes)
     shift = T.broadcast(T.uint8(4), vbytes)
 
@@ -97,7 +105,7 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str, scale_d
         return T.ramp(i * TILE_ROWS, 1, TILE_ROWS)
 
     @T.macro
-    def row_block(xs, xc, x_words, w, ws, out, t, m0, rows):
+    def row_block(xs, xc, x_words, w, ws, wm, out, t, m0, rows):
         """Output tile ``t`` for activation rows ``m0 .. m0+rows``: each unpacked weight vector feeds them all."""
         acc = T.decl_buffer((rows * TILE_ROWS,), "float32")
         isum = T.decl_buffer((rows * TILE_ROWS,), "int32")
@@ -105,7 +113,7 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str, scale_d
             acc[row(i)] = T.broadcast(T.float32(0), TILE_ROWS)
         for g in range(groups):
             for i in T.unroll(rows):
-                if signed:
+                if signed or with_min:
                     isum[row(i)] = T.broadcast(0, TILE_ROWS)
                 else:
                     isum[row(i)] = T.broadcast(xc[m0 + i, g], TILE_ROWS)
@@ -135,6 +143,10 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str, scale_d
                     T.Cast(f"float32x{TILE_ROWS}", ws[t, g, T.ramp(0, 1, TILE_ROWS)])
                     * T.broadcast(xs[m0 + i, g], TILE_ROWS)
                 )
+                if with_min:  # + m * scale_x * sum(x codes); xc holds the plain code sum here
+                    acc[row(i)] = acc[row(i)] + T.Cast(f"float32x{TILE_ROWS}", wm[t, g, T.ramp(0, 1, TILE_ROWS)]) * (
+                        T.broadcast(xs[m0 + i, g] * T.Cast("float32", xc[m0 + i, g]), TILE_ROWS)
+                    )
         for i in T.unroll(rows):
             if t < full_tiles:
                 out[m0 + i, T.ramp(t * TILE_ROWS, 1, TILE_ROWS)] = acc[row(i)]
@@ -143,7 +155,41 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str, scale_d
                     if t * TILE_ROWS + r < out_features:
                         out[m0 + i, t * TILE_ROWS + r] = acc[i * TILE_ROWS + r]
 
-    quantize_row = _quantize_row(in_features, 1 << (bits - 1))
+    quantize_row = _quantize_row(in_features, -1 if with_min else 1 << (bits - 1))  # -1: c = sum of codes
+
+    @T.macro
+    def body(x, w, ws, wm, out, m_rows):
+        xq = T.alloc_buffer((m_rows, groups * GROUP), "int8")
+        xs = T.alloc_buffer((m_rows, groups), "float32")
+        xc = T.alloc_buffer((m_rows, groups), "int32")
+        if m_rows >= PARALLEL_ROWS:
+            for m in T.parallel(m_rows):
+                quantize_row(x, xq, xs, xc, m)
+        else:
+            for m in range(m_rows):
+                quantize_row(x, xq, xs, xc, m)
+        x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
+        for t in T.parallel(tiles):
+            for block in range(m_rows // ROW_BLOCK):
+                row_block(xs, xc, x_words, w, ws, wm, out, t, block * ROW_BLOCK, ROW_BLOCK)
+            for m in range(m_rows - m_rows % ROW_BLOCK, m_rows):
+                row_block(xs, xc, x_words, w, ws, wm, out, t, m, 1)
+
+    if with_min:
+
+        @T.prim_func(private=True, s_tir=True)
+        def func_min(x_h: T.handle, w_h: T.handle, ws_h: T.handle, wm_h: T.handle, out_h: T.handle):
+            T.func_attr(SCHEDULED)
+            m_rows = T.int64()
+            x = T.match_buffer(x_h, (m_rows, in_features), "float32")
+            w = T.match_buffer(w_h, (tiles, groups, steps, VECTOR_BYTES), "uint8")
+            ws = T.match_buffer(ws_h, (tiles, groups, TILE_ROWS), scale_dtype)
+            wm = T.match_buffer(wm_h, (tiles, groups, TILE_ROWS), scale_dtype)
+            out = T.match_buffer(out_h, (m_rows, out_features), "float32")
+            with T.sblock("root"):
+                body(x, w, ws, wm, out, m_rows)
+
+        return func_min
 
     @T.prim_func(private=True, s_tir=True)
     def func(x_h: T.handle, w_h: T.handle, ws_h: T.handle, out_h: T.handle):
@@ -154,20 +200,6 @@ def int_matmul(out_features: int, in_features: int, bits: int, isa: str, scale_d
         ws = T.match_buffer(ws_h, (tiles, groups, TILE_ROWS), scale_dtype)
         out = T.match_buffer(out_h, (m_rows, out_features), "float32")
         with T.sblock("root"):
-            xq = T.alloc_buffer((m_rows, groups * GROUP), "int8")
-            xs = T.alloc_buffer((m_rows, groups), "float32")
-            xc = T.alloc_buffer((m_rows, groups), "int32")
-            if m_rows >= PARALLEL_ROWS:
-                for m in T.parallel(m_rows):
-                    quantize_row(x, xq, xs, xc, m)
-            else:
-                for m in range(m_rows):
-                    quantize_row(x, xq, xs, xc, m)
-            x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
-            for t in T.parallel(tiles):
-                for block in range(m_rows // ROW_BLOCK):
-                    row_block(xs, xc, x_words, w, ws, out, t, block * ROW_BLOCK, ROW_BLOCK)
-                for m in range(m_rows - m_rows % ROW_BLOCK, m_rows):
-                    row_block(xs, xc, x_words, w, ws, out, t, m, 1)
+            body(x, w, ws, ws, out, m_rows)  # no minimum: wm is never read
 
     return func

@@ -27,7 +27,7 @@ from llmc.quant.ggml_layers import (
     make_embedding,
 )
 
-_PORTABLE_LEAF = {"q_weight": "qs", "q_scale": "d"}
+_PORTABLE_LEAF = {"q_weight": "qs", "q_scale": "d", "q_min": "m"}
 Runs = tuple[tuple[str, int], ...]  # (GGML type, rows) per run of rows
 
 
@@ -177,13 +177,12 @@ class KeepScheme(QuantScheme):
 
     @staticmethod
     def part_arrays(part: str, fmt: str, planes: dict[str, np.ndarray], int_layout: bool) -> list:
-        if int_layout and int_dot_group(fmt, "any") is not None:
-            codes, scales = int_dot_arrays(fmt, planes)
-            return [(f"{part}.q_weight", codes), (f"{part}.q_scale", scales)]
+        if int_layout and int_dot_group(fmt, "any", embedding=re.search(r"\.parts\.\d+$", part) is None):
+            return list(zip((f"{part}.q_weight", f"{part}.q_scale", f"{part}.q_min"), int_dot_arrays(fmt, planes)))
         return [(f"{part}.{plane.name}", planes[plane.name]) for plane in FORMATS[fmt].planes]
 
     def portable_name(self, name: str) -> str:
-        """A Q4_0/Q8_0 part's CPU arrays come from its ``qs`` / ``d`` planes."""
+        """A Q4_0/Q4_1/Q8_0 part's CPU arrays come from its ``qs`` / ``d`` (/ ``m``) planes."""
         prefix, _, leaf = name.rpartition(".")
         return f"{prefix}.{_PORTABLE_LEAF[leaf]}" if leaf in _PORTABLE_LEAF else name
 
