@@ -19,6 +19,7 @@ never enables them), and a prefill row sees the last ``window - row - 1`` cached
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
@@ -48,7 +49,14 @@ def _lanes(d: int) -> int:
     return next(w for w in (16, 8, 4, 2, 1) if d % w == 0)
 
 
-def _row_attention(d: int, dtype: str, paged: bool, group: int):
+def _capped(score, softcap: float):
+    """A score in log2 units; with ``softcap`` (Gemma 2) the scaled score is ``cap * tanh(s / cap)`` first."""
+    if not softcap:
+        return score
+    return T.tanh(score * T.float32(1.0 / softcap)) * T.float32(softcap * LOG2E)
+
+
+def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float = 0.0):
     """A TVMScript macro: online-softmax attention of query ``q[token, h]`` over keys ``[start, end)``.
 
     Keys are ``keys[key_base + j, h // group]`` (ragged q/k/v) or, ``paged``, slot ``j`` of the
@@ -59,6 +67,7 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
     """
     lanes = _lanes(d)
     steps = d // lanes
+    q_unit = 1.0 if softcap else LOG2E  # soft-capping needs the plain score, log2 units come after it
 
     def kv_vec(buf, key_base, page, c, j, h, e, which):
         """Lanes ``e`` of key/value (``which`` 0/1) ``c * CHUNK + j`` for query head ``h``, as float32."""
@@ -99,7 +108,7 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
             acc[T.ramp(e * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
             qf[T.ramp(e * lanes, 1, lanes)] = T.Cast(
                 f"float32x{lanes}", q[token, h, T.ramp(e * lanes, 1, lanes)]
-            ) * T.broadcast(sm_scale * T.float32(LOG2E), lanes)
+            ) * T.broadcast(sm_scale * T.float32(q_unit), lanes)
         state[0] = T.float32(NEG_INIT)
         state[1] = T.float32(1)
         for c in range(start // CHUNK, (end + CHUNK - 1) // CHUNK):
@@ -113,7 +122,7 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
                             keys, key_base, page[0], c, j, h, e, 0
                         )
                     fold(part)
-                    scores[j] = part[0] + part[1]
+                    scores[j] = _capped(part[0] + part[1], softcap)
                     state[2] = T.max(state[2], scores[j])
             state[3] = T.exp2(state[0] - state[2])
             state[1] = state[1] * state[3]
@@ -186,9 +195,9 @@ def _prefill_end(causal, row, page_indptr, length_info, b, page_size, window, q_
     return _visible(causal, row, kv_len, q_indptr[b + 1] - q_indptr[b])
 
 
-def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
+def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0):
     """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs)."""
-    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv)
+    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -240,9 +249,11 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
     return batch_prefill_ragged_kv
 
 
-def prefill_paged(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024):
+def prefill_paged(
+    h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024, softcap: float = 0.0
+):
     """Attention of new tokens over the sequences' cached pages (``sliding_window``: a window layer's)."""
-    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv)
+    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv, softcap=softcap)
     window = sliding_window_size if sliding_window else 0
 
     @T.prim_func(s_tir=True)
@@ -306,10 +317,12 @@ def prefill_paged(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=1
     return _named(batch_prefill_paged_kv_cpu, sliding_window)
 
 
-def decode_paged(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window, rope_scaling, page_size=16):
+def decode_paged(
+    num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window, rope_scaling, page_size=16, softcap: float = 0.0
+):
     """One new token per sequence over its cached pages (the current token's K/V already appended)."""
     h_q, d = num_qo_heads, head_dim
-    attend = _row_attention(d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads)
+    attend = _row_attention(d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads, softcap=softcap)
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -433,7 +446,7 @@ def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling,
 
 
 @contextlib.contextmanager
-def llmc_cpu_attention() -> Iterator[None]:
+def llmc_cpu_attention(softcap: float = 0.0) -> Iterator[None]:
     """While the cache is built, its CPU kernel makers return llmc's kernels (sliding-window ones included)."""
     from tvm.relax.frontend.nn.llm import kv_cache
 
@@ -447,9 +460,10 @@ def llmc_cpu_attention() -> Iterator[None]:
         )
     }
 
-    kv_cache._attention_prefill_ragged_cpu = prefill_ragged
-    kv_cache._attention_prefill_cpu = prefill_paged
-    kv_cache._attention_decode_cpu = decode_paged
+    # attention soft-capping (Gemma 2) is a constant of the kernels: TVM's makers have no such argument
+    kv_cache._attention_prefill_ragged_cpu = functools.partial(prefill_ragged, softcap=softcap)
+    kv_cache._attention_prefill_cpu = functools.partial(prefill_paged, softcap=softcap)
+    kv_cache._attention_decode_cpu = functools.partial(decode_paged, softcap=softcap)
 
     def rope_unless_other(*args, **kwargs):
         rope_scaling = args[6] if len(args) > 6 else kwargs.get("rope_scaling", {})
