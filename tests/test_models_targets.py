@@ -70,3 +70,14 @@ def test_gemma3_codegen_for_webgpu(family_checkpoints):
     sources = device_sources(executable.mod)
     assert len(sources) == 1 and "@compute" in sources[0]
     assert "sliding_window" in sources[0]  # the sliding layers' attention kernels
+
+
+def test_gemma2_soft_capping_is_refused_off_cpu(family_checkpoints, tmp_path):
+    """Attention soft-capping lives in llmc's CPU kernels: a GPU target is a clear error, nothing written."""
+    from llmc.compile import CompileOptions, compile_model
+    from llmc.errors import ConfigError
+
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="soft-capping"):
+        compile_model(str(family_checkpoints["gemma2"]), CompileOptions(target="android", output=out, quiet=True))
+    assert not out.exists()
