@@ -69,7 +69,10 @@ def qwen_coder_gguf() -> Path:
 # per model: the GGUF, prompts free-running greedy must follow for 12 steps, prompts checked teacher-forced
 # only (a near-tie within 12 steps: Gemma "The capital ..." top-2 gap 0.005 at step 4), the least cosine
 # of the logits and the top-2 margin above which the argmax must agree (llama.cpp's 8-bit activations
-# move Gemma's logits by up to ~1 and Qwen2.5's, with its activation outliers, by more)
+# move Gemma's logits by up to ~1 and Qwen2.5's, with its activation outliers, by more: at a prompt's
+# first position, where those outliers live, llama.cpp's logits reach only cosine ~0.95 with llmc's and
+# its argmax can differ with a margin of 2.5 ("import": 15 vs 16), while llmc's equal transformers' on the
+# same file to 1e-4 of the logit range: the teacher-forced check starts at the second position)
 MODELS = {
     "gemma3": (
         gemma3_gguf,
@@ -87,7 +90,7 @@ MODELS = {
         qwen_coder_gguf,
         ["# Python: reverse a list\n", "The capital of France is", "def quicksort(arr):\n", "import os\nimport sys\n"],
         ["def fibonacci(n):", "SELECT name FROM users WHERE"],
-        0.9,  # first positions ~0.95 (llmc equals transformers there to 1e-4: the difference is llama.cpp's)
+        0.9,
         2.5,
     ),
 }
@@ -159,7 +162,7 @@ def test_teacher_forced_logits_agree_with_llama_cpp(real):
         engine.add_sequence(0)
         ours = engine.forward_all(0, ids + continuation)
         engine.remove_sequence(0)
-        for position, (a, b) in enumerate(zip(ours, reference)):
+        for position, (a, b) in list(enumerate(zip(ours, reference)))[1:]:
             cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
             worst = min(worst, cosine)
             assert cosine > min_cosine, (name, prompt, position, cosine)
