@@ -14,6 +14,8 @@ not computed. Only ``rotary_mode == 0`` (RoPE applied when K is stored, llmc's `
 or by the model with ``RopeMode.NONE``) is covered. Per-layer sliding windows (``mha_sliding`` layers)
 are: their pages start ``length_info[1, b]`` slots into the first page (no attention sinks: llmc
 never enables them), and a prefill row sees the last ``window - row - 1`` cached keys (TVM's mask).
+Gemma 2's attention soft-capping (``cap * tanh(score / cap)`` before the softmax) is a constant of the
+kernels, given to ``llmc_cpu_attention(softcap)``: TVM's kernels have no such option.
 """
 
 from __future__ import annotations
