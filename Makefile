@@ -159,7 +159,7 @@ install-models-real: install-test
 test-models-real: install-models-real
 	LLMC_TEST_REAL_MODELS=1 $(PY) -m pytest -q tests/test_models_gguf.py
 
-# every new model family built for cuda:sm_90a and android (build-only, ~5 minutes)
+# every new model family built for cuda:sm_90a (build-only, ~2 minutes; the default run builds gemma3 and android)
 test-models-builds: install-test
 	LLMC_TEST_FAMILY_BUILDS=1 $(PY) -m pytest -q tests/test_models_targets.py
 

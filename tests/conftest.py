@@ -70,6 +70,18 @@ FAMILY_MODELS = {
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
         },
     ),
+    # Gemma 2: attention and final-logit soft-capping (small caps so they bite), every other layer sliding
+    "gemma2": dict(
+        arch="Gemma2ForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=24,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=2.0,
+        final_logit_softcapping=3.0,
+        pad_token_id=0,
+    ),
     # Phi-3: fused qkv / gate_up in the checkpoint, longrope (short factors: context below the original
     # 200, as transformers picks for these lengths) with its attention factor, partial rotary 0.5
     "phi3": dict(

@@ -1,10 +1,10 @@
 """Build-only checks: the families whose shape differs most from Llama compile for the GPU and phone targets.
 
-In the default run: ``gemma3`` (sliding-window + global layers, module-applied RoPE with two bases,
-QK-norm, GELU-tanh, offset norms) for android and webgpu (WGSL codegen; linking the .wasm needs emcc
-and is ``make test-web``'s job). Under ``make test-models-builds`` (LLMC_TEST_FAMILY_BUILDS=1, ~5 min):
-gemma3, qwen3, phi3, olmo2, gpt2 and mistral for cuda:sm_90a (through the CLI, which prepares nvcc),
-the rest of them for android. q4f16_1 throughout (the quantized GPU kernels).
+In the default run: every family but gemma2 (whose soft-capping is CPU-only) for android; ``gemma3``
+(sliding-window + global layers, module-applied RoPE with two bases, QK-norm, GELU-tanh, offset norms)
+for cuda:sm_90a (through the CLI, which prepares nvcc) and webgpu (WGSL codegen; linking the .wasm
+needs emcc and is ``make test-web``'s job). ``make test-models-builds`` (LLMC_TEST_FAMILY_BUILDS=1,
+~2 min) adds cuda:sm_90a for qwen3, phi3, olmo2, gpt2 and mistral. q4f16_1 throughout.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import pytest
 
 LLMC = str(Path(sys.executable).parent / "llmc")
 ALL_BUILDS = os.environ.get("LLMC_TEST_FAMILY_BUILDS") == "1"
-slow_builds = pytest.mark.skipif(not ALL_BUILDS, reason="every family on every target: `make test-models-builds`")
+slow_builds = pytest.mark.skipif(not ALL_BUILDS, reason="every family for cuda:sm_90a: `make test-models-builds`")
 FAMILIES = ["gemma3", "qwen3", "phi3", "olmo2", "gpt2", "mistral"]
 
 
-@slow_builds
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "gemma3" else [slow_builds]) for n in FAMILIES])
 def test_builds_for_cuda_sm90a(name, family_checkpoints, tmp_path):
     from llmc.compiler.cuda import library_has_device_code
 
@@ -40,7 +39,7 @@ def test_builds_for_cuda_sm90a(name, family_checkpoints, tmp_path):
     assert library_has_device_code(out / config["library"])
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "gemma3" else [slow_builds]) for n in FAMILIES])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_builds_for_android(name, compiled):
     folder = compiled(name, "q4f16_1", "android")
     config = json.loads((folder / "llmc-config.json").read_text())
@@ -70,3 +69,14 @@ def test_gemma3_codegen_for_webgpu(family_checkpoints):
     sources = device_sources(executable.mod)
     assert len(sources) == 1 and "@compute" in sources[0]
     assert "sliding_window" in sources[0]  # the sliding layers' attention kernels
+
+
+def test_gemma2_soft_capping_is_refused_off_cpu(family_checkpoints, tmp_path):
+    """Attention soft-capping lives in llmc's CPU kernels: a GPU target is a clear error, nothing written."""
+    from llmc.compile import CompileOptions, compile_model
+    from llmc.errors import ConfigError
+
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="soft-capping"):
+        compile_model(str(family_checkpoints["gemma2"]), CompileOptions(target="android", output=out, quiet=True))
+    assert not out.exists()

@@ -32,14 +32,17 @@ def _llama(name: str, features: str, gguf: GGUFSpec | None = None, weights=llama
     return ModelFamily(name, llama.LlamaConfig, llama.parse_config, llama.LlamaForCausalLM, weights, features, gguf)
 
 
-def _gemma3(name: str) -> ModelFamily:
+def _gemma(name: str) -> ModelFamily:
+    features = {
+        "gemma2": "attention + final logit soft-capping (CPU targets), sliding/global layers, (1+w) RMSNorm, GELU-tanh",
+    }.get(name, "QK-norm, (1+w) RMSNorm, GELU-tanh, sliding/global layers with local rope base")
     return ModelFamily(
         name,
         gemma3.Gemma3Config,
         gemma3.parse_config,
         gemma3.Gemma3ForCausalLM,
         gemma3.weight_sources,
-        "QK-norm, (1+w) RMSNorm, GELU-tanh, sliding/global layers with local rope base",
+        features,
         gemma3.GGUF_GEMMA3 if name == "gemma3_text" else None,
     )
 
@@ -52,7 +55,8 @@ MODELS: dict[str, ModelFamily] = {
     "mistral": _llama("mistral", f"sliding-window attention, {ROPE}"),
     "phi3": _llama("phi3", f"fused qkv/gate_up, partial rotary, {ROPE}", llama.GGUF_PHI3, llama.fused_weight_sources),
     "olmo2": _llama("olmo2", f"norms after attention/MLP, QK-norm over all heads, {ROPE}"),
-    "gemma3_text": _gemma3("gemma3_text"),
+    "gemma2": _gemma("gemma2"),
+    "gemma3_text": _gemma("gemma3_text"),
     "gpt2": ModelFamily(
         "gpt2",
         gpt2.GPT2Config,
@@ -61,7 +65,7 @@ MODELS: dict[str, ModelFamily] = {
         gpt2.weight_sources,
         "LayerNorm, learned absolute positions, Conv1D weights (transposed), tied head",
     ),
-    "gemma3": _gemma3("gemma3"),  # the multimodal config: its text part
+    "gemma3": _gemma("gemma3"),  # the multimodal config: its text part
 }
 
 

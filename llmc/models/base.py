@@ -186,8 +186,17 @@ class CausalLMBase(nn.Module):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
-        cpu = self.target.kind.name == "llvm" and self.cpu_kernels
-        with llmc_cpu_attention() if cpu else contextlib.nullcontext():
+        softcap = float(getattr(self.config, "attn_logit_softcapping", 0.0) or 0.0)
+        if softcap and self.target.kind.name != "llvm":
+            from llmc.errors import ConfigError
+
+            raise ConfigError(
+                f"{self.config.model_type}: attention soft-capping is implemented in llmc's CPU kernels only; "
+                f"target {self.target.kind.name} is not supported for this model yet."
+            )
+        # soft-capping exists only in llmc's kernels: they serve the reference (--cpu-matmul float) build too
+        cpu = self.target.kind.name == "llvm" and (self.cpu_kernels or bool(softcap))
+        with llmc_cpu_attention(softcap) if cpu else contextlib.nullcontext():
             return self._paged_kv_cache(
                 max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
             )

@@ -10,13 +10,18 @@ while the cache is constructed.
 Each (query row, query head) is one parallel work item. Keys are visited in chunks of
 ``CHUNK`` (= the page size for paged kernels: one chunk is one page) with an online softmax: the
 scores of a chunk, one rescale of the output row, then the weighted values. Masked keys are skipped,
-not computed. Only ``rotary_mode == 0`` (RoPE applied when K is stored, llmc's ``RopeMode.NORMAL``)
-and caches without sliding windows are covered; anything else keeps TVM's kernels.
+not computed. Only ``rotary_mode == 0`` (RoPE applied when K is stored, llmc's ``RopeMode.NORMAL``,
+or by the model with ``RopeMode.NONE``) is covered. Per-layer sliding windows (``mha_sliding`` layers)
+are: their pages start ``length_info[1, b]`` slots into the first page (no attention sinks: llmc
+never enables them), and a prefill row sees the last ``window - row - 1`` cached keys (TVM's mask).
+Gemma 2's attention soft-capping (``cap * tanh(score / cap)`` before the softmax) is a constant of the
+kernels, given to ``llmc_cpu_attention(softcap)``: TVM's kernels have no such option.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
@@ -46,16 +51,25 @@ def _lanes(d: int) -> int:
     return next(w for w in (16, 8, 4, 2, 1) if d % w == 0)
 
 
-def _row_attention(d: int, dtype: str, paged: bool, group: int):
-    """A TVMScript macro: online-softmax attention of query ``q[token, h]`` over ``n_keys`` keys.
+def _capped(score, softcap: float):
+    """A score in log2 units; with ``softcap`` (Gemma 2) the scaled score is ``cap * tanh(s / cap)`` first."""
+    if not softcap:
+        return score
+    return T.tanh(score * T.float32(1.0 / softcap)) * T.float32(softcap * LOG2E)
 
-    Keys are ``keys[key_base + j, h // group]`` (ragged q/k/v) or, ``paged``, row ``j`` of the
-    sequence's pages ``keys[page_values[key_base + j // CHUNK], 0|1, h // group, j % CHUNK]``.
+
+def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float = 0.0):
+    """A TVMScript macro: online-softmax attention of query ``q[token, h]`` over keys ``[start, end)``.
+
+    Keys are ``keys[key_base + j, h // group]`` (ragged q/k/v) or, ``paged``, slot ``j`` of the
+    sequence's pages ``keys[page_values[key_base + j // CHUNK], 0|1, h // group, j % CHUNK]``. A row
+    with no key (``start == end``) gets a zero output and a log-sum-exp TVM's merge weighs as nothing.
     Head vectors are handled ``lanes`` floats at a time (explicit vectors: LLVM does not vectorize
     the reductions through TVM's local buffers on its own).
     """
     lanes = _lanes(d)
     steps = d // lanes
+    q_unit = 1.0 if softcap else LOG2E  # soft-capping needs the plain score, log2 units come after it
 
     def kv_vec(buf, key_base, page, c, j, h, e, which):
         """Lanes ``e`` of key/value (``which`` 0/1) ``c * CHUNK + j`` for query head ``h``, as float32."""
@@ -84,7 +98,7 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
             part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
 
     @T.macro
-    def attend(q, token, h, n_keys, keys, values, key_base, page_values, output, lse, sm_scale):
+    def attend(q, token, h, start, end, keys, values, key_base, page_values, output, lse, sm_scale):
         acc = T.decl_buffer((d,), "float32")
         qf = T.decl_buffer((d,), "float32")
         part = T.decl_buffer((lanes,), "float32")
@@ -96,21 +110,21 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
             acc[T.ramp(e * lanes, 1, lanes)] = T.broadcast(T.float32(0), lanes)
             qf[T.ramp(e * lanes, 1, lanes)] = T.Cast(
                 f"float32x{lanes}", q[token, h, T.ramp(e * lanes, 1, lanes)]
-            ) * T.broadcast(sm_scale * T.float32(LOG2E), lanes)
+            ) * T.broadcast(sm_scale * T.float32(q_unit), lanes)
         state[0] = T.float32(NEG_INIT)
         state[1] = T.float32(1)
-        for c in range((n_keys + CHUNK - 1) // CHUNK):
+        for c in range(start // CHUNK, (end + CHUNK - 1) // CHUNK):
             page[0] = page_values[key_base + c] if paged else 0
             state[2] = state[0]
             for j in range(CHUNK):
-                if c * CHUNK + j < n_keys:
+                if start <= c * CHUNK + j and c * CHUNK + j < end:
                     part[T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
                     for e in range(steps):
                         part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
                             keys, key_base, page[0], c, j, h, e, 0
                         )
                     fold(part)
-                    scores[j] = part[0] + part[1]
+                    scores[j] = _capped(part[0] + part[1], softcap)
                     state[2] = T.max(state[2], scores[j])
             state[3] = T.exp2(state[0] - state[2])
             state[1] = state[1] * state[3]
@@ -119,13 +133,14 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int):
             state[0] = state[2]
             # the chunk's weights in one vector exp2 (libm's exp2f per key cost more than the dot products)
             scores[T.ramp(0, 1, CHUNK)] = T.Select(
-                T.ramp(c * CHUNK, 1, CHUNK) < T.broadcast(n_keys, CHUNK),
+                (T.ramp(c * CHUNK, 1, CHUNK) < T.broadcast(end, CHUNK))
+                & (T.ramp(c * CHUNK, 1, CHUNK) >= T.broadcast(start, CHUNK)),
                 _exp2(scores[T.ramp(0, 1, CHUNK)] - T.broadcast(state[0], CHUNK), CHUNK),
                 T.broadcast(T.float32(0), CHUNK),
             )
             state[1] = state[1] + hsum(scores, CHUNK)
             for j in range(CHUNK):
-                if c * CHUNK + j < n_keys:
+                if start <= c * CHUNK + j and c * CHUNK + j < end:
                     for e in range(steps):
                         acc[T.ramp(e * lanes, 1, lanes)] = vec(acc, e) + T.broadcast(scores[j], lanes) * kv_vec(
                             values, key_base, page[0], c, j, h, e, 1
@@ -144,15 +159,47 @@ def _visible(causal, row, kv_len, qo_len):
     return T.if_then_else(causal > 0, T.max(T.min(kv_len - qo_len + row + 1, kv_len), 0), kv_len)
 
 
-def _paged_len(page_indptr, length_info, b, page_size):
-    """Tokens cached for sequence ``b``: full pages plus the used part of the last one."""
+def _paged_len(page_indptr, length_info, b, page_size, sliding: bool = False):
+    """Keys cached for sequence ``b``: full pages plus the used part of the last one, less a sliding
+    window's offset into its first page."""
     pages = page_indptr[b + 1] - page_indptr[b]
+    if sliding:
+        return T.if_then_else(pages > 0, (pages - 1) * page_size + length_info[0, b] - length_info[1, b], 0)
     return T.if_then_else(pages > 0, (pages - 1) * page_size + length_info[b], 0)
 
 
-def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
+def _named(func, sliding: bool):
+    """A sliding-window kernel's own symbol (the cache holds both variants), as TVM names them."""
+    name = str(func.attrs["global_symbol"])
+    return func.with_attr("global_symbol", f"{name}_sliding_window") if sliding else func
+
+
+def _decode_start(length_info, b, sliding: bool):
+    """A decode row sees every cached key (the window's pages were chosen by the cache): from the
+    window's offset into its first page."""
+    return length_info[1, b] if sliding else 0
+
+
+def _prefill_start(causal, row, page_indptr, length_info, b, page_size, window):
+    """First page slot a prefill row sees: a sliding window's offset plus the keys before its window
+    (TVM's ``_causal_or_sliding_cross_mask``: the last ``window - row - 1`` cached keys)."""
+    if not window:
+        return 0
+    kv_len = _paged_len(page_indptr, length_info, b, page_size, sliding=True)
+    return length_info[1, b] + T.if_then_else(causal > 0, T.max(kv_len - T.max(window - row - 1, 0), 0), 0)
+
+
+def _prefill_end(causal, row, page_indptr, length_info, b, page_size, window, q_indptr):
+    """One past the last page slot a prefill row sees."""
+    if window:
+        return length_info[1, b] + _paged_len(page_indptr, length_info, b, page_size, sliding=True)
+    kv_len = _paged_len(page_indptr, length_info, b, page_size)
+    return _visible(causal, row, kv_len, q_indptr[b + 1] - q_indptr[b])
+
+
+def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0):
     """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs)."""
-    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv)
+    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -190,6 +237,7 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
                         q,
                         q_indptr[b] + item // h_q,
                         item % h_q,
+                        0,
                         _visible(causal, item // h_q, kv_indptr[b + 1] - kv_indptr[b], q_indptr[b + 1] - q_indptr[b]),
                         k,
                         v,
@@ -203,9 +251,12 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling):
     return batch_prefill_ragged_kv
 
 
-def prefill_paged(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024):
-    """Attention of new tokens over the sequences' cached pages."""
-    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv)
+def prefill_paged(
+    h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024, softcap: float = 0.0
+):
+    """Attention of new tokens over the sequences' cached pages (``sliding_window``: a window layer's)."""
+    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv, softcap=softcap)
+    window = sliding_window_size if sliding_window else 0
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
@@ -240,7 +291,9 @@ def prefill_paged(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=1
         pages = T.match_buffer(var_pages, (max_num_pages, 2, h_kv, page_size, d), dtype)
         page_indptr = T.match_buffer(var_page_indptr, (batch_size + 1,), "int32", elem_offset=pi_off)
         page_values = T.match_buffer(var_page_values, (nnz_pages,), "int32", elem_offset=pv_off)
-        length_info = T.match_buffer(var_length_info, (batch_size,), "int32", elem_offset=li_off)
+        length_info = T.match_buffer(
+            var_length_info, (3, batch_size) if sliding_window else (batch_size,), "int32", elem_offset=li_off
+        )
         T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
         T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=qr_off)
         output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
@@ -252,12 +305,8 @@ def prefill_paged(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=1
                         q,
                         q_indptr[b] + item // h_q,
                         item % h_q,
-                        _visible(
-                            causal,
-                            item // h_q,
-                            _paged_len(page_indptr, length_info, b, page_size),
-                            q_indptr[b + 1] - q_indptr[b],
-                        ),
+                        _prefill_start(causal, item // h_q, page_indptr, length_info, b, page_size, window),
+                        _prefill_end(causal, item // h_q, page_indptr, length_info, b, page_size, window, q_indptr),
                         pages,
                         pages,
                         page_indptr[b],
@@ -267,13 +316,15 @@ def prefill_paged(h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=1
                         sm_scale,
                     )
 
-    return batch_prefill_paged_kv_cpu
+    return _named(batch_prefill_paged_kv_cpu, sliding_window)
 
 
-def decode_paged(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window, rope_scaling, page_size=16):
+def decode_paged(
+    num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window, rope_scaling, page_size=16, softcap: float = 0.0
+):
     """One new token per sequence over its cached pages (the current token's K/V already appended)."""
     h_q, d = num_qo_heads, head_dim
-    attend = _row_attention(d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads)
+    attend = _row_attention(d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads, softcap=softcap)
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -298,7 +349,9 @@ def decode_paged(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window
         pages = T.match_buffer(pages_handle, (max_num_pages, 2, num_kv_heads, page_size, d), qkv_dtype)
         page_indptr = T.match_buffer(page_table_indptr_handle, (batch + 1,), "int32", elem_offset=pi_off)
         page_values = T.match_buffer(page_table_values_handle, (nnz_pages,), "int32", elem_offset=pv_off)
-        length_info = T.match_buffer(var_length_info, (batch,), "int32", elem_offset=li_off)
+        length_info = T.match_buffer(
+            var_length_info, (3, batch) if sliding_window else (batch,), "int32", elem_offset=li_off
+        )
         T.match_buffer(k_rope_pos_offset_handle, (batch,), "int32", elem_offset=kr_off)
         T.match_buffer(q_rope_position_handle, (batch,), "int32", elem_offset=qr_off)
         output = T.match_buffer(output_handle, (batch, h_q, d), qkv_dtype)
@@ -309,7 +362,9 @@ def decode_paged(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window
                     q,
                     item // h_q,
                     item % h_q,
-                    _paged_len(page_indptr, length_info, item // h_q, page_size),
+                    _decode_start(length_info, item // h_q, sliding_window),
+                    _decode_start(length_info, item // h_q, sliding_window)
+                    + _paged_len(page_indptr, length_info, item // h_q, page_size, sliding_window),
                     pages,
                     pages,
                     page_indptr[item // h_q],
@@ -319,7 +374,7 @@ def decode_paged(num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window
                     sm_scale,
                 )
 
-    return batch_decode_paged_kv
+    return _named(batch_decode_paged_kv, sliding_window)
 
 
 ROPE_TYPES = (None, "default", "llama3")  # rope variants whose frequencies the table kernel takes from TVM
@@ -393,8 +448,8 @@ def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling,
 
 
 @contextlib.contextmanager
-def llmc_cpu_attention() -> Iterator[None]:
-    """While the cache is built, its CPU kernel makers return llmc's kernels (sliding windows keep TVM's)."""
+def llmc_cpu_attention(softcap: float = 0.0) -> Iterator[None]:
+    """While the cache is built, its CPU kernel makers return llmc's kernels (sliding-window ones included)."""
     from tvm.relax.frontend.nn.llm import kv_cache
 
     originals = {
@@ -407,16 +462,10 @@ def llmc_cpu_attention() -> Iterator[None]:
         )
     }
 
-    def unless_sliding(ours, theirs):
-        def make(*args, **kwargs):
-            sliding = args[4] if len(args) > 4 else kwargs.get("sliding_window", False)
-            return theirs(*args, **kwargs) if sliding else ours(*args, **kwargs)
-
-        return make
-
-    kv_cache._attention_prefill_ragged_cpu = prefill_ragged
-    kv_cache._attention_prefill_cpu = unless_sliding(prefill_paged, originals["_attention_prefill_cpu"])
-    kv_cache._attention_decode_cpu = unless_sliding(decode_paged, originals["_attention_decode_cpu"])
+    # attention soft-capping (Gemma 2) is a constant of the kernels: TVM's makers have no such argument
+    kv_cache._attention_prefill_ragged_cpu = functools.partial(prefill_ragged, softcap=softcap)
+    kv_cache._attention_prefill_cpu = functools.partial(prefill_paged, softcap=softcap)
+    kv_cache._attention_decode_cpu = functools.partial(decode_paged, softcap=softcap)
 
     def rope_unless_other(*args, **kwargs):
         rope_scaling = args[6] if len(args) > 6 else kwargs.get("rope_scaling", {})

@@ -1,10 +1,12 @@
-"""Gemma 3 (``gemma3_text``, and the text part of the multimodal ``gemma3`` config).
+"""Gemma 3 (``gemma3_text``, and the text part of the multimodal ``gemma3`` config) and Gemma 2.
 
 Differences from Llama: ``(1 + w)`` RMSNorms (the offset is added to the weights at conversion, so
 the module uses plain RMSNorm), norms before and after attention and MLP, QK-norm, GELU-tanh gated
 MLP, embeddings scaled by sqrt(hidden), ``query_pre_attn_scalar`` for the attention scale, and
 alternating sliding-window / global layers whose RoPE bases differ (local ``rope_local_base_freq``,
 global ``rope_theta`` with its scaling): RoPE is applied by the module, not the KV cache.
+Gemma 2: no QK-norm, one RoPE base, every other layer sliding, and tanh soft-capping of the attention
+scores (in llmc's CPU attention kernels, so CPU targets only) and of the final logits.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
-from llmc.models.base import CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints
+from llmc.models.base import CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints, rope_settings
 from llmc.models.layers import Embedding, Norm, apply_rope, gelu_tanh_multiply, rope_inv_freq
 from llmc.models.llama import check_rope
 
@@ -30,6 +32,9 @@ class Gemma3Config(ModelConfig):
     rope_local_theta: float = 10000.0
     embed_scale: float = 1.0
     weight_prefix: str = "model."  # where the text model's tensors live in the checkpoint
+    qk_norm: bool = True
+    attn_logit_softcapping: float = 0.0  # Gemma 2: scores -> cap * tanh(scores / cap)
+    final_logit_softcapping: float = 0.0
 
 
 def _rope_parameters(hf: dict) -> tuple[dict, dict]:
@@ -48,6 +53,8 @@ def parse_config(hf: dict, source: str) -> Gemma3Config:
         hf = {**hf["text_config"], "tie_word_embeddings": hf.get("tie_word_embeddings", True)}
         prefix = "model.language_model."
     required_ints(hf, source, REQUIRED_FIELDS)
+    if hf.get("model_type") == "gemma2":
+        return _parse_gemma2(hf, source)
     unsupported = [
         k for k in ("attn_logit_softcapping", "final_logit_softcapping", "use_bidirectional_attention") if hf.get(k)
     ]
@@ -89,22 +96,62 @@ def parse_config(hf: dict, source: str) -> Gemma3Config:
     )
 
 
+def _parse_gemma2(hf: dict, source: str) -> Gemma3Config:
+    if hf.get("use_bidirectional_attention"):
+        raise ConfigError(f"{source}: Gemma 2 with use_bidirectional_attention is not supported.")
+    heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    theta, rope = rope_settings(hf)
+    check_rope(rope, source)
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    layer_types = hf.get("layer_types") or [
+        "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)
+    ]
+    return Gemma3Config(
+        model_type="gemma2",
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=head_dim,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=rope if rope.get("rope_type", "default") != "default" else {},
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        attention_bias=bool(hf.get("attention_bias", False)),
+        o_proj_bias=bool(hf.get("attention_bias", False)),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
+        layer_types=list(layer_types),
+        sliding_window=int(hf.get("sliding_window") or 4096),
+        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or head_dim),
+        rope_local_theta=theta,
+        embed_scale=float(hf["hidden_size"]) ** 0.5,
+        qk_norm=False,
+        attn_logit_softcapping=float(hf.get("attn_logit_softcapping") or 0.0),
+        final_logit_softcapping=float(hf.get("final_logit_softcapping") or 0.0),
+    )
+
+
 class Gemma3Attention(nn.Module):
     def __init__(self, c: Gemma3Config, rope: tuple):
         self.head_dim, self.q_heads, self.kv_heads = c.head_dim, c.num_attention_heads, c.num_key_value_heads
         qkv_out = (self.q_heads + 2 * self.kv_heads) * self.head_dim
         self.qkv_proj = nn.Linear(c.hidden_size, qkv_out, bias=c.attention_bias)
         self.o_proj = nn.Linear(self.q_heads * self.head_dim, c.hidden_size, bias=c.o_proj_bias)
-        self.q_norm = Norm(c.head_dim, c.rms_norm_eps)
-        self.k_norm = Norm(c.head_dim, c.rms_norm_eps)
+        self.qk_norm = c.qk_norm
+        if c.qk_norm:
+            self.q_norm = Norm(c.head_dim, c.rms_norm_eps)
+            self.k_norm = Norm(c.head_dim, c.rms_norm_eps)
         self.rope = rope
         self.sm_scale = c.query_pre_attn_scalar**-0.5
 
     def forward(self, x: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         b, s, _ = x.shape
         qkv = op.reshape(self.qkv_proj(x), (b, s, self.q_heads + 2 * self.kv_heads, self.head_dim))
-        q, k, v = op.split(qkv, [self.q_heads, self.q_heads + self.kv_heads], axis=2)
-        qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
+        if self.qk_norm:
+            q, k, v = op.split(qkv, [self.q_heads, self.q_heads + self.kv_heads], axis=2)
+            qkv = op.concat([self.q_norm(q), self.k_norm(k), v], dim=2)
         positions = paged_kv_cache.get_query_positions(b * s)
         qkv = apply_rope(qkv, positions, *self.rope, self.q_heads + self.kv_heads, self.head_dim)
         out = paged_kv_cache.attention_with_fused_qkv(layer_id, qkv, self.q_heads, sm_scale=self.sm_scale)
@@ -169,6 +216,11 @@ class Gemma3ForCausalLM(CausalLMBase):
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"
 
+    def get_logits(self, hidden: Tensor) -> Tensor:
+        logits = super().get_logits(hidden)
+        cap = self.config.final_logit_softcapping
+        return op.tanh(logits / cap) * cap if cap else logits
+
     def embed(self, input_ids: Tensor):
         embeds = self.model.embed_tokens(input_ids)
         return embeds * self.config.embed_scale
@@ -209,7 +261,7 @@ def weight_sources(c: Gemma3Config) -> dict[str, WeightSource]:
         sources[f"{ours}.self_attn.o_proj.weight"] = WeightSource(
             [f"{theirs}.self_attn.o_proj.weight"], [(hidden, hq * d)]
         )
-        for norm in ("q_norm", "k_norm"):
+        for norm in ("q_norm", "k_norm") if c.qk_norm else ():
             sources[f"{ours}.self_attn.{norm}.weight"] = WeightSource(
                 [f"{theirs}.self_attn.{norm}.weight"], [(d,)], _plus_one
             )
