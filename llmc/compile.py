@@ -283,7 +283,10 @@ def _relayout_weights(src: Path, dst: Path, plan: ModelPlan, quiet: bool) -> dic
             writer.add(out_name, out)
             bar.update(1)
     writer.finish({"quantization": plan.scheme.name, "model_type": plan.config.model_type})
-    return {"param_bytes": writer.total_bytes}
+    return {
+        "param_bytes": writer.total_bytes,
+        "weights": [rec["name"] for shard in writer.shards for rec in shard["records"]],  # names change with layout
+    }
 
 
 def _link_weights(src: Path, dst: Path, weights: bool = True) -> None:
