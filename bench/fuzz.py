@@ -654,6 +654,17 @@ def _mutate_index(rng: random.Random, slot: Path) -> str:
     return f"index: {what}"
 
 
+def _address_space_bytes() -> int:
+    """This process's virtual memory size (``VmSize``), 0 where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def child_main(target: str, slot: Path, memory_cap: int, cpu_seconds: int, out_fd: int) -> None:
     """In the forked child: cap memory and CPU time, read, report one JSON line, exit without cleanup."""
     import faulthandler
@@ -661,7 +672,9 @@ def child_main(target: str, slot: Path, memory_cap: int, cpu_seconds: int, out_f
     from llmc.errors import LlmcError
 
     faulthandler.disable()  # a crash is an outcome here, not a trace to print
-    resource.setrlimit(resource.RLIMIT_AS, (memory_cap, memory_cap))
+    # the cap is on top of what the fork inherited (a pytest process has torch and TVM mapped already)
+    limit = _address_space_bytes() + memory_cap
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     signal.alarm(cpu_seconds * 3)  # wall clock too (a blocked read)
     try:
@@ -843,7 +856,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--memory-cap-gib", type=float, default=2.0, help="RLIMIT_AS per input")
+    parser.add_argument(
+        "--memory-cap-gib",
+        type=float,
+        default=2.0,
+        help="address space per input, above what the forked reader inherits",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

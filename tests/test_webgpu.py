@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_PREFILL_CHUNK
+from conftest import TINY_PREFILL_CHUNK, fake_model_section
 
 from llmc.artifact import FORMAT_VERSION
 from llmc.compile import CompileOptions, compile_model
@@ -132,7 +132,9 @@ def _fake_webgpu_artifact(folder: Path, target: str = "webgpu") -> Path:
         "quantization": "q0f32",
         "source": {"spec": "/models/tiny-llama/"},
         "params": [],
-        "model": {"vocab_size": 320, "hidden_size": 64},
+        "weights": [],
+        "dtype": "float32",
+        "model": fake_model_section(),
         "context_window": 128,
         "prefill_chunk": 24,
         "max_batch_size": 1,
