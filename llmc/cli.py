@@ -72,7 +72,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
     "--quant",
     "-q",
     default=None,
-    help="Quantization scheme (`llmc quants`) [default: q0f32, or the scheme of a weights folder].",
+    help="Quantization scheme (`llmc quants`) [default: keep for a GGUF file, a weights folder's own, else q0f32].",
 )
 @click.option("--fp-embeddings", is_flag=True, help="Keep the embedding and lm_head in full precision.")
 @click.option(
@@ -437,7 +437,12 @@ def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, prefi
     help="MODEL is compiled without weights; they are drawn from --seed where the model runs.",
 )
 @click.option("--target", "-t", default="llvm", show_default=True, help="Target preset, when MODEL is compiled.")
-@click.option("--quant", "-q", default=None, help="Quantization scheme, when MODEL is compiled [default: q0f32].")
+@click.option(
+    "--quant",
+    "-q",
+    default=None,
+    help="Quantization scheme, when MODEL is compiled [default: keep for a GGUF file, else q0f32].",
+)
 @click.option("--batch", type=int, default=1, show_default=True, help="Sequences decoded together.")
 @click.option("--prompt-len", type=int, default=512, show_default=True, help="Prompt tokens per sequence.")
 @click.option("--gen-len", type=int, default=128, show_default=True, help="Generated tokens per sequence.")
