@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmc.checkpoint.config_checks import POSITIVE_INT_FIELDS
 from llmc.errors import ArtifactError
 
 MAX_JSON_BYTES = 64 << 20
@@ -108,19 +109,7 @@ def check_config_schema(file: Path, config: dict) -> None:
             raise ArtifactError(f"{file}: 'param_specs' is malformed. Re-run `llmc compile`.")
 
 
-MODEL_INT_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "max_position_embeddings",
-    "context_window",
-    "prefill_chunk",
-    "max_batch_size",
-)
+MODEL_INT_FIELDS = (*POSITIVE_INT_FIELDS, "context_window", "prefill_chunk", "max_batch_size")
 MODEL_FLOAT_FIELDS = ("rms_norm_eps", "rope_theta")
 MODEL_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "o_proj_bias", "mlp_bias")
 

@@ -60,7 +60,7 @@ def parse_config(hf: dict, source: str) -> Gemma3Config:
     ]
     if unsupported:
         raise ConfigError(f"{source}: Gemma 3 with {', '.join(unsupported)} is not supported yet.")
-    heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    layers = hf["num_hidden_layers"]
     global_rope, local_rope = _rope_parameters(hf)
     theta = float(global_rope.pop("rope_theta", 1_000_000.0))
     if "type" in global_rope:
@@ -70,63 +70,53 @@ def parse_config(hf: dict, source: str) -> Gemma3Config:
     layer_types = hf.get("layer_types") or [
         "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)
     ]
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     return Gemma3Config(
         model_type="gemma3_text",
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=head_dim,
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=theta,
-        rope_scaling=global_rope if global_rope.get("rope_type", "default") != "default" else {},
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        attention_bias=bool(hf.get("attention_bias", False)),
-        o_proj_bias=bool(hf.get("attention_bias", False)),
-        max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-        layer_types=list(layer_types),
-        sliding_window=int(hf.get("sliding_window") or 4096),
-        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or head_dim),
+        **_shared_fields(hf, theta, global_rope, layer_types, default_positions=32768),
         rope_local_theta=float(local_rope.get("rope_theta", hf.get("rope_local_base_freq", 10_000.0))),
-        embed_scale=float(hf["hidden_size"]) ** 0.5,
         weight_prefix=prefix,
     )
+
+
+def _shared_fields(hf: dict, theta: float, rope: dict, layer_types: list, default_positions: int) -> dict:
+    """The ``Gemma3Config`` fields Gemma 2 and Gemma 3 read from config.json the same way."""
+    heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    return {
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hf["hidden_size"],
+        "intermediate_size": hf["intermediate_size"],
+        "num_hidden_layers": hf["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": hf.get("num_key_value_heads") or heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
+        "rope_theta": theta,
+        "rope_scaling": rope if rope.get("rope_type", "default") != "default" else {},
+        "tie_word_embeddings": bool(hf.get("tie_word_embeddings", True)),
+        "attention_bias": bool(hf.get("attention_bias", False)),
+        "o_proj_bias": bool(hf.get("attention_bias", False)),
+        "max_position_embeddings": int(hf.get("max_position_embeddings", default_positions)),
+        "layer_types": list(layer_types),
+        "sliding_window": int(hf.get("sliding_window") or 4096),
+        "query_pre_attn_scalar": float(hf.get("query_pre_attn_scalar") or head_dim),
+        "embed_scale": float(hf["hidden_size"]) ** 0.5,
+    }
 
 
 def _parse_gemma2(hf: dict, source: str) -> Gemma3Config:
     if hf.get("use_bidirectional_attention"):
         raise ConfigError(f"{source}: Gemma 2 with use_bidirectional_attention is not supported.")
-    heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    layers = hf["num_hidden_layers"]
     theta, rope = rope_settings(hf)
     check_rope(rope, source)
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     layer_types = hf.get("layer_types") or [
         "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)
     ]
     return Gemma3Config(
         model_type="gemma2",
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=head_dim,
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=theta,
-        rope_scaling=rope if rope.get("rope_type", "default") != "default" else {},
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        attention_bias=bool(hf.get("attention_bias", False)),
-        o_proj_bias=bool(hf.get("attention_bias", False)),
-        max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
-        layer_types=list(layer_types),
-        sliding_window=int(hf.get("sliding_window") or 4096),
-        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or head_dim),
+        **_shared_fields(hf, theta, rope, layer_types, default_positions=8192),
         rope_local_theta=theta,
-        embed_scale=float(hf["hidden_size"]) ** 0.5,
         qk_norm=False,
         attn_logit_softcapping=float(hf.get("attn_logit_softcapping") or 0.0),
         final_logit_softcapping=float(hf.get("final_logit_softcapping") or 0.0),
