@@ -98,8 +98,7 @@ LAYER_TYPES = [
     ("Q4_K", "Q4_K", "Q6_K", "Q5_K", "Q4_0", "Q4_0", "Q8_0"),
     ("Q4_1", "Q5_0", "Q5_1", "F16", "F32", "Q4_0", "Q6_K"),  # BF16: gguf_file cannot map it yet
 ]
-EMBEDDING_TYPE = "Q8_0"
-OUTPUT_TYPE = "Q6_K"
+EMBEDDING_TYPE = "Q6_K"  # tied (no output.weight): the LM head is the embedding table
 QUANTIZABLE = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # gguf-py has an encoder for these
 
 
@@ -159,7 +158,6 @@ def write_mixed_gguf(path: Path, seed: int = 0) -> Path:
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
 
     add("token_embd.weight", EMBEDDING_TYPE, (VOCAB, HIDDEN))
-    add("output.weight", OUTPUT_TYPE, (VOCAB, HIDDEN))
     writer.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
     for layer, kinds in enumerate(LAYER_TYPES):
         q, k, v, o, gate, up, down = kinds
@@ -249,6 +247,7 @@ def test_mixed_gguf_keep_equals_dequantized_build(mixed_builds):
     assert fast_config["int_dot"] is not None
     part_arrays = {name.rpartition(".")[2] for name in fast_config["weights"] if ".parts." in name}
     assert part_arrays == {"q_weight", "q_scale", "q_min", "q_super", "w"}, part_arrays  # F16/F32 parts: "w"
+    assert "model.embed_tokens.q_super" in fast_config["weights"]  # the tied Q6_K table, gathered and the LM head
     cosine = (fast * expected).sum(-1) / np.linalg.norm(fast, axis=-1) / np.linalg.norm(expected, axis=-1)
     assert cosine.min() > 0.995
     assert (fast.argmax(-1) == expected.argmax(-1)).mean() >= 0.8

@@ -18,7 +18,7 @@ from tvm.relax.frontend.nn import Tensor, op
 
 from llmc.quant import int_dot
 from llmc.quant.ggml_formats import FORMATS, GGMLFormat
-from llmc.quant.group import PER_WORD_ATTR, GroupQuant, QuantizedEmbedding
+from llmc.quant.group import PER_WORD_ATTR
 from llmc.quant.int_dot import Form
 from llmc.quant.int_dot_kernels import int_matmul
 
@@ -33,17 +33,12 @@ INT_DOT_FORMATS = {
     "Q5_K": Form(4, scales="super_min", high_bits=1),
     "Q6_K": Form(4, scales="super16", high_bits=2),
 }
-# embeddings (gathered rows, tied LM head) on the integer path: the formats of llmc's symmetric group schemes
-EMBEDDING_GROUPS = {"Q4_0": GroupQuant(4, 32, "float16"), "Q8_0": GroupQuant(8, 32, "float16")}
 SCALE_NAMES = {"group": ("q_scale",), "group_min": ("q_scale", "q_min")}  # else ("q_scale", "q_super")
 
 
-def int_dot_group(fmt: str, isa: str | None, embedding: bool = False) -> Form | GroupQuant | None:
-    """How a part in ``fmt`` runs on the CPU integer path (None: the decode path): its ``Form`` for
-    linear layers; for embeddings the group scheme of the offset formats Q4_0 / Q8_0."""
-    if isa is None:
-        return None
-    return EMBEDDING_GROUPS.get(fmt) if embedding else INT_DOT_FORMATS.get(fmt)
+def int_dot_group(fmt: str, isa: str | None) -> Form | None:
+    """The integer kernel's ``Form`` a part (or embedding table) in ``fmt`` runs as (None: the decode path)."""
+    return INT_DOT_FORMATS.get(fmt) if isa is not None else None
 
 
 def array_names(fmt: str) -> tuple[str, ...]:
@@ -124,7 +119,7 @@ class IntDotPart(nn.Module):
 
 
 def make_part(fmt: str, rows: int, cols: int, isa: str | None) -> nn.Module:
-    if int_dot_group(fmt, isa) is not None and cols % FORMATS[fmt].block_size == 0:
+    if int_dot_group(fmt, isa) is not None:
         return IntDotPart(fmt, rows, cols, isa)
     return GGMLPart(FORMATS[fmt], rows, cols)
 
@@ -176,9 +171,37 @@ class GGMLEmbedding(nn.Module):
         pass
 
 
+class IntDotEmbedding(IntDotPart):
+    """Token embedding kept in a block format on the CPU integer path: rows decoded from the repacked arrays
+    as they are gathered (``int_dot.form_element``, the file's values exactly); the tied LM head is an
+    integer-kernel matmul."""
+
+    def __init__(self, num: int, dim: int, fmt: str, isa: str):
+        super().__init__(fmt, num, dim, isa)
+        self.num, self.dim = num, dim
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        form, dim = self.form, self.dim
+        arrays = [getattr(self, name) for name in array_names(self.fmt_name)]
+
+        def compute(ids: te.Tensor, codes: te.Tensor, first: te.Tensor, *rest: te.Tensor):
+            second = rest[0] if rest else None
+            return te.compute(
+                (ids.shape[0], dim),
+                lambda i, j: int_dot.form_element(form, codes, first, second, ids[i], j),
+                name="take_dequantize",
+            )
+
+        return op.tensor_expr_op(compute, name_hint="take_dequantize", args=[input_ids, *arrays])
+
+    def lm_head_forward(self, hidden: Tensor) -> Tensor:
+        return self.matmul(hidden)
+
+
 def make_embedding(num: int, dim: int, fmt: str, isa: str | None) -> nn.Module:
-    gq = int_dot_group(fmt, isa, embedding=True)
-    return QuantizedEmbedding(num, dim, gq, isa) if gq is not None else GGMLEmbedding(num, dim, FORMATS[fmt])
+    if int_dot_group(fmt, isa) is not None:
+        return IntDotEmbedding(num, dim, fmt, isa)
+    return GGMLEmbedding(num, dim, FORMATS[fmt])
 
 
 # ---------------------------------------------------------------------- numpy: stored arrays

@@ -178,7 +178,7 @@ class KeepScheme(QuantScheme):
 
     @staticmethod
     def part_arrays(part: str, fmt: str, planes: dict[str, np.ndarray], int_layout: bool) -> list:
-        if int_layout and int_dot_group(fmt, "any", embedding=re.search(r"\.parts\.\d+$", part) is None):
+        if int_layout and int_dot_group(fmt, "any") is not None:
             return [(f"{part}.{leaf}", array) for leaf, array in zip(array_names(fmt), int_dot_arrays(fmt, planes))]
         return [(f"{part}.{plane.name}", planes[plane.name]) for plane in FORMATS[fmt].planes]
 
