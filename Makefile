@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-quant gpu-carry gpu-dry-run lint format clean
+.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-keep bench-quant gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
 .PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds
 .PHONY: test-keep-targets test-keep-real
@@ -89,6 +89,11 @@ bench: install-bench
 bench-serve: install-bench
 	$(PIP) install -q fastapi uvicorn sse-starlette starlette-context pydantic-settings
 	$(PY) bench/serve.py $(BENCH_ARGS)
+
+# --quant keep (the default GGUF compile) vs llama.cpp on the same files: Qwen2.5-Coder-1.5B Q4_K_M, SmolLM2 Q4_1
+bench-keep: install-bench
+	$(PY) bench/keep_cpu.py --gguf "$$($(PY) -c 'import sys; sys.path.insert(0, "bench"); from models import qwen_coder_file; print(qwen_coder_file())')" \
+		--gguf "$$($(PY) -c 'from llmc.source import resolve; print(resolve("smollm2-135m").path)')" --threads 1,2 --eval $(BENCH_ARGS)
 
 bench-quant: install-bench
 	test -x /usr/bin/time || apt-get install -y time
