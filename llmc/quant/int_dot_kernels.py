@@ -7,7 +7,11 @@ unsigned codes as they are. Then ``out[m, n] = sum_g scale_w[n, g] * scale_x[m, 
 - offset * sum_k x_q[m, k])``. Tiles of 16 output rows run in parallel; per row of activations and
 per group, one 32-bit integer accumulator per output row takes 4 (8-bit: 8) dot-product steps of
 4 codes each, then is converted and scaled into a float accumulator once per group. (AVX2 with
-8-bit codes re-centres them to signed bytes for ``vpmaddubsw``'s sign trick and needs no correction.)
+8-bit codes re-centres them to signed bytes for ``vpmaddubsw``'s sign trick and needs no correction;
+codes up to 6 bits cannot saturate its pair sums.) GGML formats (``int_dot.Form``) add 5/6-bit codes
+(top bits OR-ed onto the nibbles from extra vectors), a minimum per group (``-offset`` becomes
+``+ m * scale_x * sum(x_q)``), and K-quant scales: integer sub-block scales times fp16 super-block
+scales per group, with Q6_K's two sub-blocks of 16 summed in separate integer accumulators.
 """
 
 from __future__ import annotations
