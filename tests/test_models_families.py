@@ -119,9 +119,15 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
     done = set()  # a tied embedding / LM head is one tensor: round-trip it once (quantizing is not idempotent)
     with torch.no_grad():
         for module_name, module in hf.named_modules():
+            if type(module).__name__.endswith("Experts"):  # [E, rows, in] stacks: each expert's rows alike
+                for stack in (module.gate_up_proj, module.down_proj):
+                    stack.copy_(torch.from_numpy(np.stack([round_trip(w) for w in stack.numpy()])))
+                continue
             weight = getattr(module, "weight", None)
             if weight is None or weight.ndim != 2 or module_name.endswith("wpe") or id(weight) in done:
                 continue  # (learned positions stay float)
+            if type(module).__name__.endswith("Router"):
+                continue  # MoE routers stay float
             done.add(id(weight))
             if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
                 weight.copy_(torch.from_numpy(round_trip(weight.numpy().T).T.copy()))

@@ -1,0 +1,33 @@
+"""Group-quantized expert weights: ``ExpertWeights`` whose ``[experts * rows, cols]`` matrix is stored as
+one group-quantized matrix (the 3-D experts are a tall 2-D weight to the quantizer), decoded inside the
+gathered expert matmul (``llmc.models.moe.expert_matmul``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tvm import te
+
+from llmc.models.moe import ExpertWeights
+from llmc.quant import int_dot
+from llmc.quant.group import GroupQuant, _quantized_parameters
+
+
+class QuantizedExpertWeights(ExpertWeights):
+    """``q_weight``/``q_scale`` of the whole expert stack; with ``isa`` in the CPU integer layout (the
+    layout every other matrix of the artifact has), decoded to float32 by the kernel."""
+
+    def __init__(self, experts: int, rows: int, cols: int, gq: GroupQuant, isa: str | None = None):
+        self.experts, self.rows, self.cols, self.gq, self.isa = experts, rows, cols, gq, isa
+        self.q_weight, self.q_scale = _quantized_parameters(gq, experts * rows, cols, isa)
+
+    def planes(self) -> list:
+        return [self.q_weight, self.q_scale]
+
+    def element(self, planes: Sequence[te.Tensor], row, col):
+        if self.isa is None:
+            return self.gq.te_element(planes[0], planes[1], row, col)
+        return int_dot.te_element(self.gq, planes[0], planes[1], row, col)
+
+    def to(self, dtype: str | None = None) -> None:  # packed weights keep their dtype
+        pass
