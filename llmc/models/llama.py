@@ -26,7 +26,6 @@ from llmc.models.base import (
     rope_settings,
     sliding_layer_types,
 )
-from llmc.models.moe import SparseMoE
 from llmc.models.layers import (
     IN_CACHE_ROPE_TYPES,
     Embedding,
@@ -36,6 +35,7 @@ from llmc.models.layers import (
     rope_type,
     silu_multiply,
 )
+from llmc.models.moe import SparseMoE
 
 SUPPORTED_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"}
 REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")

@@ -68,25 +68,9 @@ def top_k_experts(probs: Tensor, top_k: int) -> Tensor:
     reductions that every target's scheduler handles, cheap for the few experts a router has."""
 
     def compute(p: te.Tensor):
-        n, experts = p.shape
         chosen: list[te.Tensor] = []
         for rank in range(top_k):
-
-            def masked(t, e, prior=tuple(chosen)):
-                taken = tirx.const(False, "bool")
-                for index in prior:
-                    taken = tirx.Or(taken, index[t] == e)
-                return tirx.if_then_else(taken, tirx.const(-1.0, p.dtype), p[t, e])  # probabilities are >= 0
-
-            r = te.reduce_axis((0, experts), name="e")
-            best = te.compute((n,), lambda t: te.max(masked(t, r), axis=r), name=f"top{rank}_value")
-            r2 = te.reduce_axis((0, experts), name="e")
-            index = te.compute(
-                (n,),
-                lambda t: te.min(tirx.if_then_else(masked(t, r2) == best[t], r2, experts), axis=r2),
-                name=f"top{rank}_index",
-            )
-            chosen.append(index)
+            chosen.append(_next_choice(p, chosen, rank))
 
         def pick(t, j):
             value = chosen[-1][t]
@@ -94,9 +78,29 @@ def top_k_experts(probs: Tensor, top_k: int) -> Tensor:
                 value = tirx.if_then_else(j == rank, chosen[rank][t], value)
             return value
 
-        return te.compute((n, top_k), pick, name="topk_index")
+        return te.compute((p.shape[0], top_k), pick, name="topk_index")
 
     return op.tensor_expr_op(compute, name_hint="topk_experts", args=[probs])
+
+
+def _next_choice(p: te.Tensor, chosen: list[te.Tensor], rank: int) -> te.Tensor:
+    """The index of each row's largest probability among the experts not in ``chosen`` (first on ties)."""
+    n, experts = p.shape
+
+    def masked(t, e):
+        taken = tirx.const(False, "bool")
+        for index in chosen:
+            taken = tirx.Or(taken, index[t] == e)
+        return tirx.if_then_else(taken, tirx.const(-1.0, p.dtype), p[t, e])  # probabilities are >= 0
+
+    r = te.reduce_axis((0, experts), name="e")
+    best = te.compute((n,), lambda t: te.max(masked(t, r), axis=r), name=f"top{rank}_value")
+    r2 = te.reduce_axis((0, experts), name="e")
+    return te.compute(
+        (n,),
+        lambda t: te.min(tirx.if_then_else(masked(t, r2) == best[t], r2, experts), axis=r2),
+        name=f"top{rank}_index",
+    )
 
 
 def routing_weights(probs: Tensor, expert_ids: Tensor, renormalize: bool) -> Tensor:
