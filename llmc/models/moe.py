@@ -98,7 +98,9 @@ def _next_choice(p: te.Tensor, chosen: list[te.Tensor], rank: int) -> te.Tensor:
     r2 = te.reduce_axis((0, experts), name="e")
     return te.compute(
         (n,),
-        lambda t: te.min(tirx.if_then_else(masked(t, r2) == best[t], r2, experts), axis=r2),
+        lambda t: te.min(
+            tirx.if_then_else(masked(t, r2) == best[t], r2.var.astype("int32"), tirx.const(int(experts), "int32")), axis=r2
+        ),
         name=f"top{rank}_index",
     )
 
