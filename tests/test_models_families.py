@@ -142,12 +142,14 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
 
 
 # ---------------------------------------------------------------------- GGUF files of the tiny models
-GGUF_ARCH = {"qwen3": "qwen3", "mistral": "llama"}  # Mistral files use llama.cpp's llama architecture
+# Mistral and Mixtral files use llama.cpp's llama architecture
+GGUF_ARCH = {"qwen3": "qwen3", "mistral": "llama", "qwen3_moe": "qwen3moe", "mixtral": "llama"}
 
 
-def write_gguf(checkpoint, name: str, path) -> None:
-    """The tiny checkpoint as an F32 GGUF the way llama.cpp's converter writes one: its tensor names and
-    metadata, Q/K rows permuted for the llama architecture, the BPE vocabulary and merges."""
+def write_gguf(checkpoint, name: str, path, formats: dict[str, str] | None = None) -> None:
+    """The tiny checkpoint as a GGUF the way llama.cpp's converter writes one: its tensor names and
+    metadata, Q/K rows permuted for the llama architecture, the BPE vocabulary and merges. Tensors are
+    F32 unless ``formats`` maps a GGUF tensor-name fragment to a GGML type (quantized by gguf-py)."""
     import json
 
     import gguf
@@ -165,12 +167,19 @@ def write_gguf(checkpoint, name: str, path) -> None:
     writer.add_feed_forward_length(c.intermediate_size)
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
-    writer.add_key_length(c.head_dim)
-    writer.add_value_length(c.head_dim)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
     if getattr(c, "sliding_window", None):
         writer.add_sliding_window(c.sliding_window)
+    if hasattr(c, "num_experts_per_tok"):
+        writer.add_expert_count(getattr(c, "num_local_experts", None) or c.num_experts)
+        writer.add_expert_used_count(c.num_experts_per_tok)
+        if hasattr(c, "moe_intermediate_size"):
+            writer.add_expert_feed_forward_length(c.moe_intermediate_size)
+            writer.add_expert_weights_norm(c.norm_topk_prob)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list([token for token, _ in vocab])
@@ -188,9 +197,28 @@ def write_gguf(checkpoint, name: str, path) -> None:
         "mlp.gate_proj": "ffn_gate",
         "mlp.up_proj": "ffn_up",
         "mlp.down_proj": "ffn_down",
+        "mlp.gate": "ffn_gate_inp",  # the MoE router
     }
+
+    def add_tensor(out: str, array: np.ndarray) -> None:
+        fmt = next((f for fragment, f in (formats or {}).items() if fragment in out), "F32")
+        if fmt == "F32" or array.ndim < 2:  # norms stay F32, as llama.cpp keeps them
+            writer.add_tensor(out, np.ascontiguousarray(array))
+        else:
+            kind = gguf.GGMLQuantizationType[fmt]
+            writer.add_tensor(out, gguf.quants.quantize(np.ascontiguousarray(array), kind), raw_dtype=kind)
+
     for hf_name, tensor in hf.state_dict().items():
         array = tensor.to(torch.float32).numpy()
+        if ".experts." in hf_name:  # transformers' [E, rows, cols] stacks -> llama.cpp's *_exps tensors
+            layer = hf_name.split(".")[2]
+            if hf_name.endswith("gate_up_proj"):
+                gate, up = np.split(array, 2, axis=1)
+                add_tensor(f"blk.{layer}.ffn_gate_exps.weight", gate)
+                add_tensor(f"blk.{layer}.ffn_up_exps.weight", up)
+            else:
+                add_tensor(f"blk.{layer}.ffn_down_exps.weight", array)
+            continue
         if hf_name == "model.embed_tokens.weight":
             out = "token_embd.weight"
         elif hf_name == "model.norm.weight":
@@ -204,7 +232,7 @@ def write_gguf(checkpoint, name: str, path) -> None:
             if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj") and kind == "weight":
                 heads = c.num_attention_heads if "q_proj" in module else c.num_key_value_heads
                 array = array.reshape(heads, 2, array.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(array.shape)
-        writer.add_tensor(out, np.ascontiguousarray(array))
+        add_tensor(out, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -231,3 +259,39 @@ def test_gguf_of_the_tiny_model_equals_transformers(name, family_checkpoints, tm
     reference = hf_logits(hf, ids)
     for position in (0, len(ids) // 2, len(ids) - 1):
         assert_close(ours[position], reference[position], FP32, f"{name} GGUF position {position}")
+
+
+# GGML formats of the quantized MoE file: experts in three block formats, attention in Q8_0, router F32
+MOE_FORMATS = {"ffn_gate_exps": "Q4_0", "ffn_up_exps": "Q4_0", "ffn_down_exps": "Q4_1", "attn_": "Q8_0"}
+
+
+def test_moe_gguf_keep_decodes_expert_blocks_like_gguf_py(family_checkpoints, tmp_path):
+    """--quant keep runs the experts in the file's block formats (decoded in the gathered expert matmul):
+    its logits equal those of the q0f32 build, whose weights gguf-py dequantized."""
+    from llmc.compile import CompileOptions, compile_model
+
+    gguf_file = tmp_path / "qwen3_moe-q.gguf"
+    write_gguf(family_checkpoints["qwen3_moe"], "qwen3_moe", gguf_file, MOE_FORMATS)
+    logits = {}
+    for quant in ("keep", "q0f32"):
+        options = CompileOptions(
+            quant=quant, output=tmp_path / quant, quiet=True, context_window=128, prefill_chunk=16, cpu_matmul="float"
+        )
+        engine = Engine(compile_model(str(gguf_file), options))
+        engine.add_sequence(0)
+        logits[quant] = engine.forward_all(0, random_ids(engine.vocab_size, 40, seed=4))
+    for position in (0, 20, 39):
+        assert_close(logits["keep"][position], logits["q0f32"][position], FP32, f"keep position {position}")
+
+
+def test_moe_gguf_keep_refuses_experts_in_mixed_formats(family_checkpoints, tmp_path):
+    from llmc.compile import CompileOptions, compile_model
+    from llmc.errors import ConfigError
+
+    gguf_file = tmp_path / "mixed.gguf"
+    write_gguf(
+        family_checkpoints["qwen3_moe"], "qwen3_moe", gguf_file, {"ffn_gate_exps": "Q4_0", "ffn_up_exps": "Q8_0"}
+    )
+    with pytest.raises(ConfigError, match="mix formats.*--quant q4f16_1"):
+        compile_model(str(gguf_file), CompileOptions(output=tmp_path / "out", quiet=True, context_window=128))
+    assert not (tmp_path / "out").exists()

@@ -56,7 +56,9 @@ MODELS: dict[str, ModelFamily] = {
     "phi3": _llama("phi3", f"fused qkv/gate_up, partial rotary, {ROPE}", llama.GGUF_PHI3, llama.fused_weight_sources),
     "mixtral": _llama("mixtral", f"sparse MoE (softmax top-k routing, renormalized), sliding-window attention, {ROPE}"),
     "qwen3_moe": _llama(
-        "qwen3_moe", f"sparse MoE (softmax top-k routing, norm_topk_prob), dense mlp_only_layers, QK-norm, {ROPE}"
+        "qwen3_moe",
+        f"sparse MoE (softmax top-k routing, norm_topk_prob), dense mlp_only_layers, QK-norm, {ROPE}",
+        llama.GGUF_QWEN3_MOE,
     ),
     "olmo2": _llama("olmo2", f"norms after attention/MLP, QK-norm over all heads, {ROPE}"),
     "gemma2": _gemma("gemma2"),

@@ -97,6 +97,9 @@ class GGUFSpec:
     block_names: dict[str, str] = field(default_factory=dict)  # GGUF block tensor -> HF suffix
     config: Callable[[Callable], dict] | None = None  # meta(key, default) -> extra config.json fields
     fix_tensor: Callable[[str, np.ndarray, dict], np.ndarray] | None = None  # (HF name, array, config)
+    # MoE: (model_type, layer, "gate"/"up"/"down", expert) -> the HF name of one expert's slice of a
+    # ``ffn_{gate,up,down}_exps`` tensor (llama.cpp stores each kind's experts as one 3-D tensor)
+    expert_name: Callable[[str, int, str, int], str] | None = None
 
 
 def required_ints(hf: dict, source: str, keys: tuple[str, ...]) -> None:

@@ -342,9 +342,51 @@ def _sliding_window_config(meta) -> dict:
     return {"sliding_window": int(window), "model_type": "mistral"} if window else {}
 
 
-GGUF_LLAMA = GGUFSpec(("llama",), "llama", config=_sliding_window_config, fix_tensor=_unpermute_llama_qk)
+def _moe_config(meta, model_type: str) -> dict:
+    """config.json MoE fields from GGUF ``expert_*`` metadata (empty for a dense file). llama.cpp always
+    renormalises the chosen experts' weights unless ``expert_weights_norm`` says otherwise."""
+    experts = int(meta("expert_count", 0) or 0)
+    if not experts:
+        return {}
+    config = {
+        "model_type": model_type,
+        "num_local_experts": experts,
+        "num_experts_per_tok": int(meta("expert_used_count", 0) or 0),
+        "norm_topk_prob": bool(meta("expert_weights_norm", True)),
+    }
+    if meta("expert_feed_forward_length") is not None:
+        config["moe_intermediate_size"] = int(meta("expert_feed_forward_length"))
+    return config
+
+
+def _llama_config(meta) -> dict:
+    """A llama-architecture file: Mistral when it has a sliding window, Mixtral when it has experts."""
+    return {**_sliding_window_config(meta), **_moe_config(meta, "mixtral")}
+
+
+def gguf_expert_name(model_type: str, layer: int, kind: str, expert: int) -> str:
+    """The HF name of expert ``expert``'s ``kind`` ("gate", "up", "down") matrix in layer ``layer``."""
+    block, *names = EXPERT_NAMES[model_type]
+    name = dict(zip(("gate", "up", "down"), names))[kind]
+    return f"model.layers.{layer}.{block}.experts.{expert}.{name}.weight"
+
+
+GGUF_LLAMA = GGUFSpec(
+    ("llama",),
+    "llama",
+    block_names={"ffn_gate_inp": "block_sparse_moe.gate"},
+    config=_llama_config,
+    fix_tensor=_unpermute_llama_qk,
+    expert_name=gguf_expert_name,
+)
 GGUF_QWEN2 = GGUFSpec(("qwen2",), "qwen2")
 GGUF_PHI3 = GGUFSpec(("phi3",), "phi3", block_names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"})
-GGUF_QWEN3 = GGUFSpec(
-    ("qwen3",), "qwen3", block_names={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+QK_NORM_NAMES = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+GGUF_QWEN3 = GGUFSpec(("qwen3",), "qwen3", block_names=QK_NORM_NAMES)
+GGUF_QWEN3_MOE = GGUFSpec(
+    ("qwen3moe",),
+    "qwen3_moe",
+    block_names={**QK_NORM_NAMES, "ffn_gate_inp": "mlp.gate"},
+    config=lambda meta: _moe_config(meta, "qwen3_moe"),
+    expert_name=gguf_expert_name,
 )

@@ -99,7 +99,8 @@ def _next_choice(p: te.Tensor, chosen: list[te.Tensor], rank: int) -> te.Tensor:
     return te.compute(
         (n,),
         lambda t: te.min(
-            tirx.if_then_else(masked(t, r2) == best[t], r2.var.astype("int32"), tirx.const(int(experts), "int32")), axis=r2
+            tirx.if_then_else(masked(t, r2) == best[t], r2.var.astype("int32"), tirx.const(int(experts), "int32")),
+            axis=r2,
         ),
         name=f"top{rank}_index",
     )

@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tvm import te
+from tvm.relax.frontend import nn
 
 from llmc.models.moe import ExpertWeights
 from llmc.quant import int_dot
+from llmc.quant.ggml_formats import FORMATS
+from llmc.quant.ggml_layers import GGMLPart
 from llmc.quant.group import GroupQuant, _quantized_parameters
 
 
@@ -30,4 +33,24 @@ class QuantizedExpertWeights(ExpertWeights):
         return int_dot.te_element(self.gq, planes[0], planes[1], row, col)
 
     def to(self, dtype: str | None = None) -> None:  # packed weights keep their dtype
+        pass
+
+
+class GGMLExpertWeights(ExpertWeights):
+    """``--quant keep``: the expert stack in its GGUF file's block format (one format for the whole stack),
+    decoded in the gathered matmul. Stored as one ``parts.0`` part of raw planes, like a one-run
+    ``GGMLLinear``; experts never take the CPU integer layout."""
+
+    def __init__(self, experts: int, rows: int, cols: int, fmt: str):
+        self.experts, self.rows, self.cols = experts, rows, cols
+        self.fmt = FORMATS[fmt]
+        self.parts = nn.ModuleList([GGMLPart(self.fmt, experts * rows, cols)])
+
+    def planes(self) -> list:
+        return [getattr(self.parts[0], plane.name) for plane in self.fmt.planes]
+
+    def element(self, planes: Sequence[te.Tensor], row, col):
+        return self.fmt.te_element(dict(zip([p.name for p in self.fmt.planes], planes)), row, col)
+
+    def to(self, dtype: str | None = None) -> None:  # planes keep their dtypes
         pass
