@@ -52,9 +52,13 @@ MODELS: dict[str, ModelFamily] = {
     "llama": _llama("llama", f"GQA, {ROPE}, tied embeddings", llama.GGUF_LLAMA),
     "qwen2": _llama("qwen2", f"q/k/v bias, {ROPE}", llama.GGUF_QWEN2),
     "qwen3": _llama("qwen3", f"QK-norm, explicit head_dim, {ROPE}", llama.GGUF_QWEN3),
-    "mistral": _llama("mistral", f"sliding-window attention, {ROPE}"),
+    "mistral": _llama("mistral", f"sliding-window attention, {ROPE}", llama.GGUF_LLAMA),
     "phi3": _llama("phi3", f"fused qkv/gate_up, partial rotary, {ROPE}", llama.GGUF_PHI3, llama.fused_weight_sources),
-    "mixtral": _llama("mixtral", f"sparse MoE (softmax top-k routing, renormalized), sliding-window attention, {ROPE}"),
+    "mixtral": _llama(
+        "mixtral",
+        f"sparse MoE (softmax top-k routing, renormalized), sliding-window attention, {ROPE}",
+        llama.GGUF_LLAMA,
+    ),
     "qwen3_moe": _llama(
         "qwen3_moe",
         f"sparse MoE (softmax top-k routing, norm_topk_prob), dense mlp_only_layers, QK-norm, {ROPE}",
