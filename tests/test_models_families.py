@@ -295,3 +295,17 @@ def test_moe_gguf_keep_refuses_experts_in_mixed_formats(family_checkpoints, tmp_
     with pytest.raises(ConfigError, match="mix formats.*--quant q4f16_1"):
         compile_model(str(gguf_file), CompileOptions(output=tmp_path / "out", quiet=True, context_window=128))
     assert not (tmp_path / "out").exists()
+
+
+def test_moe_experts_on_the_cpu_integer_layout(compiled):
+    """The default CPU build stores expert stacks in the integer-path layout (as every matrix of the
+    artifact) and decodes them in the gathered matmul: close to the float-layout build (the dense
+    matmuls' int8 activations are the only difference)."""
+    engines = {cpu: Engine(compiled("qwen3_moe", "q4f16_1", cpu_matmul=cpu)) for cpu in ("int8", "float")}
+    ids = random_ids(engines["float"].vocab_size, PROMPT_LENGTHS[1], seed=9)
+    logits = {}
+    for cpu, engine in engines.items():
+        engine.add_sequence(0)
+        logits[cpu] = engine.prefill(0, ids)
+        engine.remove_sequence(0)
+    assert_close(logits["int8"], logits["float"], 3e-2, "qwen3_moe q4f16_1 int8 layout vs float layout")
