@@ -309,3 +309,30 @@ def test_moe_experts_on_the_cpu_integer_layout(compiled):
         logits[cpu] = engine.prefill(0, ids)
         engine.remove_sequence(0)
     assert_close(logits["int8"], logits["float"], 3e-2, "qwen3_moe q4f16_1 int8 layout vs float layout")
+
+
+def test_mixtral_gguf_equals_llama_cpp(family_checkpoints, tmp_path):
+    """llama.cpp (llama-cpp-python, one token per eval) on the tiny Mixtral GGUF: the same routing and
+    expert math as llmc's build of that file (llama.cpp's F32 path rounds some products through fp16)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python: make install-bench")
+    from llmc.compile import CompileOptions, compile_model
+
+    gguf_file = tmp_path / "mixtral.gguf"
+    write_gguf(family_checkpoints["mixtral"], "mixtral", gguf_file)
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_file), n_ctx=64, n_batch=1, n_ubatch=1, logits_all=True, verbose=False, n_threads=1
+    )
+    ids = random_ids(llm.n_vocab(), 12, seed=3)
+    reference = []
+    for token in ids:
+        llm.eval([token])
+        reference.append(np.array(llm.scores[llm.n_tokens - 1]))
+    options = CompileOptions(output=tmp_path / "out", quiet=True, context_window=64, prefill_chunk=TINY_PREFILL_CHUNK)
+    engine = Engine(compile_model(str(gguf_file), options))
+    engine.add_sequence(0)
+    ours = engine.forward_all(0, ids)
+    for position, expected in enumerate(reference):
+        assert_close(ours[position], expected, 2e-3, f"mixtral GGUF vs llama.cpp, position {position}")
+        top2 = np.sort(expected)[-2:]
+        if top2[1] - top2[0] > 1e-2 * np.abs(expected).max():
+            assert ours[position].argmax() == expected.argmax(), f"greedy token at {position}"
