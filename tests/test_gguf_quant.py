@@ -243,9 +243,12 @@ def test_mixed_gguf_keep_equals_dequantized_build(mixed_builds):
     kept = _logits(mixed_builds["keep"], ids)
     scale = np.abs(expected).max()
     assert np.abs(kept - expected).max() <= 2e-5 * scale
-    # the CPU integer path (Q4_0 / Q8_0 parts): activations quantized to int8, so close, not equal
+    # the CPU integer path (every block format's linear parts): activations quantized to int8, so close, not equal
     fast = _logits(mixed_builds["keep-int8"], ids)
-    assert json.loads((mixed_builds["keep-int8"] / "llmc-config.json").read_text())["int_dot"] is not None
+    fast_config = json.loads((mixed_builds["keep-int8"] / "llmc-config.json").read_text())
+    assert fast_config["int_dot"] is not None
+    part_arrays = {name.rpartition(".")[2] for name in fast_config["weights"] if ".parts." in name}
+    assert part_arrays == {"q_weight", "q_scale", "q_min", "q_super", "w"}, part_arrays  # F16/F32 parts: "w"
     cosine = (fast * expected).sum(-1) / np.linalg.norm(fast, axis=-1) / np.linalg.norm(expected, axis=-1)
     assert cosine.min() > 0.995
     assert (fast.argmax(-1) == expected.argmax(-1)).mean() >= 0.8

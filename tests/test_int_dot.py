@@ -1,6 +1,7 @@
 """CPU kernels. The integer path: repacked layout, the int8 x int4/int8 kernel against numpy on odd shapes for
-every x86 instruction set this CPU runs, the CPU attention kernels against TVM's, and the lowered model
-(integer kernels present, no float dequantize-matmul left)."""
+every x86 instruction set this CPU runs, every GGML block format (Q4_0 .. Q6_K) against gguf-py, the CPU
+attention kernels against TVM's, and the lowered model (integer kernels present, no float dequantize-matmul
+left)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import tvm
 
 from llmc.compiler.targets import get_target
 from llmc.quant import int_dot
+from llmc.quant.ggml_formats import FORMATS
+from llmc.quant.ggml_layers import INT_DOT_FORMATS, ggml_codes, int_dot_arrays
 from llmc.quant.group import GroupQuant
 from llmc.quant.int_dot_kernels import int_matmul
 
@@ -107,6 +110,121 @@ def test_kernel_with_minimum_equals_numpy(isa, out_features, in_features, rows):
     x_rounded = (np.rint(grouped * inverse[..., None]) * (amax / np.float32(127))[..., None]).reshape(rows, -1)
     expected = x_rounded.astype(np.float64) @ weight.T.astype(np.float64)
     assert np.abs(out.numpy() - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+# ---------------------------------------------------------------------- GGML block formats (--quant keep)
+def _llama_cpp_quantizer():
+    """llama.cpp's ``ggml_quantize_chunk`` from llama-cpp-python's libggml (``make install-bench``), or None."""
+    import ctypes
+    from pathlib import Path
+
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    library = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    function = library.ggml_quantize_chunk
+    function.restype = ctypes.c_size_t
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 3, ctypes.c_void_p]
+    return function
+
+
+def ggml_blocks(name: str, rows: int, cols: int, rng) -> np.ndarray:
+    """Raw GGML rows ``uint8 [rows, row bytes]``: the first half quantized from heavy-tailed weights by
+    llama.cpp (or gguf-py, which has no K-quant encoder), the rest random bytes with finite fp16 scales
+    (every bit pattern of codes and sub-block scales), one block all zero."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    fmt = FORMATS[name]
+    raw = rng.integers(0, 256, (rows, cols // fmt.block_size, fmt.block_bytes), dtype=np.uint8)
+    for plane in fmt.planes:
+        if plane.dtype == "float16":
+            scale = (rng.standard_normal(raw.shape[:2]) * rng.choice([1e-4, 1e-2, 1.0], raw.shape[:2])).astype(
+                np.float16
+            )
+            raw[:, :, plane.offset : plane.offset + 2] = scale.view(np.uint8).reshape(*raw.shape[:2], 2)
+    raw[1, 0] = 0
+    raw = raw.reshape(rows, -1)
+    weight = (rng.standard_t(4, (rows // 2, cols)) * 0.02).astype(np.float32)
+    kind = GGMLQuantizationType[name]
+    llama_cpp_quantize = _llama_cpp_quantizer()
+    if llama_cpp_quantize is not None:
+        out = np.zeros((rows // 2, raw.shape[1]), np.uint8)
+        llama_cpp_quantize(int(kind), weight.ctypes.data, out.ctypes.data, 0, rows // 2, cols, None)
+        raw[: rows // 2] = out
+    elif fmt.block_size == 32:
+        raw[: rows // 2] = quantize(weight, kind)
+    return raw
+
+
+def ggml_weight(name: str, raw: np.ndarray) -> np.ndarray:
+    """gguf-py's dequantization: the reference decode."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    return np.asarray(dequantize(raw, GGMLQuantizationType[name]), np.float32).reshape(raw.shape[0], -1)
+
+
+@pytest.mark.parametrize("name", list(INT_DOT_FORMATS))
+def test_ggml_repack_decodes_exactly_as_gguf_py(name):
+    """A GGML part's integer-path arrays hold the file's weights: decoded from the repacked codes, sub-block
+    and super-block scales (``int_dot.form_element``), every weight equals gguf-py's, bit for bit."""
+    from tvm import te
+
+    rng = np.random.default_rng(len(name))
+    rows, cols, form = 37, 512, INT_DOT_FORMATS[name]  # a partial tile; two K-quant super-blocks
+    raw = ggml_blocks(name, rows, cols, rng)
+    planes = FORMATS[name].split(raw)
+    arrays = int_dot_arrays(name, planes)
+    assert np.array_equal(int_dot.unrepack_codes(arrays[0], form.bits, form.high_bits, rows), ggml_codes(name, planes))
+    inputs = [te.placeholder(a.shape, str(a.dtype), name=f"in{i}") for i, a in enumerate(arrays)]
+    second = inputs[2] if len(inputs) > 2 else None
+    out = te.compute((rows, cols), lambda r, k: int_dot.form_element(form, inputs[0], inputs[1], second, r, k))
+    lib = tvm.compile(te.create_prim_func([*inputs, out]), target=HOST)
+    got = tvm.runtime.tensor(np.zeros((rows, cols), np.float32))
+    lib(*(tvm.runtime.tensor(a) for a in arrays), got)
+    expected = ggml_weight(name, raw)
+    differ = got.numpy().view(np.uint32) != expected.view(np.uint32)
+    assert not differ.any(), f"{name}: {int(differ.sum())} of {differ.size} weights differ"
+
+
+def _int8_rounded(x: np.ndarray) -> np.ndarray:
+    """x as the kernel sees it: int8 codes per group of 32 (absmax / 127), times the group's scale."""
+    rows, k = x.shape
+    grouped = x.reshape(rows, -1, 32)
+    amax = np.abs(grouped).max(-1)
+    inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    return (np.rint(grouped * inverse[..., None]) * (amax / np.float32(127))[..., None]).reshape(rows, k)
+
+
+# every format on the best ISA here; each new kernel form (5-bit codes, K-quant scales) on the other two
+GGML_CASES = [(RUNNABLE[0], name) for name in INT_DOT_FORMATS] + [
+    (isa, name) for isa in RUNNABLE[1:] for name in ("Q5_0", "Q4_K", "Q6_K")
+]
+
+
+@pytest.mark.parametrize(("isa", "name"), GGML_CASES)
+def test_ggml_kernel_equals_gguf_py(isa, name):
+    """The integer kernel on a GGML part equals gguf-py's dequantized weights times the int8-rounded
+    activations (prefill rows in blocks of 4 and alone, a partial tile, a zero group)."""
+    rng = np.random.default_rng(7)
+    rows, cols, form = 37, 512, INT_DOT_FORMATS[name]
+    raw = ggml_blocks(name, rows, cols, rng)
+    x = (rng.standard_normal((5, cols)) * rng.choice([1e-3, 1.0, 30.0], (5, 1))).astype(np.float32)
+    x[0, :32] = 0
+    target = tvm.target.Target({"kind": "llvm", "mcpu": ISA_CPUS[isa], "num-cores": 2})
+    func = int_matmul(rows, cols, form.bits, isa, form=form).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    out = tvm.runtime.tensor(np.zeros((5, rows), np.float32))
+    lib["main"](
+        tvm.runtime.tensor(x), *(tvm.runtime.tensor(a) for a in int_dot_arrays(name, FORMATS[name].split(raw))), out
+    )
+    weight = ggml_weight(name, raw).astype(np.float64)
+    expected = _int8_rounded(x).astype(np.float64) @ weight.T
+    scale = np.abs(expected).max(axis=1, keepdims=True)
+    assert (np.abs(out.numpy() - expected) <= 2e-6 * scale).all(), np.abs(out.numpy() - expected).max()
+    assert np.abs(out.numpy() - x.astype(np.float64) @ weight.T).max() > 0, "activations should be rounded to int8"
 
 
 def test_target_isa():

@@ -2,9 +2,11 @@
 
 A ``GGMLLinear`` weight may be made of parts in different formats (a fused q/k/v projection from a
 Q4_K_M file: q and k in Q4_K, v in Q6_K); each run of rows in one format is one part with its own
-planes and its own ``dequantize -> matmul`` kernel, and the outputs are concatenated. On x86 CPUs a
-Q4_0 / Q8_0 part takes the integer-dot path (``llmc.quant.int_dot``): same codes and fp16 scales as
-llmc's symmetric group-32 schemes, repacked.
+planes and its own ``dequantize -> matmul`` kernel, and the outputs are concatenated. On x86 CPUs
+every block format's part takes the integer-dot path (``llmc.quant.int_dot``): the same codes and
+scales, repacked (Q4_0 / Q8_0 as llmc's symmetric group-32 schemes; 5/6-bit codes with their top bits
+in extra vectors; K-quants with their integer sub-block scales and fp16 super-block scales), so the
+integer kernel computes the file's weights exactly, only the activations are rounded to int8.
 """
 
 from __future__ import annotations
@@ -16,24 +18,37 @@ from tvm.relax.frontend.nn import Tensor, op
 
 from llmc.quant import int_dot
 from llmc.quant.ggml_formats import FORMATS, GGMLFormat
-from llmc.quant.group import PER_WORD_ATTR, GroupQuant, QuantizedEmbedding, QuantizedLinear, int_dot_matmul
+from llmc.quant.group import PER_WORD_ATTR, GroupQuant, QuantizedEmbedding
+from llmc.quant.int_dot import Form
+from llmc.quant.int_dot_kernels import int_matmul
 
-# formats with the math of a group-32 scheme: value = (code - offset) * d, d in float16; Q4_1 (value =
-# d * code + m) adds a float16 minimum per group, taken by the kernel's ``with_min`` form (linear layers only)
+# the integer kernel's form of each block format (``int_dot.Form``): what it computes per group of 32
 INT_DOT_FORMATS = {
-    "Q4_0": GroupQuant(4, 32, "float16"),
-    "Q8_0": GroupQuant(8, 32, "float16"),
-    "Q4_1": GroupQuant(4, 32, "float16"),
+    "Q4_0": Form(4),
+    "Q4_1": Form(4, scales="group_min"),
+    "Q5_0": Form(4, high_bits=1),
+    "Q5_1": Form(4, scales="group_min", high_bits=1),
+    "Q8_0": Form(8),
+    "Q4_K": Form(4, scales="super_min"),
+    "Q5_K": Form(4, scales="super_min", high_bits=1),
+    "Q6_K": Form(4, scales="super16", high_bits=2),
 }
-WITH_MIN = {"Q4_1"}
+# embeddings (gathered rows, tied LM head) on the integer path: the formats of llmc's symmetric group schemes
+EMBEDDING_GROUPS = {"Q4_0": GroupQuant(4, 32, "float16"), "Q8_0": GroupQuant(8, 32, "float16")}
+SCALE_NAMES = {"group": ("q_scale",), "group_min": ("q_scale", "q_min")}  # else ("q_scale", "q_super")
 
 
-def int_dot_group(fmt: str, isa: str | None, embedding: bool = False) -> GroupQuant | None:
-    """The group scheme a part in ``fmt`` runs as on the CPU integer path (None: the decode path).
-    Embeddings (gathered rows, tied LM head) take it for the offset formats only."""
-    if isa is None or (embedding and fmt in WITH_MIN):
+def int_dot_group(fmt: str, isa: str | None, embedding: bool = False) -> Form | GroupQuant | None:
+    """How a part in ``fmt`` runs on the CPU integer path (None: the decode path): its ``Form`` for
+    linear layers; for embeddings the group scheme of the offset formats Q4_0 / Q8_0."""
+    if isa is None:
         return None
-    return INT_DOT_FORMATS.get(fmt)
+    return EMBEDDING_GROUPS.get(fmt) if embedding else INT_DOT_FORMATS.get(fmt)
+
+
+def array_names(fmt: str) -> tuple[str, ...]:
+    """Names of an integer-path part's arrays: codes, then the scale inputs of its form."""
+    return ("q_weight", *SCALE_NAMES.get(INT_DOT_FORMATS[fmt].scales, ("q_scale", "q_super")))
 
 
 def _planes(fmt: GGMLFormat, rows: int, cols: int) -> dict[str, nn.Parameter]:
@@ -79,23 +94,37 @@ class GGMLPart(nn.Module):
         pass
 
 
-class IntDotPart(QuantizedLinear):
-    """A Q4_0 / Q4_1 / Q8_0 part on the CPU integer path (``q_weight``, ``q_scale``, Q4_1's ``q_min``, in
-    the repacked layout)."""
+class IntDotPart(nn.Module):
+    """A part on the CPU integer path: repacked codes ``q_weight`` and the scale inputs of its format's
+    ``Form`` (``q_scale``; Q4_1/Q5_1's ``q_min``; K-quants' ``q_super``)."""
 
     def __init__(self, fmt: str, rows: int, cols: int, isa: str):
-        self.fmt_name = fmt
-        super().__init__(cols, rows, INT_DOT_FORMATS[fmt], False, isa)
-        self.q_min = nn.Parameter(tuple(self.q_scale.shape), "float16") if fmt in WITH_MIN else None
+        self.fmt_name, self.rows, self.cols, self.isa = fmt, rows, cols, isa
+        self.form = form = INT_DOT_FORMATS[fmt]
+        tiles, groups = int_dot.tile_count(rows), -(-cols // int_dot.GROUP)
+        self.q_weight = nn.Parameter((tiles, groups, form.steps, int_dot.VECTOR_BYTES), "uint8")
+        for name, (shape, dtype) in zip(array_names(fmt)[1:], form.scale_shapes(rows, cols)):
+            setattr(self, name, nn.Parameter(shape, dtype))
 
     def matmul(self, x: Tensor) -> Tensor:
-        return int_dot_matmul(
-            self.gq, self.isa, x, self.q_weight, self.q_scale, self.out_features, self.in_features, self.q_min
+        *lead, _ = x.shape
+        count = 1
+        for dim in lead:
+            count = count * dim
+        out = op.tensor_ir_op(
+            int_matmul(self.rows, self.cols, self.form.bits, self.isa, form=self.form),
+            "int_dot_matmul",
+            args=[op.reshape(x, (count, self.cols)), *(getattr(self, name) for name in array_names(self.fmt_name))],
+            out=Tensor.placeholder((count, self.rows), "float32"),
         )
+        return op.reshape(out, (*lead, self.rows))
+
+    def to(self, dtype: str | None = None) -> None:  # repacked arrays keep their dtypes
+        pass
 
 
 def make_part(fmt: str, rows: int, cols: int, isa: str | None) -> nn.Module:
-    if int_dot_group(fmt, isa) is not None:
+    if int_dot_group(fmt, isa) is not None and cols % FORMATS[fmt].block_size == 0:
         return IntDotPart(fmt, rows, cols, isa)
     return GGMLPart(FORMATS[fmt], rows, cols)
 
@@ -153,17 +182,52 @@ def make_embedding(num: int, dim: int, fmt: str, isa: str | None) -> nn.Module:
 
 
 # ---------------------------------------------------------------------- numpy: stored arrays
-def int_dot_arrays(fmt: str, planes: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """A Q4_0 / Q4_1 / Q8_0 part's planes -> [codes, fp16 scales (, Q4_1's fp16 minimums)] in the CPU
-    integer layout (same values).
+def _unpack(words: np.ndarray, bits: int) -> np.ndarray:
+    """Weight-order words ``[rows, n]`` (``32 // bits`` codes each, lowest bits first) -> uint8 codes."""
+    shifts = np.arange(0, 32, bits, dtype=np.uint32)
+    codes = (words[..., None] >> shifts) & np.uint32((1 << bits) - 1)
+    return codes.reshape(words.shape[0], -1).astype(np.uint8)
 
-    The planes already hold the codes in weight order, 32 // bits per word: llmc's group layout. Q4_0
-    codes are offset-8 nibbles as llmc's, Q4_1's plain nibbles; Q8_0's int8 become offset-128 codes by
-    flipping each top bit.
-    """
-    gq = INT_DOT_FORMATS[fmt]
-    packed = planes["qs"] ^ np.uint32(0x80808080) if fmt == "Q8_0" else planes["qs"]
-    codes, scales = int_dot.repack(gq, packed, planes["d"])
-    if fmt not in WITH_MIN:
-        return [codes, scales]
-    return [codes, scales, int_dot.repack_scales(planes["m"])]
+
+def _bytes(plane: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(plane).view(np.uint8)
+
+
+def k_scales_mins(planes: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: the 6-bit scale and minimum of every sub-block of 32, ``[rows, blocks * 8]`` uint8
+    (ggml's ``get_scale_min_k4`` over the 12 scale bytes ``a | b | c``)."""
+    a, b, c = (_bytes(planes[f"scales_{w}"]).reshape(planes["d"].shape[0], -1, 4) for w in "abc")
+    low_sc, low_mn = a & 63, b & 63  # sub-blocks 0..3
+    high_sc = (c & 15) | ((a >> 6) << 4)  # sub-blocks 4..7
+    high_mn = (c >> 4) | ((b >> 6) << 4)
+    sc = np.concatenate([low_sc, high_sc], axis=-1).reshape(a.shape[0], -1)
+    mn = np.concatenate([low_mn, high_mn], axis=-1).reshape(a.shape[0], -1)
+    return sc, mn
+
+
+def ggml_codes(fmt: str, planes: dict[str, np.ndarray]) -> np.ndarray:
+    """One unsigned code per weight ``[rows, cols]`` (uint8), as the integer kernel reads them."""
+    if fmt == "Q8_0":  # int8 -> offset-128 codes: flip each top bit
+        return _unpack(planes["qs"] ^ np.uint32(0x80808080), 8)
+    if fmt == "Q6_K":
+        return _unpack(planes["ql"], 4) | (_unpack(planes["qh"], 2) << 4)
+    codes = _unpack(planes["qs"], 4)
+    return codes | (_unpack(planes["qh"], 1) << 4) if "qh" in planes else codes
+
+
+def int_dot_arrays(fmt: str, planes: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """A part's planes -> its integer-path arrays (``array_names``): the same codes and scales, repacked."""
+    form = INT_DOT_FORMATS[fmt]
+    codes = int_dot.repack_codes(ggml_codes(fmt, planes), form.bits, form.high_bits)
+    rows = planes["d"].shape[0]
+    if form.scales == "group":
+        return [codes, int_dot.repack_scales(planes["d"])]
+    if form.scales == "group_min":
+        return [codes, int_dot.repack_scales(planes["d"]), int_dot.repack_scales(planes["m"])]
+    if form.scales == "super_min":
+        sc, mn = k_scales_mins(planes)
+        sub = np.stack([sc, mn], axis=-1)  # [rows, groups, 2]
+        sup = np.stack([planes["d"], planes["dmin"]], axis=-1)  # [rows, blocks, 2]
+        return [codes, int_dot.repack_scales(sub), int_dot.repack_scales(sup)]
+    sub = _bytes(planes["scales"]).view(np.int8).reshape(rows, -1, 2)  # Q6_K: a scale per 16 weights
+    return [codes, int_dot.repack_scales(sub), int_dot.repack_scales(planes["d"].reshape(rows, -1, 1))]

@@ -24,12 +24,13 @@ from llmc.quant.ggml_formats import FORMATS, get_format
 from llmc.quant.ggml_layers import (
     INT_DOT_FORMATS,
     GGMLLinear,
+    array_names,
     int_dot_arrays,
     int_dot_group,
     make_embedding,
 )
 
-_PORTABLE_LEAF = {"q_weight": "qs", "q_scale": "d", "q_min": "m"}
+_INT_LEAVES = {"q_weight", "q_scale", "q_min", "q_super"}  # integer-path arrays (ggml_layers.array_names)
 Runs = tuple[tuple[str, int], ...]  # (GGML type, rows) per run of rows
 
 
@@ -193,13 +194,14 @@ class KeepScheme(QuantScheme):
             and not experts
             and int_dot_group(fmt, "any", embedding=re.search(r"\.parts\.\d+$", part) is None)
         ):
-            return list(zip((f"{part}.q_weight", f"{part}.q_scale", f"{part}.q_min"), int_dot_arrays(fmt, planes)))
+            return [(f"{part}.{leaf}", array) for leaf, array in zip(array_names(fmt), int_dot_arrays(fmt, planes))]
         return [(f"{part}.{plane.name}", planes[plane.name]) for plane in FORMATS[fmt].planes]
 
     def portable_name(self, name: str) -> str:
-        """A Q4_0/Q4_1/Q8_0 part's CPU arrays come from its ``qs`` / ``d`` (/ ``m``) planes."""
+        """An integer-path array comes from its part's planes (named here by the format's first plane)."""
         prefix, _, leaf = name.rpartition(".")
-        return f"{prefix}.{_PORTABLE_LEAF[leaf]}" if leaf in _PORTABLE_LEAF else name
+        fmt = self._plane_format(prefix, set()) if leaf in _INT_LEAVES else None
+        return f"{prefix}.{FORMATS[fmt].planes[0].name}" if fmt in FORMATS else name
 
     def relayout_stream(self, arrays, dtype: str | None, int_layout: bool):
         """A weights folder's arrays (portable planes) -> those of the target's module, in order."""
