@@ -18,6 +18,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
 from llmc.models.layers import silu_multiply
+from llmc.models.moe_sort import combine_sorted, gather_assignments, sort_by_expert
 
 
 class ExpertWeights(nn.Module):
@@ -39,6 +40,15 @@ class ExpertWeights(nn.Module):
 
     def forward(self, x: Tensor, expert_ids: Tensor) -> Tensor:
         return expert_matmul(x, expert_ids, self)
+
+    def has_grouped(self) -> bool:
+        """Whether ``grouped`` has a kernel here (the CPU integer path); otherwise ``forward`` gathers."""
+        return False
+
+    def grouped(self, x: Tensor, indptr: Tensor) -> Tensor:
+        """Expert-major rows ``x`` ``[M, cols]`` (expert ``e``'s are ``indptr[e] .. indptr[e + 1]``) times
+        their expert's matrix -> ``[M, rows]``, each expert's weights decoded once for all its rows."""
+        raise NotImplementedError
 
 
 def expert_matmul(x: Tensor, expert_ids: Tensor, weights: ExpertWeights) -> Tensor:
@@ -153,21 +163,29 @@ class Experts(nn.Module):
         self.gate_up_proj = ExpertWeights(experts, 2 * inter, hidden)
         self.down_proj = ExpertWeights(experts, hidden, inter)
 
-    def forward(self, x: Tensor, expert_ids: Tensor, fast_silu: bool) -> Tensor:
-        gate_up = self.gate_up_proj(x, expert_ids)
+    def has_grouped(self) -> bool:
+        return self.gate_up_proj.has_grouped() and self.down_proj.has_grouped()
+
+    def activation(self, gate_up: Tensor, fast_silu: bool) -> Tensor:
         if fast_silu:
-            act = silu_multiply(gate_up, self.inter)
-        else:
-            gate, up = op.split(gate_up, 2, axis=-1)
-            act = op.silu(gate) * up
-        return self.down_proj(act, expert_ids)
+            return silu_multiply(gate_up, self.inter)
+        gate, up = op.split(gate_up, 2, axis=-1)
+        return op.silu(gate) * up
+
+    def forward(self, x: Tensor, expert_ids: Tensor, fast_silu: bool) -> Tensor:
+        """Gathered: ``[n, top_k, hidden]`` outputs, each (token, choice) reading its expert's rows."""
+        return self.down_proj(self.activation(self.gate_up_proj(x, expert_ids), fast_silu), expert_ids)
+
+    def grouped(self, x: Tensor, indptr: Tensor, fast_silu: bool) -> Tensor:
+        """Grouped: expert-major rows in, expert-major ``[n * top_k, hidden]`` out."""
+        return self.down_proj.grouped(self.activation(self.gate_up_proj.grouped(x, indptr), fast_silu), indptr)
 
 
 class SparseMoE(nn.Module):
     """Router + experts for ``[b, s, hidden]`` activations (softmax scoring, top-k)."""
 
     def __init__(self, hidden: int, experts: int, inter: int, top_k: int, renormalize: bool):
-        self.top_k, self.renormalize = top_k, renormalize
+        self.top_k, self.renormalize, self.num_experts = top_k, renormalize, experts
         self.gate = Router(hidden, experts)
         self.experts = Experts(experts, hidden, inter)
         self.fast_silu = False  # set by the model on CPUs (float32)
@@ -178,5 +196,10 @@ class SparseMoE(nn.Module):
         probs = op.softmax(self.gate(flat), axis=-1)
         expert_ids = top_k_experts(probs, self.top_k)
         weights = routing_weights(probs, expert_ids, self.renormalize)
-        out = combine_experts(self.experts(flat, expert_ids, self.fast_silu), weights)
+        if self.experts.has_grouped():  # sort the assignments by expert; each expert's tiles decoded once
+            order, indptr, slot = sort_by_expert(expert_ids, self.num_experts)
+            sorted_out = self.experts.grouped(gather_assignments(flat, order, self.top_k), indptr, self.fast_silu)
+            out = combine_sorted(sorted_out, slot, weights)
+        else:
+            out = combine_experts(self.experts(flat, expert_ids, self.fast_silu), weights)
         return op.reshape(out, (b, s, hidden))

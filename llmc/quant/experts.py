@@ -8,12 +8,13 @@ from collections.abc import Sequence
 
 from tvm import te
 from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import Tensor
 
 from llmc.models.moe import ExpertWeights
 from llmc.quant import int_dot
 from llmc.quant.ggml_formats import FORMATS
 from llmc.quant.ggml_layers import GGMLPart
-from llmc.quant.group import GroupQuant, _quantized_parameters
+from llmc.quant.group import GroupQuant, _quantized_parameters, int_dot_grouped_matmul
 
 
 class QuantizedExpertWeights(ExpertWeights):
@@ -31,6 +32,14 @@ class QuantizedExpertWeights(ExpertWeights):
         if self.isa is None:
             return self.gq.te_element(planes[0], planes[1], row, col)
         return int_dot.te_element(self.gq, planes[0], planes[1], row, col)
+
+    def has_grouped(self) -> bool:
+        return self.isa is not None and self.rows % int_dot.TILE_ROWS == 0
+
+    def grouped(self, x: Tensor, indptr: Tensor) -> Tensor:
+        return int_dot_grouped_matmul(
+            self.gq, self.isa, x, indptr, self.q_weight, self.q_scale, self.experts, self.rows, self.cols
+        )
 
     def to(self, dtype: str | None = None) -> None:  # packed weights keep their dtype
         pass
