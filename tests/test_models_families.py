@@ -266,22 +266,26 @@ MOE_FORMATS = {"ffn_gate_exps": "Q4_0", "ffn_up_exps": "Q4_0", "ffn_down_exps": 
 
 
 def test_moe_gguf_keep_decodes_expert_blocks_like_gguf_py(family_checkpoints, tmp_path):
-    """--quant keep runs the experts in the file's block formats (decoded in the gathered expert matmul):
-    its logits equal those of the q0f32 build, whose weights gguf-py dequantized."""
+    """--quant keep runs the experts in the file's block formats: on the float path (decoded in the
+    gathered expert matmul) its logits equal those of the q0f32 build, whose weights gguf-py dequantized;
+    on the CPU integer path (grouped kernel over expert-sorted rows, int8 activations) they are close."""
     from llmc.compile import CompileOptions, compile_model
 
     gguf_file = tmp_path / "qwen3_moe-q.gguf"
     write_gguf(family_checkpoints["qwen3_moe"], "qwen3_moe", gguf_file, MOE_FORMATS)
     logits = {}
-    for quant in ("keep", "q0f32"):
+    for quant, cpu in (("keep", "float"), ("keep", "int8"), ("q0f32", "float")):
         options = CompileOptions(
-            quant=quant, output=tmp_path / quant, quiet=True, context_window=128, prefill_chunk=16, cpu_matmul="float"
-        )
+            quant=quant, output=tmp_path / f"{quant}-{cpu}", quiet=True, context_window=128, prefill_chunk=16,
+            cpu_matmul=cpu,
+        )  # fmt: skip
         engine = Engine(compile_model(str(gguf_file), options))
         engine.add_sequence(0)
-        logits[quant] = engine.forward_all(0, random_ids(engine.vocab_size, 40, seed=4))
+        logits[quant, cpu] = engine.forward_all(0, random_ids(engine.vocab_size, 40, seed=4))
     for position in (0, 20, 39):
-        assert_close(logits["keep"][position], logits["q0f32"][position], FP32, f"keep position {position}")
+        reference = logits["q0f32", "float"][position]
+        assert_close(logits["keep", "float"][position], reference, FP32, f"keep position {position}")
+        assert_close(logits["keep", "int8"][position], reference, 3e-2, f"keep int8 position {position}")
 
 
 def test_moe_gguf_keep_refuses_experts_in_mixed_formats(family_checkpoints, tmp_path):

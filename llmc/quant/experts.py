@@ -1,6 +1,8 @@
-"""Group-quantized expert weights: ``ExpertWeights`` whose ``[experts * rows, cols]`` matrix is stored as
-one group-quantized matrix (the 3-D experts are a tall 2-D weight to the quantizer), decoded inside the
-gathered expert matmul (``llmc.models.moe.expert_matmul``)."""
+"""Quantized expert weights: ``ExpertWeights`` whose ``[experts * rows, cols]`` matrix is stored as one
+quantized matrix (the 3-D experts are a tall 2-D weight to the quantizer): llmc's group schemes and, under
+``--quant keep``, a GGUF file's block format. On the CPU integer path they run the grouped integer kernel
+(``int_matmul(experts=...)``) over expert-sorted rows; elsewhere they are decoded in the gathered expert
+matmul (``llmc.models.moe.expert_matmul``)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ from collections.abc import Sequence
 
 from tvm import te
 from tvm.relax.frontend import nn
-from tvm.relax.frontend.nn import Tensor
+from tvm.relax.frontend.nn import Tensor, op
 
 from llmc.models.moe import ExpertWeights
 from llmc.quant import int_dot
 from llmc.quant.ggml_formats import FORMATS
-from llmc.quant.ggml_layers import GGMLPart
+from llmc.quant.ggml_layers import GGMLPart, IntDotPart, array_names, int_dot_group
 from llmc.quant.group import GroupQuant, _quantized_parameters, int_dot_grouped_matmul
+from llmc.quant.int_dot_kernels import int_matmul
 
 
 class QuantizedExpertWeights(ExpertWeights):
@@ -47,19 +50,42 @@ class QuantizedExpertWeights(ExpertWeights):
 
 class GGMLExpertWeights(ExpertWeights):
     """``--quant keep``: the expert stack in its GGUF file's block format (one format for the whole stack),
-    decoded in the gathered matmul. Stored as one ``parts.0`` part of raw planes, like a one-run
-    ``GGMLLinear``; experts never take the CPU integer layout."""
+    stored as one ``parts.0`` part like a one-run ``GGMLLinear``: raw planes decoded in the gathered
+    matmul, or with ``isa`` the integer layout of that format, run by the grouped integer kernel."""
 
-    def __init__(self, experts: int, rows: int, cols: int, fmt: str):
-        self.experts, self.rows, self.cols = experts, rows, cols
-        self.fmt = FORMATS[fmt]
-        self.parts = nn.ModuleList([GGMLPart(self.fmt, experts * rows, cols)])
+    def __init__(self, experts: int, rows: int, cols: int, fmt: str, isa: str | None = None):
+        self.experts, self.rows, self.cols, self.fmt_name = experts, rows, cols, fmt
+        self.form = int_dot_group(fmt, isa)
+        if self.form is not None and cols % FORMATS[fmt].block_size == 0:
+            self.parts = nn.ModuleList([IntDotPart(fmt, experts * rows, cols, isa)])
+            self.names = array_names(fmt)
+        else:
+            self.form = None
+            self.parts = nn.ModuleList([GGMLPart(FORMATS[fmt], experts * rows, cols)])
+            self.names = tuple(plane.name for plane in FORMATS[fmt].planes)
 
     def planes(self) -> list:
-        return [getattr(self.parts[0], plane.name) for plane in self.fmt.planes]
+        return [getattr(self.parts[0], name) for name in self.names]
 
     def element(self, planes: Sequence[te.Tensor], row, col):
-        return self.fmt.te_element(dict(zip([p.name for p in self.fmt.planes], planes)), row, col)
+        if self.form is not None:
+            codes, first, *second = planes
+            return int_dot.form_element(self.form, codes, first, second[0] if second else None, row, col)
+        return FORMATS[self.fmt_name].te_element(dict(zip(self.names, planes)), row, col)
+
+    def has_grouped(self) -> bool:
+        return self.form is not None and self.rows % int_dot.TILE_ROWS == 0
+
+    def grouped(self, x: Tensor, indptr: Tensor) -> Tensor:
+        part = self.parts[0]
+        return op.tensor_ir_op(
+            int_matmul(
+                self.experts * self.rows, self.cols, self.form.bits, part.isa, form=self.form, experts=self.experts
+            ),
+            "int_dot_grouped_matmul",
+            args=[x, indptr, *self.planes()],
+            out=Tensor.placeholder((x.shape[0], self.rows), "float32"),
+        )
 
     def to(self, dtype: str | None = None) -> None:  # planes keep their dtypes
         pass

@@ -278,9 +278,26 @@ def int_matmul(
 
     code_shape = (tiles, groups, form.steps, VECTOR_BYTES)
     (a_shape, a_dtype), *rest = form.scale_shapes(out_features, in_features)
+    if experts and rest:
+        ((b_shape, b_dtype),) = rest
+
+        @T.prim_func(private=True, s_tir=True)
+        def func_grouped_two(
+            x_h: T.handle, indptr_h: T.handle, w_h: T.handle, ws_h: T.handle, wm_h: T.handle, out_h: T.handle
+        ):
+            T.func_attr(SCHEDULED)
+            m_rows = T.int64()
+            x = T.match_buffer(x_h, (m_rows, in_features), "float32")
+            indptr = T.match_buffer(indptr_h, (experts + 1,), "int32")
+            w = T.match_buffer(w_h, code_shape, "uint8")
+            ws = T.match_buffer(ws_h, a_shape, a_dtype)
+            wm = T.match_buffer(wm_h, b_shape, b_dtype)
+            out = T.match_buffer(out_h, (m_rows, per_expert), "float32")
+            with T.sblock("root"):
+                grouped_body(x, indptr, w, ws, wm, out, m_rows)
+
+        return func_grouped_two
     if experts:
-        if rest:
-            raise ValueError("int_matmul: grouped experts take one-scale formats (llmc's group schemes)")
 
         @T.prim_func(private=True, s_tir=True)
         def func_grouped(x_h: T.handle, indptr_h: T.handle, w_h: T.handle, ws_h: T.handle, out_h: T.handle):

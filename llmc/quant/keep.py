@@ -154,7 +154,7 @@ class KeepScheme(QuantScheme):
                         "which --quant keep cannot run yet; compile with --quant q4f16_1 (or q8f16_1)."
                     )
                 replaced.add(param)
-                return GGMLExpertWeights(child.experts, child.rows, child.cols, runs[0][0])
+                return GGMLExpertWeights(child.experts, child.rows, child.cols, runs[0][0], isa)
             if isinstance(child, nn.Linear):
                 replaced.add(param)
                 return GGMLLinear(child.in_features, list(runs), child.bias is not None, isa, dtype or "float32")
@@ -188,12 +188,7 @@ class KeepScheme(QuantScheme):
 
     @staticmethod
     def part_arrays(part: str, fmt: str, planes: dict[str, np.ndarray], int_layout: bool) -> list:
-        experts = ".experts." in part  # expert stacks keep their planes (GGMLExpertWeights)
-        if (
-            int_layout
-            and not experts
-            and int_dot_group(fmt, "any", embedding=re.search(r"\.parts\.\d+$", part) is None)
-        ):
+        if int_layout and int_dot_group(fmt, "any", embedding=re.search(r"\.parts\.\d+$", part) is None):
             return [(f"{part}.{leaf}", array) for leaf, array in zip(array_names(fmt), int_dot_arrays(fmt, planes))]
         return [(f"{part}.{plane.name}", planes[plane.name]) for plane in FORMATS[fmt].planes]
 
