@@ -58,7 +58,7 @@ def _capped(score, softcap: float):
     return T.tanh(score * T.float32(1.0 / softcap)) * T.float32(softcap * LOG2E)
 
 
-def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float = 0.0):
+def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float = 0.0, inline_rope: dict | None = None):
     """A TVMScript macro: online-softmax attention of query ``q[token, h]`` over keys ``[start, end)``.
 
     Keys are ``keys[key_base + j, h // group]`` (ragged q/k/v) or, ``paged``, slot ``j`` of the
@@ -66,8 +66,14 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
     with no key (``start == end``) gets a zero output and a log-sum-exp TVM's merge weighs as nothing.
     Head vectors are handled ``lanes`` floats at a time (explicit vectors: LLVM does not vectorize
     the reductions through TVM's local buffers on its own).
+
+    ``inline_rope`` (the rope scaling dict; evicting caches, see ``rope_table``): when the cache says
+    ``rotary > 0`` the stored keys are un-rotated, so the query is rotated at table row ``q_row`` and
+    key ``idx`` at row ``k_row + idx`` of ``table`` (cos, sin per position; rows past ``rows`` are
+    computed directly, the row being the position).
     """
     lanes = _lanes(d)
+    half = d // 2
     steps = d // lanes
     q_unit = 1.0 if softcap else LOG2E  # soft-capping needs the plain score, log2 units come after it
 
@@ -97,10 +103,35 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
         if lanes >= 4:
             part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
 
+    def trig(table, rows, row, e, which, theta):
+        """cos (``which`` 0) or sin of element ``e``'s angle at table ``row`` (position ``row`` past the table)."""
+        direct = _rope_entry(inline_rope, T.Cast("float32", row), e, d, theta, which)
+        return T.if_then_else(row < rows, table[T.min(row, rows - 1), which * half + e % half], direct)
+
+    def rotated(load, table, rows, row, e, theta):
+        """Element ``e`` of a head vector (``load(i)``: element ``i`` as float32) rotated HF rotate-half style."""
+        partner = T.if_then_else(e < half, -load(T.min(e + half, d - 1)), load(T.max(e - half, 0)))
+        return load(e) * trig(table, rows, row, e, 0, theta) + partner * trig(table, rows, row, e, 1, theta)
+
+    def rotated_query(q, token, h, table, rows, row, e, theta):
+        return rotated(lambda i: T.Cast("float32", q[token, h, i]), table, rows, row, e, theta)
+
+    def rotated_key(keys, key_base, page, c, j, h, table, rows, row, e, theta):
+        def load(i):
+            if paged:
+                return T.Cast("float32", keys[page, 0, h // group, j, i])
+            return T.Cast("float32", keys[key_base + c * CHUNK + j, h // group, i])
+
+        return rotated(load, table, rows, row, e, theta)
+
     @T.macro
-    def attend(q, token, h, start, end, keys, values, key_base, page_values, output, lse, sm_scale):
+    def attend(
+        q, token, h, start, end, keys, values, key_base, page_values, output, lse, sm_scale,
+        rotary, table, rows, q_row, k_row, theta,
+    ):  # fmt: skip
         acc = T.decl_buffer((d,), "float32")
         qf = T.decl_buffer((d,), "float32")
+        kf = T.decl_buffer((d,), "float32")
         part = T.decl_buffer((lanes,), "float32")
         scores = T.decl_buffer((CHUNK,), "float32")
         # scalars live in small buffers: TVM 0.27 turns let-bound values in parallel bodies into heap workspaces
@@ -111,6 +142,12 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
             qf[T.ramp(e * lanes, 1, lanes)] = T.Cast(
                 f"float32x{lanes}", q[token, h, T.ramp(e * lanes, 1, lanes)]
             ) * T.broadcast(sm_scale * T.float32(q_unit), lanes)
+        if inline_rope is not None:  # noqa: SIM102 - a parse-time branch around a TIR one
+            if rotary > 0:
+                for e in range(d):
+                    kf[e] = rotated_query(q, token, h, table, rows, q_row, e, theta)
+                for e in range(d):
+                    qf[e] = kf[e] * sm_scale * T.float32(q_unit)
         state[0] = T.float32(NEG_INIT)
         state[1] = T.float32(1)
         for c in range(start // CHUNK, (end + CHUNK - 1) // CHUNK):
@@ -119,10 +156,24 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
             for j in range(CHUNK):
                 if start <= c * CHUNK + j and c * CHUNK + j < end:
                     part[T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
-                    for e in range(steps):
-                        part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
-                            keys, key_base, page[0], c, j, h, e, 0
-                        )
+                    if inline_rope is not None:
+                        if rotary > 0:
+                            for e in range(d):
+                                kf[e] = rotated_key(
+                                    keys, key_base, page[0], c, j, h, table, rows, k_row + c * CHUNK + j, e, theta
+                                )
+                            for e in range(steps):
+                                part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * vec(kf, e)
+                        else:
+                            for e in range(steps):
+                                part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
+                                    keys, key_base, page[0], c, j, h, e, 0
+                                )
+                    else:
+                        for e in range(steps):
+                            part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
+                                keys, key_base, page[0], c, j, h, e, 0
+                            )
                     fold(part)
                     scores[j] = _capped(part[0] + part[1], softcap)
                     state[2] = T.max(state[2], scores[j])
@@ -180,26 +231,90 @@ def _decode_start(length_info, b, sliding: bool):
     return length_info[1, b] if sliding else 0
 
 
-def _prefill_start(causal, row, page_indptr, length_info, b, page_size, window):
+def _decode_skip(page_indptr, length_info, b, page_size, sliding: bool, visible: int):
+    """Cached keys a decode row skips: those before its last ``visible`` (0: sees them all)."""
+    if not visible:
+        return 0
+    return T.max(_paged_len(page_indptr, length_info, b, page_size, sliding) - visible, 0)
+
+
+def _window_offset(length_info, b, sliding: bool):
+    """Where a sliding variant's keys start in their first page (0 for the full-attention variant)."""
+    return length_info[1, b] if sliding else 0
+
+
+def _paged_start(causal, row, page_indptr, length_info, b, page_size, window, evict_window, sliding):
     """First page slot a prefill row sees: a sliding window's offset plus the keys before its window
-    (TVM's ``_causal_or_sliding_cross_mask``: the last ``window - row - 1`` cached keys)."""
+    (TVM's ``_causal_or_sliding_cross_mask``: the last ``window - row - 1`` cached keys; an evicting
+    cache's window applies whatever ``causal`` says)."""
+    if evict_window:
+        kv_len = _paged_len(page_indptr, length_info, b, page_size, sliding)
+        return _window_offset(length_info, b, sliding) + _evicting_start(row, kv_len, evict_window)
     if not window:
         return 0
     kv_len = _paged_len(page_indptr, length_info, b, page_size, sliding=True)
     return length_info[1, b] + T.if_then_else(causal > 0, T.max(kv_len - T.max(window - row - 1, 0), 0), 0)
 
 
-def _prefill_end(causal, row, page_indptr, length_info, b, page_size, window, q_indptr):
+def _prefill_end(causal, row, page_indptr, length_info, b, page_size, window, q_indptr, sliding):
     """One past the last page slot a prefill row sees."""
     if window:
-        return length_info[1, b] + _paged_len(page_indptr, length_info, b, page_size, sliding=True)
+        return _window_offset(length_info, b, sliding) + _paged_len(page_indptr, length_info, b, page_size, sliding)
     kv_len = _paged_len(page_indptr, length_info, b, page_size)
     return _visible(causal, row, kv_len, q_indptr[b + 1] - q_indptr[b])
 
 
-def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0):
-    """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs)."""
-    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap)
+def _rope_entry(rope_scaling: dict, position, e, d: int, theta, which: int):
+    """cos (``which`` 0) or sin of RoPE element ``e``'s angle at ``position`` (TVM's frequency formulas)."""
+    from tvm import tirx
+    from tvm.relax.frontend.nn.llm.position_embedding import switch_rope_freq_func
+
+    cos, sin, var_map = switch_rope_freq_func(rope_scaling)(position, e, d, theta, "float32")
+    expr = cos if which == 0 else sin
+    for var, value in var_map.items():
+        expr = tirx.Let(var, value, expr)
+    return expr
+
+
+def _fill_rope_table(rope_scaling: dict, d: int, by_position: bool):
+    """A TVMScript macro: ``table[row] = cos, sin`` of every frequency at the row's position, rows in
+    parallel (one table per kernel call instead of trigonometry per key and query head). The row is the
+    position (``by_position``: paged kernels) or the token whose position ``positions[row]`` holds."""
+    half = d // 2
+
+    def entry(positions, row, i, theta, which):
+        position = row if by_position else positions[row]
+        return _rope_entry(rope_scaling, T.Cast("float32", position), i, d, theta, which)
+
+    @T.macro
+    def fill(table, rows, positions, theta):
+        for row in T.parallel(rows):
+            for i in range(half):
+                table[row, i] = entry(positions, row, i, theta, 0)
+                table[row, half + i] = entry(positions, row, i, theta, 1)
+
+    return fill
+
+
+def _evicting_start(row, kv_len, window: int):
+    """First cached key a prefill row sees in an evicting cache (whatever ``causal`` says): the last
+    ``window - row - 1`` cached keys are inside row's window, the chunk's own keys come from the ragged
+    kernel."""
+    return T.max(kv_len - T.max(window - row - 1, 0), 0)
+
+
+def _rows_or_one(rows, used: bool):
+    return rows if used else 1
+
+
+def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0, evict_window: int = 0):
+    """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs).
+
+    ``evict_window``: the cache may slide (inline RoPE when the cache asks: keys are the chunk's tokens,
+    so one table row per token serves queries and keys)."""
+    inline = rope_scaling if evict_window else None
+    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap, inline_rope=inline)
+    fill = _fill_rope_table(rope_scaling, d_qk, by_position=False)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -226,11 +341,15 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
         k = T.match_buffer(var_k, (kv_len, h_kv, d_qk), dtype)
         v = T.match_buffer(var_v, (kv_len, h_kv, d_v), dtype)
         kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_off)
-        T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=qr_off)
+        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=qr_off)
         T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
         output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
         lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
         with T.sblock("root"):
+            table = T.decl_buffer((_rows_or_one(qo_len, evict_window > 0), d_qk), "float32")
+            if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
+                if rotary_mode == 1:
+                    fill(table, qo_len, q_rope_position, rope_theta)
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
                     attend(
@@ -246,17 +365,40 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
                         output,
                         lse,
                         sm_scale,
+                        rotary_mode,
+                        table,
+                        qo_len,
+                        q_indptr[b] + item // h_q,
+                        kv_indptr[b],
+                        rope_theta,
                     )
 
     return batch_prefill_ragged_kv
 
 
 def prefill_paged(
-    h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024, softcap: float = 0.0
+    h_kv,
+    h_q,
+    d,
+    dtype,
+    sliding_window,
+    rope_scaling,
+    page_size=16,
+    sliding_window_size=1024,
+    softcap: float = 0.0,
+    evict_window: int = 0,
 ):
-    """Attention of new tokens over the sequences' cached pages (``sliding_window``: a window layer's)."""
-    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv, softcap=softcap)
-    window = sliding_window_size if sliding_window else 0
+    """Attention of new tokens over the sequences' cached pages (``sliding_window``: a window layer's, or
+    with ``evict_window`` the whole cache's sliding variant).
+
+    ``evict_window``: every layer is a ``evict_window``-token window and the cache may slide: each row
+    sees the last ``evict_window - row - 1`` cached keys whatever ``causal`` says (TVM passes 0 for a
+    whole-cache window), with inline RoPE when the cache asks (``rotary_mode`` 1: keys stored un-rotated
+    at their positions in the window)."""
+    inline = rope_scaling if evict_window else None
+    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv, softcap=softcap, inline_rope=inline)
+    fill = _fill_rope_table(rope_scaling, d, by_position=True)
+    window = sliding_window_size if sliding_window and not evict_window else 0
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
@@ -294,19 +436,43 @@ def prefill_paged(
         length_info = T.match_buffer(
             var_length_info, (3, batch_size) if sliding_window else (batch_size,), "int32", elem_offset=li_off
         )
-        T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
-        T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=qr_off)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
+        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=qr_off)
         output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
         lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
         with T.sblock("root"):
+            table = T.decl_buffer((_rows_or_one(nnz_pages * page_size, evict_window > 0), d), "float32")
+            if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
+                if rotary_mode == 1:
+                    fill(table, nnz_pages * page_size, q_rope_position, rope_theta)
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
                     attend(
                         q,
                         q_indptr[b] + item // h_q,
                         item % h_q,
-                        _prefill_start(causal, item // h_q, page_indptr, length_info, b, page_size, window),
-                        _prefill_end(causal, item // h_q, page_indptr, length_info, b, page_size, window, q_indptr),
+                        _paged_start(
+                            causal,
+                            item // h_q,
+                            page_indptr,
+                            length_info,
+                            b,
+                            page_size,
+                            window,
+                            evict_window,
+                            sliding_window,
+                        ),
+                        _prefill_end(
+                            causal,
+                            item // h_q,
+                            page_indptr,
+                            length_info,
+                            b,
+                            page_size,
+                            window or evict_window,
+                            q_indptr,
+                            sliding_window,
+                        ),
                         pages,
                         pages,
                         page_indptr[b],
@@ -314,17 +480,41 @@ def prefill_paged(
                         output,
                         lse,
                         sm_scale,
+                        rotary_mode,
+                        table,
+                        nnz_pages * page_size,
+                        q_rope_position[q_indptr[b] + item // h_q],
+                        k_rope_pos_offset[b] - _window_offset(length_info, b, sliding_window),
+                        rope_theta,
                     )
 
     return _named(batch_prefill_paged_kv_cpu, sliding_window)
 
 
 def decode_paged(
-    num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window, rope_scaling, page_size=16, softcap: float = 0.0
+    num_kv_heads,
+    num_qo_heads,
+    head_dim,
+    qkv_dtype,
+    sliding_window,
+    rope_scaling,
+    page_size=16,
+    softcap: float = 0.0,
+    evict_window: int = 0,
 ):
-    """One new token per sequence over its cached pages (the current token's K/V already appended)."""
+    """One new token per sequence over its cached pages.
+
+    ``evict_window`` (every layer one window, the cache may slide): the full-attention variant runs
+    with the current token already appended (a cache created without sliding) and sees the last
+    ``evict_window`` keys; the sliding variant runs before the append (TVM's sliding mode) and sees the
+    last ``evict_window - 1``; inline RoPE when the cache asks."""
     h_q, d = num_qo_heads, head_dim
-    attend = _row_attention(d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads, softcap=softcap)
+    inline = rope_scaling if evict_window else None
+    attend = _row_attention(
+        d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads, softcap=softcap, inline_rope=inline
+    )
+    fill = _fill_rope_table(rope_scaling, d, by_position=True)
+    visible = (evict_window - 1 if sliding_window else evict_window) if evict_window else 0
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -352,17 +542,22 @@ def decode_paged(
         length_info = T.match_buffer(
             var_length_info, (3, batch) if sliding_window else (batch,), "int32", elem_offset=li_off
         )
-        T.match_buffer(k_rope_pos_offset_handle, (batch,), "int32", elem_offset=kr_off)
-        T.match_buffer(q_rope_position_handle, (batch,), "int32", elem_offset=qr_off)
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (batch,), "int32", elem_offset=kr_off)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (batch,), "int32", elem_offset=qr_off)
         output = T.match_buffer(output_handle, (batch, h_q, d), qkv_dtype)
         lse = T.match_buffer(lse_handle, (batch, h_q), "float32")
         with T.sblock("root"):
+            table = T.decl_buffer((_rows_or_one(nnz_pages * page_size, evict_window > 0), d), "float32")
+            if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
+                if rotary_mode == 1:
+                    fill(table, nnz_pages * page_size, q_rope_position, rope_theta)
             for item in T.parallel(batch * h_q):
                 attend(
                     q,
                     item // h_q,
                     item % h_q,
-                    _decode_start(length_info, item // h_q, sliding_window),
+                    _decode_start(length_info, item // h_q, sliding_window)
+                    + _decode_skip(page_indptr, length_info, item // h_q, page_size, sliding_window, visible),
                     _decode_start(length_info, item // h_q, sliding_window)
                     + _paged_len(page_indptr, length_info, item // h_q, page_size, sliding_window),
                     pages,
@@ -372,6 +567,12 @@ def decode_paged(
                     output,
                     lse,
                     sm_scale,
+                    rotary_mode,
+                    table,
+                    nnz_pages * page_size,
+                    q_rope_position[item // h_q],
+                    k_rope_pos_offset[item // h_q] - _window_offset(length_info, item // h_q, sliding_window),
+                    rope_theta,
                 )
 
     return _named(batch_decode_paged_kv, sliding_window)
@@ -388,19 +589,13 @@ def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling,
     applies it to all heads, tokens in parallel.
     """
     from tvm import tirx
-    from tvm.relax.frontend.nn.llm.position_embedding import switch_rope_freq_func
 
     rotary_dim = rotary_dim or head_dim
     heads = num_q_heads + 2 * num_kv_heads
     half = rotary_dim // 2
-    freq_func = switch_rope_freq_func(rope_scaling)
 
     def table_entry(position, d, which):
-        cos, sin, var_map = freq_func(position * tirx.const(scale, "float32"), d, rotary_dim, theta, "float32")
-        expr = cos if which == 0 else sin
-        for var, value in var_map.items():
-            expr = tirx.Let(var, value, expr)
-        return expr
+        return _rope_entry(rope_scaling, position * tirx.const(scale, "float32"), d, rotary_dim, theta, which)
 
     def rotated(qkv, table, t, h, d):
         other = T.if_then_else(d < half, -qkv[t, h, T.min(d + half, head_dim - 1)], qkv[t, h, T.max(d - half, 0)])
@@ -448,8 +643,11 @@ def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling,
 
 
 @contextlib.contextmanager
-def llmc_cpu_attention(softcap: float = 0.0) -> Iterator[None]:
-    """While the cache is built, its CPU kernel makers return llmc's kernels (sliding-window ones included)."""
+def llmc_cpu_attention(softcap: float = 0.0, evict_window: int = 0) -> Iterator[None]:
+    """While the cache is built, its CPU kernel makers return llmc's kernels (sliding-window ones included).
+
+    ``evict_window``: every layer attends to this many tokens and the cache is built as one whole-cache
+    window that the runtime may slide (``Engine``: ``attention_kv_cache_enable_sliding_window_for_seq``)."""
     from tvm.relax.frontend.nn.llm import kv_cache
 
     originals = {
@@ -463,9 +661,10 @@ def llmc_cpu_attention(softcap: float = 0.0) -> Iterator[None]:
     }
 
     # attention soft-capping (Gemma 2) is a constant of the kernels: TVM's makers have no such argument
-    kv_cache._attention_prefill_ragged_cpu = functools.partial(prefill_ragged, softcap=softcap)
-    kv_cache._attention_prefill_cpu = functools.partial(prefill_paged, softcap=softcap)
-    kv_cache._attention_decode_cpu = functools.partial(decode_paged, softcap=softcap)
+    kernels = {"softcap": softcap, "evict_window": evict_window}
+    kv_cache._attention_prefill_ragged_cpu = functools.partial(prefill_ragged, **kernels)
+    kv_cache._attention_prefill_cpu = functools.partial(prefill_paged, **kernels)
+    kv_cache._attention_decode_cpu = functools.partial(decode_paged, **kernels)
 
     def rope_unless_other(*args, **kwargs):
         rope_scaling = args[6] if len(args) > 6 else kwargs.get("rope_scaling", {})
