@@ -63,7 +63,9 @@ def kv_layers(config: dict, context_window: int | None = None, sequences: int = 
     sliding = [t == "sliding_attention" for t in model.get("layer_types") or []] or [False] * model["num_hidden_layers"]
     if evicting_window(config):
         tokens = kv_tokens_per_sequence(config)
-        return [LayerKV("sliding, evicts", tokens, kv_layer_bytes(model, dtype, tokens * sequences))] * len(sliding)
+        # TVM gives a sliding cache two more pages per sequence (a window's first and last pages are partial)
+        slots = (tokens + 2 * PAGE_SIZE) * sequences
+        return [LayerKV("sliding, evicts", tokens, kv_layer_bytes(model, dtype, slots))] * len(sliding)
     per_layer = kv_layer_bytes(model, dtype, window * sequences)
     layers = [LayerKV("sliding, masks only" if s else "full", window, per_layer) for s in sliding]
     if sliding and all(sliding):  # llmc adds one unused full layer (TVM allocates scratch only then)
