@@ -101,17 +101,19 @@ class MemoryEstimate:
     def evicts(self) -> bool:
         return any(layer.kind == "sliding, evicts" for layer in self.kv_layers)
 
-    def describe(self) -> str:
+    def kv_summary(self) -> str:
+        """What the KV cache figure covers: sequences x tokens, and whether sliding layers evict."""
         if self.evicts:
-            kv = f"{self.sequences} x {self.kv_layers[0].tokens}-token sliding windows (evicting)"
-        else:
-            kv = f"{self.sequences} x {self.context_window} tokens"
-            masked = sum(layer.kind == "sliding, masks only" for layer in self.kv_layers)
-            if masked:
-                kv += f"; {masked} sliding layers mask only, keeping every token"
+            return f"{self.sequences} x {self.kv_layers[0].tokens}-token sliding windows (evicting)"
+        kv = f"{self.sequences} x {self.context_window} tokens"
+        masked = sum(layer.kind == "sliding, masks only" for layer in self.kv_layers)
+        return kv + (f"; {masked} sliding layers mask only, keeping every token" if masked else "")
+
+    def describe(self) -> str:
         return (
             f"{self.total_bytes / MIB:.1f} MiB (weights {self.weights_bytes / MIB:.1f}, "
-            f"KV cache {self.kv_cache_bytes / MIB:.1f} for {kv}, activations {self.activation_bytes / MIB:.1f})"
+            f"KV cache {self.kv_cache_bytes / MIB:.1f} for {self.kv_summary()}, "
+            f"activations {self.activation_bytes / MIB:.1f})"
         )
 
 

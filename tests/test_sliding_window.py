@@ -13,9 +13,11 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import FAMILY_MODELS, make_tokenizer, randomize
 
 import llmc.runtime.engine as engine_module
+from llmc.cli import main
 from llmc.compile import CompileOptions, compile_model, plan_model
 from llmc.memory import PAGE_SIZE, estimate, kv_layer_bytes
 from llmc.runtime.engine import Engine
@@ -182,6 +184,8 @@ def test_memory_estimate_per_layer(mistral, tmp_path_factory):
         assert [(layer.kind, layer.tokens) for layer in memory.kv_layers] == [("sliding, evicts", window_tokens)] * 2
         assert memory.kv_cache_bytes == 2 * kv_layer_bytes(model, dtype, 3 * (window_tokens + 2 * PAGE_SIZE))
         assert "evicting" in memory.describe()
+    text = CliRunner().invoke(main, ["inspect", str(artifact)]).stdout
+    assert "sliding windows (evicting)" in text
 
     def planned(source: str) -> dict:  # a llmc-config.json as compile writes it, without building
         plan = plan_model(source, CompileOptions(context_window=4096, prefill_chunk=512))
