@@ -16,6 +16,7 @@ usage: python bench/sliding.py [--window 512] [--length 2048] [--decode 128]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from report import write_report
 
+# bench/ holds a profile.py that would shadow the standard library's (torch imports it): tests/ instead
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
@@ -112,6 +115,7 @@ def main() -> None:
         "sequence": f"{args.length} tokens ({args.length - args.decode} prefilled, {args.decode} decoded)",
         "compile_seconds": round(compile_s, 1),
         "max_logit_difference": difference,
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),  # this machine is shared: other work shows here
     }
     table = [
         "| cache | prefill tok/s | decode tok/s | KV pages in use | tokens cached |",

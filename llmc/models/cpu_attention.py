@@ -67,13 +67,12 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
     Head vectors are handled ``lanes`` floats at a time (explicit vectors: LLVM does not vectorize
     the reductions through TVM's local buffers on its own).
 
-    ``inline_rope`` (the rope scaling dict; evicting caches, see ``rope_table``): when the cache says
-    ``rotary > 0`` the stored keys are un-rotated, so the query is rotated at table row ``q_row`` and
-    key ``idx`` at row ``k_row + idx`` of ``table`` (cos, sin per position; rows past ``rows`` are
-    computed directly, the row being the position).
+    ``inline_rope`` (the rope scaling dict; evicting caches): when the cache says ``rotary > 0`` the stored
+    keys are un-rotated: the query is rotated at row ``q_row`` of ``table`` (cos, sin per row; a row past
+    ``rows`` is computed directly, the row being the position) and keys are read from ``rkeys``, the
+    kernel's keys rotated once per call.
     """
     lanes = _lanes(d)
-    half = d // 2
     steps = d // lanes
     q_unit = 1.0 if softcap else LOG2E  # soft-capping needs the plain score, log2 units come after it
 
@@ -103,31 +102,19 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
         if lanes >= 4:
             part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
 
-    def trig(table, rows, row, e, which, theta):
-        """cos (``which`` 0) or sin of element ``e``'s angle at table ``row`` (position ``row`` past the table)."""
-        direct = _rope_entry(inline_rope, T.Cast("float32", row), e, d, theta, which)
-        return T.if_then_else(row < rows, table[T.min(row, rows - 1), which * half + e % half], direct)
-
-    def rotated(load, table, rows, row, e, theta):
-        """Element ``e`` of a head vector (``load(i)``: element ``i`` as float32) rotated HF rotate-half style."""
-        partner = T.if_then_else(e < half, -load(T.min(e + half, d - 1)), load(T.max(e - half, 0)))
-        return load(e) * trig(table, rows, row, e, 0, theta) + partner * trig(table, rows, row, e, 1, theta)
-
     def rotated_query(q, token, h, table, rows, row, e, theta):
-        return rotated(lambda i: T.Cast("float32", q[token, h, i]), table, rows, row, e, theta)
+        return _rotated(inline_rope, d, lambda i: T.Cast("float32", q[token, h, i]), table, rows, row, e, theta)
 
-    def rotated_key(keys, key_base, page, c, j, h, table, rows, row, e, theta):
-        def load(i):
-            if paged:
-                return T.Cast("float32", keys[page, 0, h // group, j, i])
-            return T.Cast("float32", keys[key_base + c * CHUNK + j, h // group, i])
-
-        return rotated(load, table, rows, row, e, theta)
+    def rotated_vec(rkeys, key_base, c, j, h, e):
+        """Lanes ``e`` of a key rotated beforehand (``rotate_paged_keys`` / ``rotate_ragged_keys``)."""
+        if paged:
+            return rkeys[key_base + c, h // group, j, T.ramp(e * lanes, 1, lanes)]
+        return rkeys[key_base + c * CHUNK + j, h // group, T.ramp(e * lanes, 1, lanes)]
 
     @T.macro
     def attend(
         q, token, h, start, end, keys, values, key_base, page_values, output, lse, sm_scale,
-        rotary, table, rows, q_row, k_row, theta,
+        rotary, table, rows, q_row, rkeys, theta,
     ):  # fmt: skip
         acc = T.decl_buffer((d,), "float32")
         qf = T.decl_buffer((d,), "float32")
@@ -158,12 +145,10 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
                     part[T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
                     if inline_rope is not None:
                         if rotary > 0:
-                            for e in range(d):
-                                kf[e] = rotated_key(
-                                    keys, key_base, page[0], c, j, h, table, rows, k_row + c * CHUNK + j, e, theta
-                                )
                             for e in range(steps):
-                                part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * vec(kf, e)
+                                part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * rotated_vec(
+                                    rkeys, key_base, c, j, h, e
+                                )
                         else:
                             for e in range(steps):
                                 part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
@@ -276,24 +261,162 @@ def _rope_entry(rope_scaling: dict, position, e, d: int, theta, which: int):
     return expr
 
 
-def _fill_rope_table(rope_scaling: dict, d: int, by_position: bool):
-    """A TVMScript macro: ``table[row] = cos, sin`` of every frequency at the row's position, rows in
-    parallel (one table per kernel call instead of trigonometry per key and query head). The row is the
-    position (``by_position``: paged kernels) or the token whose position ``positions[row]`` holds."""
+def _rotated(rope_scaling: dict, d: int, load, table, rows, row, e, theta):
+    """Element ``e`` of a head vector (``load(i)``: element ``i`` as float32) rotated HF rotate-half style
+    with the cos/sin of ``table[row]`` (a row past ``rows`` is computed directly, the row being the position)."""
     half = d // 2
 
-    def entry(positions, row, i, theta, which):
-        position = row if by_position else positions[row]
+    def trig(which):
+        direct = _rope_entry(rope_scaling, T.Cast("float32", row), e, d, theta, which)
+        return T.if_then_else(row < rows, table[T.min(row, rows - 1), which * half + e % half], direct)
+
+    partner = T.if_then_else(e < half, -load(T.min(e + half, d - 1)), load(T.max(e - half, 0)))
+    return load(e) * trig(0) + partner * trig(1)
+
+
+def _rotation(half: int, lanes: int):
+    """Expressions of HF rotate-half RoPE on lanes ``v`` of a head vector's halves, given
+    ``load(start)``: the float32 vector of ``lanes`` elements from ``start``; cos then sin in table row."""
+
+    def first(load, table, row, v):  # x1 * cos - x2 * sin
+        return (
+            load(v * lanes) * table[row, T.ramp(v * lanes, 1, lanes)]
+            - load(half + v * lanes) * table[row, T.ramp(half + v * lanes, 1, lanes)]
+        )
+
+    def second(load, table, row, v):  # x2 * cos + x1 * sin
+        return (
+            load(half + v * lanes) * table[row, T.ramp(v * lanes, 1, lanes)]
+            + load(v * lanes) * table[row, T.ramp(half + v * lanes, 1, lanes)]
+        )
+
+    return first, second
+
+
+def _rotate_ragged_keys(rope_scaling: dict, h_kv: int, d: int):
+    """A TVMScript macro: ``rkeys[t] = k[t]`` rotated at table row ``t`` (the chunk's token ``t``)."""
+    half = d // 2
+    lanes = _lanes(half)
+    first, second = _rotation(half, lanes)
+
+    def vector(k, t, hk):
+        return lambda start: T.Cast(f"float32x{lanes}", k[t, hk, T.ramp(start, 1, lanes)])
+
+    @T.macro
+    def rotate(rkeys, k, kv_len, table, rows, theta):
+        for t in T.parallel(T.min(kv_len, rows)):
+            for hk in range(h_kv):
+                for v in range(half // lanes):
+                    rkeys[t, hk, T.ramp(v * lanes, 1, lanes)] = first(vector(k, t, hk), table, t, v)
+                    rkeys[t, hk, T.ramp(half + v * lanes, 1, lanes)] = second(vector(k, t, hk), table, t, v)
+
+    return rotate
+
+
+def _rotate_paged_keys(rope_scaling: dict, h_kv: int, d: int, page_size: int, sliding: bool):
+    """A TVMScript macro: the cached keys of every sequence rotated at their positions in the window (the
+    window's first slot is position ``k_rope_pos_offset``), into ``rkeys[page entry, head, slot]``; a
+    position past the table (a forked sequence's offset) is rotated element by element."""
+    half = d // 2
+    lanes = _lanes(half)
+    first, second = _rotation(half, lanes)
+
+    def vector(pages, page_values, entry, hk, j):
+        return lambda start: T.Cast(f"float32x{lanes}", pages[page_values[entry], 0, hk, j, T.ramp(start, 1, lanes)])
+
+    def element(pages, page_values, entry, table, rows, position, hk, j, e, theta):
+        def load(i):
+            return T.Cast("float32", pages[page_values[entry], 0, hk, j, i])
+
+        return _rotated(rope_scaling, d, load, table, rows, position, e, theta)
+
+    def position(k_rope_pos_offset, length_info, b, page, j):
+        # slots before the window's offset are never read: clamp their (negative) positions
+        return T.max(k_rope_pos_offset[b] + page * page_size + j - _window_offset(length_info, b, sliding), 0)
+
+    @T.macro
+    def rotate(rkeys, pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch, table, rows, theta):
+        for b in T.serial(batch):
+            for item in T.parallel((page_indptr[b + 1] - page_indptr[b]) * h_kv):
+                for j in range(page_size):
+                    if position(k_rope_pos_offset, length_info, b, item // h_kv, j) < rows:
+                        for v in range(half // lanes):
+                            rkeys[page_indptr[b] + item // h_kv, item % h_kv, j, T.ramp(v * lanes, 1, lanes)] = first(
+                                vector(pages, page_values, page_indptr[b] + item // h_kv, item % h_kv, j),
+                                table,
+                                position(k_rope_pos_offset, length_info, b, item // h_kv, j),
+                                v,
+                            )
+                            rkeys[page_indptr[b] + item // h_kv, item % h_kv, j, T.ramp(half + v * lanes, 1, lanes)] = (
+                                second(
+                                    vector(pages, page_values, page_indptr[b] + item // h_kv, item % h_kv, j),
+                                    table,
+                                    position(k_rope_pos_offset, length_info, b, item // h_kv, j),
+                                    v,
+                                )
+                            )
+                    else:
+                        for e in range(d):
+                            rkeys[page_indptr[b] + item // h_kv, item % h_kv, j, e] = element(
+                                pages,
+                                page_values,
+                                page_indptr[b] + item // h_kv,
+                                table,
+                                rows,
+                                position(k_rope_pos_offset, length_info, b, item // h_kv, j),
+                                item % h_kv,
+                                j,
+                                e,
+                                theta,
+                            )
+
+    return rotate
+
+
+def _fill_rope_table(rope_scaling: dict, d: int, by_position: bool):
+    """A TVMScript macro: ``table[row] = cos, sin`` of every frequency at the row's position, rows in
+    parallel (one table per kernel call instead of trigonometry per key and query head).
+
+    ``by_position`` (paged kernels): the row is the position, and the table is made from two small ones,
+    angles ``CHUNK * a`` and ``b`` (cos/sin of a sum: a decode step's table costs ``rows / CHUNK + CHUNK``
+    evaluations per frequency instead of ``rows``; TVM's angles are linear in the position). Otherwise
+    the row is a token of the chunk and ``positions[row]`` its position."""
+    half = d // 2
+
+    def entry(position, i, theta, which):
         return _rope_entry(rope_scaling, T.Cast("float32", position), i, d, theta, which)
 
     @T.macro
-    def fill(table, rows, positions, theta):
+    def fill_tokens(table, rows, positions, theta):
         for row in T.parallel(rows):
             for i in range(half):
-                table[row, i] = entry(positions, row, i, theta, 0)
-                table[row, half + i] = entry(positions, row, i, theta, 1)
+                table[row, i] = entry(positions[row], i, theta, 0)
+                table[row, half + i] = entry(positions[row], i, theta, 1)
 
-    return fill
+    @T.macro
+    def fill_positions(table, rows, positions, theta):
+        low = T.decl_buffer((CHUNK, d), "float32")
+        high = T.decl_buffer(((rows + CHUNK - 1) // CHUNK, d), "float32")
+        for b in range(CHUNK):
+            for i in range(half):
+                low[b, i] = entry(b, i, theta, 0)
+                low[b, half + i] = entry(b, i, theta, 1)
+        for a in T.parallel((rows + CHUNK - 1) // CHUNK):
+            for i in range(half):
+                high[a, i] = entry(a * CHUNK, i, theta, 0)
+                high[a, half + i] = entry(a * CHUNK, i, theta, 1)
+        for row in T.parallel(rows):
+            for i in range(half):
+                table[row, i] = (
+                    high[row // CHUNK, i] * low[row % CHUNK, i]
+                    - high[row // CHUNK, half + i] * low[row % CHUNK, half + i]
+                )
+                table[row, half + i] = (
+                    high[row // CHUNK, half + i] * low[row % CHUNK, i]
+                    + high[row // CHUNK, i] * low[row % CHUNK, half + i]
+                )
+
+    return fill_positions if by_position else fill_tokens
 
 
 def _evicting_start(row, kv_len, window: int):
@@ -315,6 +438,7 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
     inline = rope_scaling if evict_window else None
     attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap, inline_rope=inline)
     fill = _fill_rope_table(rope_scaling, d_qk, by_position=False)
+    rotate = _rotate_ragged_keys(rope_scaling, h_kv, d_qk)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -347,9 +471,11 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
         lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
         with T.sblock("root"):
             table = T.decl_buffer((_rows_or_one(qo_len, evict_window > 0), d_qk), "float32")
+            rkeys = T.decl_buffer((_rows_or_one(kv_len, evict_window > 0), h_kv, d_qk), "float32")
             if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
                 if rotary_mode == 1:
                     fill(table, qo_len, q_rope_position, rope_theta)
+                    rotate(rkeys, k, kv_len, table, qo_len, rope_theta)
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
                     attend(
@@ -369,7 +495,7 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
                         table,
                         qo_len,
                         q_indptr[b] + item // h_q,
-                        kv_indptr[b],
+                        rkeys,
                         rope_theta,
                     )
 
@@ -398,6 +524,7 @@ def prefill_paged(
     inline = rope_scaling if evict_window else None
     attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv, softcap=softcap, inline_rope=inline)
     fill = _fill_rope_table(rope_scaling, d, by_position=True)
+    rotate = _rotate_paged_keys(rope_scaling, h_kv, d, page_size, sliding_window)
     window = sliding_window_size if sliding_window and not evict_window else 0
 
     @T.prim_func(s_tir=True)
@@ -442,9 +569,14 @@ def prefill_paged(
         lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
         with T.sblock("root"):
             table = T.decl_buffer((_rows_or_one(nnz_pages * page_size, evict_window > 0), d), "float32")
+            rkeys = T.decl_buffer((_rows_or_one(nnz_pages, evict_window > 0), h_kv, page_size, d), "float32")
             if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
                 if rotary_mode == 1:
                     fill(table, nnz_pages * page_size, q_rope_position, rope_theta)
+                    rotate(
+                        rkeys, pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch_size, table,
+                        nnz_pages * page_size, rope_theta,
+                    )  # fmt: skip
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
                     attend(
@@ -484,7 +616,7 @@ def prefill_paged(
                         table,
                         nnz_pages * page_size,
                         q_rope_position[q_indptr[b] + item // h_q],
-                        k_rope_pos_offset[b] - _window_offset(length_info, b, sliding_window),
+                        rkeys,
                         rope_theta,
                     )
 
@@ -514,6 +646,7 @@ def decode_paged(
         d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads, softcap=softcap, inline_rope=inline
     )
     fill = _fill_rope_table(rope_scaling, d, by_position=True)
+    rotate = _rotate_paged_keys(rope_scaling, num_kv_heads, d, page_size, sliding_window)
     visible = (evict_window - 1 if sliding_window else evict_window) if evict_window else 0
 
     @T.prim_func(s_tir=True)
@@ -548,9 +681,14 @@ def decode_paged(
         lse = T.match_buffer(lse_handle, (batch, h_q), "float32")
         with T.sblock("root"):
             table = T.decl_buffer((_rows_or_one(nnz_pages * page_size, evict_window > 0), d), "float32")
+            rkeys = T.decl_buffer((_rows_or_one(nnz_pages, evict_window > 0), num_kv_heads, page_size, d), "float32")
             if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
                 if rotary_mode == 1:
                     fill(table, nnz_pages * page_size, q_rope_position, rope_theta)
+                    rotate(
+                        rkeys, pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch, table,
+                        nnz_pages * page_size, rope_theta,
+                    )  # fmt: skip
             for item in T.parallel(batch * h_q):
                 attend(
                     q,
@@ -571,7 +709,7 @@ def decode_paged(
                     table,
                     nnz_pages * page_size,
                     q_rope_position[item // h_q],
-                    k_rope_pos_offset[item // h_q] - _window_offset(length_info, item // h_q, sliding_window),
+                    rkeys,
                     rope_theta,
                 )
 
