@@ -16,6 +16,14 @@ are: their pages start ``length_info[1, b]`` slots into the first page (no atten
 never enables them), and a prefill row sees the last ``window - row - 1`` cached keys (TVM's mask).
 Gemma 2's attention soft-capping (``cap * tanh(score / cap)`` before the softmax) is a constant of the
 kernels, given to ``llmc_cpu_attention(softcap)``: TVM's kernels have no such option.
+
+Evicting caches (``llmc_cpu_attention(evict_window=W)``: every layer a W-token window, built as TVM's
+whole-cache sliding window, which the runtime slides per sequence): TVM passes ``causal=0`` and keeps
+the last W - 1 tokens, so the kernels themselves mask each row to its window; and TVM then stores keys
+un-rotated (``rotary_mode`` 1, RoPE at positions within the window: relative positions are preserved),
+so each kernel call rotates the cached keys once into a scratch buffer (cos/sin table per position)
+and each query row as it starts. With a cache created without sliding (C++/web runtimes) the same
+kernels mask only, RoPE applied when keys are stored.
 """
 
 from __future__ import annotations
@@ -426,8 +434,9 @@ def _evicting_start(row, kv_len, window: int):
     return T.max(kv_len - T.max(window - row - 1, 0), 0)
 
 
-def _rows_or_one(rows, used: bool):
-    return rows if used else 1
+def _scratch(shape: tuple, used: bool) -> tuple:
+    """A scratch buffer's shape, or one element where the kernel never touches it (no inline RoPE)."""
+    return shape if used else (1,) * len(shape)
 
 
 def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0, evict_window: int = 0):
@@ -470,8 +479,8 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
         output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
         lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
         with T.sblock("root"):
-            table = T.decl_buffer((_rows_or_one(qo_len, evict_window > 0), d_qk), "float32")
-            rkeys = T.decl_buffer((_rows_or_one(kv_len, evict_window > 0), h_kv, d_qk), "float32")
+            table = T.decl_buffer(_scratch((qo_len, d_qk), evict_window > 0), "float32")
+            rkeys = T.decl_buffer(_scratch((kv_len, h_kv, d_qk), evict_window > 0), "float32")
             if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
                 if rotary_mode == 1:
                     fill(table, qo_len, q_rope_position, rope_theta)
@@ -568,14 +577,15 @@ def prefill_paged(
         output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
         lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
         with T.sblock("root"):
-            table = T.decl_buffer((_rows_or_one(nnz_pages * page_size, evict_window > 0), d), "float32")
-            rkeys = T.decl_buffer((_rows_or_one(nnz_pages, evict_window > 0), h_kv, page_size, d), "float32")
+            # positions of cached keys and of the chunk's queries (past them): a table row for each
+            table = T.decl_buffer(_scratch((nnz_pages * page_size + total_len, d), evict_window > 0), "float32")
+            rkeys = T.decl_buffer(_scratch((nnz_pages, h_kv, page_size, d), evict_window > 0), "float32")
             if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
                 if rotary_mode == 1:
-                    fill(table, nnz_pages * page_size, q_rope_position, rope_theta)
+                    fill(table, nnz_pages * page_size + total_len, q_rope_position, rope_theta)
                     rotate(
                         rkeys, pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch_size, table,
-                        nnz_pages * page_size, rope_theta,
+                        nnz_pages * page_size + total_len, rope_theta,
                     )  # fmt: skip
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
@@ -614,7 +624,7 @@ def prefill_paged(
                         sm_scale,
                         rotary_mode,
                         table,
-                        nnz_pages * page_size,
+                        nnz_pages * page_size + total_len,
                         q_rope_position[q_indptr[b] + item // h_q],
                         rkeys,
                         rope_theta,
@@ -680,14 +690,15 @@ def decode_paged(
         output = T.match_buffer(output_handle, (batch, h_q, d), qkv_dtype)
         lse = T.match_buffer(lse_handle, (batch, h_q), "float32")
         with T.sblock("root"):
-            table = T.decl_buffer((_rows_or_one(nnz_pages * page_size, evict_window > 0), d), "float32")
-            rkeys = T.decl_buffer((_rows_or_one(nnz_pages, evict_window > 0), num_kv_heads, page_size, d), "float32")
+            # positions of cached keys and of the new token (past them): a table row for each
+            table = T.decl_buffer(_scratch((nnz_pages * page_size + batch, d), evict_window > 0), "float32")
+            rkeys = T.decl_buffer(_scratch((nnz_pages, num_kv_heads, page_size, d), evict_window > 0), "float32")
             if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
                 if rotary_mode == 1:
-                    fill(table, nnz_pages * page_size, q_rope_position, rope_theta)
+                    fill(table, nnz_pages * page_size + batch, q_rope_position, rope_theta)
                     rotate(
                         rkeys, pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch, table,
-                        nnz_pages * page_size, rope_theta,
+                        nnz_pages * page_size + batch, rope_theta,
                     )  # fmt: skip
             for item in T.parallel(batch * h_q):
                 attend(
@@ -707,7 +718,7 @@ def decode_paged(
                     sm_scale,
                     rotary_mode,
                     table,
-                    nnz_pages * page_size,
+                    nnz_pages * page_size + batch,
                     q_rope_position[item // h_q],
                     rkeys,
                     rope_theta,
