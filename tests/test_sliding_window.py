@@ -203,3 +203,29 @@ def test_memory_estimate_per_layer(mistral, tmp_path_factory):
 
     unbuilt = planned(str(checkpoint))  # sliding_eviction is decided when the cache is built
     assert [layer.kind for layer in estimate(unbuilt).kv_layers] == ["sliding, masks only"] * 2 + ["full (unused)"]
+
+
+def test_serving_engine_batches_evicting_sequences(mistral):
+    """``llmc serve``'s engine: pages budgeted by the window, no prefix forks (TVM cannot fork a sliding
+    sequence), greedy outputs equal a lone sequence's."""
+    from llmc.runtime.sampling import Sampler
+    from llmc.runtime.scheduler import Request, ServingEngine
+
+    artifact, _, _ = mistral
+    engine = Engine(artifact)
+    shared = random_ids(engine.vocab_size, WINDOW + 2, seed=6)
+    prompts = [shared + random_ids(engine.vocab_size, 3, seed=7 + i) for i in range(4)]
+    room = CONTEXT - len(prompts[0]) - 1
+    expected = [generate(engine, p, room, SamplingParams(temperature=0.0), stop_ids=set()).output_ids for p in prompts]
+    serving = ServingEngine(artifact)
+    try:
+        outputs = []
+        for wave in (prompts[:2], prompts[2:]):  # the second wave shares a prefix with finished requests
+            requests = [serving.submit(Request(p, room, Sampler(0.0, 1.0, None))) for p in wave]
+            for request in requests:
+                list(request)
+            outputs += [r.output_ids for r in requests]
+        assert outputs == expected
+        assert serving.stats.prefix_hit_tokens == 0 and serving.stats.decode_batch_sizes[2] > 0
+    finally:
+        serving.stop()
