@@ -229,3 +229,19 @@ def test_serving_engine_batches_evicting_sequences(mistral):
         assert serving.stats.prefix_hit_tokens == 0 and serving.stats.decode_batch_sizes[2] > 0
     finally:
         serving.stop()
+
+
+def test_a_window_that_cannot_hold_a_chunk_is_refused(mistral, tmp_path):
+    import json
+    import shutil
+
+    from llmc.errors import ArtifactError
+
+    artifact, _, _ = mistral
+    copy = tmp_path / "artifact"
+    shutil.copytree(artifact, copy)
+    config = json.loads((copy / "llmc-config.json").read_text())
+    config["model"]["sliding_window"] = 4  # a hand-edited config: the cache would slide by less than a chunk
+    (copy / "llmc-config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="sliding_window is 4"):
+        Engine(copy)

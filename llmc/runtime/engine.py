@@ -101,6 +101,11 @@ class Engine:
         # an all-sliding model's cache evicts: each sequence keeps its last window - 1 tokens, so it may run
         # past the context window (RoPE at positions within the window: only relative positions matter)
         self.sliding_window = evicting_window(self.config)
+        if self.sliding_window and self.prefill_chunk >= self.sliding_window:
+            raise ArtifactError(
+                f"{self.folder}: prefill chunk {self.prefill_chunk} does not fit the sliding window "
+                f"{self.sliding_window} its cache slides by. Re-run `llmc compile`."
+            )
         # never above the bound the library's memory was planned for
         self.max_batch_size = min(max_batch_size or self.config["max_batch_size"], self.config["max_batch_size"])
         self.device = open_device(self.folder, self.config, device)
