@@ -1,7 +1,7 @@
 """A sliding window that evicts: a tiny Mistral (every layer a 16-token window) runs prompts and generations
 several windows long through a KV cache that holds only the window, against transformers' Mistral.
 
-The artifact's context window (32) and its cache (4 pages of 16 tokens per sequence) are far shorter than
+The artifact's context window (32) and a one-sequence cache (6 pages of 16 tokens) are far shorter than
 the sequences: without eviction they could not run at all. The same library with a cache created without
 sliding (what the C++ and web runtimes create) masks only, and is checked too. Memory estimates say
 per layer what the cache keeps: a window when it evicts, the whole context for Gemma 3's global layers.
@@ -83,7 +83,7 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
 
 def test_the_cache_evicts_and_prompts_past_the_window_match_transformers(mistral):
     artifact, hf, _ = mistral
-    engine = Engine(artifact)
+    engine = Engine(artifact, max_batch_size=1)  # a cache for one sequence's window
     assert engine.sliding_window == WINDOW and engine.prefill_chunk == WINDOW - 1
     pages = int(engine_module._builtin("vm.builtin.attention_kv_cache_get_num_available_pages")(engine.kv_cache))
     prompt_length, steps = 5 * WINDOW + 3, 8 * WINDOW  # chunked prefill of 6 chunks, then 128 decode steps

@@ -60,7 +60,9 @@ class ModelConfig:
     def max_prefill_chunk(self) -> int | None:
         """The largest prefill chunk the attention is exact for: TVM's ragged (in-chunk) attention has no
         window, so a chunk must be shorter than the sliding window; and TVM's sliding kernels return NaN
-        for a query row that sees no cached key (a chunk as long as the window), so one shorter still."""
+        for a query row that sees no cached key (a chunk as long as the window), so one shorter still.
+        An evicting cache needs the same bound: it keeps ``window - 1`` tokens and writes a chunk into
+        them before sliding (TVM computes the chunk's slots after the slide)."""
         return self.sliding_window - 1 if "mha_sliding" in self.attention_kinds() else None
 
 

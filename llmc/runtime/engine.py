@@ -89,7 +89,8 @@ class Engine:
         seed: int = 0,
         kv_tokens: int | None = None,
     ):
-        """Load an artifact; ``kv_tokens`` sizes the KV cache for all sequences (default: the context window)."""
+        """Load an artifact; ``kv_tokens`` sizes the KV cache for all sequences (default: the context window;
+        an evicting cache: a window for each of ``max_batch_size`` sequences)."""
         self.folder = Path(artifact_dir)
         self.config = read_config(self.folder)
         check_loadable_here(self.folder, self.config)
@@ -125,11 +126,17 @@ class Engine:
         self._fed: dict[int, int] = {}  # tokens fed per sequence (an evicting cache reports only its window)
         self.kv_cache = self.vm["create_paged_kv_cache"](
             ShapeTuple([self.max_batch_size]),
-            ShapeTuple([kv_tokens or kv_tokens_per_sequence(self.config)]),
+            ShapeTuple([kv_tokens or self._default_kv_tokens()]),
             ShapeTuple([self.prefill_chunk]),
             ShapeTuple([PAGE_SIZE]),
             ShapeTuple([1 if self.sliding_window else 0]),
         )
+
+    def _default_kv_tokens(self) -> int:
+        """The context window (shared by the sequences), or with eviction a window for each of a full batch."""
+        if self.sliding_window:
+            return self.max_batch_size * kv_tokens_per_sequence(self.config)
+        return self.context_window
 
     def _random_params(self, seed: int) -> list:
         """Weights drawn from ``seed`` where the model runs (benchmarks of full-size shapes, no download)."""
