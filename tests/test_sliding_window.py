@@ -245,3 +245,13 @@ def test_a_window_that_cannot_hold_a_chunk_is_refused(mistral, tmp_path):
     (copy / "llmc-config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError, match="sliding_window is 4"):
         Engine(copy)
+
+
+def test_llmc_bench_runs_past_the_context_window(mistral):
+    import json
+
+    artifact, _, _ = mistral
+    args = ["bench", str(artifact), "--prompt-len", str(2 * CONTEXT), "--gen-len", str(CONTEXT), "--repeats", "1"]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["decode_tok_s"] > 0
