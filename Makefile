@@ -7,7 +7,11 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
+<<<<<<< HEAD
 .PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-quant bench-moe gpu-carry gpu-dry-run lint format clean
+=======
+.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-quant bench-sliding gpu-carry gpu-dry-run lint format clean
+>>>>>>> issue-11-sliding
 .PHONY: install-vulkan test-vulkan
 .PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds
 .PHONY: test-keep-targets test-keep-real
@@ -94,9 +98,15 @@ bench-quant: install-bench
 	test -x /usr/bin/time || apt-get install -y time
 	$(PY) bench/quant.py
 
+<<<<<<< HEAD
 # a random-weight Qwen3-MoE GGUF (Qwen3-30B-A3B layer shapes, 2 layers): llmc vs llama.cpp, ~5 minutes
 bench-moe: install-bench
 	$(PY) bench/moe.py
+=======
+# an all-sliding model's KV cache evicting vs masking only (tok/s, pages, logits equal); BENCH_ARGS e.g. --window 256
+bench-sliding: install
+	$(PY) bench/sliding.py $(BENCH_ARGS)
+>>>>>>> issue-11-sliding
 
 # GPU checks (issue 4): compile here, run on the GPU machine with TVM's runtime only (bench/gpu/README.md)
 gpu-carry: install

@@ -670,7 +670,7 @@ def inspect(artifact, as_json):
             f"max batch {config['max_batch_size']}",
         ),
         ("weights", f"{memory.weights_bytes / MIB:.1f} MiB"),
-        ("KV cache", f"{memory.kv_cache_bytes / MIB:.1f} MiB ({config['context_window']} tokens, 1 sequence)"),
+        ("KV cache", f"{memory.kv_cache_bytes / MIB:.1f} MiB ({memory.kv_summary()})"),
         (
             "activations",
             f"{memory.activation_bytes / MIB:.1f} MiB"
