@@ -83,7 +83,9 @@ FAMILY_MODELS = {
         pad_token_id=0,
     ),
     # Phi-3: fused qkv / gate_up in the checkpoint, longrope (short factors: context below the original
-    # 200, as transformers picks for these lengths) with its attention factor, partial rotary 0.5
+    # context, as transformers picks for these lengths) with its attention factor, partial rotary 0.5.
+    # Phi3Config's own original_max_position_embeddings (default 4096) overrides the 200 below; the long
+    # factors are tested in tests/test_rope_types.py
     "phi3": dict(
         arch="Phi3ForCausalLM",
         pad_token_id=0,
