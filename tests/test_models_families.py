@@ -340,3 +340,14 @@ def test_mixtral_gguf_equals_llama_cpp(family_checkpoints, tmp_path):
         top2 = np.sort(expected)[-2:]
         if top2[1] - top2[0] > 1e-2 * np.abs(expected).max():
             assert ours[position].argmax() == expected.argmax(), f"greedy token at {position}"
+
+
+def test_inspect_names_the_experts(compiled):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    llmc = str(Path(sys.executable).parent / "llmc")
+    done = subprocess.run([llmc, "inspect", str(compiled("qwen3_moe", "q0f32"))], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "experts:      8 of 32 per MoE layer, top-3 per token, 1 of 2 layers sparse" in done.stdout
