@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-keep bench-quant gpu-carry gpu-dry-run lint format clean
+.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-keep bench-quant bench-moe bench-sliding gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
 .PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds
 .PHONY: test-keep-targets test-keep-real
@@ -98,6 +98,14 @@ bench-keep: install-bench
 bench-quant: install-bench
 	test -x /usr/bin/time || apt-get install -y time
 	$(PY) bench/quant.py
+
+# a random-weight Qwen3-MoE GGUF (Qwen3-30B-A3B layer shapes, 2 layers): llmc vs llama.cpp, ~5 minutes
+bench-moe: install-bench
+	$(PY) bench/moe.py
+
+# an all-sliding model's KV cache evicting vs masking only (tok/s, pages, logits equal); BENCH_ARGS e.g. --window 256
+bench-sliding: install
+	$(PY) bench/sliding.py $(BENCH_ARGS)
 
 # GPU checks (issue 4): compile here, run on the GPU machine with TVM's runtime only (bench/gpu/README.md)
 gpu-carry: install

@@ -111,7 +111,7 @@ def check_config_schema(file: Path, config: dict) -> None:
 
 MODEL_INT_FIELDS = (*POSITIVE_INT_FIELDS, "context_window", "prefill_chunk", "max_batch_size")
 MODEL_FLOAT_FIELDS = ("rms_norm_eps", "rope_theta")
-MODEL_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "o_proj_bias", "mlp_bias")
+MODEL_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "o_proj_bias", "mlp_bias", "sliding_eviction")
 
 
 def _check_model_section(file: Path, model: dict) -> None:
@@ -133,6 +133,14 @@ def _check_model_section(file: Path, model: dict) -> None:
         raise ArtifactError(f"{file}: model.rope_scaling is not an object. Re-run `llmc compile`.")
     if model["num_attention_heads"] % model["num_key_value_heads"]:
         raise ArtifactError(f"{file}: model.num_attention_heads is not a multiple of num_key_value_heads.")
+    if model.get("sliding_eviction"):  # the runtime slides each sequence by this window: it must hold a chunk
+        window = model.get("sliding_window")
+        chunk = model.get("prefill_chunk")
+        if isinstance(window, bool) or not isinstance(window, int) or not isinstance(chunk, int) or window <= chunk:
+            raise ArtifactError(
+                f"{file}: model.sliding_window is {window!r}; an evicting cache needs a window longer than the "
+                f"prefill chunk ({chunk}). Re-run `llmc compile`."
+            )
 
 
 def _valid_spec(spec) -> bool:

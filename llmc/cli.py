@@ -670,7 +670,7 @@ def inspect(artifact, as_json):
             f"max batch {config['max_batch_size']}",
         ),
         ("weights", f"{memory.weights_bytes / MIB:.1f} MiB"),
-        ("KV cache", f"{memory.kv_cache_bytes / MIB:.1f} MiB ({config['context_window']} tokens, 1 sequence)"),
+        ("KV cache", f"{memory.kv_cache_bytes / MIB:.1f} MiB ({memory.kv_summary()})"),
         (
             "activations",
             f"{memory.activation_bytes / MIB:.1f} MiB"
@@ -686,6 +686,16 @@ def inspect(artifact, as_json):
         groups = describe_groups(config["tensor_groups"])
         width = max(len(group) for group, _ in groups)
         rows[3:3] = [("formats" if i == 0 else "", f"{g:{width}s}  {f}") for i, (g, f) in enumerate(groups)]
+    if model.get("moe_experts"):
+        sparse = len(model.get("moe_layers", []))
+        rows.insert(
+            1,
+            (
+                "experts",
+                f"{model['moe_experts']} of {model['moe_intermediate_size']} per MoE layer, top-{model['moe_top_k']} "
+                f"per token, {sparse} of {model['num_hidden_layers']} layers sparse",
+            ),
+        )
     for name, value in rows:
         click.echo(f"{name + ':' if name else '':14s}{value}")
 

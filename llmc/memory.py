@@ -19,11 +19,58 @@ def dtype_bytes(dtype: str) -> int:
     return np.dtype(dtype).itemsize
 
 
-def kv_cache_bytes(model: dict, dtype: str, tokens: int) -> int:
-    """Bytes of the paged KV cache TVM allocates for ``tokens`` (one page more than the tokens need)."""
+def kv_layer_bytes(model: dict, dtype: str, tokens: int) -> int:
+    """Bytes of one layer's pages for ``tokens`` (TVM allocates one page more than the tokens need)."""
     pages = math.ceil(tokens / PAGE_SIZE) + 1
-    per_layer = pages * 2 * model["num_key_value_heads"] * PAGE_SIZE * model["head_dim"] * dtype_bytes(dtype)
-    return model["num_hidden_layers"] * per_layer
+    return pages * 2 * model["num_key_value_heads"] * PAGE_SIZE * model["head_dim"] * dtype_bytes(dtype)
+
+
+def kv_cache_bytes(model: dict, dtype: str, tokens: int) -> int:
+    """Bytes of the paged KV cache TVM allocates for ``tokens`` in every layer."""
+    return model["num_hidden_layers"] * kv_layer_bytes(model, dtype, tokens)
+
+
+def evicting_window(config: dict) -> int:
+    """The sliding window of an artifact whose KV cache evicts (the runtime slides each sequence), else 0."""
+    model = config["model"]
+    return int(model.get("sliding_window") or 0) if model.get("sliding_eviction") else 0
+
+
+def kv_tokens_per_sequence(config: dict, context_window: int | None = None) -> int:
+    """Cache slots one sequence takes: the context window, or in an evicting cache its window (the last
+    ``window - 1`` tokens stay, a prefill chunk is appended before the slide, a page of misalignment)."""
+    window = evicting_window(config)
+    if window:
+        return window - 1 + config["prefill_chunk"] + PAGE_SIZE
+    return context_window or config["context_window"]
+
+
+@dataclass(frozen=True)
+class LayerKV:
+    """One layer of the KV cache: its attention, the tokens it keeps per sequence, its bytes in all."""
+
+    kind: str  # "full", "sliding, evicts" or "sliding, masks only" (keeps every token, TVM frees none)
+    tokens: int
+    bytes: int
+
+
+def kv_layers(config: dict, context_window: int | None = None, sequences: int = 1) -> list[LayerKV]:
+    """The KV cache layer by layer: an evicting cache keeps a window per sequence in every layer; otherwise
+    every layer, sliding or global, keeps the whole context (TVM 0.27's per-layer windows mask and share
+    the page pool with the global layers, so they free nothing)."""
+    model, dtype = config["model"], config["dtype"]
+    window = context_window or config["context_window"]
+    sliding = [t == "sliding_attention" for t in model.get("layer_types") or []] or [False] * model["num_hidden_layers"]
+    if evicting_window(config):
+        tokens = kv_tokens_per_sequence(config)
+        # TVM gives a sliding cache two more pages per sequence (a window's first and last pages are partial)
+        slots = (tokens + 2 * PAGE_SIZE) * sequences
+        return [LayerKV("sliding, evicts", tokens, kv_layer_bytes(model, dtype, slots))] * len(sliding)
+    per_layer = kv_layer_bytes(model, dtype, window * sequences)
+    layers = [LayerKV("sliding, masks only" if s else "full", window, per_layer) for s in sliding]
+    if sliding and all(sliding):  # llmc adds one unused full layer (TVM allocates scratch only then)
+        layers.append(LayerKV("full (unused)", window, per_layer))
+    return layers
 
 
 def weights_bytes(config: dict) -> int:
@@ -41,6 +88,7 @@ class MemoryEstimate:
     activation_bytes: int
     context_window: int
     sequences: int
+    kv_layers: tuple[LayerKV, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -49,10 +97,22 @@ class MemoryEstimate:
     def as_dict(self) -> dict:
         return {**asdict(self), "total_bytes": self.total_bytes}
 
+    @property
+    def evicts(self) -> bool:
+        return any(layer.kind == "sliding, evicts" for layer in self.kv_layers)
+
+    def kv_summary(self) -> str:
+        """What the KV cache figure covers: sequences x tokens, and whether sliding layers evict."""
+        if self.evicts:
+            return f"{self.sequences} x {self.kv_layers[0].tokens}-token sliding windows (evicting)"
+        kv = f"{self.sequences} x {self.context_window} tokens"
+        masked = sum(layer.kind == "sliding, masks only" for layer in self.kv_layers)
+        return kv + (f"; {masked} sliding layers mask only, keeping every token" if masked else "")
+
     def describe(self) -> str:
         return (
             f"{self.total_bytes / MIB:.1f} MiB (weights {self.weights_bytes / MIB:.1f}, "
-            f"KV cache {self.kv_cache_bytes / MIB:.1f} for {self.sequences} x {self.context_window} tokens, "
+            f"KV cache {self.kv_cache_bytes / MIB:.1f} for {self.kv_summary()}, "
             f"activations {self.activation_bytes / MIB:.1f})"
         )
 
@@ -61,12 +121,14 @@ def estimate(config: dict, context_window: int | None = None, sequences: int = 1
     """The estimate for an artifact's ``llmc-config.json`` (activations: 0 when no plan was recorded)."""
     window = context_window or config["context_window"]
     plan = config.get("static_plan_bytes") or {}
+    layers = kv_layers(config, window, sequences)
     return MemoryEstimate(
         weights_bytes=weights_bytes(config),
-        kv_cache_bytes=kv_cache_bytes(config["model"], config["dtype"], window * sequences),
+        kv_cache_bytes=sum(layer.bytes for layer in layers),
         activation_bytes=max(plan.values(), default=0),
         context_window=window,
         sequences=sequences,
+        kv_layers=tuple(layers),
     )
 
 

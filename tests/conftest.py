@@ -83,7 +83,9 @@ FAMILY_MODELS = {
         pad_token_id=0,
     ),
     # Phi-3: fused qkv / gate_up in the checkpoint, longrope (short factors: context below the original
-    # 200, as transformers picks for these lengths) with its attention factor, partial rotary 0.5
+    # context, as transformers picks for these lengths) with its attention factor, partial rotary 0.5.
+    # Phi3Config's own original_max_position_embeddings (default 4096) overrides the 200 below; the long
+    # factors are tested in tests/test_rope_types.py
     "phi3": dict(
         arch="Phi3ForCausalLM",
         pad_token_id=0,
@@ -100,6 +102,27 @@ FAMILY_MODELS = {
     ),
     # OLMo 2: norms after attention and MLP, QK-norm over all heads
     "olmo2": dict(arch="Olmo2ForCausalLM", num_attention_heads=4, num_key_value_heads=2, pad_token_id=0),
+    # Mixtral: 6 experts, top-2 (renormalized), every layer sparse, a 32-token sliding window
+    "mixtral": dict(
+        arch="MixtralForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=6,
+        num_experts_per_tok=2,
+        sliding_window=32,
+    ),
+    # Qwen3-MoE: 8 experts, top-3 (not renormalized), layer 1 dense (mlp_only_layers), QK-norm
+    "qwen3_moe": dict(
+        arch="Qwen3MoeForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_experts=8,
+        num_experts_per_tok=3,
+        moe_intermediate_size=32,
+        norm_topk_prob=False,
+        mlp_only_layers=[1],
+    ),
     # GPT-2: LayerNorm, learned positions, Conv1D weights, tied head
     "gpt2": dict(arch="GPT2LMHeadModel", config_class="GPT2Config", num_attention_heads=4, n_inner=96),
     # Llama with YaRN rope scaling (applied by the module, not the KV cache)

@@ -119,9 +119,15 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
     done = set()  # a tied embedding / LM head is one tensor: round-trip it once (quantizing is not idempotent)
     with torch.no_grad():
         for module_name, module in hf.named_modules():
+            if type(module).__name__.endswith("Experts"):  # [E, rows, in] stacks: each expert's rows alike
+                for stack in (module.gate_up_proj, module.down_proj):
+                    stack.copy_(torch.from_numpy(np.stack([round_trip(w) for w in stack.numpy()])))
+                continue
             weight = getattr(module, "weight", None)
             if weight is None or weight.ndim != 2 or module_name.endswith("wpe") or id(weight) in done:
                 continue  # (learned positions stay float)
+            if type(module).__name__.endswith("Router"):
+                continue  # MoE routers stay float
             done.add(id(weight))
             if type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]
                 weight.copy_(torch.from_numpy(round_trip(weight.numpy().T).T.copy()))
@@ -136,12 +142,14 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
 
 
 # ---------------------------------------------------------------------- GGUF files of the tiny models
-GGUF_ARCH = {"qwen3": "qwen3", "mistral": "llama"}  # Mistral files use llama.cpp's llama architecture
+# Mistral and Mixtral files use llama.cpp's llama architecture
+GGUF_ARCH = {"qwen3": "qwen3", "mistral": "llama", "qwen3_moe": "qwen3moe", "mixtral": "llama"}
 
 
-def write_gguf(checkpoint, name: str, path) -> None:
-    """The tiny checkpoint as an F32 GGUF the way llama.cpp's converter writes one: its tensor names and
-    metadata, Q/K rows permuted for the llama architecture, the BPE vocabulary and merges."""
+def write_gguf(checkpoint, name: str, path, formats: dict[str, str] | None = None) -> None:
+    """The tiny checkpoint as a GGUF the way llama.cpp's converter writes one: its tensor names and
+    metadata, Q/K rows permuted for the llama architecture, the BPE vocabulary and merges. Tensors are
+    F32 unless ``formats`` maps a GGUF tensor-name fragment to a GGML type (quantized by gguf-py)."""
     import json
 
     import gguf
@@ -159,12 +167,19 @@ def write_gguf(checkpoint, name: str, path) -> None:
     writer.add_feed_forward_length(c.intermediate_size)
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
-    writer.add_key_length(c.head_dim)
-    writer.add_value_length(c.head_dim)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
     if getattr(c, "sliding_window", None):
         writer.add_sliding_window(c.sliding_window)
+    if hasattr(c, "num_experts_per_tok"):
+        writer.add_expert_count(getattr(c, "num_local_experts", None) or c.num_experts)
+        writer.add_expert_used_count(c.num_experts_per_tok)
+        if hasattr(c, "moe_intermediate_size"):
+            writer.add_expert_feed_forward_length(c.moe_intermediate_size)
+            writer.add_expert_weights_norm(c.norm_topk_prob)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list([token for token, _ in vocab])
@@ -182,9 +197,28 @@ def write_gguf(checkpoint, name: str, path) -> None:
         "mlp.gate_proj": "ffn_gate",
         "mlp.up_proj": "ffn_up",
         "mlp.down_proj": "ffn_down",
+        "mlp.gate": "ffn_gate_inp",  # the MoE router
     }
+
+    def add_tensor(out: str, array: np.ndarray) -> None:
+        fmt = next((f for fragment, f in (formats or {}).items() if fragment in out), "F32")
+        if fmt == "F32" or array.ndim < 2:  # norms stay F32, as llama.cpp keeps them
+            writer.add_tensor(out, np.ascontiguousarray(array))
+        else:
+            kind = gguf.GGMLQuantizationType[fmt]
+            writer.add_tensor(out, gguf.quants.quantize(np.ascontiguousarray(array), kind), raw_dtype=kind)
+
     for hf_name, tensor in hf.state_dict().items():
         array = tensor.to(torch.float32).numpy()
+        if ".experts." in hf_name:  # transformers' [E, rows, cols] stacks -> llama.cpp's *_exps tensors
+            layer = hf_name.split(".")[2]
+            if hf_name.endswith("gate_up_proj"):
+                gate, up = np.split(array, 2, axis=1)
+                add_tensor(f"blk.{layer}.ffn_gate_exps.weight", gate)
+                add_tensor(f"blk.{layer}.ffn_up_exps.weight", up)
+            else:
+                add_tensor(f"blk.{layer}.ffn_down_exps.weight", array)
+            continue
         if hf_name == "model.embed_tokens.weight":
             out = "token_embd.weight"
         elif hf_name == "model.norm.weight":
@@ -198,7 +232,7 @@ def write_gguf(checkpoint, name: str, path) -> None:
             if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj") and kind == "weight":
                 heads = c.num_attention_heads if "q_proj" in module else c.num_key_value_heads
                 array = array.reshape(heads, 2, array.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(array.shape)
-        writer.add_tensor(out, np.ascontiguousarray(array))
+        add_tensor(out, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -225,3 +259,95 @@ def test_gguf_of_the_tiny_model_equals_transformers(name, family_checkpoints, tm
     reference = hf_logits(hf, ids)
     for position in (0, len(ids) // 2, len(ids) - 1):
         assert_close(ours[position], reference[position], FP32, f"{name} GGUF position {position}")
+
+
+# GGML formats of the quantized MoE file: experts in three block formats, attention in Q8_0, router F32
+MOE_FORMATS = {"ffn_gate_exps": "Q4_0", "ffn_up_exps": "Q4_0", "ffn_down_exps": "Q4_1", "attn_": "Q8_0"}
+
+
+def test_moe_gguf_keep_decodes_expert_blocks_like_gguf_py(family_checkpoints, tmp_path):
+    """--quant keep runs the experts in the file's block formats: on the float path (decoded in the
+    gathered expert matmul) its logits equal those of the q0f32 build, whose weights gguf-py dequantized;
+    on the CPU integer path (grouped kernel over expert-sorted rows, int8 activations) they are close."""
+    from llmc.compile import CompileOptions, compile_model
+
+    gguf_file = tmp_path / "qwen3_moe-q.gguf"
+    write_gguf(family_checkpoints["qwen3_moe"], "qwen3_moe", gguf_file, MOE_FORMATS)
+    logits = {}
+    for quant, cpu in (("keep", "float"), ("keep", "int8"), ("q0f32", "float")):
+        options = CompileOptions(
+            quant=quant, output=tmp_path / f"{quant}-{cpu}", quiet=True, context_window=128, prefill_chunk=16,
+            cpu_matmul=cpu,
+        )  # fmt: skip
+        engine = Engine(compile_model(str(gguf_file), options))
+        engine.add_sequence(0)
+        logits[quant, cpu] = engine.forward_all(0, random_ids(engine.vocab_size, 40, seed=4))
+    for position in (0, 20, 39):
+        reference = logits["q0f32", "float"][position]
+        assert_close(logits["keep", "float"][position], reference, FP32, f"keep position {position}")
+        assert_close(logits["keep", "int8"][position], reference, 3e-2, f"keep int8 position {position}")
+
+
+def test_moe_gguf_keep_refuses_experts_in_mixed_formats(family_checkpoints, tmp_path):
+    from llmc.compile import CompileOptions, compile_model
+    from llmc.errors import ConfigError
+
+    gguf_file = tmp_path / "mixed.gguf"
+    write_gguf(
+        family_checkpoints["qwen3_moe"], "qwen3_moe", gguf_file, {"ffn_gate_exps": "Q4_0", "ffn_up_exps": "Q8_0"}
+    )
+    with pytest.raises(ConfigError, match="mix formats.*--quant q4f16_1"):
+        compile_model(str(gguf_file), CompileOptions(output=tmp_path / "out", quiet=True, context_window=128))
+    assert not (tmp_path / "out").exists()
+
+
+def test_moe_experts_on_the_cpu_integer_layout(compiled):
+    """The default CPU build stores expert stacks in the integer-path layout (as every matrix of the
+    artifact) and decodes them in the gathered matmul: close to the float-layout build (the dense
+    matmuls' int8 activations are the only difference)."""
+    engines = {cpu: Engine(compiled("qwen3_moe", "q4f16_1", cpu_matmul=cpu)) for cpu in ("int8", "float")}
+    ids = random_ids(engines["float"].vocab_size, PROMPT_LENGTHS[1], seed=9)
+    logits = {}
+    for cpu, engine in engines.items():
+        engine.add_sequence(0)
+        logits[cpu] = engine.prefill(0, ids)
+        engine.remove_sequence(0)
+    assert_close(logits["int8"], logits["float"], 3e-2, "qwen3_moe q4f16_1 int8 layout vs float layout")
+
+
+def test_mixtral_gguf_equals_llama_cpp(family_checkpoints, tmp_path):
+    """llama.cpp (llama-cpp-python, one token per eval) on the tiny Mixtral GGUF: the same routing and
+    expert math as llmc's build of that file (llama.cpp's F32 path rounds some products through fp16)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python: make install-bench")
+    from llmc.compile import CompileOptions, compile_model
+
+    gguf_file = tmp_path / "mixtral.gguf"
+    write_gguf(family_checkpoints["mixtral"], "mixtral", gguf_file)
+    llm = llama_cpp.Llama(
+        model_path=str(gguf_file), n_ctx=64, n_batch=1, n_ubatch=1, logits_all=True, verbose=False, n_threads=1
+    )
+    ids = random_ids(llm.n_vocab(), 12, seed=3)
+    reference = []
+    for token in ids:
+        llm.eval([token])
+        reference.append(np.array(llm.scores[llm.n_tokens - 1]))
+    options = CompileOptions(output=tmp_path / "out", quiet=True, context_window=64, prefill_chunk=TINY_PREFILL_CHUNK)
+    engine = Engine(compile_model(str(gguf_file), options))
+    engine.add_sequence(0)
+    ours = engine.forward_all(0, ids)
+    for position, expected in enumerate(reference):
+        assert_close(ours[position], expected, 2e-3, f"mixtral GGUF vs llama.cpp, position {position}")
+        top2 = np.sort(expected)[-2:]
+        if top2[1] - top2[0] > 1e-2 * np.abs(expected).max():
+            assert ours[position].argmax() == expected.argmax(), f"greedy token at {position}"
+
+
+def test_inspect_names_the_experts(compiled):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    llmc = str(Path(sys.executable).parent / "llmc")
+    done = subprocess.run([llmc, "inspect", str(compiled("qwen3_moe", "q0f32"))], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "experts:      8 of 32 per MoE layer, top-3 per token, 1 of 2 layers sparse" in done.stdout

@@ -2,9 +2,10 @@
 
 In the default run: every family but gemma2 (whose soft-capping is CPU-only) for android; ``gemma3``
 (sliding-window + global layers, module-applied RoPE with two bases, QK-norm, GELU-tanh, offset norms)
-for cuda:sm_90a (through the CLI, which prepares nvcc) and webgpu (WGSL codegen; linking the .wasm
-needs emcc and is ``make test-web``'s job). ``make test-models-builds`` (LLMC_TEST_FAMILY_BUILDS=1,
-~2 min) adds cuda:sm_90a for qwen3, phi3, olmo2, gpt2 and mistral. q4f16_1 throughout.
+and ``qwen3_moe`` (top-k routing, gathered expert matmuls, a dense layer) for cuda:sm_90a (through the
+CLI, which prepares nvcc) and webgpu (WGSL codegen; linking the .wasm needs emcc and is ``make
+test-web``'s job). ``make test-models-builds`` (LLMC_TEST_FAMILY_BUILDS=1, ~3 min) adds cuda:sm_90a for
+qwen3, phi3, olmo2, gpt2, mistral and mixtral. q4f16_1 throughout.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import pytest
 LLMC = str(Path(sys.executable).parent / "llmc")
 ALL_BUILDS = os.environ.get("LLMC_TEST_FAMILY_BUILDS") == "1"
 slow_builds = pytest.mark.skipif(not ALL_BUILDS, reason="every family for cuda:sm_90a: `make test-models-builds`")
-FAMILIES = ["gemma3", "qwen3", "phi3", "olmo2", "gpt2", "mistral"]
+FAMILIES = ["gemma3", "qwen3_moe", "qwen3", "phi3", "olmo2", "gpt2", "mistral", "mixtral"]
+DEFAULT_CUDA = ("gemma3", "qwen3_moe")  # the others: make test-models-builds
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n == "gemma3" else [slow_builds]) for n in FAMILIES])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in DEFAULT_CUDA else [slow_builds]) for n in FAMILIES])
 def test_builds_for_cuda_sm90a(name, family_checkpoints, tmp_path):
     from llmc.compiler.cuda import library_has_device_code
 
@@ -46,8 +48,10 @@ def test_builds_for_android(name, compiled):
     assert config["target"] == "android" and (folder / config["library"]).stat().st_size > 0
 
 
-def test_gemma3_codegen_for_webgpu(family_checkpoints):
-    """Every kernel, the paged KV cache's sliding-window ones included, becomes WGSL."""
+@pytest.mark.parametrize("name", ["gemma3", "qwen3_moe"])
+def test_codegen_for_webgpu(name, family_checkpoints):
+    """Every kernel becomes WGSL: Gemma 3's paged-KV sliding-window attention, Qwen3-MoE's routing and
+    gathered expert matmuls."""
     from tvm import relax
 
     from llmc.compile import CompileOptions, plan_model
@@ -56,7 +60,7 @@ def test_gemma3_codegen_for_webgpu(family_checkpoints):
     from llmc.compiler.targets import get_target
 
     options = CompileOptions(target="webgpu", quant="q4f16_1", context_window=64, prefill_chunk=16)
-    plan = plan_model(str(family_checkpoints["gemma3"]), options)
+    plan = plan_model(str(family_checkpoints[name]), options)
     target = get_target("webgpu").tvm_target()
     mod, _ = build_module(plan.module(target), target)
     with target:
@@ -68,7 +72,8 @@ def test_gemma3_codegen_for_webgpu(family_checkpoints):
 
     sources = device_sources(executable.mod)
     assert len(sources) == 1 and "@compute" in sources[0]
-    assert "sliding_window" in sources[0]  # the sliding layers' attention kernels
+    expected = {"gemma3": "sliding_window", "qwen3_moe": "moe_matmul"}[name]
+    assert expected in sources[0]  # the sliding layers' attention kernels; the expert matmuls
 
 
 def test_gemma2_soft_capping_is_refused_off_cpu(family_checkpoints, tmp_path):

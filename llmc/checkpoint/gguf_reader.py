@@ -81,6 +81,10 @@ class GGUFCheckpoint:
         names = {t.name: hf_name(t.name, self.spec.block_names) for t in self.tensors}
         self._tensors = {names[t.name]: t for t in self.tensors if names[t.name] is not None}
         self.config = self._config()
+        self._experts = self._expert_slices()
+        if self._experts:  # layers without expert tensors keep a dense MLP (Qwen3-MoE's mlp_only_layers)
+            sparse = {int(name.split(".")[2]) for name in self._experts}
+            self.config["mlp_only_layers"] = [i for i in range(self.config["num_hidden_layers"]) if i not in sparse]
 
     def _meta(self, key: str, default=None):
         return self.metadata.get(f"{self.arch}.{key}", default)
@@ -114,8 +118,24 @@ class GGUFCheckpoint:
             config.update(self.spec.config(self._meta))
         return config
 
+    def _expert_slices(self) -> dict[str, tuple]:
+        """MoE files: each ``blk.N.ffn_{gate,up,down}_exps`` tensor ``[experts, rows, cols]`` offered as one
+        HF-named ``[rows, cols]`` tensor per expert: ``{hf_name: (tensor, expert)}``."""
+        slices: dict[str, tuple] = {}
+        if self.spec.expert_name is None:
+            return slices
+        for tensor in self.tensors:
+            match = _BLOCK_RE.match(tensor.name)
+            kind = match and re.fullmatch(r"ffn_(gate|up|down)_exps", match.group(2))
+            if not kind or len(tensor.shape) != 3:
+                continue
+            for expert in range(int(tensor.shape[2])):  # ggml's shape is reversed: experts last
+                name = self.spec.expert_name(self.config["model_type"], int(match.group(1)), kind.group(1), expert)
+                slices[name] = (tensor, expert)
+        return slices
+
     def names(self) -> list[str]:
-        return list(self._tensors)
+        return [*self._tensors, *self._experts]
 
     def describe(self, name: str) -> str:
         return str(self.path)
@@ -123,12 +143,18 @@ class GGUFCheckpoint:
     def get(self, name: str) -> np.ndarray:
         from gguf.quants import dequantize
 
-        tensor = self._tensors.get(name)
-        if tensor is None:
-            raise CheckpointError(f"{self.path}: tensor {name} is missing from the GGUF file.")
-        shape = tuple(int(d) for d in reversed(tensor.shape))
+        if name in self._experts:
+            tensor, expert = self._experts[name]
+            shape = tuple(int(d) for d in reversed(tensor.shape[:2]))
+            data = tensor.data[expert]
+        else:
+            tensor = self._tensors.get(name)
+            if tensor is None:
+                raise CheckpointError(f"{self.path}: tensor {name} is missing from the GGUF file.")
+            shape = tuple(int(d) for d in reversed(tensor.shape))
+            data = tensor.data
         try:
-            array = self._dequantize_rows(tensor, dequantize).reshape(shape)
+            array = self._dequantize_rows(data, tensor.tensor_type, dequantize).reshape(shape)
         except Exception as err:
             raise CheckpointError(
                 f"{self.path}: cannot decode tensor {tensor.name} ({tensor.tensor_type.name}): {err}. "
@@ -140,13 +166,20 @@ class GGUFCheckpoint:
 
     def tensor_types(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         """``{hf_name: (GGML type name, numpy shape)}``: what ``--quant keep`` stores per tensor."""
-        return {
+        types = {
             name: (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape))) for name, t in self._tensors.items()
         }
+        for name, (t, _) in self._experts.items():
+            types[name] = (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape[:2])))
+        return types
 
     def get_raw(self, name: str) -> tuple[str, np.ndarray]:
         """(GGML type name, the tensor's bytes as ``uint8 [rows, row bytes]``), rows in HF order (Q/K
         rows un-permuted as in ``get``); blocks are never split across rows, so rows move whole."""
+        if name in self._experts:
+            tensor, expert = self._experts[name]
+            raw = np.asarray(tensor.data[expert]).view(np.uint8).reshape(int(tensor.shape[1]), -1)
+            return tensor.tensor_type.name, raw
         tensor = self._tensors.get(name)
         if tensor is None:
             raise CheckpointError(f"{self.path}: tensor {name} is missing from the GGUF file.")
@@ -157,16 +190,15 @@ class GGUFCheckpoint:
         return tensor.tensor_type.name, raw
 
     @staticmethod
-    def _dequantize_rows(tensor, dequantize, rows_per_chunk: int = 4096) -> np.ndarray:
+    def _dequantize_rows(data, tensor_type, dequantize, rows_per_chunk: int = 4096) -> np.ndarray:
         """Dequantize a row chunk at a time into one float32 array (bounded temporaries)."""
-        data = tensor.data
         if data.ndim < 2 or data.shape[0] <= rows_per_chunk:
-            return np.asarray(dequantize(data, tensor.tensor_type), dtype=np.float32)
-        first = np.asarray(dequantize(data[:rows_per_chunk], tensor.tensor_type), dtype=np.float32)
+            return np.asarray(dequantize(data, tensor_type), dtype=np.float32)
+        first = np.asarray(dequantize(data[:rows_per_chunk], tensor_type), dtype=np.float32)
         out = np.empty((data.shape[0], *first.shape[1:]), dtype=np.float32)
         out[:rows_per_chunk] = first
         for start in range(rows_per_chunk, data.shape[0], rows_per_chunk):
-            out[start : start + rows_per_chunk] = dequantize(data[start : start + rows_per_chunk], tensor.tensor_type)
+            out[start : start + rows_per_chunk] = dequantize(data[start : start + rows_per_chunk], tensor_type)
         return out
 
     def tokenizer_metadata(self) -> dict:

@@ -48,6 +48,9 @@ class ModelConfig:
     context_window: int = 2048
     prefill_chunk: int = 512
     max_batch_size: int = 8
+    # set when the KV cache is built: the library's cache can evict (every layer one sliding window; see
+    # ``CausalLMBase.evicting_window``) and the runtime slides each sequence's window
+    sliding_eviction: bool = False
 
     def attention_kinds(self) -> list[str]:
         """The KV cache's per-layer attention kinds: ``mha`` or ``mha_sliding``."""
@@ -57,7 +60,9 @@ class ModelConfig:
     def max_prefill_chunk(self) -> int | None:
         """The largest prefill chunk the attention is exact for: TVM's ragged (in-chunk) attention has no
         window, so a chunk must be shorter than the sliding window; and TVM's sliding kernels return NaN
-        for a query row that sees no cached key (a chunk as long as the window), so one shorter still."""
+        for a query row that sees no cached key (a chunk as long as the window), so one shorter still.
+        An evicting cache needs the same bound: it keeps ``window - 1`` tokens and writes a chunk into
+        them before sliding (TVM computes the chunk's slots after the slide)."""
         return self.sliding_window - 1 if "mha_sliding" in self.attention_kinds() else None
 
 
@@ -97,6 +102,9 @@ class GGUFSpec:
     block_names: dict[str, str] = field(default_factory=dict)  # GGUF block tensor -> HF suffix
     config: Callable[[Callable], dict] | None = None  # meta(key, default) -> extra config.json fields
     fix_tensor: Callable[[str, np.ndarray, dict], np.ndarray] | None = None  # (HF name, array, config)
+    # MoE: (model_type, layer, "gate"/"up"/"down", expert) -> the HF name of one expert's slice of a
+    # ``ffn_{gate,up,down}_exps`` tensor (llama.cpp stores each kind's experts as one 3-D tensor)
+    expert_name: Callable[[str, int, str, int], str] | None = None
 
 
 def required_ints(hf: dict, source: str, keys: tuple[str, ...]) -> None:
@@ -194,17 +202,42 @@ class CausalLMBase(nn.Module):
                 f"{self.config.model_type}: attention soft-capping is implemented in llmc's CPU kernels only; "
                 f"target {self.target.kind.name} is not supported for this model yet."
             )
-        # soft-capping exists only in llmc's kernels: they serve the reference (--cpu-matmul float) build too
-        cpu = self.target.kind.name == "llvm" and (self.cpu_kernels or bool(softcap))
-        with llmc_cpu_attention(softcap) if cpu else contextlib.nullcontext():
+        evict = self.evicting_window()
+        self.config.sliding_eviction = bool(evict)
+        # soft-capping and eviction exist only in llmc's kernels: they serve the reference (--cpu-matmul float)
+        # build too
+        cpu = self.target.kind.name == "llvm" and (self.cpu_kernels or bool(softcap) or bool(evict))
+        with llmc_cpu_attention(softcap, evict) if cpu else contextlib.nullcontext():
             return self._paged_kv_cache(
-                max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window
+                max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window, evict
             )
 
-    def _paged_kv_cache(self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window):
+    def evicting_window(self) -> int:
+        """The window of a KV cache that may evict, or 0 (then sliding layers only mask).
+
+        TVM 0.27 slides (frees pages of) a sequence only in its whole-cache sliding mode: every layer
+        ``mha``, ``support_sliding_window=1`` at creation, RoPE inline in the attention kernels at positions
+        within the window (which keeps the relative positions RoPE depends on). Its per-layer
+        ``mha_sliding`` kinds mask and never free a page, since global layers need every token. So a model
+        evicts when every layer is one window, the cache applies its RoPE (``default``/``llama3``, full
+        rotary) and llmc's CPU kernels run it (they mask each row to its window and rotate keys inline).
+        """
         c = self.config
         kinds = c.attention_kinds()
-        if "mha" not in kinds:
+        every_layer_sliding = bool(kinds) and all(kind == "mha_sliding" for kind in kinds)
+        full_rotary = c.rotary_dim in (0, c.head_dim)
+        if self.target.kind.name != "llvm" or self.rope_in_model or not every_layer_sliding or not full_rotary:
+            return 0
+        return c.sliding_window
+
+    def _paged_kv_cache(
+        self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window, evict=0
+    ):
+        c = self.config
+        kinds = c.attention_kinds()
+        if evict:
+            kinds = ["mha"] * len(kinds)  # one whole-cache window, slid by the runtime (evicting_window)
+        elif "mha" not in kinds:
             # TVM 0.27 allocates its prefill q/k/v scratch only when some layer is "mha" (an all-sliding
             # cache fails at the first forward): one unused full-attention layer at the end.
             kinds = [*kinds, "mha"]

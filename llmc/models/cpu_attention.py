@@ -16,6 +16,14 @@ are: their pages start ``length_info[1, b]`` slots into the first page (no atten
 never enables them), and a prefill row sees the last ``window - row - 1`` cached keys (TVM's mask).
 Gemma 2's attention soft-capping (``cap * tanh(score / cap)`` before the softmax) is a constant of the
 kernels, given to ``llmc_cpu_attention(softcap)``: TVM's kernels have no such option.
+
+Evicting caches (``llmc_cpu_attention(evict_window=W)``: every layer a W-token window, built as TVM's
+whole-cache sliding window, which the runtime slides per sequence): TVM passes ``causal=0`` and keeps
+the last W - 1 tokens, so the kernels themselves mask each row to its window; and TVM then stores keys
+un-rotated (``rotary_mode`` 1, RoPE at positions within the window: relative positions are preserved),
+so each kernel call rotates the cached keys once into a scratch buffer (cos/sin table per position)
+and each query row as it starts. With a cache created without sliding (C++/web runtimes) the same
+kernels mask only, RoPE applied when keys are stored.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ def _capped(score, softcap: float):
     return T.tanh(score * T.float32(1.0 / softcap)) * T.float32(softcap * LOG2E)
 
 
-def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float = 0.0):
+def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float = 0.0, inline_rope: dict | None = None):
     """A TVMScript macro: online-softmax attention of query ``q[token, h]`` over keys ``[start, end)``.
 
     Keys are ``keys[key_base + j, h // group]`` (ragged q/k/v) or, ``paged``, slot ``j`` of the
@@ -66,6 +74,11 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
     with no key (``start == end``) gets a zero output and a log-sum-exp TVM's merge weighs as nothing.
     Head vectors are handled ``lanes`` floats at a time (explicit vectors: LLVM does not vectorize
     the reductions through TVM's local buffers on its own).
+
+    ``inline_rope`` (the rope scaling dict; evicting caches): when the cache says ``rotary > 0`` the stored
+    keys are un-rotated: the query is rotated at row ``q_row`` of ``table`` (cos, sin per row; a row past
+    ``rows`` is computed directly, the row being the position) and keys are read from ``rkeys``, the
+    kernel's keys rotated once per call.
     """
     lanes = _lanes(d)
     steps = d // lanes
@@ -97,10 +110,23 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
         if lanes >= 4:
             part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
 
+    def rotated_query(q, token, h, table, rows, row, e, theta):
+        return _rotated(inline_rope, d, lambda i: T.Cast("float32", q[token, h, i]), table, rows, row, e, theta)
+
+    def rotated_vec(rkeys, key_base, c, j, h, e):
+        """Lanes ``e`` of a key rotated beforehand (``rotate_paged_keys`` / ``rotate_ragged_keys``)."""
+        if paged:
+            return rkeys[key_base + c, h // group, j, T.ramp(e * lanes, 1, lanes)]
+        return rkeys[key_base + c * CHUNK + j, h // group, T.ramp(e * lanes, 1, lanes)]
+
     @T.macro
-    def attend(q, token, h, start, end, keys, values, key_base, page_values, output, lse, sm_scale):
+    def attend(
+        q, token, h, start, end, keys, values, key_base, page_values, output, lse, sm_scale,
+        rotary, table, rows, q_row, rkeys, theta,
+    ):  # fmt: skip
         acc = T.decl_buffer((d,), "float32")
         qf = T.decl_buffer((d,), "float32")
+        kf = T.decl_buffer((d,), "float32")
         part = T.decl_buffer((lanes,), "float32")
         scores = T.decl_buffer((CHUNK,), "float32")
         # scalars live in small buffers: TVM 0.27 turns let-bound values in parallel bodies into heap workspaces
@@ -111,6 +137,12 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
             qf[T.ramp(e * lanes, 1, lanes)] = T.Cast(
                 f"float32x{lanes}", q[token, h, T.ramp(e * lanes, 1, lanes)]
             ) * T.broadcast(sm_scale * T.float32(q_unit), lanes)
+        if inline_rope is not None:  # noqa: SIM102 - a parse-time branch around a TIR one
+            if rotary > 0:
+                for e in range(d):
+                    kf[e] = rotated_query(q, token, h, table, rows, q_row, e, theta)
+                for e in range(d):
+                    qf[e] = kf[e] * sm_scale * T.float32(q_unit)
         state[0] = T.float32(NEG_INIT)
         state[1] = T.float32(1)
         for c in range(start // CHUNK, (end + CHUNK - 1) // CHUNK):
@@ -119,10 +151,22 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
             for j in range(CHUNK):
                 if start <= c * CHUNK + j and c * CHUNK + j < end:
                     part[T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
-                    for e in range(steps):
-                        part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
-                            keys, key_base, page[0], c, j, h, e, 0
-                        )
+                    if inline_rope is not None:
+                        if rotary > 0:
+                            for e in range(steps):
+                                part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * rotated_vec(
+                                    rkeys, key_base, c, j, h, e
+                                )
+                        else:
+                            for e in range(steps):
+                                part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
+                                    keys, key_base, page[0], c, j, h, e, 0
+                                )
+                    else:
+                        for e in range(steps):
+                            part[T.ramp(0, 1, lanes)] = part[T.ramp(0, 1, lanes)] + vec(qf, e) * kv_vec(
+                                keys, key_base, page[0], c, j, h, e, 0
+                            )
                     fold(part)
                     scores[j] = _capped(part[0] + part[1], softcap)
                     state[2] = T.max(state[2], scores[j])
@@ -180,26 +224,230 @@ def _decode_start(length_info, b, sliding: bool):
     return length_info[1, b] if sliding else 0
 
 
-def _prefill_start(causal, row, page_indptr, length_info, b, page_size, window):
+def _decode_skip(page_indptr, length_info, b, page_size, sliding: bool, visible: int):
+    """Cached keys a decode row skips: those before its last ``visible`` (0: sees them all)."""
+    if not visible:
+        return 0
+    return T.max(_paged_len(page_indptr, length_info, b, page_size, sliding) - visible, 0)
+
+
+def _window_offset(length_info, b, sliding: bool):
+    """Where a sliding variant's keys start in their first page (0 for the full-attention variant)."""
+    return length_info[1, b] if sliding else 0
+
+
+def _paged_start(causal, row, page_indptr, length_info, b, page_size, window, evict_window, sliding):
     """First page slot a prefill row sees: a sliding window's offset plus the keys before its window
-    (TVM's ``_causal_or_sliding_cross_mask``: the last ``window - row - 1`` cached keys)."""
+    (TVM's ``_causal_or_sliding_cross_mask``: the last ``window - row - 1`` cached keys; an evicting
+    cache's window applies whatever ``causal`` says)."""
+    if evict_window:
+        kv_len = _paged_len(page_indptr, length_info, b, page_size, sliding)
+        return _window_offset(length_info, b, sliding) + _evicting_start(row, kv_len, evict_window)
     if not window:
         return 0
     kv_len = _paged_len(page_indptr, length_info, b, page_size, sliding=True)
     return length_info[1, b] + T.if_then_else(causal > 0, T.max(kv_len - T.max(window - row - 1, 0), 0), 0)
 
 
-def _prefill_end(causal, row, page_indptr, length_info, b, page_size, window, q_indptr):
+def _prefill_end(causal, row, page_indptr, length_info, b, page_size, window, q_indptr, sliding):
     """One past the last page slot a prefill row sees."""
     if window:
-        return length_info[1, b] + _paged_len(page_indptr, length_info, b, page_size, sliding=True)
+        return _window_offset(length_info, b, sliding) + _paged_len(page_indptr, length_info, b, page_size, sliding)
     kv_len = _paged_len(page_indptr, length_info, b, page_size)
     return _visible(causal, row, kv_len, q_indptr[b + 1] - q_indptr[b])
 
 
-def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0):
-    """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs)."""
-    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap)
+def _rope_entry(rope_scaling: dict, position, e, d: int, theta, which: int):
+    """cos (``which`` 0) or sin of RoPE element ``e``'s angle at ``position`` (TVM's frequency formulas)."""
+    from tvm import tirx
+    from tvm.relax.frontend.nn.llm.position_embedding import switch_rope_freq_func
+
+    cos, sin, var_map = switch_rope_freq_func(rope_scaling)(position, e, d, theta, "float32")
+    expr = cos if which == 0 else sin
+    for var, value in var_map.items():
+        expr = tirx.Let(var, value, expr)
+    return expr
+
+
+def _rotated(rope_scaling: dict, d: int, load, table, rows, row, e, theta):
+    """Element ``e`` of a head vector (``load(i)``: element ``i`` as float32) rotated HF rotate-half style
+    with the cos/sin of ``table[row]`` (a row past ``rows`` is computed directly, the row being the position)."""
+    half = d // 2
+
+    def trig(which):
+        direct = _rope_entry(rope_scaling, T.Cast("float32", row), e, d, theta, which)
+        return T.if_then_else(row < rows, table[T.min(row, rows - 1), which * half + e % half], direct)
+
+    partner = T.if_then_else(e < half, -load(T.min(e + half, d - 1)), load(T.max(e - half, 0)))
+    return load(e) * trig(0) + partner * trig(1)
+
+
+def _rotation(half: int, lanes: int):
+    """Expressions of HF rotate-half RoPE on lanes ``v`` of a head vector's halves, given
+    ``load(start)``: the float32 vector of ``lanes`` elements from ``start``; cos then sin in table row."""
+
+    def first(load, table, row, v):  # x1 * cos - x2 * sin
+        return (
+            load(v * lanes) * table[row, T.ramp(v * lanes, 1, lanes)]
+            - load(half + v * lanes) * table[row, T.ramp(half + v * lanes, 1, lanes)]
+        )
+
+    def second(load, table, row, v):  # x2 * cos + x1 * sin
+        return (
+            load(half + v * lanes) * table[row, T.ramp(v * lanes, 1, lanes)]
+            + load(v * lanes) * table[row, T.ramp(half + v * lanes, 1, lanes)]
+        )
+
+    return first, second
+
+
+def _rotate_ragged_keys(rope_scaling: dict, h_kv: int, d: int):
+    """A TVMScript macro: ``rkeys[t] = k[t]`` rotated at table row ``t`` (the chunk's token ``t``)."""
+    half = d // 2
+    lanes = _lanes(half)
+    first, second = _rotation(half, lanes)
+
+    def vector(k, t, hk):
+        return lambda start: T.Cast(f"float32x{lanes}", k[t, hk, T.ramp(start, 1, lanes)])
+
+    @T.macro
+    def rotate(rkeys, k, kv_len, table, rows, theta):
+        for t in T.parallel(T.min(kv_len, rows)):
+            for hk in range(h_kv):
+                for v in range(half // lanes):
+                    rkeys[t, hk, T.ramp(v * lanes, 1, lanes)] = first(vector(k, t, hk), table, t, v)
+                    rkeys[t, hk, T.ramp(half + v * lanes, 1, lanes)] = second(vector(k, t, hk), table, t, v)
+
+    return rotate
+
+
+def _rotate_paged_keys(rope_scaling: dict, h_kv: int, d: int, page_size: int, sliding: bool):
+    """A TVMScript macro: the cached keys of every sequence rotated at their positions in the window (the
+    window's first slot is position ``k_rope_pos_offset``), into ``rkeys[page entry, head, slot]``; a
+    position past the table (a forked sequence's offset) is rotated element by element."""
+    half = d // 2
+    lanes = _lanes(half)
+    first, second = _rotation(half, lanes)
+
+    def vector(pages, page_values, entry, hk, j):
+        return lambda start: T.Cast(f"float32x{lanes}", pages[page_values[entry], 0, hk, j, T.ramp(start, 1, lanes)])
+
+    def element(pages, page_values, entry, table, rows, position, hk, j, e, theta):
+        def load(i):
+            return T.Cast("float32", pages[page_values[entry], 0, hk, j, i])
+
+        return _rotated(rope_scaling, d, load, table, rows, position, e, theta)
+
+    def position(k_rope_pos_offset, length_info, b, page, j):
+        # slots before the window's offset are never read: clamp their (negative) positions
+        return T.max(k_rope_pos_offset[b] + page * page_size + j - _window_offset(length_info, b, sliding), 0)
+
+    @T.macro
+    def rotate(rkeys, pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch, table, rows, theta):
+        for b in T.serial(batch):
+            for item in T.parallel((page_indptr[b + 1] - page_indptr[b]) * h_kv):
+                for j in range(page_size):
+                    if position(k_rope_pos_offset, length_info, b, item // h_kv, j) < rows:
+                        for v in range(half // lanes):
+                            rkeys[page_indptr[b] + item // h_kv, item % h_kv, j, T.ramp(v * lanes, 1, lanes)] = first(
+                                vector(pages, page_values, page_indptr[b] + item // h_kv, item % h_kv, j),
+                                table,
+                                position(k_rope_pos_offset, length_info, b, item // h_kv, j),
+                                v,
+                            )
+                            rkeys[page_indptr[b] + item // h_kv, item % h_kv, j, T.ramp(half + v * lanes, 1, lanes)] = (
+                                second(
+                                    vector(pages, page_values, page_indptr[b] + item // h_kv, item % h_kv, j),
+                                    table,
+                                    position(k_rope_pos_offset, length_info, b, item // h_kv, j),
+                                    v,
+                                )
+                            )
+                    else:
+                        for e in range(d):
+                            rkeys[page_indptr[b] + item // h_kv, item % h_kv, j, e] = element(
+                                pages,
+                                page_values,
+                                page_indptr[b] + item // h_kv,
+                                table,
+                                rows,
+                                position(k_rope_pos_offset, length_info, b, item // h_kv, j),
+                                item % h_kv,
+                                j,
+                                e,
+                                theta,
+                            )
+
+    return rotate
+
+
+def _fill_rope_table(rope_scaling: dict, d: int, by_position: bool):
+    """A TVMScript macro: ``table[row] = cos, sin`` of every frequency at the row's position, rows in
+    parallel (one table per kernel call instead of trigonometry per key and query head).
+
+    ``by_position`` (paged kernels): the row is the position, and the table is made from two small ones,
+    angles ``CHUNK * a`` and ``b`` (cos/sin of a sum: a decode step's table costs ``rows / CHUNK + CHUNK``
+    evaluations per frequency instead of ``rows``; TVM's angles are linear in the position). Otherwise
+    the row is a token of the chunk and ``positions[row]`` its position."""
+    half = d // 2
+
+    def entry(position, i, theta, which):
+        return _rope_entry(rope_scaling, T.Cast("float32", position), i, d, theta, which)
+
+    @T.macro
+    def fill_tokens(table, rows, positions, theta):
+        for row in T.parallel(rows):
+            for i in range(half):
+                table[row, i] = entry(positions[row], i, theta, 0)
+                table[row, half + i] = entry(positions[row], i, theta, 1)
+
+    @T.macro
+    def fill_positions(table, rows, positions, theta):
+        low = T.decl_buffer((CHUNK, d), "float32")
+        high = T.decl_buffer(((rows + CHUNK - 1) // CHUNK, d), "float32")
+        for b in range(CHUNK):
+            for i in range(half):
+                low[b, i] = entry(b, i, theta, 0)
+                low[b, half + i] = entry(b, i, theta, 1)
+        for a in T.parallel((rows + CHUNK - 1) // CHUNK):
+            for i in range(half):
+                high[a, i] = entry(a * CHUNK, i, theta, 0)
+                high[a, half + i] = entry(a * CHUNK, i, theta, 1)
+        for row in T.parallel(rows):
+            for i in range(half):
+                table[row, i] = (
+                    high[row // CHUNK, i] * low[row % CHUNK, i]
+                    - high[row // CHUNK, half + i] * low[row % CHUNK, half + i]
+                )
+                table[row, half + i] = (
+                    high[row // CHUNK, half + i] * low[row % CHUNK, i]
+                    + high[row // CHUNK, i] * low[row % CHUNK, half + i]
+                )
+
+    return fill_positions if by_position else fill_tokens
+
+
+def _evicting_start(row, kv_len, window: int):
+    """First cached key a prefill row sees in an evicting cache (whatever ``causal`` says): the last
+    ``window - row - 1`` cached keys are inside row's window, the chunk's own keys come from the ragged
+    kernel."""
+    return T.max(kv_len - T.max(window - row - 1, 0), 0)
+
+
+def _scratch(shape: tuple, used: bool) -> tuple:
+    """A scratch buffer's shape, or one element where the kernel never touches it (no inline RoPE)."""
+    return shape if used else (1,) * len(shape)
+
+
+def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0, evict_window: int = 0):
+    """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs).
+
+    ``evict_window``: the cache may slide (inline RoPE when the cache asks: keys are the chunk's tokens,
+    so one table row per token serves queries and keys)."""
+    inline = rope_scaling if evict_window else None
+    attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap, inline_rope=inline)
+    fill = _fill_rope_table(rope_scaling, d_qk, by_position=False)
+    rotate = _rotate_ragged_keys(rope_scaling, h_kv, d_qk)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -226,11 +474,17 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
         k = T.match_buffer(var_k, (kv_len, h_kv, d_qk), dtype)
         v = T.match_buffer(var_v, (kv_len, h_kv, d_v), dtype)
         kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_off)
-        T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=qr_off)
+        q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=qr_off)
         T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
         output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
         lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
         with T.sblock("root"):
+            table = T.decl_buffer(_scratch((qo_len, d_qk), evict_window > 0), "float32")
+            rkeys = T.decl_buffer(_scratch((kv_len, h_kv, d_qk), evict_window > 0), "float32")
+            if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
+                if rotary_mode == 1:
+                    fill(table, qo_len, q_rope_position, rope_theta)
+                    rotate(rkeys, k, kv_len, table, qo_len, rope_theta)
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
                     attend(
@@ -246,17 +500,41 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
                         output,
                         lse,
                         sm_scale,
+                        rotary_mode,
+                        table,
+                        qo_len,
+                        q_indptr[b] + item // h_q,
+                        rkeys,
+                        rope_theta,
                     )
 
     return batch_prefill_ragged_kv
 
 
 def prefill_paged(
-    h_kv, h_q, d, dtype, sliding_window, rope_scaling, page_size=16, sliding_window_size=1024, softcap: float = 0.0
+    h_kv,
+    h_q,
+    d,
+    dtype,
+    sliding_window,
+    rope_scaling,
+    page_size=16,
+    sliding_window_size=1024,
+    softcap: float = 0.0,
+    evict_window: int = 0,
 ):
-    """Attention of new tokens over the sequences' cached pages (``sliding_window``: a window layer's)."""
-    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv, softcap=softcap)
-    window = sliding_window_size if sliding_window else 0
+    """Attention of new tokens over the sequences' cached pages (``sliding_window``: a window layer's, or
+    with ``evict_window`` the whole cache's sliding variant).
+
+    ``evict_window``: every layer is a ``evict_window``-token window and the cache may slide: each row
+    sees the last ``evict_window - row - 1`` cached keys whatever ``causal`` says (TVM passes 0 for a
+    whole-cache window), with inline RoPE when the cache asks (``rotary_mode`` 1: keys stored un-rotated
+    at their positions in the window)."""
+    inline = rope_scaling if evict_window else None
+    attend = _row_attention(d, dtype, paged=True, group=h_q // h_kv, softcap=softcap, inline_rope=inline)
+    fill = _fill_rope_table(rope_scaling, d, by_position=True)
+    rotate = _rotate_paged_keys(rope_scaling, h_kv, d, page_size, sliding_window)
+    window = sliding_window_size if sliding_window and not evict_window else 0
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
@@ -294,19 +572,49 @@ def prefill_paged(
         length_info = T.match_buffer(
             var_length_info, (3, batch_size) if sliding_window else (batch_size,), "int32", elem_offset=li_off
         )
-        T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
-        T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=qr_off)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
+        q_rope_position = T.match_buffer(var_q_rope_position, (total_len,), "int32", elem_offset=qr_off)
         output = T.match_buffer(var_output, (total_len, h_q, d), dtype)
         lse = T.match_buffer(var_lse, (total_len, h_q), "float32")
         with T.sblock("root"):
+            # positions of cached keys and of the chunk's queries (past them): a table row for each
+            table = T.decl_buffer(_scratch((nnz_pages * page_size + total_len, d), evict_window > 0), "float32")
+            rkeys = T.decl_buffer(_scratch((nnz_pages, h_kv, page_size, d), evict_window > 0), "float32")
+            if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
+                if rotary_mode == 1:
+                    fill(table, nnz_pages * page_size + total_len, q_rope_position, rope_theta)
+                    rotate(
+                        rkeys, pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch_size, table,
+                        nnz_pages * page_size + total_len, rope_theta,
+                    )  # fmt: skip
             for b in T.serial(batch_size):
                 for item in T.parallel((q_indptr[b + 1] - q_indptr[b]) * h_q):
                     attend(
                         q,
                         q_indptr[b] + item // h_q,
                         item % h_q,
-                        _prefill_start(causal, item // h_q, page_indptr, length_info, b, page_size, window),
-                        _prefill_end(causal, item // h_q, page_indptr, length_info, b, page_size, window, q_indptr),
+                        _paged_start(
+                            causal,
+                            item // h_q,
+                            page_indptr,
+                            length_info,
+                            b,
+                            page_size,
+                            window,
+                            evict_window,
+                            sliding_window,
+                        ),
+                        _prefill_end(
+                            causal,
+                            item // h_q,
+                            page_indptr,
+                            length_info,
+                            b,
+                            page_size,
+                            window or evict_window,
+                            q_indptr,
+                            sliding_window,
+                        ),
                         pages,
                         pages,
                         page_indptr[b],
@@ -314,17 +622,42 @@ def prefill_paged(
                         output,
                         lse,
                         sm_scale,
+                        rotary_mode,
+                        table,
+                        nnz_pages * page_size + total_len,
+                        q_rope_position[q_indptr[b] + item // h_q],
+                        rkeys,
+                        rope_theta,
                     )
 
     return _named(batch_prefill_paged_kv_cpu, sliding_window)
 
 
 def decode_paged(
-    num_kv_heads, num_qo_heads, head_dim, qkv_dtype, sliding_window, rope_scaling, page_size=16, softcap: float = 0.0
+    num_kv_heads,
+    num_qo_heads,
+    head_dim,
+    qkv_dtype,
+    sliding_window,
+    rope_scaling,
+    page_size=16,
+    softcap: float = 0.0,
+    evict_window: int = 0,
 ):
-    """One new token per sequence over its cached pages (the current token's K/V already appended)."""
+    """One new token per sequence over its cached pages.
+
+    ``evict_window`` (every layer one window, the cache may slide): the full-attention variant runs
+    with the current token already appended (a cache created without sliding) and sees the last
+    ``evict_window`` keys; the sliding variant runs before the append (TVM's sliding mode) and sees the
+    last ``evict_window - 1``; inline RoPE when the cache asks."""
     h_q, d = num_qo_heads, head_dim
-    attend = _row_attention(d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads, softcap=softcap)
+    inline = rope_scaling if evict_window else None
+    attend = _row_attention(
+        d, qkv_dtype, paged=True, group=num_qo_heads // num_kv_heads, softcap=softcap, inline_rope=inline
+    )
+    fill = _fill_rope_table(rope_scaling, d, by_position=True)
+    rotate = _rotate_paged_keys(rope_scaling, num_kv_heads, d, page_size, sliding_window)
+    visible = (evict_window - 1 if sliding_window else evict_window) if evict_window else 0
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -352,17 +685,28 @@ def decode_paged(
         length_info = T.match_buffer(
             var_length_info, (3, batch) if sliding_window else (batch,), "int32", elem_offset=li_off
         )
-        T.match_buffer(k_rope_pos_offset_handle, (batch,), "int32", elem_offset=kr_off)
-        T.match_buffer(q_rope_position_handle, (batch,), "int32", elem_offset=qr_off)
+        k_rope_pos_offset = T.match_buffer(k_rope_pos_offset_handle, (batch,), "int32", elem_offset=kr_off)
+        q_rope_position = T.match_buffer(q_rope_position_handle, (batch,), "int32", elem_offset=qr_off)
         output = T.match_buffer(output_handle, (batch, h_q, d), qkv_dtype)
         lse = T.match_buffer(lse_handle, (batch, h_q), "float32")
         with T.sblock("root"):
+            # positions of cached keys and of the new token (past them): a table row for each
+            table = T.decl_buffer(_scratch((nnz_pages * page_size + batch, d), evict_window > 0), "float32")
+            rkeys = T.decl_buffer(_scratch((nnz_pages, num_kv_heads, page_size, d), evict_window > 0), "float32")
+            if evict_window > 0:  # noqa: SIM102 - a parse-time branch around a TIR one
+                if rotary_mode == 1:
+                    fill(table, nnz_pages * page_size + batch, q_rope_position, rope_theta)
+                    rotate(
+                        rkeys, pages, page_indptr, page_values, length_info, k_rope_pos_offset, batch, table,
+                        nnz_pages * page_size + batch, rope_theta,
+                    )  # fmt: skip
             for item in T.parallel(batch * h_q):
                 attend(
                     q,
                     item // h_q,
                     item % h_q,
-                    _decode_start(length_info, item // h_q, sliding_window),
+                    _decode_start(length_info, item // h_q, sliding_window)
+                    + _decode_skip(page_indptr, length_info, item // h_q, page_size, sliding_window, visible),
                     _decode_start(length_info, item // h_q, sliding_window)
                     + _paged_len(page_indptr, length_info, item // h_q, page_size, sliding_window),
                     pages,
@@ -372,6 +716,12 @@ def decode_paged(
                     output,
                     lse,
                     sm_scale,
+                    rotary_mode,
+                    table,
+                    nnz_pages * page_size + batch,
+                    q_rope_position[item // h_q],
+                    rkeys,
+                    rope_theta,
                 )
 
     return _named(batch_decode_paged_kv, sliding_window)
@@ -388,19 +738,13 @@ def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling,
     applies it to all heads, tokens in parallel.
     """
     from tvm import tirx
-    from tvm.relax.frontend.nn.llm.position_embedding import switch_rope_freq_func
 
     rotary_dim = rotary_dim or head_dim
     heads = num_q_heads + 2 * num_kv_heads
     half = rotary_dim // 2
-    freq_func = switch_rope_freq_func(rope_scaling)
 
     def table_entry(position, d, which):
-        cos, sin, var_map = freq_func(position * tirx.const(scale, "float32"), d, rotary_dim, theta, "float32")
-        expr = cos if which == 0 else sin
-        for var, value in var_map.items():
-            expr = tirx.Let(var, value, expr)
-        return expr
+        return _rope_entry(rope_scaling, position * tirx.const(scale, "float32"), d, rotary_dim, theta, which)
 
     def rotated(qkv, table, t, h, d):
         other = T.if_then_else(d < half, -qkv[t, h, T.min(d + half, head_dim - 1)], qkv[t, h, T.max(d - half, 0)])
@@ -448,8 +792,11 @@ def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling,
 
 
 @contextlib.contextmanager
-def llmc_cpu_attention(softcap: float = 0.0) -> Iterator[None]:
-    """While the cache is built, its CPU kernel makers return llmc's kernels (sliding-window ones included)."""
+def llmc_cpu_attention(softcap: float = 0.0, evict_window: int = 0) -> Iterator[None]:
+    """While the cache is built, its CPU kernel makers return llmc's kernels (sliding-window ones included).
+
+    ``evict_window``: every layer attends to this many tokens and the cache is built as one whole-cache
+    window that the runtime may slide (``Engine``: ``attention_kv_cache_enable_sliding_window_for_seq``)."""
     from tvm.relax.frontend.nn.llm import kv_cache
 
     originals = {
@@ -463,9 +810,10 @@ def llmc_cpu_attention(softcap: float = 0.0) -> Iterator[None]:
     }
 
     # attention soft-capping (Gemma 2) is a constant of the kernels: TVM's makers have no such argument
-    kv_cache._attention_prefill_ragged_cpu = functools.partial(prefill_ragged, softcap=softcap)
-    kv_cache._attention_prefill_cpu = functools.partial(prefill_paged, softcap=softcap)
-    kv_cache._attention_decode_cpu = functools.partial(decode_paged, softcap=softcap)
+    kernels = {"softcap": softcap, "evict_window": evict_window}
+    kv_cache._attention_prefill_ragged_cpu = functools.partial(prefill_ragged, **kernels)
+    kv_cache._attention_prefill_cpu = functools.partial(prefill_paged, **kernels)
+    kv_cache._attention_decode_cpu = functools.partial(decode_paged, **kernels)
 
     def rope_unless_other(*args, **kwargs):
         rope_scaling = args[6] if len(args) > 6 else kwargs.get("rope_scaling", {})

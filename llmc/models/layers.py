@@ -75,14 +75,28 @@ def rope_type(rope: dict) -> str:
 def rope_inv_freq(rope: dict, theta: float, rotary_dim: int, max_position: int, context: int) -> tuple[list, float]:
     """Inverse frequencies (``rotary_dim // 2``) and the cos/sin scale for a HF rope config.
 
-    Types: default, linear, dynamic (static: its frequencies do not change below the original context),
-    yarn, longrope (short factors unless ``context`` exceeds the original context, as transformers picks
-    per sequence length), llama3.
+    Types: default, linear, dynamic, yarn, longrope, llama3. The table is static; transformers changes two
+    types with the sequence length (the largest position + 1 of a forward call):
+    - ``dynamic`` (NTK) keeps the default frequencies up to ``max_position_embeddings`` and raises the base
+      for longer sequences (recomputed per call, cached keys keep theirs). Static frequencies are exact only
+      up to there, so a ``context`` past ``max_position_embeddings`` is refused (``ConfigError``).
+    - ``longrope`` uses its short factors up to ``original_max_position_embeddings`` and its long factors for
+      longer sequences. The table holds the long factors when ``context`` exceeds that length (then exact
+      for sequences longer than it, as a long-context model is used), the short ones otherwise.
     """
     kind = rope_type(rope)
     exponents = np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim
     base_freq = 1.0 / theta**exponents
     original = rope.get("original_max_position_embeddings") or max_position
+    if kind == "dynamic" and context > max_position:
+        from llmc.errors import ConfigError
+
+        raise ConfigError(
+            f"rope type 'dynamic' rescales its frequencies for sequences longer than max_position_embeddings "
+            f"({max_position}) in transformers, per sequence length; llmc's frequencies are static, so a context "
+            f"window of {context} would differ past that length. Compile with --context-window {max_position} "
+            "or less."
+        )
     if kind in ("default", "dynamic"):
         return base_freq.tolist(), 1.0
     if kind == "linear":

@@ -9,7 +9,7 @@ the KV cache's kernels for ``default``/``llama3`` scaling, by the module for the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tvm.relax.frontend import nn
@@ -35,6 +35,7 @@ from llmc.models.layers import (
     rope_type,
     silu_multiply,
 )
+from llmc.models.moe import SparseMoE
 
 SUPPORTED_ROPE_TYPES = {"default", "linear", "dynamic", "yarn", "longrope", "llama3"}
 REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -47,6 +48,13 @@ ROPE_KEYS = {
 class LlamaConfig(ModelConfig):
     qk_norm: str = ""  # "head": RMSNorm over each q/k head (Qwen3); "all": over all q / all k heads (OLMo 2)
     post_norm: bool = False  # OLMo 2: residual + norm(attn(x)), residual + norm(mlp(x)), no input norms
+    # sparse mixture of experts (Mixtral, Qwen3-MoE): layers in moe_layers route each token to moe_top_k
+    # of moe_experts SwiGLU experts of moe_intermediate_size; the other layers keep the dense MLP
+    moe_experts: int = 0
+    moe_top_k: int = 0
+    moe_intermediate_size: int = 0
+    moe_renormalize: bool = False
+    moe_layers: list[int] = field(default_factory=list)
 
 
 def check_rope(rope: dict, source: str) -> str:
@@ -74,8 +82,8 @@ def parse_config(hf: dict, source: str) -> LlamaConfig:
     layers = hf["num_hidden_layers"]
     if model_type == "qwen2" and hf.get("use_sliding_window"):
         raise ConfigError(f"{source}: Qwen2 with use_sliding_window=true is not supported yet.")
-    layer_types = sliding_layer_types(hf, layers) if model_type in ("mistral", "qwen3", "phi3") else []
-    if model_type == "qwen3" and not hf.get("use_sliding_window"):
+    layer_types = sliding_layer_types(hf, layers) if model_type in SLIDING_TYPES else []
+    if model_type in ("qwen3", "qwen3_moe") and not hf.get("use_sliding_window"):
         layer_types = []
     bias = bool(hf.get("attention_bias", False))
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
@@ -106,8 +114,42 @@ def parse_config(hf: dict, source: str) -> LlamaConfig:
         max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
         layer_types=layer_types if any(t == "sliding_attention" for t in layer_types) else [],
         sliding_window=int(hf.get("sliding_window") or 0) if layer_types else 0,
-        qk_norm={"qwen3": "head", "olmo2": "all"}.get(model_type, ""),
+        qk_norm={"qwen3": "head", "qwen3_moe": "head", "olmo2": "all"}.get(model_type, ""),
         post_norm=model_type == "olmo2",
+        **moe_fields(hf, model_type, layers, source),
+    )
+
+
+SLIDING_TYPES = ("mistral", "mixtral", "qwen3", "qwen3_moe", "phi3")
+
+
+def moe_fields(hf: dict, model_type: str, layers: int, source: str) -> dict:
+    """The sparse-MoE fields of a Mixtral or Qwen3-MoE config.json (empty for dense families)."""
+    if model_type not in ("mixtral", "qwen3_moe"):
+        return {}
+    experts = hf.get("num_local_experts") or hf.get("num_experts")
+    top_k = hf.get("num_experts_per_tok")
+    if not isinstance(experts, int) or not isinstance(top_k, int) or not 0 < top_k <= experts:
+        raise ConfigError(
+            f"{source}: a {model_type} config needs num_local_experts (or num_experts) and num_experts_per_tok "
+            f"with 0 < num_experts_per_tok <= experts; got {experts!r} and {top_k!r}."
+        )
+    if model_type == "mixtral":
+        return dict(
+            moe_experts=experts,
+            moe_top_k=top_k,
+            moe_intermediate_size=hf["intermediate_size"],
+            moe_renormalize=True,
+            moe_layers=list(range(layers)),
+        )
+    step = int(hf.get("decoder_sparse_step") or 1)
+    dense = set(hf.get("mlp_only_layers") or [])
+    return dict(
+        moe_experts=experts,
+        moe_top_k=top_k,
+        moe_intermediate_size=int(hf.get("moe_intermediate_size") or hf["intermediate_size"]),
+        moe_renormalize=bool(hf.get("norm_topk_prob", False)),
+        moe_layers=[i for i in range(layers) if i not in dense and (i + 1) % step == 0],
     )
 
 
@@ -159,9 +201,12 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, c: LlamaConfig):
+    def __init__(self, c: LlamaConfig, layer_id: int):
         self.self_attn = LlamaAttention(c)
-        self.mlp = LlamaMLP(c)
+        if layer_id in c.moe_layers:
+            self.mlp = SparseMoE(c.hidden_size, c.moe_experts, c.moe_intermediate_size, c.moe_top_k, c.moe_renormalize)
+        else:
+            self.mlp = LlamaMLP(c)
         self.post_norm = c.post_norm
         if c.post_norm:
             self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
@@ -181,7 +226,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, c: LlamaConfig):
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList([LlamaDecoderLayer(c) for _ in range(c.num_hidden_layers)])
+        self.layers = nn.ModuleList([LlamaDecoderLayer(c, i) for i in range(c.num_hidden_layers)])
         self.norm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
 
     def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache) -> Tensor:
@@ -239,6 +284,9 @@ def weight_sources(c: ModelConfig) -> dict[str, WeightSource]:
             sources[f"{attn}.qkv_proj.bias"] = WeightSource(
                 [f"{attn}.{p}_proj.bias" for p in "qkv"], [(r,) for r in qkv_rows]
             )
+        if i in getattr(c, "moe_layers", ()):
+            sources.update(moe_weight_sources(c, i))
+            continue
         sources[f"{mlp}.gate_up_proj.weight"] = WeightSource(
             [f"{mlp}.gate_proj.weight", f"{mlp}.up_proj.weight"], [(inter, hidden)] * 2
         )
@@ -247,6 +295,30 @@ def weight_sources(c: ModelConfig) -> dict[str, WeightSource]:
                 [f"{mlp}.gate_proj.bias", f"{mlp}.up_proj.bias"], [(inter,)] * 2
             )
     return sources
+
+
+# HF names of one expert's (gate, up, down) matrices, and of the router, per family
+EXPERT_NAMES = {
+    "mixtral": ("block_sparse_moe", "w1", "w3", "w2"),
+    "qwen3_moe": ("mlp", "gate_proj", "up_proj", "down_proj"),
+}
+
+
+def moe_weight_sources(c: LlamaConfig, layer: int) -> dict[str, WeightSource]:
+    """A sparse layer's router and experts: expert e's gate and up rows stacked, then the next expert's."""
+    block, gate, up, down = EXPERT_NAMES[c.model_type]
+    hf, ours = f"model.layers.{layer}.{block}", f"model.layers.{layer}.mlp"
+    inter, hidden, experts = c.moe_intermediate_size, c.hidden_size, range(c.moe_experts)
+    return {
+        f"{ours}.gate.weight": WeightSource([f"{hf}.gate.weight"], [(c.moe_experts, hidden)]),
+        f"{ours}.experts.gate_up_proj.weight": WeightSource(
+            [f"{hf}.experts.{e}.{name}.weight" for e in experts for name in (gate, up)],
+            [(inter, hidden)] * (2 * c.moe_experts),
+        ),
+        f"{ours}.experts.down_proj.weight": WeightSource(
+            [f"{hf}.experts.{e}.{down}.weight" for e in experts], [(hidden, inter)] * c.moe_experts
+        ),
+    }
 
 
 # ---------------------------------------------------------------------- GGUF
@@ -270,9 +342,51 @@ def _sliding_window_config(meta) -> dict:
     return {"sliding_window": int(window), "model_type": "mistral"} if window else {}
 
 
-GGUF_LLAMA = GGUFSpec(("llama",), "llama", config=_sliding_window_config, fix_tensor=_unpermute_llama_qk)
+def _moe_config(meta, model_type: str) -> dict:
+    """config.json MoE fields from GGUF ``expert_*`` metadata (empty for a dense file). llama.cpp always
+    renormalises the chosen experts' weights unless ``expert_weights_norm`` says otherwise."""
+    experts = int(meta("expert_count", 0) or 0)
+    if not experts:
+        return {}
+    config = {
+        "model_type": model_type,
+        "num_local_experts": experts,
+        "num_experts_per_tok": int(meta("expert_used_count", 0) or 0),
+        "norm_topk_prob": bool(meta("expert_weights_norm", True)),
+    }
+    if meta("expert_feed_forward_length") is not None:
+        config["moe_intermediate_size"] = int(meta("expert_feed_forward_length"))
+    return config
+
+
+def _llama_config(meta) -> dict:
+    """A llama-architecture file: Mistral when it has a sliding window, Mixtral when it has experts."""
+    return {**_sliding_window_config(meta), **_moe_config(meta, "mixtral")}
+
+
+def gguf_expert_name(model_type: str, layer: int, kind: str, expert: int) -> str:
+    """The HF name of expert ``expert``'s ``kind`` ("gate", "up", "down") matrix in layer ``layer``."""
+    block, *names = EXPERT_NAMES[model_type]
+    name = dict(zip(("gate", "up", "down"), names))[kind]
+    return f"model.layers.{layer}.{block}.experts.{expert}.{name}.weight"
+
+
+GGUF_LLAMA = GGUFSpec(
+    ("llama",),
+    "llama",
+    block_names={"ffn_gate_inp": "block_sparse_moe.gate"},
+    config=_llama_config,
+    fix_tensor=_unpermute_llama_qk,
+    expert_name=gguf_expert_name,
+)
 GGUF_QWEN2 = GGUFSpec(("qwen2",), "qwen2")
 GGUF_PHI3 = GGUFSpec(("phi3",), "phi3", block_names={"attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"})
-GGUF_QWEN3 = GGUFSpec(
-    ("qwen3",), "qwen3", block_names={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+QK_NORM_NAMES = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+GGUF_QWEN3 = GGUFSpec(("qwen3",), "qwen3", block_names=QK_NORM_NAMES)
+GGUF_QWEN3_MOE = GGUFSpec(
+    ("qwen3moe",),
+    "qwen3_moe",
+    block_names={**QK_NORM_NAMES, "ffn_gate_inp": "mlp.gate"},
+    config=lambda meta: _moe_config(meta, "qwen3_moe"),
+    expert_name=gguf_expert_name,
 )

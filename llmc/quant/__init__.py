@@ -13,7 +13,9 @@ from tvm.relax.frontend import nn
 
 from llmc.errors import LlmcError
 from llmc.models.layers import Embedding
+from llmc.models.moe import ExpertWeights
 from llmc.quant import int_dot
+from llmc.quant.experts import QuantizedExpertWeights
 from llmc.quant.group import GroupQuant, QuantizedEmbedding, QuantizedLinear
 
 
@@ -63,6 +65,9 @@ class QuantScheme:
             if isinstance(child, nn.Linear) and (quantize_embeddings or not is_head):
                 replaced.add(f"{name}.weight")
                 return QuantizedLinear(child.in_features, child.out_features, group, child.bias is not None, isa)
+            if isinstance(child, ExpertWeights):
+                replaced.add(f"{name}.weight")
+                return QuantizedExpertWeights(child.experts, child.rows, child.cols, group, isa)
             if isinstance(child, Embedding) and quantize_embeddings:
                 replaced.add(f"{name}.weight")
                 return QuantizedEmbedding(child.num, child.dim, group, isa)

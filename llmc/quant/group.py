@@ -182,6 +182,27 @@ def int_dot_matmul(
     return op.reshape(out, (*lead, out_features))
 
 
+def int_dot_grouped_matmul(
+    gq: GroupQuant,
+    isa: str,
+    x: Tensor,
+    indptr: Tensor,
+    codes: Tensor,
+    scales: Tensor,
+    experts: int,
+    rows: int,
+    cols: int,
+) -> Tensor:
+    """Expert-major rows ``x`` ``[M, cols]`` (expert ``e``'s rows are ``indptr[e] .. indptr[e + 1]``) times
+    their expert's matrix of a ``[experts * rows, cols]`` stack on the CPU integer path -> ``[M, rows]``."""
+    return op.tensor_ir_op(
+        int_matmul(experts * rows, cols, gq.bits, isa, gq.scale_dtype, experts=experts),
+        "int_dot_grouped_matmul",
+        args=[x, indptr, codes, scales],
+        out=Tensor.placeholder((x.shape[0], rows), "float32"),
+    )
+
+
 def _quantized_parameters(gq: GroupQuant, rows: int, cols: int, isa: str | None) -> tuple:
     """(codes, scales) parameters of a ``rows x cols`` weight: packed uint32 words, or with ``isa`` the
     CPU integer layout (uint8 tiles); scales in the scheme's dtype either way."""

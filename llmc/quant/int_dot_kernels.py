@@ -92,6 +92,7 @@ def int_matmul(
     scale_dtype: str = "float32",
     with_min: bool = False,
     form: Form | None = None,
+    experts: int = 0,
 ) -> tirx.PrimFunc:
     """``out[M, out_features]`` from quantized activations and repacked weights (see module docstring).
 
@@ -105,7 +106,12 @@ def int_matmul(
     ``out += scale_x * ((d*sc) * sum(code * x_q) - (dmin*mn) * sum(x_q))``; ``super16`` (Q6_K) takes int8
     scales of the two halves of each group ``[tiles, groups, 2, 16]`` and fp16 ``d`` ``[tiles, supers, 1, 16]``:
     the halves' integer sums (codes re-centred by the correction term) times their scales are added in
-    int32, then ``out += scale_x * d * that``."""
+    int32, then ``out += scale_x * d * that``.
+
+    ``experts`` (grouped, MoE): the weight is a stack of ``experts`` matrices of ``out_features / experts``
+    rows (a multiple of 16) and the activation rows come sorted by expert: a second input ``indptr``
+    ``[experts + 1]`` (int32) gives each expert's rows, and ``out`` is ``[M, out_features / experts]``.
+    Each tile of each expert is unpacked once for all the rows routed to that expert."""
     if form is None:
         if with_min and bits != 4:
             raise ValueError("int_matmul: with_min is for 4-bit codes (GGML Q4_1)")
@@ -147,9 +153,15 @@ def int_matmul(
         extra = w[t, g, steps + index // 8, T.ramp(h * vbytes, 1, vbytes)]
         return value | (((extra >> T.broadcast(T.Cast("uint8", index % 8), vbytes)) & top) << shift)
 
+    per_expert = out_features // experts if experts else out_features
+    if experts and per_expert % TILE_ROWS:
+        raise ValueError(f"int_matmul: {per_expert} rows per expert is not a multiple of {TILE_ROWS}")
+    expert_tiles = per_expert // TILE_ROWS
+
     @T.macro
-    def row_block(xs, xc, x_words, w, ws, wm, out, t, m0, rows):
-        """Output tile ``t`` for activation rows ``m0 .. m0+rows``: each unpacked weight vector feeds them all."""
+    def row_block(xs, xc, x_words, w, ws, wm, out, t, m0, rows, ot):
+        """Weight tile ``t`` for activation rows ``m0 .. m0+rows`` into output tile ``ot`` (``t`` unless
+        grouped): each unpacked weight vector feeds all the rows."""
         acc = T.decl_buffer((rows * TILE_ROWS,), "float32")
         isum = T.decl_buffer((parts * rows * TILE_ROWS,), "int32")
         for i in T.unroll(rows):
@@ -207,11 +219,11 @@ def int_matmul(
                     ) * (T.Cast(f32, wm[t, g // SUPER_GROUPS, 0, tile_row()]) * T.broadcast(xs[m0 + i, g], TILE_ROWS))
         for i in T.unroll(rows):
             if t < full_tiles:
-                out[m0 + i, T.ramp(t * TILE_ROWS, 1, TILE_ROWS)] = acc[row(i)]
+                out[m0 + i, T.ramp(ot * TILE_ROWS, 1, TILE_ROWS)] = acc[row(i)]
             else:
                 for r in range(TILE_ROWS):
-                    if t * TILE_ROWS + r < out_features:
-                        out[m0 + i, t * TILE_ROWS + r] = acc[i * TILE_ROWS + r]
+                    if ot * TILE_ROWS + r < out_features:
+                        out[m0 + i, ot * TILE_ROWS + r] = acc[i * TILE_ROWS + r]
 
     quantize_row = _quantize_row(in_features, -1 if form.with_min else form.code_offset, parts)  # -1: sums
 
@@ -229,12 +241,81 @@ def int_matmul(
         x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
         for t in T.parallel(tiles):
             for block in range(m_rows // ROW_BLOCK):
-                row_block(xs, xc, x_words, w, ws, wm, out, t, block * ROW_BLOCK, ROW_BLOCK)
+                row_block(xs, xc, x_words, w, ws, wm, out, t, block * ROW_BLOCK, ROW_BLOCK, t)
             for m in range(m_rows - m_rows % ROW_BLOCK, m_rows):
-                row_block(xs, xc, x_words, w, ws, wm, out, t, m, 1)
+                row_block(xs, xc, x_words, w, ws, wm, out, t, m, 1, t)
+
+    @T.macro
+    def grouped_body(x, indptr, w, ws, wm, out, m_rows):
+        """Tile ``t`` belongs to expert ``t // expert_tiles``, whose rows are ``indptr[e] .. indptr[e + 1]``
+        (no let-bound scalars: TVM 0.27 makes them heap workspaces inside parallel bodies)."""
+        xq = T.alloc_buffer((m_rows, groups * GROUP), "int8")
+        xs = T.alloc_buffer((m_rows, groups), "float32")
+        xc = T.alloc_buffer((m_rows, groups * parts), "int32")
+        if m_rows >= PARALLEL_ROWS:
+            for m in T.parallel(m_rows):
+                quantize_row(x, xq, xs, xc, m)
+        else:
+            for m in range(m_rows):
+                quantize_row(x, xq, xs, xc, m)
+        x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
+        for t in T.parallel(tiles):
+            for block in range((indptr[t // expert_tiles + 1] - indptr[t // expert_tiles]) // ROW_BLOCK):
+                row_block(
+                    xs,
+                    xc,
+                    x_words,
+                    w,
+                    ws,
+                    wm,
+                    out,
+                    t,
+                    indptr[t // expert_tiles] + block * ROW_BLOCK,
+                    ROW_BLOCK,
+                    t % expert_tiles,
+                )
+            for m in range(
+                indptr[t // expert_tiles + 1] - (indptr[t // expert_tiles + 1] - indptr[t // expert_tiles]) % ROW_BLOCK,
+                indptr[t // expert_tiles + 1],
+            ):
+                row_block(xs, xc, x_words, w, ws, wm, out, t, m, 1, t % expert_tiles)
 
     code_shape = (tiles, groups, form.steps, VECTOR_BYTES)
     (a_shape, a_dtype), *rest = form.scale_shapes(out_features, in_features)
+    if experts and rest:
+        ((b_shape, b_dtype),) = rest
+
+        @T.prim_func(private=True, s_tir=True)
+        def func_grouped_two(
+            x_h: T.handle, indptr_h: T.handle, w_h: T.handle, ws_h: T.handle, wm_h: T.handle, out_h: T.handle
+        ):
+            T.func_attr(SCHEDULED)
+            m_rows = T.int64()
+            x = T.match_buffer(x_h, (m_rows, in_features), "float32")
+            indptr = T.match_buffer(indptr_h, (experts + 1,), "int32")
+            w = T.match_buffer(w_h, code_shape, "uint8")
+            ws = T.match_buffer(ws_h, a_shape, a_dtype)
+            wm = T.match_buffer(wm_h, b_shape, b_dtype)
+            out = T.match_buffer(out_h, (m_rows, per_expert), "float32")
+            with T.sblock("root"):
+                grouped_body(x, indptr, w, ws, wm, out, m_rows)
+
+        return func_grouped_two
+    if experts:
+
+        @T.prim_func(private=True, s_tir=True)
+        def func_grouped(x_h: T.handle, indptr_h: T.handle, w_h: T.handle, ws_h: T.handle, out_h: T.handle):
+            T.func_attr(SCHEDULED)
+            m_rows = T.int64()
+            x = T.match_buffer(x_h, (m_rows, in_features), "float32")
+            indptr = T.match_buffer(indptr_h, (experts + 1,), "int32")
+            w = T.match_buffer(w_h, code_shape, "uint8")
+            ws = T.match_buffer(ws_h, a_shape, a_dtype)
+            out = T.match_buffer(out_h, (m_rows, per_expert), "float32")
+            with T.sblock("root"):
+                grouped_body(x, indptr, w, ws, ws, out, m_rows)
+
+        return func_grouped
     if rest:
         ((b_shape, b_dtype),) = rest
 

@@ -17,7 +17,9 @@ from tvm.relax.frontend import nn
 
 from llmc.errors import ConfigError
 from llmc.models.layers import Embedding
+from llmc.models.moe import ExpertWeights
 from llmc.quant import QuantScheme, _rewrite, int_dot
+from llmc.quant.experts import GGMLExpertWeights
 from llmc.quant.ggml_formats import FORMATS, get_format
 from llmc.quant.ggml_layers import (
     INT_DOT_FORMATS,
@@ -145,6 +147,14 @@ class KeepScheme(QuantScheme):
             is_head = name.split(".")[-1] == "lm_head"
             if runs is None or (is_head and not quantize_embeddings):
                 return None
+            if isinstance(child, ExpertWeights):
+                if len(runs) != 1:
+                    raise ConfigError(
+                        f"{param}: the experts of this GGUF file mix formats ({', '.join(f for f, _ in runs)}), "
+                        "which --quant keep cannot run yet; compile with --quant q4f16_1 (or q8f16_1)."
+                    )
+                replaced.add(param)
+                return GGMLExpertWeights(child.experts, child.rows, child.cols, runs[0][0], isa)
             if isinstance(child, nn.Linear):
                 replaced.add(param)
                 return GGMLLinear(child.in_features, list(runs), child.bias is not None, isa, dtype or "float32")

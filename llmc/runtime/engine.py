@@ -13,7 +13,7 @@ from tvm.runtime.vm import VirtualMachine
 from llmc.artifact import read_config
 from llmc.artifact_checks import verify_artifact
 from llmc.errors import ArtifactError, GenerationError
-from llmc.memory import PAGE_SIZE, available_host_bytes, check_fits
+from llmc.memory import PAGE_SIZE, available_host_bytes, check_fits, evicting_window, kv_tokens_per_sequence
 
 
 def use_every_core() -> None:
@@ -89,7 +89,8 @@ class Engine:
         seed: int = 0,
         kv_tokens: int | None = None,
     ):
-        """Load an artifact; ``kv_tokens`` sizes the KV cache for all sequences (default: the context window)."""
+        """Load an artifact; ``kv_tokens`` sizes the KV cache for all sequences (default: the context window;
+        an evicting cache: a window for each of ``max_batch_size`` sequences)."""
         self.folder = Path(artifact_dir)
         self.config = read_config(self.folder)
         check_loadable_here(self.folder, self.config)
@@ -98,6 +99,14 @@ class Engine:
         self.hidden_size = model["hidden_size"]
         self.context_window = self.config["context_window"]
         self.prefill_chunk = self.config["prefill_chunk"]
+        # an all-sliding model's cache evicts: each sequence keeps its last window - 1 tokens, so it may run
+        # past the context window (RoPE at positions within the window: only relative positions matter)
+        self.sliding_window = evicting_window(self.config)
+        if self.sliding_window and self.prefill_chunk >= self.sliding_window:
+            raise ArtifactError(
+                f"{self.folder}: prefill chunk {self.prefill_chunk} does not fit the sliding window "
+                f"{self.sliding_window} its cache slides by. Re-run `llmc compile`."
+            )
         # never above the bound the library's memory was planned for
         self.max_batch_size = min(max_batch_size or self.config["max_batch_size"], self.config["max_batch_size"])
         self.device = open_device(self.folder, self.config, device)
@@ -112,14 +121,22 @@ class Engine:
         self._kv_end = _builtin("vm.builtin.kv_state_end_forward")
         self._kv_clear = _builtin("vm.builtin.kv_state_clear")
         self._seq_len = _builtin("vm.builtin.attention_kv_cache_get_sequence_length")
+        self._enable_sliding = _builtin("vm.builtin.attention_kv_cache_enable_sliding_window_for_seq")
         self._reshape = _builtin("vm.builtin.reshape")
+        self._fed: dict[int, int] = {}  # tokens fed per sequence (an evicting cache reports only its window)
         self.kv_cache = self.vm["create_paged_kv_cache"](
             ShapeTuple([self.max_batch_size]),
-            ShapeTuple([kv_tokens or self.context_window]),
+            ShapeTuple([kv_tokens or self._default_kv_tokens()]),
             ShapeTuple([self.prefill_chunk]),
             ShapeTuple([PAGE_SIZE]),
-            ShapeTuple([0]),
+            ShapeTuple([1 if self.sliding_window else 0]),
         )
+
+    def _default_kv_tokens(self) -> int:
+        """The context window (shared by the sequences), or with eviction a window for each of a full batch."""
+        if self.sliding_window:
+            return self.max_batch_size * kv_tokens_per_sequence(self.config)
+        return self.context_window
 
     def _random_params(self, seed: int) -> list:
         """Weights drawn from ``seed`` where the model runs (benchmarks of full-size shapes, no download)."""
@@ -152,15 +169,34 @@ class Engine:
     def reset(self) -> None:
         """Drop every sequence from the KV cache."""
         self._kv_clear(self.kv_cache)
+        self._fed.clear()
 
     def add_sequence(self, seq_id: int) -> None:
         self._kv_add(self.kv_cache, seq_id)
+        if self.sliding_window:
+            # TVM keeps this many cached tokens (no attention sink); the current token makes the window
+            self._enable_sliding(self.kv_cache, seq_id, self.sliding_window - 1, 0)
+            self._fed[seq_id] = 0
 
     def remove_sequence(self, seq_id: int) -> None:
         self._kv_remove(self.kv_cache, seq_id)
+        self._fed.pop(seq_id, None)
 
     def sequence_length(self, seq_id: int) -> int:
+        """Tokens fed to the sequence (an evicting cache holds only the last window of them)."""
+        if seq_id in self._fed:
+            return self._fed[seq_id]
         return int(self._seq_len(self.kv_cache, seq_id))
+
+    @property
+    def max_sequence_length(self) -> int | None:
+        """The most tokens a sequence may reach: the context window, or None when the cache evicts."""
+        return None if self.sliding_window else self.context_window
+
+    def _fed_tokens(self, seq_ids: list[int], counts: list[int]) -> None:
+        for seq_id, count in zip(seq_ids, counts):
+            if seq_id in self._fed:
+                self._fed[seq_id] += count
 
     # ------------------------------------------------------------------ forward
     def _embed(self, token_ids: list[int], batch: int, length: int):
@@ -173,6 +209,10 @@ class Engine:
         return self._reshape(embeds, ShapeTuple([batch, length, self.hidden_size]))
 
     def _check_room(self, seq_id: int, count: int) -> None:
+        if self.sliding_window:
+            if count > self.prefill_chunk:
+                raise GenerationError(f"a forward of {count} tokens exceeds the prefill chunk {self.prefill_chunk}.")
+            return
         if self.sequence_length(seq_id) + count > self.context_window:
             raise GenerationError(
                 f"sequence {seq_id} would reach {self.sequence_length(seq_id) + count} tokens; "
@@ -183,13 +223,14 @@ class Engine:
         """Feed ``token_ids`` (chunked by the prefill chunk); return the last position's logits (vocab,)."""
         if not token_ids:
             raise GenerationError("cannot prefill an empty prompt.")
-        self._check_room(seq_id, len(token_ids))
         logits = None
         for start in range(0, len(token_ids), self.prefill_chunk):
             chunk = token_ids[start : start + self.prefill_chunk]
+            self._check_room(seq_id, len(chunk) if self.sliding_window else len(token_ids) - start)
             self._kv_begin(self.kv_cache, ShapeTuple([seq_id]), ShapeTuple([len(chunk)]))
             logits, self.kv_cache = self.vm["prefill"](self._embed(chunk, 1, len(chunk)), self.kv_cache, self.params)
             self._kv_end(self.kv_cache)
+            self._fed_tokens([seq_id], [len(chunk)])
         return logits.numpy()[0, 0]
 
     def decode(self, seq_id: int, token_id: int) -> np.ndarray:
@@ -198,19 +239,21 @@ class Engine:
         self._kv_begin(self.kv_cache, ShapeTuple([seq_id]), ShapeTuple([1]))
         logits, self.kv_cache = self.vm["decode"](self._embed([token_id], 1, 1), self.kv_cache, self.params)
         self._kv_end(self.kv_cache)
+        self._fed_tokens([seq_id], [1])
         return logits.numpy()[0, 0]
 
     def forward_all(self, seq_id: int, token_ids: list[int]) -> np.ndarray:
         """Feed ``token_ids`` (chunked) and return the logits of every position: (len, vocab)."""
-        self._check_room(seq_id, len(token_ids))
         outputs = []
         for start in range(0, len(token_ids), self.prefill_chunk):
             chunk = token_ids[start : start + self.prefill_chunk]
+            self._check_room(seq_id, len(chunk) if self.sliding_window else len(token_ids) - start)
             self._kv_begin(self.kv_cache, ShapeTuple([seq_id]), ShapeTuple([len(chunk)]))
             logits, self.kv_cache = self.vm["batch_verify"](
                 self._embed(chunk, 1, len(chunk)), self.kv_cache, self.params
             )
             self._kv_end(self.kv_cache)
+            self._fed_tokens([seq_id], [len(chunk)])
             outputs.append(logits.numpy()[0])
         return np.concatenate(outputs, axis=0)
 
@@ -228,6 +271,7 @@ class Engine:
             self._embed(flat, 1, len(flat)), tvm.runtime.tensor(positions, self.device), self.kv_cache, self.params
         )
         self._kv_end(self.kv_cache)
+        self._fed_tokens(seq_ids, lengths)
         return logits.numpy()[0]
 
     def batch_decode(self, seq_ids: list[int], token_ids: list[int]) -> np.ndarray:
@@ -241,4 +285,5 @@ class Engine:
             self._embed(token_ids, len(seq_ids), 1), self.kv_cache, self.params
         )
         self._kv_end(self.kv_cache)
+        self._fed_tokens(seq_ids, [1] * len(seq_ids))
         return logits.numpy()[:, 0]

@@ -73,7 +73,8 @@ def generate(
     if not keep_sequence:
         engine.add_sequence(seq_id)
     window = engine.context_window
-    if past + len(prompt_ids) >= window:
+    bounded = getattr(engine, "max_sequence_length", window) is not None  # an evicting cache has no bound
+    if bounded and past + len(prompt_ids) >= window:
         if not keep_sequence:
             engine.remove_sequence(seq_id)
         raise GenerationError(
@@ -98,7 +99,7 @@ def generate(
             if len(result.output_ids) >= max_tokens:
                 result.finish_reason = "length"
                 break
-            if past + len(prompt_ids) + len(result.output_ids) >= window:
+            if bounded and past + len(prompt_ids) + len(result.output_ids) >= window:
                 result.finish_reason = "context_window"
                 break
             if should_stop and should_stop():

@@ -24,7 +24,7 @@ import tvm
 
 from llmc.artifact import read_config
 from llmc.errors import GenerationError
-from llmc.memory import PAGE_SIZE
+from llmc.memory import PAGE_SIZE, kv_tokens_per_sequence
 from llmc.runtime.engine import Engine
 from llmc.runtime.sampling import Sampler, TokenLogprob
 from llmc.runtime.textstream import OutputText
@@ -133,13 +133,15 @@ class ServingEngine:
         config = read_config(Path(artifact))
         batch = min(max_batch or config["max_batch_size"], config["max_batch_size"])
         # every sequence may grow to the context window, plus a page each for forks that copy a partial page
-        kv_tokens = batch * (config["context_window"] + PAGE_SIZE)
+        # (an evicting cache: its sliding window)
+        kv_tokens = batch * (kv_tokens_per_sequence(config) + PAGE_SIZE)
         self.engine = Engine(artifact, device, max_batch_size=batch, kv_tokens=kv_tokens)
         self.tokenizer = ArtifactTokenizer(self.engine.folder, self.engine.config["tokenizer"])
         self.max_batch = self.engine.max_batch_size
         self.max_queue = max_queue
         self.context_window = self.engine.context_window
-        self.prefix_cache_enabled = prefix_cache
+        # TVM forks a sliding sequence only within its attention sink (none here): no prefix forks then
+        self.prefix_cache_enabled = prefix_cache and not self.engine.sliding_window
         self.stats = EngineStats()
         self._available_pages = tvm.get_global_func("vm.builtin.attention_kv_cache_get_num_available_pages")
         self._fork = tvm.get_global_func("vm.builtin.kv_state_fork_sequence")
@@ -303,6 +305,8 @@ class ServingEngine:
 
     def _pages_needed(self, request: Request) -> int:
         tokens = min(len(request.prompt_ids) + request.max_tokens, self.context_window)
+        if self.engine.sliding_window:  # an evicting cache holds only the window
+            tokens = min(tokens, kv_tokens_per_sequence(self.engine.config))
         return math.ceil(tokens / PAGE_SIZE) + 1
 
     def _admissible(self) -> bool:
