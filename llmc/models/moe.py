@@ -4,9 +4,13 @@ the selected experts' weights.
 Each token's router picks ``top_k`` of ``E`` experts (softmax over all experts, top-k, optionally
 renormalised over the chosen ones). The experts' matrices of one kind are one parameter of ``E * rows``
 rows (expert ``e`` owns rows ``[e * rows, (e + 1) * rows)``), so the group quantizer and the GGUF
-formats treat them as one tall matrix. ``expert_matmul`` is a gathered matmul over symbolic token
-counts: output ``[t, j]`` reads the weight rows of expert ``ids[t, j]`` only, so a decode step touches
-``top_k`` experts per token, never all of them.
+formats treat them as one tall matrix. Two ways to run the experts, both over symbolic token counts:
+
+* grouped (the CPU integer path, ``has_grouped``): the (token, choice) assignments are sorted by expert
+  (``moe_sort``) and one kernel per matrix runs each chosen expert over its contiguous rows, so every
+  chosen expert's weights are unpacked once per call however many tokens chose it;
+* gathered (``expert_matmul``, every other target and the float CPU path): output ``[t, j]`` reads the
+  weight rows of expert ``ids[t, j]`` only, so a decode step touches ``top_k`` experts per token.
 """
 
 from __future__ import annotations
