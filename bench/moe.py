@@ -101,8 +101,8 @@ def write_moe_gguf(path: Path, layers: int, fmt: str, seed: int = 0) -> None:
 
 @contextlib.contextmanager
 def llama_cpp_repack(enabled: bool):
-    """llama.cpp with its CPU weight repacking (``use_extra_bufts``, on by default) switched on or off: in
-    this build its repacked Q4_0 experts decode far slower than the plain layout, so both are measured."""
+    """llama.cpp with its CPU weight repacking (``use_extra_bufts``, on by default) switched on or off: both
+    rows are measured and the ratio is taken against the faster one."""
     import llama_cpp
     import llama_cpp.llama as module
 
@@ -138,13 +138,14 @@ def main() -> None:
     if not gguf_file.exists():
         print(f"writing {gguf_file} (random weights)", flush=True)
         write_moe_gguf(gguf_file, args.layers, args.format)
-    rows = [{"system": "llmc (keep)", **run_llmc(ROOT, gguf_file, work / f"{gguf_file.stem}-llmc", args)}]
+    threads = os.cpu_count() or 1
+    rows = [{"system": "llmc (keep)", **run_llmc(ROOT, gguf_file, work / f"{gguf_file.stem}-llmc", threads, args)}]
     print(rows[-1], flush=True)
     if args.llama_cpp:
         for repack in (True, False):
             with llama_cpp_repack(repack):
                 system = f"llama.cpp (flash attention, repack {'on' if repack else 'off'})"
-                rows.append({"system": system, **run_llama_cpp(gguf_file, args)})
+                rows.append({"system": system, **run_llama_cpp(gguf_file, threads, args)})
             print(rows[-1], flush=True)
     tmp.cleanup()
     meta = {
