@@ -200,9 +200,12 @@ def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled, t
     not (os.environ.get("LLMC_TEST_VULKAN") or os.environ.get("LLMC_TEST_SLOW")),
     reason="the whole model on lavapipe: make test-vulkan (or make test-all)",
 )
-def test_vulkan_moe_library_runs_on_lavapipe(compiled, tmp_path):
-    """Qwen3-MoE's GPU kernels (routing, top-k, gathered expert matmuls under dlight's schedules) generate
-    on lavapipe like the float CPU build: prefill chunks, decode steps and a batch decode."""
+@pytest.mark.parametrize("name", ["qwen3_moe", "gemma2"])
+def test_vulkan_family_library_runs_on_lavapipe(name, compiled, tmp_path):
+    """GPU kernels of the families whose kernels differ most generate on lavapipe like the float CPU build
+    (prefill chunks, decode steps, a batch decode): Qwen3-MoE's routing, top-k and gathered expert matmuls
+    under dlight's schedules; Gemma 2's soft-capped attention (TVM's kernels, patched by
+    llmc.models.gpu_softcap) against llmc's CPU kernels, which are checked against transformers."""
     pytest.importorskip("vulkan", reason="vulkan missing (make install-vulkan)")
     if not spirv.naga_available() or shutil.which("spirv-val") is None:
         pytest.skip("node + naga-wasm or spirv-val missing (make install-vulkan)")
@@ -214,8 +217,8 @@ def test_vulkan_moe_library_runs_on_lavapipe(compiled, tmp_path):
         runner = RawVulkanRunner()
     except Exception as e:
         pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
-    reference = Engine(compiled("qwen3_moe", "q4f16_1", cpu_matmul="float"))
-    artifact = shutil.copytree(compiled("qwen3_moe", "q4f16_1", "vulkan"), tmp_path / "vk")
+    reference = Engine(compiled(name, "q4f16_1", cpu_matmul="float"))
+    artifact = shutil.copytree(compiled(name, "q4f16_1", "vulkan"), tmp_path / "vk")
     with VulkanLibraryEmulator(runner) as emulator:
         gpu = Engine(artifact, device="webgpu")
         pairs = []
@@ -229,12 +232,14 @@ def test_vulkan_moe_library_runs_on_lavapipe(compiled, tmp_path):
             pairs.append((gpu.decode(0, token), reference.decode(0, token)))
             token = int(pairs[-1][1].argmax())
         pairs.append((gpu.batch_prefill([1], [[3, 30, 8]]), reference.batch_prefill([1], [[3, 30, 8]])))
-        pairs.append((gpu.batch_decode([0, 1], [token, 4]), reference.batch_decode([0, 1], [token, 4])))
+        if name != "gemma2":  # TVM 0.27's sliding-window GPU caches fail a multi-sequence decode (TVM_NOTES)
+            pairs.append((gpu.batch_decode([0, 1], [token, 4]), reference.batch_decode([0, 1], [token, 4])))
         called = emulator.called
     for got, expected in pairs:
         assert _rel_err(got, expected) < 2e-2
         assert np.array_equal(got.argmax(-1), expected.argmax(-1))
-    assert any("moe_matmul" in name for name in called) and any("topk" in name for name in called), sorted(called)
+    if name == "qwen3_moe":
+        assert any("moe_matmul" in k for k in called) and any("topk" in k for k in called), sorted(called)
 
 
 def test_run_on_a_vulkan_artifact_without_a_vulkan_runtime_is_a_clear_error(tmp_path):

@@ -34,7 +34,7 @@ def _llama(name: str, features: str, gguf: GGUFSpec | None = None, weights=llama
 
 def _gemma(name: str) -> ModelFamily:
     features = {
-        "gemma2": "attention + final logit soft-capping (CPU targets), sliding/global layers, (1+w) RMSNorm, GELU-tanh",
+        "gemma2": "attention + final logit soft-capping, sliding/global layers, (1+w) RMSNorm, GELU-tanh",
     }.get(name, "QK-norm, (1+w) RMSNorm, GELU-tanh, sliding/global layers with local rope base")
     return ModelFamily(
         name,

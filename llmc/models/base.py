@@ -18,6 +18,7 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
 from llmc.models.cpu_attention import llmc_cpu_attention
+from llmc.models.gpu_softcap import tvm_gpu_softcap
 from llmc.models.layers import gather_rows
 
 
@@ -195,19 +196,19 @@ class CausalLMBase(nn.Module):
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
         softcap = float(getattr(self.config, "attn_logit_softcapping", 0.0) or 0.0)
-        if softcap and self.target.kind.name != "llvm":
-            from llmc.errors import ConfigError
-
-            raise ConfigError(
-                f"{self.config.model_type}: attention soft-capping is implemented in llmc's CPU kernels only; "
-                f"target {self.target.kind.name} is not supported for this model yet."
-            )
         evict = self.evicting_window()
         self.config.sliding_eviction = bool(evict)
         # soft-capping and eviction exist only in llmc's kernels: they serve the reference (--cpu-matmul float)
-        # build too
-        cpu = self.target.kind.name == "llvm" and (self.cpu_kernels or bool(softcap) or bool(evict))
-        with llmc_cpu_attention(softcap, evict) if cpu else contextlib.nullcontext():
+        # build too; on GPUs soft-capping patches TVM's own kernels
+        llvm = self.target.kind.name == "llvm"
+        cpu = llvm and (self.cpu_kernels or bool(softcap) or bool(evict))
+        if cpu:
+            kernels = llmc_cpu_attention(softcap, evict)
+        elif softcap and not llvm:
+            kernels = tvm_gpu_softcap(softcap)
+        else:
+            kernels = contextlib.nullcontext()
+        with kernels:
             return self._paged_kv_cache(
                 max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window, evict
             )
