@@ -110,6 +110,11 @@ class Engine:
         # never above the bound the library's memory was planned for
         self.max_batch_size = min(max_batch_size or self.config["max_batch_size"], self.config["max_batch_size"])
         self.device = open_device(self.folder, self.config, device)
+        # TVM 0.27's GPU caches with sliding-window layers fail a multi-sequence decode ("CopyDataFromTo only
+        # support contiguous array"): there, a batch decodes one sequence at a time
+        self.serial_batch_decode = self.device.dlpack_device_type() != tvm.runtime.cpu().dlpack_device_type() and (
+            "sliding_attention" in (model.get("layer_types") or [])
+        )
         check_fits(self.config, str(self.folder), device_memory(self.device), kv_tokens)
         verify_artifact(self.folder, self.config)  # sizes, paths, checksums: before any library or weight loads
         library = self.folder / self.config["library"]
@@ -278,6 +283,8 @@ class Engine:
         """One new token for each sequence; (n, vocab)."""
         if len(seq_ids) > self.max_batch_size:
             raise GenerationError(f"batch of {len(seq_ids)} exceeds max batch size {self.max_batch_size}.")
+        if self.serial_batch_decode and len(seq_ids) > 1:
+            return np.stack([self.decode(seq_id, token) for seq_id, token in zip(seq_ids, token_ids)])
         for seq_id in seq_ids:
             self._check_room(seq_id, 1)
         self._kv_begin(self.kv_cache, ShapeTuple(seq_ids), ShapeTuple([1] * len(seq_ids)))
