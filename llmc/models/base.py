@@ -200,11 +200,9 @@ class CausalLMBase(nn.Module):
         self.config.sliding_eviction = bool(evict)
         # soft-capping and eviction exist only in llmc's kernels: they serve the reference (--cpu-matmul float)
         # build too; on GPUs soft-capping patches TVM's own kernels
-        llvm = self.target.kind.name == "llvm"
-        cpu = llvm and (self.cpu_kernels or bool(softcap) or bool(evict))
-        if cpu:
+        if self.target.kind.name == "llvm" and (self.cpu_kernels or bool(softcap) or bool(evict)):
             kernels = llmc_cpu_attention(softcap, evict)
-        elif softcap and not llvm:
+        elif softcap:  # a GPU target
             kernels = tvm_gpu_softcap(softcap)
         else:
             kernels = contextlib.nullcontext()
