@@ -228,7 +228,11 @@ def int_matmul(
     quantize_row = _quantize_row(in_features, -1 if form.with_min else form.code_offset, parts)  # -1: sums
 
     @T.macro
-    def body(x, w, ws, wm, out, m_rows):
+    def body(x, indptr, w, ws, wm, out, m_rows):
+        """Quantize the activation rows, then every weight tile in parallel. Grouped (``experts``, a Python
+        constant: TVMScript keeps one branch while parsing), tile ``t`` belongs to expert
+        ``t // expert_tiles``, whose rows are ``indptr[e] .. indptr[e + 1]``; otherwise every tile takes every
+        row (``indptr`` unused). No let-bound scalars: TVM 0.27 makes them heap workspaces in parallel bodies."""
         xq = T.alloc_buffer((m_rows, groups * GROUP), "int8")
         xs = T.alloc_buffer((m_rows, groups), "float32")
         xc = T.alloc_buffer((m_rows, groups * parts), "int32")
@@ -240,45 +244,32 @@ def int_matmul(
                 quantize_row(x, xq, xs, xc, m)
         x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
         for t in T.parallel(tiles):
-            for block in range(m_rows // ROW_BLOCK):
-                row_block(xs, xc, x_words, w, ws, wm, out, t, block * ROW_BLOCK, ROW_BLOCK, t)
-            for m in range(m_rows - m_rows % ROW_BLOCK, m_rows):
-                row_block(xs, xc, x_words, w, ws, wm, out, t, m, 1, t)
-
-    @T.macro
-    def grouped_body(x, indptr, w, ws, wm, out, m_rows):
-        """Tile ``t`` belongs to expert ``t // expert_tiles``, whose rows are ``indptr[e] .. indptr[e + 1]``
-        (no let-bound scalars: TVM 0.27 makes them heap workspaces inside parallel bodies)."""
-        xq = T.alloc_buffer((m_rows, groups * GROUP), "int8")
-        xs = T.alloc_buffer((m_rows, groups), "float32")
-        xc = T.alloc_buffer((m_rows, groups * parts), "int32")
-        if m_rows >= PARALLEL_ROWS:
-            for m in T.parallel(m_rows):
-                quantize_row(x, xq, xs, xc, m)
-        else:
-            for m in range(m_rows):
-                quantize_row(x, xq, xs, xc, m)
-        x_words = T.decl_buffer((m_rows * words,), "int32", data=xq.data)
-        for t in T.parallel(tiles):
-            for block in range((indptr[t // expert_tiles + 1] - indptr[t // expert_tiles]) // ROW_BLOCK):
-                row_block(
-                    xs,
-                    xc,
-                    x_words,
-                    w,
-                    ws,
-                    wm,
-                    out,
-                    t,
-                    indptr[t // expert_tiles] + block * ROW_BLOCK,
-                    ROW_BLOCK,
-                    t % expert_tiles,
-                )
-            for m in range(
-                indptr[t // expert_tiles + 1] - (indptr[t // expert_tiles + 1] - indptr[t // expert_tiles]) % ROW_BLOCK,
-                indptr[t // expert_tiles + 1],
-            ):
-                row_block(xs, xc, x_words, w, ws, wm, out, t, m, 1, t % expert_tiles)
+            if experts > 0:
+                for block in range((indptr[t // expert_tiles + 1] - indptr[t // expert_tiles]) // ROW_BLOCK):
+                    row_block(
+                        xs,
+                        xc,
+                        x_words,
+                        w,
+                        ws,
+                        wm,
+                        out,
+                        t,
+                        indptr[t // expert_tiles] + block * ROW_BLOCK,
+                        ROW_BLOCK,
+                        t % expert_tiles,
+                    )
+                for m in range(
+                    indptr[t // expert_tiles + 1]
+                    - (indptr[t // expert_tiles + 1] - indptr[t // expert_tiles]) % ROW_BLOCK,
+                    indptr[t // expert_tiles + 1],
+                ):
+                    row_block(xs, xc, x_words, w, ws, wm, out, t, m, 1, t % expert_tiles)
+            else:
+                for block in range(m_rows // ROW_BLOCK):
+                    row_block(xs, xc, x_words, w, ws, wm, out, t, block * ROW_BLOCK, ROW_BLOCK, t)
+                for m in range(m_rows - m_rows % ROW_BLOCK, m_rows):
+                    row_block(xs, xc, x_words, w, ws, wm, out, t, m, 1, t)
 
     code_shape = (tiles, groups, form.steps, VECTOR_BYTES)
     (a_shape, a_dtype), *rest = form.scale_shapes(out_features, in_features)
@@ -298,7 +289,7 @@ def int_matmul(
             wm = T.match_buffer(wm_h, b_shape, b_dtype)
             out = T.match_buffer(out_h, (m_rows, per_expert), "float32")
             with T.sblock("root"):
-                grouped_body(x, indptr, w, ws, wm, out, m_rows)
+                body(x, indptr, w, ws, wm, out, m_rows)
 
         return func_grouped_two
     if experts:
@@ -313,7 +304,7 @@ def int_matmul(
             ws = T.match_buffer(ws_h, a_shape, a_dtype)
             out = T.match_buffer(out_h, (m_rows, per_expert), "float32")
             with T.sblock("root"):
-                grouped_body(x, indptr, w, ws, ws, out, m_rows)
+                body(x, indptr, w, ws, ws, out, m_rows)
 
         return func_grouped
     if rest:
@@ -329,7 +320,7 @@ def int_matmul(
             wm = T.match_buffer(wm_h, b_shape, b_dtype)
             out = T.match_buffer(out_h, (m_rows, out_features), "float32")
             with T.sblock("root"):
-                body(x, w, ws, wm, out, m_rows)
+                body(x, x, w, ws, wm, out, m_rows)
 
         return func_two
 
@@ -342,6 +333,6 @@ def int_matmul(
         ws = T.match_buffer(ws_h, a_shape, a_dtype)
         out = T.match_buffer(out_h, (m_rows, out_features), "float32")
         with T.sblock("root"):
-            body(x, w, ws, ws, out, m_rows)  # one scale input: wm is never read
+            body(x, x, w, ws, ws, out, m_rows)  # one scale input: wm is never read; no indptr
 
     return func
