@@ -149,6 +149,24 @@ def _rel_err(a, b) -> float:
     return float(np.abs(a.astype("float64") - b).max() / np.abs(b).max())
 
 
+def _gpu_and_cpu_steps(gpu, reference) -> list:
+    """The same steps on both engines, as (gpu, cpu) logits pairs: two prefill chunks (ragged, then paged
+    attention + merge), decode steps, a ragged batch, a batch decode."""
+    pairs = []
+    for engine in (gpu, reference):
+        engine.add_sequence(0)
+        engine.add_sequence(1)
+    for chunk in ([5, 17, 33, 2, 9], [41, 7, 12]):
+        pairs.append((gpu.prefill(0, chunk), reference.prefill(0, chunk)))
+    token = int(pairs[-1][1].argmax())
+    for _ in range(3):
+        pairs.append((gpu.decode(0, token), reference.decode(0, token)))
+        token = int(pairs[-1][1].argmax())
+    pairs.append((gpu.batch_prefill([1], [[3, 30, 8]]), reference.batch_prefill([1], [[3, 30, 8]])))
+    pairs.append((gpu.batch_decode([0, 1], [token, 4]), reference.batch_decode([0, 1], [token, 4])))
+    return pairs
+
+
 @pytest.mark.skipif(
     not (os.environ.get("LLMC_TEST_VULKAN") or os.environ.get("LLMC_TEST_SLOW")),
     reason="the whole model on lavapipe takes ~2.5 min per driver path: make test-vulkan (or make test-all)",
@@ -170,19 +188,7 @@ def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled, t
     artifact = shutil.copytree(vulkan_artifact, tmp_path / "vk")  # TVM reads a library path's blob once
     with VulkanLibraryEmulator(runner) as emulator:
         gpu = Engine(artifact, device="webgpu")
-        pairs = []
-        for engine in (gpu, reference):
-            engine.add_sequence(0)
-            engine.add_sequence(1)
-        # two prefill chunks (ragged, then paged attention + merge), decode steps, a ragged batch, a batch decode
-        for chunk in ([5, 17, 33, 2, 9], [41, 7, 12]):
-            pairs.append((gpu.prefill(0, chunk), reference.prefill(0, chunk)))
-        token = int(pairs[-1][1].argmax())
-        for _ in range(3):
-            pairs.append((gpu.decode(0, token), reference.decode(0, token)))
-            token = int(pairs[-1][1].argmax())
-        pairs.append((gpu.batch_prefill([1], [[3, 30, 8]]), reference.batch_prefill([1], [[3, 30, 8]])))
-        pairs.append((gpu.batch_decode([0, 1], [token, 4]), reference.batch_decode([0, 1], [token, 4])))
+        pairs = _gpu_and_cpu_steps(gpu, reference)
         fork = tvm.get_global_func("vm.builtin.kv_state_fork_sequence")
         for engine in (gpu, reference):
             fork(engine.kv_cache, 0, 2, 5)  # mid-page: the shared page is copied
@@ -221,19 +227,8 @@ def test_vulkan_family_library_runs_on_lavapipe(name, compiled, tmp_path):
     artifact = shutil.copytree(compiled(name, "q4f16_1", "vulkan"), tmp_path / "vk")
     with VulkanLibraryEmulator(runner) as emulator:
         gpu = Engine(artifact, device="webgpu")
-        pairs = []
-        for engine in (gpu, reference):
-            engine.add_sequence(0)
-            engine.add_sequence(1)
-        for chunk in ([5, 17, 33, 2, 9], [41, 7, 12]):
-            pairs.append((gpu.prefill(0, chunk), reference.prefill(0, chunk)))
-        token = int(pairs[-1][1].argmax())
-        for _ in range(3):
-            pairs.append((gpu.decode(0, token), reference.decode(0, token)))
-            token = int(pairs[-1][1].argmax())
-        pairs.append((gpu.batch_prefill([1], [[3, 30, 8]]), reference.batch_prefill([1], [[3, 30, 8]])))
         # (Gemma 2's sliding layers: the Engine decodes the batch one sequence at a time on GPUs, see TVM_NOTES)
-        pairs.append((gpu.batch_decode([0, 1], [token, 4]), reference.batch_decode([0, 1], [token, 4])))
+        pairs = _gpu_and_cpu_steps(gpu, reference)
         assert gpu.serial_batch_decode == (name == "gemma2")
         called = emulator.called
     for got, expected in pairs:
