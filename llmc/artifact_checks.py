@@ -91,6 +91,7 @@ def check_config_schema(file: Path, config: dict) -> None:
         params = config.get("params")
         if not (isinstance(params, list) and all(isinstance(p, str) for p in params)):
             raise ArtifactError(f"{file}: 'params' is not a list of names. Re-run `llmc compile`.")
+        _check_runs_on(file, config.get("runs_on"))
     tokenizer = config.get("tokenizer", {})
     if not isinstance(tokenizer, dict):
         raise ArtifactError(f"{file}: 'tokenizer' is not an object. Re-run `llmc compile`.")
@@ -107,6 +108,34 @@ def check_config_schema(file: Path, config: dict) -> None:
         specs = config.get("param_specs")
         if not isinstance(specs, list) or not all(_valid_spec(spec) for spec in specs):
             raise ArtifactError(f"{file}: 'param_specs' is malformed. Re-run `llmc compile`.")
+
+
+def _check_runs_on(file: Path, runs_on) -> None:
+    """``runs_on``: where the library loads, and for x86 CPU code the extensions it needs."""
+    if runs_on is None:  # written before the compiler recorded it
+        return
+    cpu = runs_on.get("cpu") if isinstance(runs_on, dict) else None
+    valid = (
+        isinstance(runs_on, dict)
+        and isinstance(runs_on.get("here"), bool)
+        and isinstance(runs_on.get("message", ""), str)
+        and isinstance(runs_on.get("requires") or "", str)
+        and (
+            cpu is None
+            or (
+                isinstance(cpu, dict)
+                and isinstance(cpu.get("mcpu"), str)
+                and _string_list(cpu.get("extensions"))
+                and _string_list(cpu.get("mattr", []))
+            )
+        )
+    )
+    if not valid:
+        raise ArtifactError(f"{file}: 'runs_on' is malformed. Re-run `llmc compile`.")
+
+
+def _string_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 MODEL_INT_FIELDS = (*POSITIVE_INT_FIELDS, "context_window", "prefill_chunk", "max_batch_size")

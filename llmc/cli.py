@@ -636,6 +636,7 @@ def inspect(artifact, as_json):
         "target": config.get("target"),
         "library": config.get("library"),
         "system_lib_prefix": config.get("system_lib_prefix"),
+        "cpu": (config.get("runs_on") or {}).get("cpu"),
         "layers": model["num_hidden_layers"],
         "hidden_size": model["hidden_size"],
         "vocab_size": model["vocab_size"],
@@ -664,6 +665,7 @@ def inspect(artifact, as_json):
             + (f", library {summary['library']}" if summary["library"] else "")
             + (f", prefix {summary['system_lib_prefix']}" if summary["system_lib_prefix"] else ""),
         ),
+        *([("cpu", _describe_cpu(summary["cpu"]))] if summary["cpu"] else []),
         (
             "sizes",
             f"context {config['context_window']}, prefill chunk {config['prefill_chunk']}, "
@@ -698,6 +700,16 @@ def inspect(artifact, as_json):
         )
     for name, value in rows:
         click.echo(f"{name + ':' if name else '':14s}{value}")
+
+
+def _describe_cpu(cpu: dict) -> str:
+    """The CPU an x86 library was built for, its widest extensions, and whether this CPU runs it."""
+    from llmc.cpu_features import missing_extensions
+
+    widest = [name for name in cpu["extensions"] if name.startswith(("avx512", "avx", "amx"))]
+    lacking = missing_extensions(cpu["extensions"])
+    here = f"this CPU lacks {', '.join(lacking)}" if lacking else "runs on this CPU"
+    return f"{cpu['mcpu']}{''.join(' ' + flag for flag in cpu.get('mattr', []))} ({', '.join(widest)}); {here}"
 
 
 def _inspect_package(app_config: Path, as_json: bool) -> None:

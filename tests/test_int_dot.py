@@ -1,5 +1,6 @@
 """CPU kernels. The integer path: repacked layout, the int8 x int4/int8 kernel against numpy on odd shapes for
-every x86 instruction set this CPU runs, every GGML block format (Q4_0 .. Q6_K) against gguf-py, the CPU
+every x86 instruction set this CPU runs (read from its extensions: the ISAs form no chain, e.g. Zen 4 has
+AVX512-VNNI and not AVX-VNNI), every GGML block format (Q4_0 .. Q6_K) against gguf-py, the CPU
 attention kernels against TVM's, and the lowered model (integer kernels present, no float dequantize-matmul
 left)."""
 
@@ -11,17 +12,32 @@ import numpy as np
 import pytest
 import tvm
 
+from llmc.compiler.cpu import cpu_record, native_cpu
 from llmc.compiler.targets import get_target
+from llmc.cpu_features import host_extensions, missing_extensions
 from llmc.quant import int_dot
 from llmc.quant.ggml_formats import FORMATS
 from llmc.quant.ggml_layers import INT_DOT_FORMATS, ggml_codes, int_dot_arrays
 from llmc.quant.group import GroupQuant
 from llmc.quant.int_dot_kernels import int_matmul
 
-# (isa, a CPU name LLVM knows that has exactly that ISA as its best)
-ISA_CPUS = {"avx512vnni": "znver5", "avxvnni": "alderlake", "avx2": "haswell"}
-HOST = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-RUNNABLE = [isa for isa in int_dot.ISAS if int_dot.ISAS.index(isa) >= int_dot.ISAS.index(int_dot.target_isa(HOST))]
+# each ISA's kernels are built for the portable preset that has exactly that ISA as its best
+ISA_PRESETS = {"avx512vnni": "llvm:avx512vnni", "avxvnni": "llvm:avxvnni", "avx2": "llvm:generic"}
+
+
+def isa_target(isa: str) -> tvm.target.Target:
+    """The ISA's preset (its mcpu and mattr), without fast-math: the kernels' own arithmetic is tested."""
+    spec = {key: value for key, value in get_target(ISA_PRESETS[isa]).target.items() if not key.startswith("fast-")}
+    return tvm.target.Target({**spec, "num-cores": 2})
+
+
+def runs_here(isa: str) -> bool:
+    """Whether this CPU has every extension the ISA's kernels may use (not an ordering of ISAs)."""
+    return host_extensions() is not None and not missing_extensions(cpu_record(isa_target(isa))["extensions"])
+
+
+RUNNABLE = [isa for isa in int_dot.ISAS if runs_here(isa)]
+HOST = tvm.target.Target({"kind": "llvm", **native_cpu()})  # this CPU, less what it lacks
 
 
 def reference(gq: GroupQuant, x: np.ndarray, packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -69,7 +85,7 @@ def test_kernel_equals_numpy(isa, bits, scale_dtype, out_features, in_features, 
     x[0, :5] = 0  # a group with zeros; a whole zero row when K is small
     packed, scale = gq.quantize(weight)
     codes, scales = int_dot.repack(gq, packed, scale)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": ISA_CPUS[isa], "num-cores": 2})
+    target = isa_target(isa)
     func = int_matmul(out_features, in_features, bits, isa, scale_dtype).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
     dev = tvm.cpu()
@@ -96,7 +112,7 @@ def test_kernel_with_minimum_equals_numpy(isa, out_features, in_features, rows):
         packed |= codes[:, j::8] << np.uint32(4 * j)
     w_codes, w_scales = int_dot.repack(gq, packed, d)
     x = rng.standard_normal((rows, in_features)).astype(np.float32)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": ISA_CPUS[isa], "num-cores": 2})
+    target = isa_target(isa)
     func = int_matmul(out_features, in_features, 4, isa, "float16", with_min=True).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
     out = tvm.runtime.tensor(np.zeros((rows, out_features), np.float32))
@@ -199,7 +215,7 @@ def _int8_rounded(x: np.ndarray) -> np.ndarray:
 
 
 # every format on the best ISA here; each new kernel form (5-bit codes, K-quant scales) on the other two
-GGML_CASES = [(RUNNABLE[0], name) for name in INT_DOT_FORMATS] + [
+GGML_CASES = [(isa, name) for isa in RUNNABLE[:1] for name in INT_DOT_FORMATS] + [
     (isa, name) for isa in RUNNABLE[1:] for name in ("Q5_0", "Q4_K", "Q6_K")
 ]
 
@@ -213,7 +229,7 @@ def test_ggml_kernel_equals_gguf_py(isa, name):
     raw = ggml_blocks(name, rows, cols, rng)
     x = (rng.standard_normal((5, cols)) * rng.choice([1e-3, 1.0, 30.0], (5, 1))).astype(np.float32)
     x[0, :32] = 0
-    target = tvm.target.Target({"kind": "llvm", "mcpu": ISA_CPUS[isa], "num-cores": 2})
+    target = isa_target(isa)
     func = int_matmul(rows, cols, form.bits, isa, form=form).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
     out = tvm.runtime.tensor(np.zeros((5, rows), np.float32))
@@ -227,6 +243,19 @@ def test_ggml_kernel_equals_gguf_py(isa, name):
     assert np.abs(out.numpy() - x.astype(np.float64) @ weight.T).max() > 0, "activations should be rounded to int8"
 
 
+def test_isa_kernels_run_only_where_the_cpu_has_them():
+    """Each ISA's preset gives that ISA; RUNNABLE follows this CPU's extensions (AVX-VNNI and AVX512-VNNI
+    independently); the host's own build never needs an extension the host lacks."""
+    for isa in int_dot.ISAS:
+        assert int_dot.target_isa(isa_target(isa)) == isa
+    have = host_extensions()
+    if have is None:
+        pytest.skip("not Linux on x86-64: no CPU extensions to read")
+    assert ("avx512vnni" in RUNNABLE) == ({"avx512f", "avx512bw", "avx512vl", "avx512vnni"} <= have)
+    assert ("avxvnni" in RUNNABLE) == ({"avx2", "avxvnni"} <= have)
+    assert not missing_extensions(cpu_record(get_target("llvm").tvm_target())["extensions"])
+
+
 def test_target_isa():
     assert int_dot.target_isa(get_target("llvm:generic").tvm_target()) == "avx2"
     assert int_dot.target_isa(tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"})) is None
@@ -235,8 +264,11 @@ def test_target_isa():
     assert int_dot.target_isa(tvm.target.Target({"kind": "cuda"})) is None
 
 
-@pytest.mark.parametrize(("target", "instruction"), [("llvm", "vpdpbusd"), ("llvm:generic", "vpmaddubsw")])
-def test_compiled_model_uses_integer_kernels(compiled, target, instruction):
+INSTRUCTIONS = {"avx512vnni": "vpdpbusd", "avxvnni": "vpdpbusd", "avx2": "vpmaddubsw"}
+
+
+@pytest.mark.parametrize("target", ["llvm", "llvm:generic"])
+def test_compiled_model_uses_integer_kernels(compiled, target):
     """The lowered model has integer matmuls and no float dequantize-matmul; the library holds the ISA's
     dot-product instruction (so a later change cannot silently fall back to the float path)."""
     import json
@@ -244,6 +276,7 @@ def test_compiled_model_uses_integer_kernels(compiled, target, instruction):
     folder = compiled("llama_gqa", "q4f16_1", target)
     config = json.loads((folder / "llmc-config.json").read_text())
     assert config["int_dot"] == int_dot.target_isa(get_target(target).tvm_target())
+    instruction = INSTRUCTIONS[config["int_dot"]]
     assert config["dtype"] == "float32"
     dump = subprocess.run(["objdump", "-d", str(folder / config["library"])], capture_output=True, text=True)
     if dump.returncode != 0:

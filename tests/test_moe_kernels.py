@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from test_int_dot import ISA_CPUS, RUNNABLE, reference
+from test_int_dot import RUNNABLE, isa_target, reference
 
 from llmc.models.moe_sort import _sort_kernel
 from llmc.quant import int_dot
@@ -52,7 +52,7 @@ def test_grouped_matmul_equals_numpy_per_expert(isa, bits, counts):
     codes, scales = int_dot.repack(gq, packed, scale)
     x = rng.standard_normal((sum(counts), cols)).astype(np.float32)
     indptr = np.array([0, *np.cumsum(counts)], np.int32)
-    target = tvm.target.Target({"kind": "llvm", "mcpu": ISA_CPUS[isa], "num-cores": 2})
+    target = isa_target(isa)
     func = int_matmul(experts * rows, cols, bits, isa, "float16", experts=experts)
     (out,) = _run(func, target, [x, indptr, codes, scales], [((len(x), rows), "float32")])
     for e in range(experts):

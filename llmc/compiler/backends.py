@@ -47,8 +47,12 @@ class Backend:
     def runs_on(self, preset: TargetPreset, library: str) -> dict:
         """Where the library can run, for ``llmc-config.json``: ``here`` (TVM's runtime on a machine like
         this one loads it), ``requires`` (a TVM global function that runtime must have, or None) and
-        ``message`` (the error when it cannot load)."""
-        return {"here": True, "requires": None, "message": ""}
+        ``message`` (the error when it cannot load); for x86 CPU code ``cpu``: the CPU it was built for
+        and the extensions it may use, which the runtime checks before loading it."""
+        from llmc.compiler.cpu import cpu_record
+
+        cpu = cpu_record(preset.tvm_target())
+        return {"here": True, "requires": None, "message": "", **({"cpu": cpu} if cpu else {})}
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,9 @@ class TargetPreset:
 
         target = dict(self.target)
         if target.get("mcpu") == "native":
-            target["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+            from llmc.compiler.cpu import native_cpu
+
+            target.update(native_cpu())  # this CPU's name, less the extensions it lacks
         if target.get("num-cores") == "native":
             target["num-cores"] = os.cpu_count() or 1
         if self.host:
@@ -78,28 +80,46 @@ def _cuda_fatbin(archs: tuple[str, ...], name: str, description: str) -> TargetP
     return _cuda(ordered[0], description, name, ordered)
 
 
+# float sums may be reassociated, so LLVM vectorizes dot products; no nnan/ninf (masks use -inf)
+_FAST_MATH = {"fast-math-reassoc": True, "fast-math-contract": True}
+
 TARGETS: dict[str, TargetPreset] = {
     "llvm": TargetPreset(
         "llvm",
-        "CPU of this machine (x86-64/aarch64 via LLVM), shared library",
-        # float sums may be reassociated, so LLVM vectorizes dot products; no nnan/ninf (masks use -inf)
-        {
-            "kind": "llvm",
-            "mcpu": "native",
-            "num-cores": "native",
-            "fast-math-reassoc": True,
-            "fast-math-contract": True,
-        },
+        "CPU of this machine (x86-64/aarch64 via LLVM), shared library; runs on CPUs with the same extensions",
+        {"kind": "llvm", "mcpu": "native", "num-cores": "native", **_FAST_MATH},
     ),
     "llvm:generic": TargetPreset(
         "llvm:generic",
         "any x86-64 Linux CPU from 2013 on (x86-64-v3: AVX2, FMA): a shared library to run on another machine",
+        {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu", "mcpu": "x86-64-v3", **_FAST_MATH},
+    ),
+    "llvm:x86-64-v4": TargetPreset(
+        "llvm:x86-64-v4",
+        "x86-64 Linux CPUs with AVX-512 F/BW/CD/DQ/VL (Skylake-SP, Ice Lake, Zen 4 and later): a shared library",
+        {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu", "mcpu": "x86-64-v4", **_FAST_MATH},
+    ),
+    "llvm:avx512vnni": TargetPreset(
+        "llvm:avx512vnni",
+        "x86-64-v4 + AVX512-VNNI (Cascade Lake, Ice Lake, Sapphire Rapids, Zen 4, Zen 5): int8 dot products "
+        "with vpdpbusd on 512-bit vectors",
+        {
+            "kind": "llvm",
+            "mtriple": "x86_64-unknown-linux-gnu",
+            "mcpu": "x86-64-v4",
+            "mattr": ["+avx512vnni"],
+            **_FAST_MATH,
+        },
+    ),
+    "llvm:avxvnni": TargetPreset(
+        "llvm:avxvnni",
+        "x86-64-v3 + AVX-VNNI (Alder Lake and later Intel cores, Zen 5): int8 dot products on 256-bit vectors",
         {
             "kind": "llvm",
             "mtriple": "x86_64-unknown-linux-gnu",
             "mcpu": "x86-64-v3",
-            "fast-math-reassoc": True,
-            "fast-math-contract": True,
+            "mattr": ["+avxvnni"],
+            **_FAST_MATH,
         },
     ),
     "cuda:sm_90a": _cuda("sm_90a", "NVIDIA Hopper (H100/H200): cubin for sm_90a, built with nvcc"),

@@ -12,6 +12,7 @@ from tvm.runtime.vm import VirtualMachine
 
 from llmc.artifact import read_config
 from llmc.artifact_checks import verify_artifact
+from llmc.cpu_features import missing_extensions
 from llmc.errors import ArtifactError, GenerationError
 from llmc.memory import PAGE_SIZE, available_host_bytes, check_fits, evicting_window, kv_tokens_per_sequence
 
@@ -29,15 +30,24 @@ use_every_core()
 
 
 def check_loadable_here(folder: Path, config: dict) -> None:
-    """A clear error for an artifact built for a phone, a Mac or a browser: its library cannot load here.
+    """A clear error for an artifact built for a phone, a Mac or a browser, or for a CPU with extensions
+    this one lacks: its library cannot load (or would die of SIGILL) here.
 
-    The compiler records the fact in ``runs_on`` (artifacts written before it ran on CPU or CUDA).
+    The compiler records the facts in ``runs_on`` (artifacts written before it ran on CPU or CUDA).
     """
     runs_on = config.get("runs_on") or {"here": True}
     requires = runs_on.get("requires")
-    if runs_on["here"] and (requires is None or tvm.get_global_func(requires, allow_missing=True) is not None):
-        return
-    raise ArtifactError(f"{folder}: {runs_on['message']}")
+    if not runs_on["here"] or (requires is not None and tvm.get_global_func(requires, allow_missing=True) is None):
+        raise ArtifactError(f"{folder}: {runs_on['message']}")
+    cpu = runs_on.get("cpu")
+    lacking = missing_extensions(cpu["extensions"]) if cpu else []
+    if lacking:
+        portable = "" if config.get("target") == "llvm:generic" else " or --target llvm:generic (any x86-64 with AVX2)"
+        raise ArtifactError(
+            f"{folder}: compiled for CPU {cpu['mcpu']} (target {config.get('target')}), but this CPU lacks "
+            f"{', '.join(lacking)}; its library would crash here. Recompile it on this machine with "
+            f"--target llvm{portable}."
+        )
 
 
 def open_device(folder: Path, config: dict, device: str):
