@@ -66,14 +66,11 @@ test-wheel: install-test
 
 install-bench: $(VENV)/.installed-bench
 
-# llama.cpp, the peer in the benchmarks, built from source (~10 minutes on 2 cores) for this machine's ISA (AMD Zen 5:
-# AVX-512 F/BW/VL/VNNI/BF16/VBMI, AVX-VNNI, no AMX) named flag by flag instead of GGML_NATIVE's -march=native, AMX off;
-# llamafile sgemm, repacking and OpenMP stay on. LLAVA_BUILD=OFF: no multimodal library (the bench needs none).
-# --no-cache-dir: pip would otherwise reuse a wheel it built earlier with other CMAKE_ARGS.
+# llama.cpp, the peer in the benchmarks, built from source (~10 minutes on 2 cores) for this machine's CPU: each GGML
+# ISA switch (AVX2, AVX-VNNI, AVX-512 and its VNNI/VBMI/BF16, AMX) on exactly when /proc/cpuinfo has it
+# (bench/llama_cmake_args.py; the results record the flags). llamafile sgemm, repacking and OpenMP stay on. --no-cache-dir: pip would otherwise reuse a wheel built with other CMAKE_ARGS.
 LLAMA_CPP_VERSION := 0.3.36
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
-	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
+LLAMA_CMAKE_ARGS = $$($(PY) bench/llama_cmake_args.py)
 BENCH_ARGS ?=
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
