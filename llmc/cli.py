@@ -756,7 +756,7 @@ def quants():
     from llmc.quant import QUANTS
 
     for scheme in QUANTS.values():
-        bits = " file's" if getattr(scheme, "keeps_raw", False) else f"{scheme.bits_per_param:5.1f}"
+        bits = " file's" if scheme.keeps_raw else f"{scheme.bits_per_param:5.1f}"
         click.echo(f"{scheme.name:10s} {bits} bits/param  {scheme.description}")
 
 

@@ -139,8 +139,7 @@ def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOp
     check_model_config(config, label)
     apply_sizes(config, options, source.preset)
     scheme = get_quant(options.quant or default_quant(source))
-    if hasattr(scheme, "prepare"):  # per-parameter schemes (keep, GGML encoders): bound to this checkpoint
-        scheme = scheme.prepare(reader, family.weight_sources(config), source.path)
+    scheme = scheme.prepare(reader, family.weight_sources(config), source.path)  # keep, encoders: per checkpoint
     return ModelPlan(family, config, scheme, options.quantize_embeddings, _int_dot(options))
 
 
@@ -176,7 +175,7 @@ def _model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
         "context_window": plan.config.context_window,
         "prefill_chunk": plan.config.prefill_chunk,
         "max_batch_size": plan.config.max_batch_size,
-        **(plan.scheme.record() if hasattr(plan.scheme, "record") else {}),
+        **plan.scheme.record(),
     }
 
 
@@ -257,9 +256,7 @@ def _plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan
     if options.prefill_chunk is None:
         options.prefill_chunk = stored["prefill_chunk"]
     apply_sizes(config, options, {})
-    scheme = get_quant(stored["quantization"])
-    if hasattr(scheme, "with_stored"):  # keep: the per-tensor formats recorded at conversion
-        scheme = scheme.with_stored(stored)
+    scheme = get_quant(stored["quantization"]).with_stored(stored)  # keep: the per-tensor formats recorded
     plan = ModelPlan(
         MODELS[config.model_type],
         config,

@@ -19,7 +19,7 @@ CONVERT_THREADS = 2
 
 
 def _convert_one(reader, name: str, source: WeightSource, plan: ModelPlan):
-    if name in plan.quantized and getattr(plan.scheme, "keeps_raw", False):  # --quant keep: the file's own blocks
+    if name in plan.quantized and plan.scheme.keeps_raw:  # --quant keep: the file's own blocks
         return plan.scheme.convert_raw(name, [reader.get_raw(n) for n in source.names], plan.isa is not None)
     arrays = []
     for hf_name, shape in zip(source.names, source.shapes):

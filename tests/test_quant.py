@@ -15,10 +15,11 @@ import llmc.quant.group
 from llmc.cli import main
 from llmc.compile import CompileOptions, compile_model, quantize_model
 from llmc.quant import QUANTS, get_quant, int_dot
+from llmc.quant.group_scheme import GroupScheme
 from llmc.runtime.engine import Engine
 
 GROUP_SCHEMES = [
-    n for n, s in QUANTS.items() if s.group is not None and not s.group.search
+    n for n, s in QUANTS.items() if isinstance(s, GroupScheme) and not s.group.search
 ]  # searched: test_gguf_quant
 INT_DOT_SCHEMES = [name for name in GROUP_SCHEMES if int_dot.supports(QUANTS[name].group)]
 MIN_COSINE = {"q8f16_1": 0.999, "q4f16_1": 0.98, "q4f32_1": 0.98, "q3f16_1": 0.95}

@@ -9,16 +9,17 @@ output tensor at 6-8 bits: it is the most sensitive matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import numpy as np
 from tvm.relax.frontend import nn
 
 from llmc.errors import ConfigError
 from llmc.models.layers import Embedding
-from llmc.quant import _rewrite
 from llmc.quant.ggml_formats import FORMATS
 from llmc.quant.keep import KeepScheme
+from llmc.quant.rewrite import rewrite_modules
 from llmc.quant.search import search_asymmetric
 
 
@@ -58,7 +59,7 @@ class EncodeScheme(KeepScheme):
 
     encode_format: str = "Q4_1"
     embedding_format: str = "Q8_0"  # the token embedding / tied LM head (and an untied lm_head)
-    keeps_raw: bool = field(default=False, compare=False)
+    keeps_raw: ClassVar[bool] = False  # llmc encodes the float weights (``convert``)
 
     def prepare(self, reader, sources: dict, path) -> EncodeScheme:
         return replace(self, formats={}, columns={}, embeddings=set())
@@ -80,7 +81,7 @@ class EncodeScheme(KeepScheme):
                     self.columns[f"{name}.weight"] = child.dim
                 return None
 
-            _rewrite(module, "", record)
+            rewrite_modules(module, record)
             if not self.formats:
                 raise ConfigError(f"--quant {self.name}: no weight has a width divisible by {block}.")
         return super().quantize_module(module, quantize_embeddings, isa, dtype)

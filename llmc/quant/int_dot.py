@@ -26,12 +26,9 @@ per 256 (``d``, ``dmin``), multiplied in the kernel, so nothing is re-quantized.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from llmc.quant.group import GroupQuant
 
 TILE_ROWS = 16
 GROUP = 32  # the activation quantization group; the weight group must equal it
@@ -39,6 +36,25 @@ VECTOR_BYTES = 64  # one tile step: 16 rows x 4 codes
 ISAS = ("avx512vnni", "avxvnni", "avx2")  # best first
 SUPER_GROUPS = 8  # K-quant super-block: 256 weights = 8 activation groups
 SCALE_MODES = ("group", "group_min", "super_min", "super16")
+
+
+class CodeLayout(Protocol):
+    """What this module reads of a group scheme's layout (``llmc.quant.group.GroupQuant`` has it); a
+    protocol, so that this module stays a leaf of the package's imports."""
+
+    @property
+    def bits(self) -> int: ...
+
+    @property
+    def group_size(self) -> int: ...
+
+    @property
+    def per_word(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    def num_groups(self, in_features: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,7 @@ class Form:
         return [((tiles, groups, 2, TILE_ROWS), sub_dtype), ((tiles, supers, per_super, TILE_ROWS), "float16")]
 
 
-def supports(gq: GroupQuant) -> bool:
+def supports(gq: CodeLayout) -> bool:
     """Whether a group scheme has an integer kernel (4- and 8-bit codes in groups of 32)."""
     return gq.bits in (4, 8) and gq.group_size == GROUP
 
@@ -122,20 +138,20 @@ def tile_count(out_features: int) -> int:
     return -(-out_features // TILE_ROWS)
 
 
-def layout_shapes(gq: GroupQuant, out_features: int, in_features: int) -> tuple[tuple, tuple]:
+def layout_shapes(gq: CodeLayout, out_features: int, in_features: int) -> tuple[tuple, tuple]:
     """Shapes of the repacked codes (uint8) and scales (the scheme's scale dtype)."""
     tiles, groups = tile_count(out_features), gq.num_groups(in_features)
     return (tiles, groups, steps_per_group(gq.bits), VECTOR_BYTES), (tiles, groups, TILE_ROWS)
 
 
-def unpack_codes(gq: GroupQuant, packed: np.ndarray) -> np.ndarray:
+def unpack_codes(gq: CodeLayout, packed: np.ndarray) -> np.ndarray:
     """Standard packed uint32 words ``[out, words]`` -> one uint8 code per weight ``[out, groups*32]``."""
     shifts = (np.arange(gq.per_word, dtype=np.uint32) * gq.bits)[None, None, :]
     codes = (packed[..., None] >> shifts) & np.uint32((1 << gq.bits) - 1)
     return codes.reshape(packed.shape[0], -1).astype(np.uint8)
 
 
-def repack(gq: GroupQuant, packed: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def repack(gq: CodeLayout, packed: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The standard layout (``GroupQuant.quantize``) -> the integer kernels' layout (same codes and scales)."""
     return repack_codes(unpack_codes(gq, packed), gq.bits), repack_scales(scale)
 
@@ -197,14 +213,14 @@ def unrepack_codes(codes: np.ndarray, bits: int, high_bits: int, out_features: i
     return c.reshape(tiles * TILE_ROWS, groups * GROUP)[:out_features]
 
 
-def unrepack(gq: GroupQuant, codes: np.ndarray, scales: np.ndarray, out_features: int) -> tuple[np.ndarray, np.ndarray]:
+def unrepack(gq: CodeLayout, codes: np.ndarray, scales: np.ndarray, out_features: int) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of ``repack``: codes ``[out, groups*32]`` (uint8) and scales ``[out, groups]``."""
     tiles, groups = codes.shape[:2]
     flat = unrepack_codes(codes, gq.bits, 0, out_features)
     return flat, scales.transpose(0, 2, 1).reshape(tiles * TILE_ROWS, groups)[:out_features]
 
 
-def te_element(gq: GroupQuant, codes, scales, row, k):
+def te_element(gq: CodeLayout, codes, scales, row, k):
     """The dequantized float32 weight at ``[row, k]`` of the repacked layout, as a TIR expression."""
     from tvm import tirx
 

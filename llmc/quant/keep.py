@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 from tvm.relax.frontend import nn
@@ -18,7 +19,7 @@ from tvm.relax.frontend import nn
 from llmc.errors import ConfigError
 from llmc.models.layers import Embedding
 from llmc.models.moe import ExpertWeights
-from llmc.quant import QuantScheme, _rewrite, int_dot
+from llmc.quant import int_dot
 from llmc.quant.experts import GGMLExpertWeights
 from llmc.quant.ggml_formats import FORMATS, get_format
 from llmc.quant.ggml_layers import (
@@ -29,6 +30,8 @@ from llmc.quant.ggml_layers import (
     int_dot_group,
     make_embedding,
 )
+from llmc.quant.rewrite import rewrite_modules
+from llmc.quant.scheme import QuantScheme
 
 _INT_LEAVES = {"q_weight", "q_scale", "q_min", "q_super"}  # integer-path arrays (ggml_layers.array_names)
 Runs = tuple[tuple[str, int], ...]  # (GGML type, rows) per run of rows
@@ -52,7 +55,7 @@ class KeepScheme(QuantScheme):
     formats: dict = field(default_factory=dict, compare=False)  # param -> Runs
     columns: dict = field(default_factory=dict, compare=False)  # param -> in features (1 for vectors)
     embeddings: set = field(default_factory=set, compare=False)  # params swapped for GGML embeddings
-    keeps_raw: bool = field(default=True, compare=False)  # weights are the checkpoint's own blocks
+    keeps_raw: ClassVar[bool] = True  # weights are the checkpoint's own blocks
 
     def prepare(self, reader, sources: dict, path) -> KeepScheme:
         """This scheme for one checkpoint (``llmc.compile.plan_from_config``)."""
@@ -164,7 +167,7 @@ class KeepScheme(QuantScheme):
                 return make_embedding(child.num, child.dim, runs[0][0], isa)
             return None
 
-        _rewrite(module, "", swap)
+        rewrite_modules(module, swap)
         self.embeddings.clear()
         self.embeddings.update(embeddings)
         return replaced
