@@ -7,6 +7,7 @@ Layout: ``llmc-config.json``, tokenizer files, ``tensor-cache.json`` + ``params_
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from llmc.artifact_checks import check_config_schema, read_json
-from llmc.errors import ArtifactError, CheckpointError
+from llmc.errors import ArtifactError, CheckpointError, LlmcError
 
 CONFIG_FILE = "llmc-config.json"
 TENSOR_CACHE_FILE = "tensor-cache.json"
@@ -56,6 +57,19 @@ def atomic_output_dir(out_dir: Path, force: bool = False) -> Iterator[Path]:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def disk_errors(out_dir: Path):
+    """Turn a full disk into a clear error (the atomic folder is already gone)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise LlmcError(
+                f"{out_dir}: no space left on the device while writing; nothing was kept. Free space and re-run."
+            ) from err
+        raise
 
 
 @contextlib.contextmanager

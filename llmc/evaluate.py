@@ -5,7 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from llmc.compile import CompileOptions, compile_model
+from llmc.compile import compile_model
+from llmc.plan import CompileOptions
 
 
 def evaluate_artifact(artifact: Path, text: str, window: int) -> dict:
