@@ -248,3 +248,27 @@ def is_compiled(folder: Path) -> bool:
     """Whether ``folder`` is an artifact with a library (not a checkpoint, preset or weights folder)."""
     folder = Path(folder)
     return (folder / CONFIG_FILE).exists() and read_config(folder).get("stage") == "compiled"
+
+
+def require_compiled(path: Path) -> None:
+    """A model (a .gguf, a checkpoint, a preset, quantized weights) given where a compiled artifact is needed
+    gets an error that says so and how to compile it."""
+    compile_hint = f"Compile it first: `llmc compile {path} --target llvm -o dist/model`, then `llmc run dist/model`."
+    if path.is_file():
+        kind = "a GGUF model file" if path.suffix == ".gguf" else "a file"
+        raise ArtifactError(f"{path}: {kind}, not a compiled artifact folder. {compile_hint}")
+    if path.is_dir() and not (path / CONFIG_FILE).exists():
+        if (path / "config.json").exists() or list(path.glob("*.safetensors")):
+            raise ArtifactError(f"{path}: a model checkpoint folder, not a compiled artifact. {compile_hint}")
+        raise ArtifactError(f"{path}: not an llmc artifact (no {CONFIG_FILE}). {compile_hint}")
+    if not path.exists():
+        from llmc.assets import PRESETS_DIR
+
+        if (PRESETS_DIR / f"{path}.json").exists():
+            raise ArtifactError(f"{path}: a model preset, not a compiled artifact folder. {compile_hint}")
+        return  # read_config says: no such artifact folder
+    if read_config(path).get("stage") != "compiled":
+        raise ArtifactError(
+            f"{path}: quantized weights without a model library. "
+            f"Compile them: `llmc compile {path} --target llvm -o dist/model`."
+        )

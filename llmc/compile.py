@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from llmc.artifact import atomic_output_dir, disk_errors, write_build_info, write_config
+from llmc.artifact import atomic_output_dir, disk_errors, read_config, write_build_info, write_config
 from llmc.artifact_checks import library_fingerprint
 from llmc.checkpoint import open_checkpoint
 from llmc.compiler.tvm_errors import tvm_build_errors
@@ -44,6 +44,7 @@ __all__ = [
     "plan_from_config",
     "plan_model",
     "quantize_model",
+    "quantize_report",
 ]
 
 
@@ -70,8 +71,44 @@ def quantize_model(model: str, options: CompileOptions) -> Path:
     return Path(out_dir)
 
 
+def quantize_report(model: str, options: CompileOptions) -> dict:
+    """``quantize_model`` with ``options.quant`` set, then what ``llmc quantize`` reports: the folder, the
+    scheme, bits per parameter, bytes of weights and the seconds taken."""
+    scheme = get_quant(options.quant)
+    started = time.time()
+    out_dir = quantize_model(model, options)
+    stored = read_config(out_dir)
+    return {
+        "output": str(out_dir),
+        "quantization": scheme.name,
+        "bits_per_param": stored.get("bits_per_param", scheme.bits_per_param),  # per-tensor schemes: as bound
+        "bytes": stored["param_bytes"],
+        "seconds": round(time.time() - started, 2),
+    }
+
+
 def compile_model(model: str, options: CompileOptions) -> Path:
     """MODEL (checkpoint or weights folder) -> artifact folder with the library for ``options.target``."""
+    with _no_empty_default_parent(options.output):
+        return _compile(model, options)
+
+
+@contextlib.contextmanager
+def _no_empty_default_parent(output: Path | None) -> Iterator[None]:
+    """Without ``-o`` the artifact goes to dist/<model>-<quant>-<target>: a failed compile removes a dist/ it
+    created (only when empty)."""
+    default_parent = None if output else Path("dist")
+    parent_existed = default_parent is not None and default_parent.exists()
+    try:
+        yield
+    except BaseException:
+        if default_parent is not None and not parent_existed and default_parent.is_dir():
+            with contextlib.suppress(OSError):
+                default_parent.rmdir()
+        raise
+
+
+def _compile(model: str, options: CompileOptions) -> Path:
     from llmc.compiler.build import build_module, compile_library
     from llmc.compiler.memory_plan import record_static_plan
     from llmc.compiler.targets import get_target

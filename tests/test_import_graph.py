@@ -22,8 +22,15 @@ UNCHECKED_PREFIXES = ("llmc.quant",)
 KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 # llmc.plan and llmc.weights hold what llmc.compile held before; they build modules and convert weights
-COMPILER_SIDE = ("llmc.compiler", "llmc.compile", "llmc.plan", "llmc.weights", "llmc.convert")
-COMPILER_SIDE += ("llmc.quant", "llmc.models")
+COMPILER_SIDE = (
+    "llmc.compiler",
+    "llmc.compile",
+    "llmc.plan",
+    "llmc.weights",
+    "llmc.convert",
+    "llmc.quant",
+    "llmc.models",
+)
 # llmc.runtime modules allowed to reach the compiler side, with the reason: none.
 RUNTIME_EXCEPTIONS: dict[str, str] = {}
 

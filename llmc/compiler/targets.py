@@ -231,3 +231,10 @@ def check_system_lib_prefix(prefix: str) -> str:
             "(not starting with a digit), e.g. 'mymodel_q4f16_1_'."
         )
     return prefix
+
+
+def prepare_target(name: str) -> TargetPreset:
+    """The target preset; for CUDA, nvcc and the driver are prepared first (before anything imports TVM)."""
+    preset = get_target(name)
+    preset.backend.prepare(preset)
+    return preset
