@@ -7,6 +7,7 @@ Layout: ``llmc-config.json``, tokenizer files, ``tensor-cache.json`` + ``params_
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from llmc.artifact_checks import check_config_schema, read_json
-from llmc.errors import ArtifactError, CheckpointError
+from llmc.errors import ArtifactError, CheckpointError, LlmcError
 
 CONFIG_FILE = "llmc-config.json"
 TENSOR_CACHE_FILE = "tensor-cache.json"
@@ -56,6 +57,19 @@ def atomic_output_dir(out_dir: Path, force: bool = False) -> Iterator[Path]:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def disk_errors(out_dir: Path):
+    """Turn a full disk into a clear error (the atomic folder is already gone)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise LlmcError(
+                f"{out_dir}: no space left on the device while writing; nothing was kept. Free space and re-run."
+            ) from err
+        raise
 
 
 @contextlib.contextmanager
@@ -234,3 +248,27 @@ def is_compiled(folder: Path) -> bool:
     """Whether ``folder`` is an artifact with a library (not a checkpoint, preset or weights folder)."""
     folder = Path(folder)
     return (folder / CONFIG_FILE).exists() and read_config(folder).get("stage") == "compiled"
+
+
+def require_compiled(path: Path) -> None:
+    """A model (a .gguf, a checkpoint, a preset, quantized weights) given where a compiled artifact is needed
+    gets an error that says so and how to compile it."""
+    compile_hint = f"Compile it first: `llmc compile {path} --target llvm -o dist/model`, then `llmc run dist/model`."
+    if path.is_file():
+        kind = "a GGUF model file" if path.suffix == ".gguf" else "a file"
+        raise ArtifactError(f"{path}: {kind}, not a compiled artifact folder. {compile_hint}")
+    if path.is_dir() and not (path / CONFIG_FILE).exists():
+        if (path / "config.json").exists() or list(path.glob("*.safetensors")):
+            raise ArtifactError(f"{path}: a model checkpoint folder, not a compiled artifact. {compile_hint}")
+        raise ArtifactError(f"{path}: not an llmc artifact (no {CONFIG_FILE}). {compile_hint}")
+    if not path.exists():
+        from llmc.assets import PRESETS_DIR
+
+        if (PRESETS_DIR / f"{path}.json").exists():
+            raise ArtifactError(f"{path}: a model preset, not a compiled artifact folder. {compile_hint}")
+        return  # read_config says: no such artifact folder
+    if read_config(path).get("stage") != "compiled":
+        raise ArtifactError(
+            f"{path}: quantized weights without a model library. "
+            f"Compile them: `llmc compile {path} --target llvm -o dist/model`."
+        )

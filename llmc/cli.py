@@ -1,12 +1,15 @@
-"""The ``llmc`` command line: compile, run, chat and the registries (targets, quants, models)."""
+"""The ``llmc`` command line: parses arguments and prints; the work happens in the workflow modules.
+
+``llmc.compile`` (compile, quantize), ``llmc.evaluate`` (eval), ``llmc.benchmark`` (bench),
+``llmc.inspection`` (inspect), ``llmc.package`` (package), ``llmc.runtime`` and ``llmc.serve`` (run, chat,
+serve) return data or run the loop; errors of the ``LlmcError`` family become one line on stderr.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -151,12 +154,15 @@ def compile(
     are and only the library is built. The folder is written under a temporary name and renamed
     into place only when complete, so an interrupted or failed compile leaves nothing behind.
     """
-    preset = _prepare_target(target)  # fail fast on unknown names, before any loading
+    from llmc.compiler.targets import prepare_target
+
+    preset = prepare_target(target)  # fail fast on unknown names, before any loading
     from llmc.quant import get_quant
 
     if quant:
         get_quant(quant)
-    from llmc.compile import CompileOptions, compile_model
+    from llmc.compile import compile_model
+    from llmc.plan import CompileOptions
 
     options = CompileOptions(
         target=target,
@@ -174,15 +180,7 @@ def compile(
         system_lib_prefix=system_lib_prefix,
         cpu_matmul=cpu_matmul,
     )
-    default_parent = None if output else Path("dist")  # the default -o: dist/<model>-<quant>-<target>
-    parent_existed = default_parent is not None and default_parent.exists()
-    try:
-        out_dir = compile_model(model, options)
-    except BaseException:
-        if default_parent is not None and not parent_existed and default_parent.is_dir():
-            with contextlib.suppress(OSError):
-                default_parent.rmdir()  # only when empty: a failed compile leaves no dist/ behind
-        raise
+    out_dir = compile_model(model, options)  # a failed compile leaves no dist/ behind
     click.echo(f"wrote {out_dir}")
     if preset.note:
         click.echo(f"note: {preset.note}")
@@ -214,44 +212,26 @@ def quantize(model, quant, fp_embeddings, output, force, quiet, eval_text, windo
     `llmc compile DIR --target ...` then builds a library for the folder without re-quantizing.
     Conversion streams one tensor at a time on two threads.
     """
-    from llmc.artifact import read_config
-    from llmc.compile import CompileOptions, quantize_model
-    from llmc.quant import get_quant
+    from llmc.compile import quantize_report
+    from llmc.plan import CompileOptions
 
-    scheme = get_quant(quant)
-    started = time.time()
     options = CompileOptions(
         quant=quant, output=output, force=force, quiet=quiet, quantize_embeddings=not fp_embeddings
     )
-    out_dir = quantize_model(model, options)
-    stored = read_config(out_dir)
-    summary = {
-        "output": str(out_dir),
-        "quantization": scheme.name,
-        "bits_per_param": stored.get("bits_per_param", scheme.bits_per_param),  # per-tensor schemes: as bound
-        "bytes": stored["param_bytes"],
-        "seconds": round(time.time() - started, 2),
-    }
+    summary = quantize_report(model, options)
     if not as_json:
         click.echo(
-            f"wrote {out_dir}: {stored['param_bytes'] / 2**20:.1f} MiB, "
+            f"wrote {summary['output']}: {summary['bytes'] / 2**20:.1f} MiB, "
             f"{summary['bits_per_param']:.2f} bits/param, {summary['seconds']:.1f} s"
         )
     if eval_text is not None:
-        from llmc.evaluate import evaluate_quantized
-        from llmc.runtime.perplexity import read_text
+        from llmc.evaluate import quantized_perplexity
 
-        text, label = read_text(None if eval_text == DEFAULT_EVAL_TEXT else eval_text)
-        scores = evaluate_quantized(model, out_dir, text, window, quiet)
-        summary.update(
-            text=label,
-            perplexity=scores["quantized"]["perplexity"],
-            tokens=scores["quantized"]["tokens"],
-            q0f32_perplexity=scores["q0f32"]["perplexity"],
-        )
+        text_file = None if eval_text == DEFAULT_EVAL_TEXT else eval_text
+        summary.update(quantized_perplexity(model, Path(summary["output"]), text_file, window, quiet))
         if not as_json:
             click.echo(
-                f"perplexity on {label} ({summary['tokens']} tokens): {scheme.name} "
+                f"perplexity on {summary['text']} ({summary['tokens']} tokens): {summary['quantization']} "
                 f"{summary['perplexity']:.4f}, q0f32 {summary['q0f32_perplexity']:.4f}"
             )
     if as_json:
@@ -271,16 +251,14 @@ def quantize(model, quant, fp_embeddings, output, force, quiet, eval_text, windo
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_command(artifact, text_file, window, as_json):
     """Perplexity of a compiled ARTIFACT on a text."""
-    from llmc.evaluate import evaluate_artifact
-    from llmc.runtime.perplexity import read_text
+    from llmc.evaluate import text_perplexity
 
-    text, label = read_text(str(text_file) if text_file else None)
-    result = {"text": label, **evaluate_artifact(artifact, text, window)}
+    result = text_perplexity(artifact, text_file, window)
     if as_json:
         click.echo(json.dumps(result))
     else:
         click.echo(
-            f"perplexity {result['perplexity']:.4f} over {result['tokens']} tokens of {label} "
+            f"perplexity {result['perplexity']:.4f} over {result['tokens']} tokens of {result['text']} "
             f"({result['seconds']:.1f} s)"
         )
 
@@ -298,33 +276,6 @@ def _sampling_options(func):
     return wrapper
 
 
-def _require_artifact(path: Path) -> None:
-    """A model (a .gguf, a checkpoint, a preset, quantized weights) given where a compiled artifact is needed
-    gets an error that says so and how to compile it."""
-    from llmc.artifact import CONFIG_FILE, read_config
-    from llmc.errors import ArtifactError
-
-    compile_hint = f"Compile it first: `llmc compile {path} --target llvm -o dist/model`, then `llmc run dist/model`."
-    if path.is_file():
-        kind = "a GGUF model file" if path.suffix == ".gguf" else "a file"
-        raise ArtifactError(f"{path}: {kind}, not a compiled artifact folder. {compile_hint}")
-    if path.is_dir() and not (path / CONFIG_FILE).exists():
-        if (path / "config.json").exists() or list(path.glob("*.safetensors")):
-            raise ArtifactError(f"{path}: a model checkpoint folder, not a compiled artifact. {compile_hint}")
-        raise ArtifactError(f"{path}: not an llmc artifact (no {CONFIG_FILE}). {compile_hint}")
-    if not path.exists():
-        from llmc.assets import PRESETS_DIR
-
-        if (PRESETS_DIR / f"{path}.json").exists():
-            raise ArtifactError(f"{path}: a model preset, not a compiled artifact folder. {compile_hint}")
-        return  # read_config says: no such artifact folder
-    if read_config(path).get("stage") != "compiled":
-        raise ArtifactError(
-            f"{path}: quantized weights without a model library. "
-            f"Compile them: `llmc compile {path} --target llvm -o dist/model`."
-        )
-
-
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--prompt", "-p", required=True, help="The prompt text.")
@@ -338,9 +289,10 @@ def _require_artifact(path: Path) -> None:
 @_sampling_options
 def run(artifact, prompt, chat, system, as_json, max_tokens, temperature, top_p, seed, device):
     """Generate text from a compiled ARTIFACT for one prompt."""
+    from llmc.artifact import require_compiled
     from llmc.runtime.session import Session
 
-    _require_artifact(artifact)
+    require_compiled(artifact)
     session = Session(artifact, device)
     prompt_ids = session.prompt_ids(prompt, chat, system)
     stream = None if as_json else session.streamer(lambda text: click.echo(text, nl=False))
@@ -385,9 +337,10 @@ def chat(artifact, system, max_tokens, temperature, top_p, seed, device):
     """
     import signal
 
+    from llmc.artifact import require_compiled
     from llmc.runtime.chat_loop import ChatLoop
 
-    _require_artifact(artifact)
+    require_compiled(artifact)
     loop = ChatLoop(artifact, device, system, max_tokens, temperature, top_p, seed)
     previous = signal.signal(signal.SIGINT, loop.on_sigint)
     try:
@@ -457,40 +410,21 @@ def bench(model, random_weights, target, quant, batch, prompt_len, gen_len, repe
     temporary folder first; the compile time is reported). Architecture-only presets such as
     llama3-8b need --random-weights: speed does not depend on the weights' values.
     """
-    import contextlib
+    from llmc.benchmark import benchmark
 
-    from llmc.artifact import is_compiled
-
-    with contextlib.ExitStack() as stack:
-        artifact, compile_seconds = Path(model), None
-        if not is_compiled(artifact):  # a checkpoint, preset or weights folder: build it first
-            if not _prepare_target(target).runs_here:
-                raise LlmcError(
-                    f"--target {target} builds for a phone or Mac (or a browser); bench runs here: use llvm or cuda."
-                )
-            from llmc.compile import CompileOptions, compile_temporary
-
-            options = CompileOptions(
-                target=target,
-                quant=quant,
-                quiet=True,
-                random_weights=random_weights,
-                max_batch_size=max(batch, 1),
-                context_window=max(prompt_len + gen_len, 16),
-            )
-            artifact, compile_seconds = stack.enter_context(compile_temporary(model, options))
-        from llmc.runtime.bench import bench_engine, run_bench
-
-        engine = bench_engine(artifact, device, batch, prompt_len, gen_len, seed)
-        config = engine.config
-        result = {
-            "model": model,
-            "target": config["target"],
-            "quantization": config["quantization"],
-            "random_weights": bool(config.get("random_weights")),
-            "compile_seconds": compile_seconds,
-            **run_bench(engine, batch, prompt_len, gen_len, repeats, seed),
-        }
+    result = benchmark(
+        model,
+        target=target,
+        quant=quant,
+        random_weights=random_weights,
+        batch=batch,
+        prompt_len=prompt_len,
+        gen_len=gen_len,
+        repeats=repeats,
+        seed=seed,
+        device=device,
+    )
+    compile_seconds = result["compile_seconds"]
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -519,15 +453,6 @@ def verify(artifact):
         f"verified {artifact}: {summary['shards']} weight shards ({summary['weight_bytes'] / 2**20:.1f} MiB)"
         + (f", library {summary['library']}" if summary["library"] else "")
     )
-
-
-def _prepare_target(name: str):
-    """The target preset; for CUDA, nvcc and the driver are prepared first (before anything imports TVM)."""
-    from llmc.compiler.targets import get_target
-
-    preset = get_target(name)
-    preset.backend.prepare(preset)
-    return preset
 
 
 @main.command()
@@ -584,25 +509,8 @@ def package(config, output, force, cache_dir, target, quant, quiet, as_json):
     result = build_package(config, output, force=force, cache_dir=cache_dir, quiet=quiet or as_json, log=log)
     for warning in result.warnings:
         click.echo(f"llmc: warning: {warning}", err=True)
-    summary = {
-        "output": str(result.output),
-        "library": result.archive,
-        "seconds": result.seconds,
-        "warnings": result.warnings,
-        "models": [
-            {
-                "model_id": p.entry.model_id,
-                "model_lib": p.entry.system_lib_prefix,
-                "reused": p.reused,
-                "seconds": p.seconds,
-                "artifact": str(p.artifact),
-                "estimated_memory_bytes": p.memory.total_bytes,
-            }
-            for p in result.models
-        ],
-    }
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(result.summary()))
         return
     for p in result.models:
         click.echo(f"{p.entry.model_id}: {'reused' if p.reused else 'compiled'}, memory {p.memory.describe()}")
@@ -617,124 +525,14 @@ def inspect(artifact, as_json):
 
     ARTIFACT may also be a folder written by `llmc package`: its models and their estimates are listed.
     """
-    from llmc.artifact import read_config
-    from llmc.memory import MIB, estimate
+    from llmc.inspection import inspect_folder
 
-    app_config = artifact / "bundle" / "llmc-app-config.json"
-    if app_config.is_file():
-        _inspect_package(app_config, as_json)
-        return
-    config = read_config(artifact)
-    model = config["model"]
-    memory = estimate(config)
-    summary = {
-        "artifact": str(artifact),
-        "stage": config.get("stage"),
-        "model_type": model["model_type"],
-        "source": config.get("source", {}).get("spec"),
-        "quantization": config["quantization"],
-        "target": config.get("target"),
-        "library": config.get("library"),
-        "system_lib_prefix": config.get("system_lib_prefix"),
-        "cpu": (config.get("runs_on") or {}).get("cpu"),
-        "layers": model["num_hidden_layers"],
-        "hidden_size": model["hidden_size"],
-        "vocab_size": model["vocab_size"],
-        "context_window": config["context_window"],
-        "prefill_chunk": config["prefill_chunk"],
-        "max_batch_size": config["max_batch_size"],
-        "random_weights": bool(config.get("random_weights")),
-        "memory": memory.as_dict(),
-        "static_plan_bytes": config.get("static_plan_bytes"),
-        "bits_per_param": config.get("bits_per_param"),
-        "tensor_groups": config.get("tensor_groups"),
-    }
+    inspection = inspect_folder(artifact)
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(inspection.data))
         return
-    rows = [
-        (
-            "model",
-            f"{model['model_type']}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
-            f"vocab {model['vocab_size']} ({summary['source']})",
-        ),
-        ("quantization", config["quantization"] + (" (random weights)" if summary["random_weights"] else "")),
-        (
-            "target",
-            f"{summary['target'] or '(weights only)'}"
-            + (f", library {summary['library']}" if summary["library"] else "")
-            + (f", prefix {summary['system_lib_prefix']}" if summary["system_lib_prefix"] else ""),
-        ),
-        *([("cpu", _describe_cpu(summary["cpu"]))] if summary["cpu"] else []),
-        (
-            "sizes",
-            f"context {config['context_window']}, prefill chunk {config['prefill_chunk']}, "
-            f"max batch {config['max_batch_size']}",
-        ),
-        ("weights", f"{memory.weights_bytes / MIB:.1f} MiB"),
-        ("KV cache", f"{memory.kv_cache_bytes / MIB:.1f} MiB ({memory.kv_summary()})"),
-        (
-            "activations",
-            f"{memory.activation_bytes / MIB:.1f} MiB"
-            + ("" if config.get("static_plan_bytes") else " (no static memory plan recorded)"),
-        ),
-        ("memory", f"{memory.total_bytes / MIB:.1f} MiB estimated on the device"),
-    ]
-    if config.get("bits_per_param") is not None:
-        rows.insert(2, ("bits/weight", f"{config['bits_per_param']:.3f} on average"))
-    if config.get("tensor_groups"):  # --quant keep: the format of each tensor group
-        from llmc.quant.keep import describe_groups
-
-        groups = describe_groups(config["tensor_groups"])
-        width = max(len(group) for group, _ in groups)
-        rows[3:3] = [("formats" if i == 0 else "", f"{g:{width}s}  {f}") for i, (g, f) in enumerate(groups)]
-    if model.get("moe_experts"):
-        sparse = len(model.get("moe_layers", []))
-        rows.insert(
-            1,
-            (
-                "experts",
-                f"{model['moe_experts']} of {model['moe_intermediate_size']} per MoE layer, top-{model['moe_top_k']} "
-                f"per token, {sparse} of {model['num_hidden_layers']} layers sparse",
-            ),
-        )
-    for name, value in rows:
-        click.echo(f"{name + ':' if name else '':14s}{value}")
-
-
-def _describe_cpu(cpu: dict) -> str:
-    """The CPU an x86 library was built for, its widest extensions, and whether this CPU runs it."""
-    from llmc.cpu_features import missing_extensions
-
-    widest = [name for name in cpu["extensions"] if name.startswith(("avx512", "avx", "amx"))]
-    lacking = missing_extensions(cpu["extensions"])
-    here = f"this CPU lacks {', '.join(lacking)}" if lacking else "runs on this CPU"
-    return f"{cpu['mcpu']}{''.join(' ' + flag for flag in cpu.get('mattr', []))} ({', '.join(widest)}); {here}"
-
-
-def _inspect_package(app_config: Path, as_json: bool) -> None:
-    from llmc.errors import ArtifactError
-    from llmc.memory import MIB
-
-    try:
-        app = json.loads(app_config.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{app_config}: not valid JSON ({err}). Re-run `llmc package`.") from err
-    if as_json:
-        click.echo(json.dumps(app))
-        return
-    click.echo(
-        f"package for {app['device']} (target {app['target']}), library {app['model_library'] or 'lib/objects/'}"
-    )
-    for model in app["models"]:
-        memory = model["memory"]
-        click.echo(
-            f"{model['model_id']:24s} {model['quantization']:8s} prefix {model['model_lib']:28s} "
-            f"context {model['context_window']:6d}  ~{memory['total_bytes'] / MIB:.1f} MiB "
-            f"(weights {memory['weights_bytes'] / MIB:.1f}, KV {memory['kv_cache_bytes'] / MIB:.1f}, "
-            f"activations {memory['activation_bytes'] / MIB:.1f})"
-            + ("" if model["bundle_weights"] else f"  weights from {model['model_url']}")
-        )
+    for line in inspection.lines():
+        click.echo(line)
 
 
 @main.command()

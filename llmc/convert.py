@@ -13,7 +13,7 @@ from llmc.errors import CheckpointError
 from llmc.models.base import WeightSource
 
 if TYPE_CHECKING:
-    from llmc.compile import ModelPlan
+    from llmc.plan import ModelPlan
 
 CONVERT_THREADS = 2
 

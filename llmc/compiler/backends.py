@@ -1,5 +1,6 @@
 """How each kind of target is built: the backend object every ``TargetPreset`` carries.
 
+The interface (``Backend``, also the ``llvm`` host backend ``HOST``) lives in ``llmc.compiler.preset``.
 A backend answers five questions for its presets: what to prepare before TVM loads (``prepare``),
 under which settings the build runs (``build_context``: missing tools fail first), how the library
 is written (``export``), what is checked before the artifact is kept (``verify``), and where the
@@ -14,45 +15,11 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from llmc.compiler.preset import Backend, TargetPreset
 from llmc.errors import LlmcError
 
-if TYPE_CHECKING:
-    from llmc.compiler.targets import TargetPreset
-
 DEVICE_SOURCE_SUFFIX = {"opencl": ".cl", "metal": ".metal"}
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A shared library TVM's runtime loads on this machine's CPU (``llvm``): TVM's defaults throughout."""
-
-    runs_here = True  # False: cross-compiled (phone, Mac, browser); `llmc run` and `llmc bench` refuse it
-
-    def prepare(self, preset: TargetPreset) -> None:
-        """Set up the build machine; runs before anything imports TVM."""
-
-    @contextlib.contextmanager
-    def build_context(self, preset: TargetPreset) -> Iterator[None]:
-        """Settings ``relax.build`` runs under; a missing tool fails here, before the build."""
-        yield
-
-    def export(self, executable, preset: TargetPreset, out_file: Path) -> None:
-        executable.export_library(str(out_file))
-
-    def verify(self, preset: TargetPreset, out_file: Path, system_lib_prefix: str | None) -> None:
-        """Check the written library before the artifact is kept."""
-
-    def runs_on(self, preset: TargetPreset, library: str) -> dict:
-        """Where the library can run, for ``llmc-config.json``: ``here`` (TVM's runtime on a machine like
-        this one loads it), ``requires`` (a TVM global function that runtime must have, or None) and
-        ``message`` (the error when it cannot load); for x86 CPU code ``cpu``: the CPU it was built for
-        and the extensions it may use, which the runtime checks before loading it."""
-        from llmc.compiler.cpu import cpu_record
-
-        cpu = cpu_record(preset.tvm_target())
-        return {"here": True, "requires": None, "message": "", **({"cpu": cpu} if cpu else {})}
 
 
 @dataclass(frozen=True)
@@ -180,7 +147,6 @@ class SystemLibBackend(CrossBackend):
         check_system_library(out_file, system_lib_prefix, self.object_format, self.arch)
 
 
-HOST = Backend()
 CUDA = CudaBackend()
 VULKAN = VulkanBackend()
 WEB = WebBackend()

@@ -2,48 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from llmc.compiler import backends
-from llmc.compiler.backends import Backend
+from llmc.compiler.preset import Backend, TargetPreset
 from llmc.errors import LlmcError
-
-
-@dataclass(frozen=True)
-class TargetPreset:
-    """A named build target."""
-
-    name: str
-    description: str
-    target: dict
-    library_suffix: str = ".so"
-    device: str = "cpu"
-    host: dict = field(default_factory=dict)
-    cuda_archs: tuple[str, ...] = ()  # more than one: a fatbin with SASS for each (+ PTX of the first)
-    system_lib: bool = False  # a static library of objects that registers into the app's system lib
-    note: str = ""  # printed after a build (e.g. what to do with a .tar on another machine)
-    backend: Backend = backends.HOST  # prepare, build context, export, verify, where it runs
-
-    @property
-    def runs_here(self) -> bool:
-        """False: cross-compiled for a phone, a Mac or a browser; `llmc run` and `llmc bench` refuse it."""
-        return self.backend.runs_here
-
-    def tvm_target(self):
-        import tvm
-
-        target = dict(self.target)
-        if target.get("mcpu") == "native":
-            from llmc.compiler.cpu import native_cpu
-
-            target.update(native_cpu())  # this CPU's name, less the extensions it lacks
-        if target.get("num-cores") == "native":
-            target["num-cores"] = os.cpu_count() or 1
-        if self.host:
-            return tvm.target.Target(target, host=self.host)
-        return tvm.target.Target(target)
 
 
 def _cuda(arch: str, description: str, name: str | None = None, archs: tuple[str, ...] = ()) -> TargetPreset:
@@ -285,3 +249,10 @@ def check_system_lib_prefix(prefix: str) -> str:
             "(not starting with a digit), e.g. 'mymodel_q4f16_1_'."
         )
     return prefix
+
+
+def prepare_target(name: str) -> TargetPreset:
+    """The target preset; for CUDA, nvcc and the driver are prepared first (before anything imports TVM)."""
+    preset = get_target(name)
+    preset.backend.prepare(preset)
+    return preset

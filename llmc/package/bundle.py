@@ -119,7 +119,8 @@ def input_hash(entry: ModelEntry, target: str, hashes: FileHashes) -> str:
 def _compile_or_reuse(
     entry: ModelEntry, target: str, cache_dir: Path, key: str, quiet: bool, log: Callable[[str], None]
 ) -> tuple[Path, bool]:
-    from llmc.compile import CompileOptions, compile_model
+    from llmc.compile import compile_model
+    from llmc.plan import CompileOptions
 
     artifact = cache_dir / f"{entry.model_id}-{target.replace(':', '-')}-{key[:16]}"
     if (artifact / CONFIG_FILE).exists():

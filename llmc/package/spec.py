@@ -104,6 +104,26 @@ class PackageResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def summary(self) -> dict:
+        """The ``llmc package --json`` object."""
+        return {
+            "output": str(self.output),
+            "library": self.archive,
+            "seconds": self.seconds,
+            "warnings": self.warnings,
+            "models": [
+                {
+                    "model_id": p.entry.model_id,
+                    "model_lib": p.entry.system_lib_prefix,
+                    "reused": p.reused,
+                    "seconds": p.seconds,
+                    "artifact": str(p.artifact),
+                    "estimated_memory_bytes": p.memory.total_bytes,
+                }
+                for p in self.models
+            ],
+        }
+
 
 # ---------------------------------------------------------------------- CONFIG
 def _fail(file: Path, message: str) -> ConfigError:

@@ -101,7 +101,8 @@ def package_web(model: str, output: Path, force: bool = False, quant: str = "q4f
         return write_web_bundle(model, output, force=force)
     if output.exists() and not force:  # before minutes of compiling
         raise LlmcError(f"{output} already exists; pass --force to replace it.")
-    from llmc.compile import CompileOptions, compile_model
+    from llmc.compile import compile_model
+    from llmc.plan import CompileOptions
 
     with tempfile.TemporaryDirectory(prefix="llmc-web-") as tmp:
         options = CompileOptions(target="webgpu", quant=quant, output=Path(tmp) / "model", quiet=quiet)
