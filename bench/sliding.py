@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 def make_checkpoint(folder: Path, window: int) -> Path:
     import torch
     import transformers
-    from conftest import make_tokenizer
+    from support.checkpoints import make_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     config = transformers.MistralConfig(

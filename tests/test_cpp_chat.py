@@ -8,7 +8,6 @@ program; the slow test links a static system-lib build into the program instead,
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -157,10 +156,7 @@ def test_stop_string_cuts_the_answer(chat_main, python_chat):
     assert "".join(reply["pieces"]) == reply["reply"]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("LLMC_TEST_SLOW") != "1", reason="a second SmolLM2 compile (~1.5 min): make test-all"
-)
+@pytest.mark.slow  # a second SmolLM2 compile (~1.5 min)
 def test_system_lib_build_chats_the_same(python_chat, tmp_path, monkeypatch):
     """SmolLM2 as a static system library linked into the program, as `llmc package` builds phone apps."""
     if platform.machine() != "x86_64" or sys.platform != "linux":

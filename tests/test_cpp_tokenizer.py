@@ -11,7 +11,6 @@ be whole characters and equal llmc's Python StreamDecoder), and on random id seq
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -344,6 +343,5 @@ def qwen_gguf_folder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow  # ~50 s: tokenizers builds the 151k-token BPE from the GGUF's metadata
-@pytest.mark.skipif(os.environ.get("LLMC_TEST_SLOW") != "1", reason="~50 s: make test-all")
 def test_qwen25_gguf(tokenizer_main, qwen_gguf_folder, tmp_path):
     check_tokenizer(tokenizer_main, qwen_gguf_folder / "tokenizer.json", tmp_path)

@@ -1,25 +1,17 @@
-"""The fuzz harness's seeded 200-input subset (``make fuzz`` runs 10,000): every mutated GGUF, safetensors
-(single and sharded), tensor-cache.json and llmc-config.json is refused with an LlmcError or read to the same
-weights; none escapes as another exception, crashes, hangs or exceeds the memory limit."""
+"""The fuzz harness's seeded 200-input subset (``make fuzz`` runs 10,000; tests/support/fuzzing.py): every
+mutated GGUF, safetensors (single and sharded), tensor-cache.json and llmc-config.json is refused with an
+LlmcError or read to the same weights; none escapes as another exception, crashes, hangs or exceeds the memory limit."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def fuzz():
-    spec = importlib.util.spec_from_file_location("llmc_bench_fuzz", REPO / "bench" / "fuzz.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from support import fuzzing
+
+    return fuzzing
 
 
 def test_seeded_fuzz_subset(fuzz, checkpoints, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
+from support.checkpoints import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
 
 from llmc.compile import CompileOptions, compile_model, plan_model, quantize_model
 from llmc.errors import CheckpointError, ConfigError
@@ -329,7 +329,7 @@ def test_q4_1_encoder_decodes_with_gguf_py_and_beats_its_quantizer():
     assert np.square(ours - weight).mean() < 0.9 * np.square(theirs - weight).mean()
 
 
-@pytest.mark.skipif(not os.environ.get("LLMC_TEST_KEEP_TARGETS"), reason="minutes per target: `make test-keep-targets`")
+@pytest.mark.builds  # minutes per target
 @pytest.mark.parametrize("target", ["vulkan", "cuda:sm_90a", "android", "iphone", "webgpu"])
 def test_mixed_gguf_keep_compiles_for_gpu_targets(mixed_gguf, tmp_path, target):
     """The same decode expressions go through dlight's GPU rules (single contiguous reads per plane)."""
@@ -348,7 +348,7 @@ def test_mixed_gguf_keep_compiles_for_gpu_targets(mixed_gguf, tmp_path, target):
 
 
 # ---------------------------------------------------------------------- real files (make test-keep-real)
-REAL_GGUF = os.environ.get("LLMC_TEST_KEEP_REAL")  # a GGUF path, or "smollm2-135m"
+REAL_GGUF = os.environ.get("LLMC_KEEP_GGUF", "smollm2-135m")  # a GGUF path or preset: make test-keep-real KEEP_GGUF=
 
 
 def _llama_cpp_perplexity(gguf: Path, ids: list[int], window: int) -> float:
@@ -366,7 +366,7 @@ def _llama_cpp_perplexity(gguf: Path, ids: list[int], window: int) -> float:
     return float(np.exp(np.mean(nll)))
 
 
-@pytest.mark.skipif(not REAL_GGUF, reason="a real GGUF, minutes: `make test-keep-real [KEEP_GGUF=path]`")
+@pytest.mark.real_models  # a real GGUF, minutes
 def test_real_gguf_keep_perplexity_matches_q0f32_and_llama_cpp(tmp_path):
     from llmc.checkpoint.gguf_file import read_gguf
     from llmc.runtime.perplexity import perplexity, read_text
@@ -398,7 +398,7 @@ def test_real_gguf_keep_perplexity_matches_q0f32_and_llama_cpp(tmp_path):
 def test_q4a_s_compiles_a_float_checkpoint_through_the_ggml_kernels(tmp_path):
     """llmc's Q4_1 encoder on a float checkpoint: a weights folder whose formats are recorded, compiled,
     close to the float model."""
-    from conftest import make_trained_checkpoint
+    from support.checkpoints import make_trained_checkpoint
 
     checkpoint = make_trained_checkpoint(tmp_path / "trained")
     sizes = dict(quiet=True, context_window=TINY_CONTEXT_WINDOW, prefill_chunk=TINY_PREFILL_CHUNK, max_batch_size=2)

@@ -5,7 +5,6 @@ token is produced."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -19,21 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support import fuzzing as fuzz
 
 from llmc.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def load_fuzz():
-    spec = importlib.util.spec_from_file_location("llmc_bench_fuzz", REPO / "bench" / "fuzz.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = load_fuzz()
 
 
 def invoke(*args: str, env: dict | None = None):
@@ -435,7 +424,7 @@ def test_chat_template_error_at_run_time_is_a_generation_error():
 
 def test_identical_inputs_give_byte_identical_artifacts(compiled, checkpoints, tmp_path):
     """Timings live in build-info.json; every other file of a recompile is byte-identical."""
-    from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
+    from support.checkpoints import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
 
     from llmc.compile import CompileOptions, compile_model
 

@@ -19,7 +19,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
+from support.checkpoints import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
 
 from llmc.compile import CompileOptions, compile_model
 from llmc.compiler.targets import TARGETS, check_system_lib_prefix, default_system_lib_prefix

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FAMILY_MODELS, TINY_PREFILL_CHUNK, hf_logits
+from support.checkpoints import FAMILY_MODELS, TINY_PREFILL_CHUNK, hf_logits
 
 from llmc.quant import get_quant
 from llmc.runtime.engine import PAGE_SIZE, Engine

@@ -1,7 +1,7 @@
 """Real GGUF models compiled by llmc against llama.cpp (llama-cpp-python on the same file) and transformers.
 
 Slow (a 253 MB Gemma 3 file, a 1.1 GB Qwen2.5-Coder file): run with ``make test-models-real``
-(``LLMC_TEST_REAL_MODELS=1``). llmc is compiled with q0f32 (the GGUF's blocks decoded to float32, no
+(``pytest --run real_models``). llmc is compiled with q0f32 (the GGUF's blocks decoded to float32, no
 re-quantization), so the comparison sees llama.cpp's own rounding (it quantizes activations to 8 bits
 for its integer dot products): logits agree to cosine ~0.999, not exactly. Greedy tokens are compared
 over the first 12 steps for prompts whose continuation has no near-tie there; every prompt is also
@@ -20,9 +20,7 @@ from llmc.compile import CompileOptions, compile_model
 from llmc.runtime.engine import Engine
 from llmc.runtime.session import Session
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("LLMC_TEST_REAL_MODELS") != "1", reason="real GGUF models vs llama.cpp: `make test-models-real`"
-)
+pytestmark = pytest.mark.real_models
 
 GREEDY_STEPS = 12
 TOKENIZER_STRINGS = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY_MODELS, TINY_PREFILL_CHUNK, hf_logits
+from support.checkpoints import TINY_MODELS, TINY_PREFILL_CHUNK, hf_logits
 
 from llmc.runtime.engine import PAGE_SIZE, Engine
 

@@ -4,7 +4,7 @@ In the default run: every family but mixtral for android;
 ``gemma3`` (sliding-window + global layers, module-applied RoPE with two bases, QK-norm, GELU-tanh, offset
 norms) for cuda:sm_90a (through the CLI, which prepares nvcc); ``gemma3`` and ``qwen3_moe`` (top-k routing,
 gathered expert matmuls, a dense layer) for webgpu (WGSL codegen; linking the .wasm needs emcc and is
-``make test-web``'s job). ``make test-models-builds`` (LLMC_TEST_FAMILY_BUILDS=1, ~3 min) adds
+``make test-web``'s job). ``make test-models-builds`` (``--run builds``, ~3 min) adds
 cuda:sm_90a for qwen3_moe, gemma2, qwen3, phi3, olmo2, gpt2, mistral and mixtral, and mixtral for android.
 q4f16_1 throughout. ``make test-vulkan`` runs Qwen3-MoE's GPU kernels on lavapipe.
 """
@@ -12,7 +12,6 @@ q4f16_1 throughout. ``make test-vulkan`` runs Qwen3-MoE's GPU kernels on lavapip
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,8 +20,7 @@ from pathlib import Path
 import pytest
 
 LLMC = str(Path(sys.executable).parent / "llmc")
-ALL_BUILDS = os.environ.get("LLMC_TEST_FAMILY_BUILDS") == "1"
-slow_builds = pytest.mark.skipif(not ALL_BUILDS, reason="every family for cuda:sm_90a: `make test-models-builds`")
+slow_builds = pytest.mark.builds  # every family for cuda:sm_90a
 FAMILIES = ["gemma3", "qwen3_moe", "gemma2", "qwen3", "phi3", "olmo2", "gpt2", "mistral", "mixtral"]
 DEFAULT_CUDA = ("gemma3",)  # the others: make test-models-builds
 DEFAULT_ANDROID = ("gemma3", "qwen3_moe", "gemma2", "qwen3", "phi3", "olmo2", "gpt2", "mistral")  # + mixtral there

@@ -10,8 +10,6 @@ kernels launched on PoCL by ``opencl_harness``, while the same function from the
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -20,7 +18,7 @@ pytest.importorskip("pyopencl", reason="pyopencl not installed (make install-mob
 import opencl_harness as harness  # noqa: E402
 import pyopencl as cl  # noqa: E402
 import tvm  # noqa: E402
-from conftest import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK  # noqa: E402
+from support.checkpoints import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK  # noqa: E402
 from tvm import tirx  # noqa: E402
 
 from llmc.compile import CompileOptions, compile_model, plan_model  # noqa: E402
@@ -29,8 +27,7 @@ from llmc.compiler.pipeline import PHASES  # noqa: E402
 from llmc.compiler.targets import get_target  # noqa: E402
 
 QUANT = "q4f32_1"
-# every kernel of the model with LLMC_TEST_ALL_KERNELS=1 (make test-mobile, ~1 min more); else a sample
-ALL_KERNELS = os.environ.get("LLMC_TEST_ALL_KERNELS") == "1"
+# every kernel of the model under `--run mobile` (make test-mobile, ~1 min more; fixture every_kernel); else a sample
 SIZES = {"seq_len": 5, "batch_size": 3}  # symbolic dims of the dense kernels (not multiples of the tiles)
 ATTENTION_WORDS = ("kv", "attn", "page", "merge_state", "tree")
 
@@ -134,11 +131,11 @@ def compare(name, modules, shipped, context, arrays, scalars=None, cpu_name=None
     return len(lowered.kernels)
 
 
-def test_matmul_and_gemv_kernels(modules, shipped, context):
+def test_matmul_and_gemv_kernels(modules, shipped, context, every_kernel):
     """Every (fused) dequantize-matmul: prefill matmuls (seq_len rows) and decode GEMVs (batch_size rows)."""
     names = [n for n in prim_funcs(modules[0]) if "dequantize_matmul" in n]
     assert len(names) >= 10
-    if not ALL_KERNELS:
+    if not every_kernel:
         rows = {n: [str(d) for d in harness.buffer_params(modules[0][n])[0].ty.shape] for n in names}
         names = [
             next(n for n in names if "seq_len" in rows[n]),  # prefill matmul
@@ -156,7 +153,7 @@ def test_rms_norm_kernels(modules, shipped, context):
         compare(name, modules, shipped, context, random_inputs(modules[0][name], seed))
 
 
-def test_other_dense_kernels(modules, shipped, context):
+def test_other_dense_kernels(modules, shipped, context, every_kernel):
     """The rest outside the KV cache: embedding take/dequantize, RoPE, SiLU-multiply, reshapes."""
     names = [
         n
@@ -165,7 +162,7 @@ def test_other_dense_kernels(modules, shipped, context):
     ]
     sample = ["fused_rope", "take_dequantize", "fused_split_silu_multiply"]
     assert set(sample) <= set(names)
-    names = names if ALL_KERNELS else sample
+    names = names if every_kernel else sample
     for seed, name in enumerate(names):
         func = modules[0][name]
         scalars = {p.name: 1 for p in func.params if p not in harness.buffer_params(func)}  # e.g. apply_rope

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_trained_checkpoint
+from support.checkpoints import make_trained_checkpoint
 
 import llmc.quant.group
 from llmc.cli import main

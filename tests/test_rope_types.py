@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_tokenizer, randomize
+from support.checkpoints import make_tokenizer, randomize
 
 from llmc.compile import CompileOptions, compile_model
 from llmc.errors import ConfigError

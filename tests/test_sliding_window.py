@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAMILY_MODELS, make_tokenizer, randomize
+from support.checkpoints import FAMILY_MODELS, make_tokenizer, randomize
 
 import llmc.runtime.engine as engine_module
 from llmc.cli import main
@@ -170,7 +170,7 @@ def test_memory_estimate_per_layer(mistral, tmp_path_factory):
     """An evicting cache costs a window per sequence, whatever the context; Gemma 3 (a sliding and a global
     layer sharing TVM's page pool) keeps the whole context in every layer, and says its sliding layer only
     masks; an all-sliding model built where it cannot evict adds TVM's unused full layer."""
-    from conftest import make_checkpoint
+    from support.checkpoints import make_checkpoint
 
     from llmc.artifact import read_config
 

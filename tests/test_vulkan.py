@@ -8,14 +8,13 @@ right). Running the packed SPIR-V is tests/test_wgsl_kernels.py.
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 
 import numpy as np
 import pytest
 import tvm
-from conftest import fake_model_section
+from support.artifacts import fake_model_section
 from tvm import te
 from tvm.s_tir import dlight as dl
 
@@ -167,10 +166,7 @@ def _gpu_and_cpu_steps(gpu, reference) -> list:
     return pairs
 
 
-@pytest.mark.skipif(
-    not (os.environ.get("LLMC_TEST_VULKAN") or os.environ.get("LLMC_TEST_SLOW")),
-    reason="the whole model on lavapipe takes ~2.5 min per driver path: make test-vulkan (or make test-all)",
-)
+@pytest.mark.vulkan  # the whole model on lavapipe: ~2.5 min per driver path
 @pytest.mark.parametrize("through", ["wgpu", "vulkan"])
 def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled, through, tmp_path):
     """The compiled library itself (host code + packed SPIR-V) generates on lavapipe like the llvm build;
@@ -202,10 +198,7 @@ def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled, t
     assert len(called) >= 25, sorted(kernels - called)
 
 
-@pytest.mark.skipif(
-    not (os.environ.get("LLMC_TEST_VULKAN") or os.environ.get("LLMC_TEST_SLOW")),
-    reason="the whole model on lavapipe: make test-vulkan (or make test-all)",
-)
+@pytest.mark.vulkan  # the whole model on lavapipe
 @pytest.mark.parametrize("name", ["qwen3_moe", "gemma2"])
 def test_vulkan_family_library_runs_on_lavapipe(name, compiled, tmp_path):
     """GPU kernels of the families whose kernels differ most generate on lavapipe like the float CPU build

@@ -2,13 +2,12 @@
 tiny model generating in headless Chromium on WebGPU (SwiftShader), matching the llvm build's greedy tokens.
 
 The .wasm build and the browser run are slow (a few minutes on 2 cores): they run under `make test-web`
-(LLMC_TEST_WEB=1), and skip with a reason when emcc / chromium / the npm packages are missing.
+(``--run web``), and skip with a reason when emcc / chromium / the npm packages are missing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_PREFILL_CHUNK, fake_model_section
+from support.artifacts import fake_model_section
+from support.checkpoints import TINY_PREFILL_CHUNK
 
 from llmc.artifact import FORMAT_VERSION
 from llmc.compile import CompileOptions, compile_model
@@ -27,7 +27,7 @@ from llmc.package.web import write_web_bundle
 REPO = Path(__file__).resolve().parents[1]
 HEADERS = REPO / "llmc" / "compiler" / "web_headers"
 PLAYWRIGHT = REPO / "web" / "node_modules" / "playwright-core"
-slow_web = pytest.mark.skipif(os.environ.get("LLMC_TEST_WEB") != "1", reason="slow .wasm/browser test: `make test-web`")
+slow_web = pytest.mark.web
 needs_emcc = pytest.mark.skipif(shutil.which("emcc") is None, reason="emcc missing (make install-web)")
 needs_browser = pytest.mark.skipif(
     shutil.which("chromium") is None or shutil.which("node") is None or not PLAYWRIGHT.is_dir(),

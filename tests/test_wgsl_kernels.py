@@ -3,12 +3,11 @@ the llvm build on the same random inputs: TVM's WGSL kernels, and the SPIR-V llm
 ``--target vulkan`` bound the way TVM's Vulkan runtime binds them (tests/kernel_harness.py).
 
 Default: one function of each kind (matmul, rms_norm, rope, ...) of the q4f16_1 model. The sweep over
-every fused function of the q4f16_1 and q4f32_1 models runs under ``make test-vulkan`` (LLMC_TEST_VULKAN=1).
+every fused function of the q4f16_1 and q4f32_1 models runs under ``make test-vulkan`` (``--run vulkan``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 
@@ -78,8 +77,7 @@ def test_sample_kernels_q4f16_1_match_llvm(harness, functions):
         _check(harness, "q4f16_1", name, funcs[name])
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("LLMC_TEST_VULKAN") != "1", reason="every-kernel sweep (~3 min): `make test-vulkan`")
+@pytest.mark.vulkan  # every-kernel sweep (~3 min)
 @pytest.mark.parametrize("quant", ["q4f16_1", "q4f32_1"])
 def test_every_fused_kernel_matches_llvm(harness, functions, quant):
     funcs = functions(quant)
