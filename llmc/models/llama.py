@@ -33,7 +33,7 @@ from llmc.models.layers import (
     apply_rope,
     rope_inv_freq,
     rope_type,
-    silu_multiply,
+    swiglu,
 )
 from llmc.models.moe import SparseMoE
 
@@ -159,11 +159,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate_up = self.gate_up_proj(x)
-        if getattr(self, "fast_silu", False):  # CPUs, float32 (set by LlamaForCausalLM)
-            return self.down_proj(silu_multiply(gate_up, gate_up.shape[-1] // 2))
-        gate, up = op.split(gate_up, 2, axis=-1)
-        return self.down_proj(op.silu(gate) * up)
+        return self.down_proj(swiglu(self.gate_up_proj(x)))
 
 
 class LlamaAttention(nn.Module):
@@ -236,12 +232,9 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(CausalLMBase):
-    def __init__(self, config: LlamaConfig, target):
+    def __init__(self, config: LlamaConfig):
         self.config = config
-        self.target = target  # the paged KV cache's kernels depend on the target
         self.model = LlamaModel(config)
-        for layer in self.model.layers:
-            layer.mlp.fast_silu = target.kind.name == "llvm"
         kind = rope_type(config.rope_scaling)
         if kind not in IN_CACHE_ROPE_TYPES:
             self.rope_in_model = True
