@@ -149,3 +149,25 @@ def test_models_never_look_at_the_target_nor_carry_kernels(path):
         if "prim_func" in ast.unparse(decorator) or "macro" in ast.unparse(decorator)
     ]
     assert not prim_funcs, f"{path.name} defines TIR kernels at lines {prim_funcs}"
+
+
+@pytest.mark.parametrize("target_name", ["llvm", "webgpu"])
+def test_dispatch_picks_kernels_by_target(target_name):
+    """The compiler side: the request becomes the target's cache; CPUs get llmc's attention and fused SiLU."""
+    from llmc.compiler.targets import get_target
+    from llmc.kernels.dispatch import dispatch_kernels
+
+    family = MODELS["llama"]
+    module = family.module_class(family.parse_config(dict(TINY["llama"]), "tiny"))
+    mod, _ = module.export_tvm(spec=module.get_default_spec())
+    mod, requests = dispatch_kernels(mod, get_target(target_name).tvm_target())
+    assert len(requests) == 1 and requests[0] == module.kv_cache_request()
+    names = {gv.name_hint for gv, _ in mod.functions_items()}
+    text = mod["decode"].script()
+    if target_name == "llvm":
+        assert "silu_multiply" in names and "R.nn.silu" not in text
+        assert "batch_decode_paged_kv" in names and "batch_decode_paged_kv_cpu" not in names  # llmc's, not TVM's
+    else:
+        assert "silu_multiply" not in names and "R.nn.silu" in text
+        assert not any(name.endswith("_cpu") for name in names)
+    assert REQUEST_FUNC not in mod["create_paged_kv_cache"].script()
