@@ -63,7 +63,7 @@ class ModelPlan:
         return self.scheme.model_dtype if portable else self.scheme.compute_dtype(target)
 
     def float_module(self, target, portable: bool = False):
-        module = self.family.module_class(self.config, target)
+        module = self.family.module_class(self.config)
         if not self.int_dot:  # the reference path: TVM's own kernels throughout
             module.use_tvm_cpu_kernels()
         dtype = self.compute_dtype(target, portable)

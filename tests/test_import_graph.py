@@ -29,6 +29,7 @@ COMPILER_SIDE = (
     "llmc.convert",
     "llmc.quant",
     "llmc.models",
+    "llmc.kernels",
 )
 # llmc.runtime modules allowed to reach the compiler side, with the reason: none.
 RUNTIME_EXCEPTIONS: dict[str, str] = {}

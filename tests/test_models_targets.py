@@ -80,7 +80,7 @@ def test_codegen_for_webgpu(name, family_checkpoints):
 
 def test_gemma2_soft_capping_reaches_the_gpu_kernels(family_checkpoints):
     """Gemma 2 builds for GPU targets: TVM's prefill and decode attention kernels cap their scores
-    (llmc.models.gpu_softcap; `make test-vulkan` checks the numbers on lavapipe)."""
+    (llmc.kernels.gpu_softcap; `make test-vulkan` checks the numbers on lavapipe)."""
     from tvm import relax, tirx
 
     from llmc.compile import CompileOptions, plan_model

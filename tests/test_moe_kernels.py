@@ -8,7 +8,7 @@ import pytest
 import tvm
 from test_int_dot import RUNNABLE, isa_target, reference
 
-from llmc.models.moe_sort import _sort_kernel
+from llmc.kernels.moe_sort import _sort_kernel
 from llmc.quant import int_dot
 from llmc.quant.group import GroupQuant
 from llmc.quant.int_dot_kernels import int_matmul

@@ -204,7 +204,7 @@ def test_vulkan_family_library_runs_on_lavapipe(name, compiled, tmp_path):
     """GPU kernels of the families whose kernels differ most generate on lavapipe like the float CPU build
     (prefill chunks, decode steps, a batch decode): Qwen3-MoE's routing, top-k and gathered expert matmuls
     under dlight's schedules; Gemma 2's soft-capped attention (TVM's kernels, patched by
-    llmc.models.gpu_softcap) against llmc's CPU kernels, which are checked against transformers."""
+    llmc.kernels.gpu_softcap) against llmc's CPU kernels, which are checked against transformers."""
     pytest.importorskip("vulkan", reason="vulkan missing (make install-vulkan)")
     if not spirv.naga_available() or shutil.which("spirv-val") is None:
         pytest.skip("node + naga-wasm or spirv-val missing (make install-vulkan)")

@@ -2,7 +2,8 @@
 
 A family owns its config class (from config.json and GGUF metadata), its Relax module, its weight
 map (HF tensors -> module parameters, with per-tensor transforms), its GGUF tensor names and its
-per-layer attention spec (``ModelConfig.attention_kinds``), from which the KV cache is built.
+per-layer attention spec (``CausalLMBase.attention_specs``: the KV cache request, ``llmc.models.attention``).
+Families take no target and choose no kernels: ``llmc.kernels.dispatch`` does, at build time.
 """
 
 from __future__ import annotations

@@ -7,18 +7,16 @@ embeddings). The functions below are written once for all families.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from tvm import relax, te, tirx
+from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
-from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
+from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
-from llmc.models.cpu_attention import llmc_cpu_attention
-from llmc.models.gpu_softcap import tvm_gpu_softcap
+from llmc.models.attention import AttentionSpec, KVCacheRequest
 from llmc.models.layers import gather_rows
 
 
@@ -49,8 +47,8 @@ class ModelConfig:
     context_window: int = 2048
     prefill_chunk: int = 512
     max_batch_size: int = 8
-    # set when the KV cache is built: the library's cache can evict (every layer one sliding window; see
-    # ``CausalLMBase.evicting_window``) and the runtime slides each sequence's window
+    # set by the compiler when it builds the KV cache: the library's cache can evict (every layer one sliding
+    # window; ``KVCacheRequest.evictable_window``) and the runtime slides each sequence's window
     sliding_eviction: bool = False
 
     def attention_kinds(self) -> list[str]:
@@ -130,24 +128,61 @@ def rope_settings(hf: dict) -> tuple[float, dict]:
 
 
 class CausalLMBase(nn.Module):
-    """Exported entry points shared by all families (``self.model``, ``lm_head`` set by subclasses)."""
+    """Exported entry points shared by all families (``self.model``, ``lm_head`` set by subclasses).
+
+    Target-free: the paged KV cache is exported as a request (``kv_cache_request``) and the compiler
+    (``llmc.kernels.dispatch``) chooses its kernels, and any other kernel, by target."""
 
     config: ModelConfig
     dtype: str = "float32"
     rope_in_model: bool = False  # True: the module applies RoPE itself (per-layer bases); the cache does not
-    cpu_kernels: bool = True  # llmc's CPU attention/RoPE/SiLU kernels on llvm targets; False: TVM's own
+    # a build option for the compiler's kernel dispatch, never read by the model: llmc's CPU attention/RoPE/SiLU
+    # kernels on CPU targets (True), or TVM's own (reference builds, ``--cpu-matmul float``)
+    cpu_kernels: bool = True
 
     def use_tvm_cpu_kernels(self) -> None:
         """Reference builds (``--cpu-matmul float``): TVM's own kernels for attention, RoPE and SiLU."""
         self.cpu_kernels = False
-        for layer in self.model.layers:
-            if hasattr(layer.mlp, "fast_silu"):
-                layer.mlp.fast_silu = False
 
     def to(self, dtype: str | None = None) -> None:
         super().to(dtype=dtype)
         if dtype is not None:
             self.dtype = dtype
+
+    # ------------------------------------------------------------------ attention spec
+    def attention_softcap(self) -> float:
+        """Attention logit soft-capping of every layer (0: none); families that cap override it."""
+        return 0.0
+
+    def rope_owner(self) -> str:
+        """Who rotates q/k: ``cache`` (its attention kernels), ``model`` (this module) or ``none``."""
+        return "model" if self.rope_in_model else "cache"
+
+    def attention_specs(self) -> list[AttentionSpec]:
+        """The per-layer attention the KV cache is built for."""
+        c = self.config
+        softcap, rope = self.attention_softcap(), self.rope_owner()
+        return [
+            AttentionSpec(
+                num_q_heads=c.num_attention_heads,
+                num_kv_heads=c.num_key_value_heads,
+                head_dim=c.head_dim,
+                window=c.sliding_window if kind == "mha_sliding" else 0,
+                softcap=softcap,
+                rope=rope,
+            )
+            for kind in c.attention_kinds()
+        ]
+
+    def kv_cache_request(self) -> KVCacheRequest:
+        c = self.config
+        return KVCacheRequest(
+            layers=tuple(self.attention_specs()),
+            dtype=self.dtype,
+            rope_theta=c.rope_theta,
+            rope_scaling={} if self.rope_in_model else dict(c.rope_scaling),
+            rotary_dim=c.rotary_dim or c.head_dim,
+        )
 
     # ------------------------------------------------------------------ pieces
     def get_logits(self, hidden: Tensor) -> Tensor:
@@ -195,78 +230,9 @@ class CausalLMBase(nn.Module):
         page_size: tirx.Var,
         support_sliding_window: tirx.Var,
     ) -> PagedKVCache:
-        softcap = float(getattr(self.config, "attn_logit_softcapping", 0.0) or 0.0)
-        evict = self.evicting_window()
-        self.config.sliding_eviction = bool(evict)
-        # soft-capping and eviction exist only in llmc's kernels: they serve the reference (--cpu-matmul float)
-        # build too; on GPUs soft-capping patches TVM's own kernels
-        if self.target.kind.name == "llvm" and (self.cpu_kernels or bool(softcap) or bool(evict)):
-            kernels = llmc_cpu_attention(softcap, evict)
-        elif softcap:  # a GPU target
-            kernels = tvm_gpu_softcap(softcap)
-        else:
-            kernels = contextlib.nullcontext()
-        with kernels:
-            return self._paged_kv_cache(
-                max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window, evict
-            )
-
-    def evicting_window(self) -> int:
-        """The window of a KV cache that may evict, or 0 (then sliding layers only mask).
-
-        TVM 0.27 slides (frees pages of) a sequence only in its whole-cache sliding mode: every layer
-        ``mha``, ``support_sliding_window=1`` at creation, RoPE inline in the attention kernels at positions
-        within the window (which keeps the relative positions RoPE depends on). Its per-layer
-        ``mha_sliding`` kinds mask and never free a page, since global layers need every token. So a model
-        evicts when every layer is one window, the cache applies its RoPE (``default``/``llama3``, full
-        rotary) and llmc's CPU kernels run it (they mask each row to its window and rotate keys inline).
-        """
-        c = self.config
-        kinds = c.attention_kinds()
-        every_layer_sliding = bool(kinds) and all(kind == "mha_sliding" for kind in kinds)
-        full_rotary = c.rotary_dim in (0, c.head_dim)
-        if self.target.kind.name != "llvm" or self.rope_in_model or not every_layer_sliding or not full_rotary:
-            return 0
-        return c.sliding_window
-
-    def _paged_kv_cache(
-        self, max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window, evict=0
-    ):
-        c = self.config
-        kinds = c.attention_kinds()
-        if evict:
-            kinds = ["mha"] * len(kinds)  # one whole-cache window, slid by the runtime (evicting_window)
-        elif "mha" not in kinds:
-            # TVM 0.27 allocates its prefill q/k/v scratch only when some layer is "mha" (an all-sliding
-            # cache fails at the first forward): one unused full-attention layer at the end.
-            kinds = [*kinds, "mha"]
-        layers = len(kinds)
-        return TIRPagedKVCache(
-            attn_kind=kinds if "mha_sliding" in kinds else "mha",
-            max_batch_size=max_batch_size,
-            max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size,
-            page_size=page_size,
-            support_sliding_window=support_sliding_window,
-            layer_partition=relax.ShapeExpr([0, layers]),
-            num_hidden_layers=layers,
-            num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads,
-            qk_head_dim=c.head_dim,
-            v_head_dim=c.head_dim,
-            mla_original_qk_head_dim=0,
-            mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NONE if self.rope_in_model else RopeMode.NORMAL,
-            rope_scale=1,
-            rope_theta=c.rope_theta,
-            rope_scaling={} if self.rope_in_model else c.rope_scaling,
-            rope_ext_factors=relax.prim_value(0),
-            rotary_dim=c.rotary_dim or c.head_dim,
-            enable_disaggregation=False,
-            dtype=self.dtype,
-            target=self.target,
-            layer_sliding_window_size=c.sliding_window or 1,
-        )
+        """The cache request (``llmc.models.attention``); the compiler turns it into the target's cache."""
+        sizes = (max_batch_size, max_total_seq_len, prefill_chunk_size, page_size, support_sliding_window)
+        return self.kv_cache_request().emit(*sizes)
 
     def get_default_spec(self) -> dict:
         hidden, dtype = self.config.hidden_size, self.dtype

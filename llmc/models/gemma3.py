@@ -6,7 +6,7 @@ MLP, embeddings scaled by sqrt(hidden), ``query_pre_attn_scalar`` for the attent
 alternating sliding-window / global layers whose RoPE bases differ (local ``rope_local_base_freq``,
 global ``rope_theta`` with its scaling): RoPE is applied by the module, not the KV cache.
 Gemma 2: no QK-norm, one RoPE base, every other layer sliding, and tanh soft-capping of the attention
-scores (in llmc's CPU attention kernels, so CPU targets only) and of the final logits.
+scores (``attention_softcap``: the KV cache's kernels apply it) and of the final logits.
 """
 
 from __future__ import annotations
@@ -198,13 +198,15 @@ class Gemma3Model(nn.Module):
 class Gemma3ForCausalLM(CausalLMBase):
     rope_in_model = True
 
-    def __init__(self, config: Gemma3Config, target):
+    def __init__(self, config: Gemma3Config):
         self.config = config
-        self.target = target
         self.model = Gemma3Model(config)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"
+
+    def attention_softcap(self) -> float:
+        return self.config.attn_logit_softcapping
 
     def get_logits(self, hidden: Tensor) -> Tensor:
         logits = super().get_logits(hidden)

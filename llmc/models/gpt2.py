@@ -115,9 +115,11 @@ class GPT2Model(nn.Module):
 class GPT2LMHeadModel(CausalLMBase):
     rope_in_model = True  # no RoPE at all: the KV cache must not apply one
 
-    def __init__(self, config: GPT2Config, target):
+    def rope_owner(self) -> str:
+        return "none"
+
+    def __init__(self, config: GPT2Config):
         self.config = config
-        self.target = target
         self.model = GPT2Model(config)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

@@ -33,7 +33,7 @@ from llmc.models.layers import (
     apply_rope,
     rope_inv_freq,
     rope_type,
-    silu_multiply,
+    swiglu,
 )
 from llmc.models.moe import SparseMoE
 
@@ -57,6 +57,40 @@ class LlamaConfig(ModelConfig):
     moe_layers: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class LlamaVariant:
+    """What one ``model_type`` of the Llama family changes (one line each in ``VARIANTS``)."""
+
+    # sliding windows: "config" (``layer_types`` or ``sliding_window`` in config.json), "opt-in" (only with
+    # ``use_sliding_window``), "unsupported" (refused when ``use_sliding_window``), "" (never)
+    sliding: str = ""
+    qkv_bias: bool = False  # q/k/v biases whatever ``attention_bias`` says (Qwen2)
+    qk_norm: str = ""  # see ``LlamaConfig.qk_norm``
+    post_norm: bool = False  # see ``LlamaConfig.post_norm``
+    moe: bool = False  # sparse MoE layers (``moe_fields``)
+
+
+VARIANTS: dict[str, LlamaVariant] = {
+    "llama": LlamaVariant(),
+    "qwen2": LlamaVariant(sliding="unsupported", qkv_bias=True),
+    "qwen3": LlamaVariant(sliding="opt-in", qk_norm="head"),
+    "qwen3_moe": LlamaVariant(sliding="opt-in", qk_norm="head", moe=True),
+    "mistral": LlamaVariant(sliding="config"),
+    "mixtral": LlamaVariant(sliding="config", moe=True),
+    "phi3": LlamaVariant(sliding="config"),
+    "olmo2": LlamaVariant(qk_norm="all", post_norm=True),
+}
+
+
+def _layer_types(hf: dict, variant: LlamaVariant, layers: int, source: str) -> list[str]:
+    """HF ``layer_types`` for a variant's config.json (empty: every layer full attention)."""
+    if variant.sliding == "unsupported" and hf.get("use_sliding_window"):
+        raise ConfigError(f"{source}: {hf.get('model_type')} with use_sliding_window=true is not supported yet.")
+    if variant.sliding == "config" or (variant.sliding == "opt-in" and hf.get("use_sliding_window")):
+        return sliding_layer_types(hf, layers)
+    return []
+
+
 def check_rope(rope: dict, source: str) -> str:
     kind = rope_type(rope)
     if kind not in SUPPORTED_ROPE_TYPES:
@@ -71,6 +105,7 @@ def parse_config(hf: dict, source: str) -> LlamaConfig:
     """A ``LlamaConfig`` from a config.json dict (transformers 4 and 5 layouts)."""
     required_ints(hf, source, REQUIRED_FIELDS)
     model_type = hf.get("model_type", "llama")
+    variant = VARIANTS.get(model_type, VARIANTS["llama"])
     rope_theta, rope = rope_settings(hf)
     kind = check_rope(rope, source)
     rope_scaling = {"rope_type": kind, **{k: v for k, v in rope.items() if k != "rope_type"}}
@@ -80,11 +115,7 @@ def parse_config(hf: dict, source: str) -> LlamaConfig:
         rope_scaling = {"rope_type": "llama3", **{k: float(rope[k]) for k in ROPE_KEYS["llama3"]}}
     heads = hf["num_attention_heads"]
     layers = hf["num_hidden_layers"]
-    if model_type == "qwen2" and hf.get("use_sliding_window"):
-        raise ConfigError(f"{source}: Qwen2 with use_sliding_window=true is not supported yet.")
-    layer_types = sliding_layer_types(hf, layers) if model_type in SLIDING_TYPES else []
-    if model_type in ("qwen3", "qwen3_moe") and not hf.get("use_sliding_window"):
-        layer_types = []
+    layer_types = _layer_types(hf, variant, layers, source)
     bias = bool(hf.get("attention_bias", False))
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     partial = float(rope.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) or 1.0)
@@ -108,25 +139,20 @@ def parse_config(hf: dict, source: str) -> LlamaConfig:
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        attention_bias=bias or model_type == "qwen2",
+        attention_bias=bias or variant.qkv_bias,
         o_proj_bias=bias,
         mlp_bias=bool(hf.get("mlp_bias", False)),
         max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
         layer_types=layer_types if any(t == "sliding_attention" for t in layer_types) else [],
         sliding_window=int(hf.get("sliding_window") or 0) if layer_types else 0,
-        qk_norm={"qwen3": "head", "qwen3_moe": "head", "olmo2": "all"}.get(model_type, ""),
-        post_norm=model_type == "olmo2",
-        **moe_fields(hf, model_type, layers, source),
+        qk_norm=variant.qk_norm,
+        post_norm=variant.post_norm,
+        **(moe_fields(hf, model_type, layers, source) if variant.moe else {}),
     )
 
 
-SLIDING_TYPES = ("mistral", "mixtral", "qwen3", "qwen3_moe", "phi3")
-
-
 def moe_fields(hf: dict, model_type: str, layers: int, source: str) -> dict:
-    """The sparse-MoE fields of a Mixtral or Qwen3-MoE config.json (empty for dense families)."""
-    if model_type not in ("mixtral", "qwen3_moe"):
-        return {}
+    """The sparse-MoE fields of a Mixtral or Qwen3-MoE config.json."""
     experts = hf.get("num_local_experts") or hf.get("num_experts")
     top_k = hf.get("num_experts_per_tok")
     if not isinstance(experts, int) or not isinstance(top_k, int) or not 0 < top_k <= experts:
@@ -159,11 +185,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate_up = self.gate_up_proj(x)
-        if getattr(self, "fast_silu", False):  # CPUs, float32 (set by LlamaForCausalLM)
-            return self.down_proj(silu_multiply(gate_up, gate_up.shape[-1] // 2))
-        gate, up = op.split(gate_up, 2, axis=-1)
-        return self.down_proj(op.silu(gate) * up)
+        return self.down_proj(swiglu(self.gate_up_proj(x)))
 
 
 class LlamaAttention(nn.Module):
@@ -236,12 +258,9 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(CausalLMBase):
-    def __init__(self, config: LlamaConfig, target):
+    def __init__(self, config: LlamaConfig):
         self.config = config
-        self.target = target  # the paged KV cache's kernels depend on the target
         self.model = LlamaModel(config)
-        for layer in self.model.layers:
-            layer.mlp.fast_silu = target.kind.name == "llvm"
         kind = rope_type(config.rope_scaling)
         if kind not in IN_CACHE_ROPE_TYPES:
             self.rope_in_model = True

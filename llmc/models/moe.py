@@ -21,8 +21,8 @@ from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
-from llmc.models.layers import silu_multiply
-from llmc.models.moe_sort import combine_sorted, gather_assignments, sort_by_expert
+from llmc.kernels.moe_sort import combine_sorted, gather_assignments, sort_by_expert
+from llmc.models.layers import swiglu
 
 
 class ExpertWeights(nn.Module):
@@ -170,19 +170,13 @@ class Experts(nn.Module):
     def has_grouped(self) -> bool:
         return self.gate_up_proj.has_grouped() and self.down_proj.has_grouped()
 
-    def activation(self, gate_up: Tensor, fast_silu: bool) -> Tensor:
-        if fast_silu:
-            return silu_multiply(gate_up, self.inter)
-        gate, up = op.split(gate_up, 2, axis=-1)
-        return op.silu(gate) * up
-
-    def forward(self, x: Tensor, expert_ids: Tensor, fast_silu: bool) -> Tensor:
+    def forward(self, x: Tensor, expert_ids: Tensor) -> Tensor:
         """Gathered: ``[n, top_k, hidden]`` outputs, each (token, choice) reading its expert's rows."""
-        return self.down_proj(self.activation(self.gate_up_proj(x, expert_ids), fast_silu), expert_ids)
+        return self.down_proj(swiglu(self.gate_up_proj(x, expert_ids)), expert_ids)
 
-    def grouped(self, x: Tensor, indptr: Tensor, fast_silu: bool) -> Tensor:
+    def grouped(self, x: Tensor, indptr: Tensor) -> Tensor:
         """Grouped: expert-major rows in, expert-major ``[n * top_k, hidden]`` out."""
-        return self.down_proj.grouped(self.activation(self.gate_up_proj.grouped(x, indptr), fast_silu), indptr)
+        return self.down_proj.grouped(swiglu(self.gate_up_proj.grouped(x, indptr)), indptr)
 
 
 class SparseMoE(nn.Module):
@@ -192,7 +186,6 @@ class SparseMoE(nn.Module):
         self.top_k, self.renormalize, self.num_experts = top_k, renormalize, experts
         self.gate = Router(hidden, experts)
         self.experts = Experts(experts, hidden, inter)
-        self.fast_silu = False  # set by the model on CPUs (float32)
 
     def forward(self, x: Tensor) -> Tensor:
         b, s, hidden = x.shape
@@ -202,8 +195,8 @@ class SparseMoE(nn.Module):
         weights = routing_weights(probs, expert_ids, self.renormalize)
         if self.experts.has_grouped():  # sort the assignments by expert; each expert's tiles decoded once
             order, indptr, slot = sort_by_expert(expert_ids, self.num_experts)
-            sorted_out = self.experts.grouped(gather_assignments(flat, order, self.top_k), indptr, self.fast_silu)
+            sorted_out = self.experts.grouped(gather_assignments(flat, order, self.top_k), indptr)
             out = combine_sorted(sorted_out, slot, weights)
         else:
-            out = combine_experts(self.experts(flat, expert_ids, self.fast_silu), weights)
+            out = combine_experts(self.experts(flat, expert_ids), weights)
         return op.reshape(out, (b, s, hidden))

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 
 from tvm.script import tirx as T
 
-from llmc.models.layers import EXP2_TAYLOR
+from llmc.kernels.cpu_silu import EXP2_TAYLOR
 
 CHUNK = 16
 LOG2E = math.log2(math.e)
@@ -43,7 +43,7 @@ NEG_INIT = -5e4  # TVM's initial running max (its merge_state expects the same f
 
 
 def _exp2(x, lanes: int):
-    """``2**x`` for a float32 vector with ``x <= 0``: the vector form of ``llmc.models.layers.fast_exp``
+    """``2**x`` for a float32 vector with ``x <= 0``: the vector form of ``llmc.kernels.cpu_silu.fast_exp``
     (LLVM has no vector exp2 without a vector math library)."""
     x = T.max(x, T.broadcast(T.float32(-126), lanes))
     n = T.nearbyint(x)
