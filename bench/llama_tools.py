@@ -70,11 +70,11 @@ def _source(root: Path) -> Path:
     return out
 
 
-def tools(build: bool = True, jobs: int = 2) -> dict[str, Path]:
-    """{tool name: binary path}; builds the tools first when they are missing and ``build`` is set."""
+def tools(build: bool = True, jobs: int = 2, need: tuple[str, ...] = TOOLS) -> dict[str, Path]:
+    """{tool name: binary path} for the ``need`` tools; builds those missing first when ``build`` is set."""
     flags = build_flags()
     root = build_dir(flags)
-    binaries = {name: root / "build" / "bin" / name for name in TOOLS}
+    binaries = {name: root / "build" / "bin" / name for name in need}
     if all(path.exists() for path in binaries.values()):
         return binaries
     if not build:
@@ -84,7 +84,7 @@ def tools(build: bool = True, jobs: int = 2) -> dict[str, Path]:
     print(f"building llama.cpp {VERSION} tools in {root} ({' '.join(flags)})", flush=True)
     subprocess.run(["cmake", "-S", str(src), "-B", str(root / "build"), *flags], check=True)
     subprocess.run(
-        ["cmake", "--build", str(root / "build"), "--config", "Release", f"-j{jobs}", "--target", *TOOLS],
+        ["cmake", "--build", str(root / "build"), "--config", "Release", f"-j{jobs}", "--target", *need],
         check=True,
     )
     (root / "flags.json").write_text(json.dumps({"version": VERSION, "cmake_flags": flags}, indent=2) + "\n")

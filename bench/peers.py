@@ -219,7 +219,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown --models {sorted(unknown)}")
 
-    binaries = tools()
+    binaries = tools(need=("llama-bench", "llama-perplexity", "llama-quantize", "llama-tokenize"))
     files = model_files(keys, binaries["llama-quantize"])
     stats = {name: weight_stats(path) for name, path in files.items()}
     artifacts: dict[str, Path] = {}

@@ -290,7 +290,7 @@ def main() -> None:
         port = free_port()
         systems[f"llama-server {kind} --parallel {args.parallel}"] = bench_server(
             "llama-server",
-            [str(tools()["llama-server"]), "-m", str(gguf), "--parallel", str(args.parallel), "--cont-batching",
+            [str(tools(need=("llama-server",))["llama-server"]), "-m", str(gguf), "--parallel", str(args.parallel), "--cont-batching",
              "-c", str(args.parallel * args.slot_context), "-t", "2", "-tb", "2", "--host", "127.0.0.1",
              "--port", str(port), "-a", "model"],
             f"http://127.0.0.1:{port}",
