@@ -288,9 +288,10 @@ def main() -> None:
 
         args.llama_build = recorded_flags()
         port = free_port()
+        server = tools(need=("llama-server",))["llama-server"]
         systems[f"llama-server {kind} --parallel {args.parallel}"] = bench_server(
             "llama-server",
-            [str(tools(need=("llama-server",))["llama-server"]), "-m", str(gguf), "--parallel", str(args.parallel), "--cont-batching",
+            [str(server), "-m", str(gguf), "--parallel", str(args.parallel), "--cont-batching",
              "-c", str(args.parallel * args.slot_context), "-t", "2", "-tb", "2", "--host", "127.0.0.1",
              "--port", str(port), "-a", "model"],
             f"http://127.0.0.1:{port}",
