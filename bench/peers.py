@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--llama-repeats", type=int, default=1, help="llama-bench -r per round")
     parser.add_argument("--no-depth", action="store_true", help="skip llama-bench's tg after a prompt-len context")
     parser.add_argument("--no-perplexity", action="store_true")
+    parser.add_argument("--ppl-models", help="perplexity on these of --models only [default: all of them]")
     parser.add_argument("--no-speed", action="store_true", help="perplexity only")
     parser.add_argument("--rebuild", action="store_true", help="recompile the llmc artifacts")
     args = parser.parse_args()
@@ -241,7 +242,10 @@ def main() -> None:
 
     perplexities: dict[str, dict] = {}
     if not args.no_perplexity:
-        for name, path in files.items():
+        ppl_keys = set((args.ppl_models or args.models).split(","))
+        for key, (name, path) in zip([k for k in MODEL_KEYS if k in keys], files.items()):
+            if key not in ppl_keys:
+                continue
             entry: dict = {"file": path.name}
             try:
                 entry["llama.cpp"] = llama_perplexity(binaries["llama-perplexity"], path, 512)
