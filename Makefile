@@ -62,7 +62,7 @@ test-all: install-test
 
 # the wheel carries llmc's data: pip wheel, a fresh virtualenv (dependencies from the index), llmc run elsewhere
 test-wheel: install-test
-	$(PY) -m pytest -q tests/test_wheel.py
+	$(PY) -m pytest -q --run index tests/test_wheel.py
 
 install-bench: $(VENV)/.installed-bench
 

@@ -26,6 +26,7 @@ RESOURCES = {
     "mobile": "every OpenCL kernel on PoCL: make test-mobile",
     "real_models": "real GGUF models from PyPI: make test-models-real / make test-keep-real",
     "builds": "every family or GGUF for every GPU target: make test-models-builds / make test-keep-targets",
+    "index": "the wheel installed with its dependencies from the package index (~4 min): make test-wheel",
 }
 
 

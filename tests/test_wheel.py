@@ -1,8 +1,8 @@
 """The wheel carries llmc's data (presets, app templates, web page): built with ``pip wheel``, installed into
 a fresh virtualenv (dependencies from the package index) and run from a folder outside the checkout.
 
-About a minute once pip's cache holds the dependencies (the first run downloads apache-tvm), so it runs in
-``make test``; ``make test-wheel`` runs it alone, ``-m "not index"`` leaves it out (no package index at hand).
+About a minute once pip's cache holds the dependencies (the first run downloads apache-tvm; ~4 minutes on a
+busy 2-core machine): ``make test-wheel`` runs it (``--run index``), ``make test-all`` too; not the default run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.index  # pip installs the wheel's dependencies: -m "not index" leaves it out
+pytestmark = pytest.mark.index  # pip installs the wheel's dependencies: `--run index` (make test-wheel)
 
 
 def _run(command: list, cwd: Path, timeout: int = 1800) -> str:
