@@ -68,10 +68,8 @@ def _quantize(source: Path, out: Path, ftype: int) -> Path:
     return out
 
 
-def smollm2_files() -> dict[str, Path]:
-    """{"Q4_1": shipped, "F32": dequantized, "Q4_0": ..., "Q8_0": ...}; made once, then cached."""
-    import llama_cpp
-
+def _smollm2_f32() -> tuple[Path, str, Path]:
+    """The shipped Q4_1 file, its cache tag, and its F32 copy (written once) that other formats start from."""
     shipped = smollm2_q4_1()
     BENCH_CACHE.mkdir(parents=True, exist_ok=True)
     tag = hashlib.sha256(f"{shipped}:{shipped.stat().st_size}".encode()).hexdigest()[:8]
@@ -79,6 +77,14 @@ def smollm2_files() -> dict[str, Path]:
     if not f32.exists():
         print(f"writing {f32} (dequantized {shipped.name})", flush=True)
         write_f32_gguf(shipped, f32)
+    return shipped, tag, f32
+
+
+def smollm2_files() -> dict[str, Path]:
+    """{"Q4_1": shipped, "F32": dequantized, "Q4_0": ..., "Q8_0": ...}; made once, then cached."""
+    import llama_cpp
+
+    shipped, tag, f32 = _smollm2_f32()
     files = {"Q4_1": shipped, "F32": f32}
     for name, ftype in (("Q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0), ("Q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0)):
         out = BENCH_CACHE / f"smollm2-135m-{tag}-{name.lower()}.gguf"
@@ -92,13 +98,7 @@ def smollm2_files() -> dict[str, Path]:
 def smollm2_requantized(quantize: Path) -> dict[str, Path]:
     """{"Q4_1": shipped, "Q4_0": ..., "Q8_0": ...}: the F32 file of the same weights quantized by llama.cpp's own
     ``llama-quantize`` binary (bench/llama_tools.py), for machines without llama-cpp-python; cached."""
-    shipped = smollm2_q4_1()
-    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
-    tag = hashlib.sha256(f"{shipped}:{shipped.stat().st_size}".encode()).hexdigest()[:8]
-    f32 = BENCH_CACHE / f"smollm2-135m-{tag}-f32.gguf"
-    if not f32.exists():
-        print(f"writing {f32} (dequantized {shipped.name})", flush=True)
-        write_f32_gguf(shipped, f32)
+    shipped, tag, f32 = _smollm2_f32()
     files = {"Q4_1": shipped}
     for name in ("Q4_0", "Q8_0"):
         out = BENCH_CACHE / f"smollm2-135m-{tag}-{name.lower()}.gguf"
