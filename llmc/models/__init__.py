@@ -8,11 +8,12 @@ Families take no target and choose no kernels: ``llmc.kernels.dispatch`` does, a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmc.errors import ConfigError
-from llmc.models import gemma3, gpt2, llama
+from llmc.models import gemma3, gpt2, llama, olmo2
 from llmc.models.base import GGUFSpec, ModelConfig
 
 
@@ -29,8 +30,16 @@ class ModelFamily:
     gguf: GGUFSpec | None = None
 
 
-def _llama(name: str, features: str, gguf: GGUFSpec | None = None, weights=llama.weight_sources) -> ModelFamily:
-    return ModelFamily(name, llama.LlamaConfig, llama.parse_config, llama.LlamaForCausalLM, weights, features, gguf)
+def _llama(
+    name: str,
+    features: str,
+    gguf: GGUFSpec | None = None,
+    weights=llama.weight_sources,
+    variant: llama.LlamaVariant | None = None,
+) -> ModelFamily:
+    """A Llama-shaped family; ``variant``: its switches when they live in a family file of their own."""
+    parse = functools.partial(llama.parse_config, variant=variant) if variant else llama.parse_config
+    return ModelFamily(name, llama.LlamaConfig, parse, llama.LlamaForCausalLM, weights, features, gguf)
 
 
 def _gemma(name: str) -> ModelFamily:
@@ -65,7 +74,7 @@ MODELS: dict[str, ModelFamily] = {
         f"sparse MoE (softmax top-k routing, norm_topk_prob), dense mlp_only_layers, QK-norm, {ROPE}",
         llama.GGUF_QWEN3_MOE,
     ),
-    "olmo2": _llama("olmo2", f"norms after attention/MLP, QK-norm over all heads, {ROPE}"),
+    "olmo2": _llama("olmo2", f"{olmo2.FEATURES}, {ROPE}", variant=olmo2.VARIANT),
     "gemma2": _gemma("gemma2"),
     "gemma3_text": _gemma("gemma3_text"),
     "gpt2": ModelFamily(

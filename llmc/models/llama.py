@@ -59,7 +59,8 @@ class LlamaConfig(ModelConfig):
 
 @dataclass(frozen=True)
 class LlamaVariant:
-    """What one ``model_type`` of the Llama family changes (one line each in ``VARIANTS``)."""
+    """What one ``model_type`` of the Llama family changes (one line each in ``VARIANTS``, or a family file of
+    its own that the registry passes to ``parse_config``, as ``olmo2.py`` does)."""
 
     # sliding windows: "config" (``layer_types`` or ``sliding_window`` in config.json), "opt-in" (only with
     # ``use_sliding_window``), "unsupported" (refused when ``use_sliding_window``), "" (never)
@@ -78,7 +79,6 @@ VARIANTS: dict[str, LlamaVariant] = {
     "mistral": LlamaVariant(sliding="config"),
     "mixtral": LlamaVariant(sliding="config", moe=True),
     "phi3": LlamaVariant(sliding="config"),
-    "olmo2": LlamaVariant(qk_norm="all", post_norm=True),
 }
 
 
@@ -101,11 +101,12 @@ def check_rope(rope: dict, source: str) -> str:
     return kind
 
 
-def parse_config(hf: dict, source: str) -> LlamaConfig:
-    """A ``LlamaConfig`` from a config.json dict (transformers 4 and 5 layouts)."""
+def parse_config(hf: dict, source: str, variant: LlamaVariant | None = None) -> LlamaConfig:
+    """A ``LlamaConfig`` from a config.json dict (transformers 4 and 5 layouts); ``variant``: what the
+    ``model_type`` changes (default: its ``VARIANTS`` line)."""
     required_ints(hf, source, REQUIRED_FIELDS)
     model_type = hf.get("model_type", "llama")
-    variant = VARIANTS.get(model_type, VARIANTS["llama"])
+    variant = variant or VARIANTS.get(model_type, VARIANTS["llama"])
     rope_theta, rope = rope_settings(hf)
     kind = check_rope(rope, source)
     rope_scaling = {"rope_type": kind, **{k: v for k, v in rope.items() if k != "rope_type"}}

@@ -1,0 +1,11 @@
+"""OLMo 2 (AllenAI): the Llama block with its norms after attention and after the MLP (post-norm) and an
+RMSNorm over all heads' queries and keys (QK-norm before the head split). A family file of its own: the
+Llama module already has both switches, so the family is its variant and the registry line names it.
+"""
+
+from __future__ import annotations
+
+from llmc.models.llama import LlamaVariant
+
+VARIANT = LlamaVariant(qk_norm="all", post_norm=True)
+FEATURES = "norms after attention/MLP, QK-norm over all heads"
