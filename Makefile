@@ -45,8 +45,9 @@ demo: install
 test-tools: install-test
 	-$(MAKE) --no-print-directory install-mobile install-package install-vulkan
 
+# a worker per core (pytest-xdist), each test file on one worker so its fixtures are built once
 test: install-test test-tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 # --quant keep: the tiny mixed-format GGUF compiled for every GPU target (minutes per target)
 test-keep-targets: install-test

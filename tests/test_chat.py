@@ -112,8 +112,8 @@ def test_ctrl_c_stops_the_answer_then_twice_at_the_prompt_exits_0(serving_artifa
     chat.wait_for(lambda: chat.out.count(b">>> ") == 3, timeout=60)
     chat.interrupt()  # at the prompt: a hint
     chat.wait_for(lambda: b"Ctrl-C again" in chat.err)
-    chat.interrupt()  # twice: quit
-    assert chat.proc.wait(timeout=30) == 0, bytes(chat.err)
+    chat.interrupt()  # twice: quit (a hang guard, not a timing: 30 s ran out once on a machine at load 8)
+    assert chat.proc.wait(timeout=90) == 0, bytes(chat.err)
     assert b"Traceback" not in chat.err and b"interrupted" not in chat.err
 
 
