@@ -161,13 +161,17 @@ test-vulkan: install-test install-vulkan
 	$(PY) -m pytest -q --run vulkan tests/test_vulkan.py tests/test_wgsl_kernels.py
 
 # --target webgpu: Debian's emscripten links the .wasm; TVM's web runtime (from the wheel's sources) is built
-# once into ~/.cache/llmc/web; web/node_modules holds TVM's JS runtime (@mlc-ai/web-runtime) for the page and
-# playwright-core, which drives Debian's chromium (WebGPU on SwiftShader) in the browser test
+# once into ~/.cache/llmc/web; TVM's JS runtime (@mlc-ai/web-runtime) for the page into ~/.cache/llmc/web-runtime
+# (what `llmc package --web` copies); web/node_modules holds playwright-core, which drives Debian's chromium
+# (WebGPU on SwiftShader) in the browser test
 WEB_APT := emscripten chromium $(NODE_APT)
+WEB_RUNTIME_DIR ?= $(HOME)/.cache/llmc/web-runtime
 
 install-web: install
 	$(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y $(WEB_APT) || \
 		($(SUDO) apt-get update && $(SUDO) apt-get -o DPkg::Lock::Timeout=600 install -y $(WEB_APT))
+	mkdir -p $(WEB_RUNTIME_DIR)
+	npm install --prefix $(WEB_RUNTIME_DIR) --no-audit --no-fund @mlc-ai/web-runtime@0.27.0-dev0
 	npm install --prefix web --no-audit --no-fund
 	$(PY) -m llmc.compiler.web
 

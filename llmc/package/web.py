@@ -2,7 +2,7 @@
 
 The folder holds the artifact (``llmc-config.json``, the .wasm, tensor cache, tokenizer), the page
 from ``llmc/templates/web`` and TVM's JS runtime (``tvmjs.bundle.js``, from the npm package
-``@mlc-ai/web-runtime`` that ``make install-web`` installs under ``web/node_modules``). Serve it
+``@mlc-ai/web-runtime`` that ``make install-web`` installs under ``~/.cache/llmc/web-runtime``). Serve it
 over http(s) and open ``index.html`` in a browser with WebGPU.
 """
 
@@ -20,18 +20,24 @@ from llmc.assets import TEMPLATES_DIR
 from llmc.errors import ArtifactError, LlmcError
 
 TEMPLATE = TEMPLATES_DIR / "web"
-# make install-web's npm packages, in the source checkout of an editable install (else: $LLMC_TVMJS)
-TVMJS = Path(__file__).resolve().parents[2] / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
+# TVM's JS runtime, which `make install-web` installs with npm into a cache folder (as naga and the emcc objects are)
+WEB_RUNTIME_VERSION = "0.27.0-dev0"
+WEB_RUNTIME_DIR = Path(os.environ.get("LLMC_WEB_RUNTIME_DIR", Path.home() / ".cache" / "llmc" / "web-runtime"))
+TVMJS_IN_PACKAGE = Path("node_modules") / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 PAGE_FILES = ("llmc.js", "tokenizer.js")
 WEB_CONFIG = "llmc-web.json"  # the page's settings: chat format, browser-cache scope of the weights
 DEFAULT_PROMPT = "Once upon a time"
 
 
 def find_tvmjs() -> Path:
-    """TVM's JS runtime (UMD build): ``$LLMC_TVMJS`` or the npm package under ``web/node_modules``."""
-    path = Path(os.environ.get("LLMC_TVMJS") or TVMJS)
+    """TVM's JS runtime (UMD build): ``$LLMC_TVMJS``, else the npm package under ``$LLMC_WEB_RUNTIME_DIR``
+    (default ``~/.cache/llmc/web-runtime``)."""
+    path = Path(os.environ.get("LLMC_TVMJS") or WEB_RUNTIME_DIR / TVMJS_IN_PACKAGE)
     if not path.is_file():
-        raise LlmcError(f"{path}: TVM's JS runtime (@mlc-ai/web-runtime) is missing. Run `make install-web`.")
+        raise LlmcError(
+            f"{path}: TVM's JS runtime (@mlc-ai/web-runtime@{WEB_RUNTIME_VERSION}) is missing. Run `make install-web` "
+            f"(or `npm install --prefix {WEB_RUNTIME_DIR} @mlc-ai/web-runtime@{WEB_RUNTIME_VERSION}`)."
+        )
     return path
 
 

@@ -117,7 +117,9 @@ def target_isa(target) -> str | None:
     """The best integer-dot instruction set of an LLVM x86 target, or None (no integer path)."""
     from tvm.target import codegen
 
-    if target.kind.name != "llvm" or not str(target.attrs.get("mtriple", "x86_64")).startswith("x86_64"):
+    from llmc.compiler.cpu import is_x86_cpu_target
+
+    if not is_x86_cpu_target(target):  # a target without mtriple is the host's: x86 or not, as the host is
         return None
     features = {
         "avx512vnni": ("avx512vnni", "avx512bw", "avx512f"),
