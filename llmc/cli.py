@@ -130,6 +130,12 @@ def main(ctx: click.Context, verbose: bool) -> None:
     "in integers (AVX512-VNNI/AVX-VNNI/AVX2, as llama.cpp does); float dequantizes weights to float32 "
     "and keeps TVM's own attention and SiLU kernels (exact, slower: the reference path).",
 )
+@click.option(
+    "--embedding",
+    is_flag=True,
+    help="Also export the final hidden states (last-token pooling, L2-normalized), for `llmc serve`'s "
+    "/v1/embeddings: decoder embedding models such as Qwen3-Embedding.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(
     model,
@@ -146,6 +152,7 @@ def compile(
     random_weights,
     system_lib_prefix,
     cpu_matmul,
+    embedding,
     quiet,
 ):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
@@ -179,6 +186,7 @@ def compile(
         random_weights=random_weights,
         system_lib_prefix=system_lib_prefix,
         cpu_matmul=cpu_matmul,
+        embedding=embedding,
     )
     out_dir = compile_model(model, options)  # a failed compile leaves no dist/ behind
     click.echo(f"wrote {out_dir}")

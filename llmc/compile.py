@@ -177,6 +177,7 @@ def _compile(model: str, options: CompileOptions) -> Path:
                 "params": [name for name, _ in named_params],
                 "opt_level": options.opt_level,
                 "static_plan_bytes": static_plan,
+                "embedding": plan.embedding,  # batch_hidden exported: /v1/embeddings
             },
         )
         write_build_info(tmp, {"compile_seconds": round(time.time() - started, 2)})  # outside the identity

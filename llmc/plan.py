@@ -43,6 +43,7 @@ class CompileOptions:
     opt_level: int = 2  # llmc.compiler.pipeline: O0 (no fusion/schedules) .. O3 (+ CUDA graphs)
     system_lib_prefix: str | None = None  # phone targets: symbol prefix [default: from model name + quant]
     cpu_matmul: str = "int8"  # x86 CPUs: "int8" (integer dot products, llmc.quant.int_dot) or "float" (exact)
+    embedding: bool = False  # also export batch_hidden: `llmc serve`'s /v1/embeddings (last-token pooling)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class ModelPlan:
     quantized: set[str] = field(default_factory=set)
     dtype: str | None = None  # compute dtype, set by module(): float32 on CPUs
     isa: str | None = None  # CPU integer-dot instruction set, set by module(); None: float path
+    embedding: bool = False  # the module also exports batch_hidden (CompileOptions.embedding)
 
     def compute_dtype(self, target, portable: bool = False) -> str:
         """The scheme's dtype for a weights folder (``portable``), else what ``target`` computes in."""
@@ -66,6 +68,7 @@ class ModelPlan:
         module = self.family.module_class(self.config)
         if not self.int_dot:  # the reference path: TVM's own kernels throughout
             module.use_tvm_cpu_kernels()
+        module.export_hidden = self.embedding
         dtype = self.compute_dtype(target, portable)
         if dtype != "float32":
             module.to(dtype)
@@ -113,7 +116,9 @@ def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOp
     apply_sizes(config, options, source.preset)
     scheme = get_quant(options.quant or default_quant(source))
     scheme = scheme.prepare(reader, family.weight_sources(config), source.path)  # keep, encoders: per checkpoint
-    return ModelPlan(family, config, scheme, options.quantize_embeddings, _int_dot(options))
+    plan = ModelPlan(family, config, scheme, options.quantize_embeddings, _int_dot(options))
+    plan.embedding = options.embedding
+    return plan
 
 
 def default_quant(source: ResolvedSource) -> str:
@@ -159,4 +164,5 @@ def plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan,
         stored.get("quantize_embeddings", True),
         _int_dot(options),
     )
+    plan.embedding = options.embedding
     return plan, stored

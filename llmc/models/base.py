@@ -139,6 +139,8 @@ class CausalLMBase(nn.Module):
     # a build option for the compiler's kernel dispatch, never read by the model: llmc's CPU attention/RoPE/SiLU
     # kernels on CPU targets (True), or TVM's own (reference builds, ``--cpu-matmul float``)
     cpu_kernels: bool = True
+    # a build option: also export ``batch_hidden`` (the final hidden state at given positions: embeddings)
+    export_hidden: bool = False
 
     def use_tvm_cpu_kernels(self) -> None:
         """Reference builds (``--cpu-matmul float``): TVM's own kernels for attention, RoPE and SiLU."""
@@ -216,6 +218,12 @@ class CausalLMBase(nn.Module):
         hidden = gather_rows(op.reshape(hidden, (hidden.shape[1], hidden.shape[2])), logit_positions)
         return self.get_logits(op.reshape(hidden, (1, hidden.shape[0], hidden.shape[1]))), paged_kv_cache
 
+    def batch_hidden(self, input_embeds: Tensor, hidden_positions: Tensor, paged_kv_cache: PagedKVCache):
+        """``batch_prefill`` without the head: the final (normed) hidden state at each position, float32."""
+        hidden = self.model(input_embeds, paged_kv_cache)
+        hidden = gather_rows(op.reshape(hidden, (hidden.shape[1], hidden.shape[2])), hidden_positions)
+        return (hidden.astype("float32") if hidden.dtype != "float32" else hidden), paged_kv_cache
+
     def batch_decode(self, input_embeds: Tensor, paged_kv_cache: PagedKVCache):
         return self.get_logits(self.model(input_embeds, paged_kv_cache)), paged_kv_cache
 
@@ -238,7 +246,7 @@ class CausalLMBase(nn.Module):
         hidden, dtype = self.config.hidden_size, self.dtype
         packed = {"param_mode": "packed", "effect_mode": "none"}
         kv = nn.spec.Object(object_type=PagedKVCache)
-        return {
+        spec = {
             "embed": {"input_ids": nn.spec.Tensor(["seq_len"], "int32"), "$": packed},
             "prefill": {
                 "input_embed": nn.spec.Tensor([1, "seq_len", hidden], dtype),
@@ -271,6 +279,14 @@ class CausalLMBase(nn.Module):
                 "$": {"param_mode": "none", "effect_mode": "none"},
             },
         }
+        if self.export_hidden:  # last: the other functions' kernel names stay as they are
+            spec["batch_hidden"] = {
+                "input_embeds": nn.spec.Tensor([1, "seq_len", hidden], dtype),
+                "hidden_positions": nn.spec.Tensor(["batch_size"], "int32"),
+                "paged_kv_cache": kv,
+                "$": packed,
+            }
+        return spec
 
     def symbolic_upper_bounds(self) -> dict[str, int]:
         """Upper bounds of the symbolic dims, so memory can be planned statically."""

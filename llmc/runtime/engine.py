@@ -289,6 +289,30 @@ class Engine:
         self._fed_tokens(seq_ids, lengths)
         return logits.numpy()[0]
 
+    @property
+    def has_embedding(self) -> bool:
+        """The library exports ``batch_hidden`` (compiled with ``--embedding``)."""
+        return bool(self.config.get("embedding"))
+
+    def batch_hidden(self, seq_ids: list[int], prompts: list[list[int]]) -> np.ndarray:
+        """``batch_prefill`` that returns each prompt's last final hidden state; (n, hidden), float32."""
+        if not self.has_embedding:
+            raise GenerationError(f"{self.folder}: compiled without --embedding; recompile with it for embeddings.")
+        lengths = [len(p) for p in prompts]
+        if sum(lengths) > self.prefill_chunk:
+            raise GenerationError(f"batch of {sum(lengths)} tokens exceeds the prefill chunk {self.prefill_chunk}.")
+        for seq_id, length in zip(seq_ids, lengths):
+            self._check_room(seq_id, length)
+        positions = np.cumsum(lengths).astype("int32") - 1
+        flat = [t for p in prompts for t in p]
+        self._kv_begin(self.kv_cache, ShapeTuple(seq_ids), ShapeTuple(lengths))
+        hidden, self.kv_cache = self.vm["batch_hidden"](
+            self._embed(flat, 1, len(flat)), tvm.runtime.tensor(positions, self.device), self.kv_cache, self.params
+        )
+        self._kv_end(self.kv_cache)
+        self._fed_tokens(seq_ids, lengths)
+        return hidden.numpy()
+
     def batch_decode(self, seq_ids: list[int], token_ids: list[int]) -> np.ndarray:
         """One new token for each sequence; (n, vocab)."""
         if len(seq_ids) > self.max_batch_size:

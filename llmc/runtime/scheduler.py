@@ -25,6 +25,7 @@ import tvm
 from llmc.artifact import read_config
 from llmc.errors import GenerationError
 from llmc.memory import PAGE_SIZE, kv_tokens_per_sequence
+from llmc.runtime import embeddings
 from llmc.runtime.engine import Engine
 from llmc.runtime.sampling import Sampler, TokenLogprob
 from llmc.runtime.textstream import OutputText
@@ -88,6 +89,17 @@ class Request:
                 return
 
 
+class EmbeddingJob:
+    """Inputs to embed; the scheduler fills ``vectors`` (or ``error``) between two steps, then sets ``done``."""
+
+    def __init__(self, prompts: list[list[int]], peak_pages: int):
+        self.prompts = prompts
+        self.peak_pages = peak_pages  # the most KV pages its inputs hold at once
+        self.vectors: np.ndarray | None = None
+        self.error: str | None = None
+        self.done = threading.Event()
+
+
 @dataclass
 class EngineStats:
     """Counters since start; ``metrics`` renders them."""
@@ -99,6 +111,7 @@ class EngineStats:
     prefill_calls: int = 0
     decode_calls: int = 0
     decode_batch_sizes: Counter = field(default_factory=Counter)
+    embedded_inputs: int = 0
 
 
 @dataclass
@@ -148,6 +161,7 @@ class ServingEngine:
         self.total_pages = int(self._available_pages(self.engine.kv_cache))
         self._ids = itertools.count(1)
         self._waiting: deque[Request] = deque()
+        self._embedding_jobs: deque[EmbeddingJob] = deque()
         self._running: list[Request] = []
         self._cache: OrderedDict[int, _CachedPrefix] = OrderedDict()  # LRU order
         self._wake = threading.Condition()
@@ -186,6 +200,29 @@ class ServingEngine:
             self._wake.notify()
         return request
 
+    def submit_embedding(self, prompts: list[list[int]]) -> EmbeddingJob:
+        """Queue inputs to embed (``--embedding`` artifacts); the caller waits on ``job.done``."""
+        if not self.engine.has_embedding:
+            raise GenerationError("this model was compiled without --embedding; recompile with it for embeddings.")
+        if not prompts or any(not p for p in prompts):
+            raise GenerationError("an input is empty.")
+        longest = max(len(p) for p in prompts)
+        if longest > self.context_window:
+            raise GenerationError(f"an input is {longest} tokens but the context window is {self.context_window}.")
+        chunk, most = self.engine.prefill_chunk, self.engine.max_batch_size
+        peak = max(
+            sum(embeddings.pages_for(prompts[i]) for i in group) for group in embeddings.groups(prompts, chunk, most)
+        )
+        job = EmbeddingJob(prompts, peak)
+        with self._wake:
+            if self._stopping:
+                raise ShuttingDownError("the server is shutting down.")
+            if len(self._embedding_jobs) >= self.max_queue:
+                raise QueueFullError(f"{len(self._embedding_jobs)} embedding requests are already waiting.")
+            self._embedding_jobs.append(job)
+            self._wake.notify()
+        return job
+
     def cancel(self, request: Request) -> None:
         request.cancel()
         with self._wake:
@@ -202,6 +239,10 @@ class ServingEngine:
         for request in list(self._waiting) + list(self._running):
             request.cancel()
         with self._wake:
+            for job in self._embedding_jobs:
+                job.error = "the server is shutting down."
+                job.done.set()
+            self._embedding_jobs.clear()
             self._wake.notify()
         self._thread.join(timeout=30)
 
@@ -209,9 +250,9 @@ class ServingEngine:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._running and not self._waiting and not self._stopping:
+                while not self._running and not self._waiting and not self._embedding_jobs and not self._stopping:
                     self._wake.wait()
-                if self._stopping and not self._running and not self._waiting:
+                if self._stopping and not self._running and not self._waiting and not self._embedding_jobs:
                     return
             try:
                 self._step()
@@ -224,6 +265,7 @@ class ServingEngine:
                 time.sleep(0.005)  # cancelled waiters are dropped on the next step
 
     def _step(self) -> None:
+        self._embed_one()
         self._admit()
         for request in [r for r in self._running if r.cancelled]:
             self._finish(request, "cancelled")
@@ -235,6 +277,25 @@ class ServingEngine:
             self.stats.decode_batch_sizes[len(decoding)] += 1
             for request, row in zip(decoding, logits):
                 self._emit(request, row)
+
+    def _embed_one(self) -> None:
+        """Run the oldest embedding job between two steps, when its inputs' pages fit beside the running ones."""
+        with self._wake:
+            if not self._embedding_jobs:
+                return
+            job = self._embedding_jobs[0]
+            while self._cache and self._reserved_pages() + job.peak_pages > self.total_pages:
+                self._evict()
+            if self._reserved_pages() + job.peak_pages > self.total_pages:
+                return  # a running sequence must finish first
+            self._embedding_jobs.popleft()
+        try:
+            job.vectors = embeddings.embed(self.engine, job.prompts, lambda: next(self._ids))
+            self.stats.embedded_inputs += len(job.prompts)
+        except Exception as err:  # noqa: BLE001 - the request fails, the engine goes on
+            job.error = f"{err.__class__.__name__}: {err}" if not isinstance(err, GenerationError) else str(err)
+        finally:
+            job.done.set()
 
     def _decode(self, seq_ids: list[int], tokens: list[int]) -> np.ndarray:
         """A lone sequence runs ``decode`` (faster at batch 1, and the kernels ``llmc run`` uses: CPU int8

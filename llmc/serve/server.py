@@ -20,6 +20,7 @@ from pathlib import Path
 from llmc.errors import GenerationError, LlmcError
 from llmc.runtime.sampling import Sampler
 from llmc.runtime.scheduler import QueueFullError, Request, ServingEngine, ShuttingDownError
+from llmc.serve.embeddings_api import embedding_answer, parse_embedding
 from llmc.serve.grammar import GrammarFactory
 from llmc.serve.metrics import ServerMetrics
 from llmc.serve.protocol import APIError, GenerationSpec, parse_generation, parse_json
@@ -32,6 +33,7 @@ ROUTES = {
     ("GET", "/v1/models"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
 }
 
 
@@ -147,9 +149,49 @@ class Handler(BaseHTTPRequestHandler):
     def _v1_completions(self) -> int:
         return self._generate(chat=False)
 
-    # ------------------------------------------------------------------ generation
-    def _generate(self, chat: bool) -> int:
+    def _v1_embeddings(self) -> None:
         body = self._read_body()
+        self._check_model(body)
+        spec = parse_embedding(body)
+        engine = self.server.engine
+        if not engine.engine.has_embedding:
+            raise APIError(
+                400,
+                "this model was compiled without --embedding: recompile it with `llmc compile ... --embedding` "
+                "to serve /v1/embeddings.",
+                param="model",
+                code="embeddings_not_supported",
+            )
+        vocab = engine.engine.vocab_size
+        prompts = []
+        for item in spec.inputs:
+            ids = engine.tokenizer.encode(item) if isinstance(item, str) else item
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1}).", param="input")
+            if len(ids) > engine.context_window:
+                raise APIError(
+                    400,
+                    f"an input is {len(ids)} tokens; this model's context window is {engine.context_window}.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+            prompts.append(ids)
+        try:
+            job = engine.submit_embedding(prompts)
+        except QueueFullError as err:
+            raise APIError(429, f"the server is busy: {err}", code="queue_full") from err
+        except ShuttingDownError as err:
+            raise APIError(503, str(err), code="shutting_down") from err
+        except GenerationError as err:
+            raise APIError(400, str(err), param="input") from err
+        job.done.wait()
+        if job.error is not None:
+            raise APIError(500, f"embedding failed: {job.error}", code="internal_error")
+        tokens = sum(len(p) for p in prompts)
+        self._send_json(200, embedding_answer(spec, job.vectors, self.server.model_name, tokens))
+
+    def _check_model(self, body: dict) -> None:
         model = body.get("model")
         if model is not None and model not in self.server.model_names:
             raise APIError(
@@ -158,6 +200,11 @@ class Handler(BaseHTTPRequestHandler):
                 param="model",
                 code="model_not_found",
             )
+
+    # ------------------------------------------------------------------ generation
+    def _generate(self, chat: bool) -> int:
+        body = self._read_body()
+        self._check_model(body)
         spec = parse_generation(body, chat)
         request = self._make_request(spec)
         engine = self.server.engine
