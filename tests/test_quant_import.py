@@ -93,12 +93,13 @@ def gptq_tensors(bits: int, sym: bool, v1: bool):
     return write
 
 
-def fp8_tensors(block: tuple[int, int] | None, scale_name: str):
-    """e4m3 weights (round to nearest) with a float32 scale per block (None: per tensor), amax -> 448."""
+def fp8_tensors(block: tuple[int, int] | str | None, scale_name: str):
+    """e4m3 weights (round to nearest) with a float32 scale per block, per output channel ("channel", stored
+    ``[out, 1]``) or per tensor (None), amax -> 448."""
 
     def write(base: str, weight: np.ndarray) -> tuple[dict, np.ndarray]:
         rows, cols = weight.shape
-        br, bc = block or (rows, cols)
+        br, bc = (1, cols) if block == "channel" else block or (rows, cols)
         amax = np.abs(weight.reshape(rows // br, br, cols // bc, bc)).max(axis=(1, 3))
         scale = (amax / 448).astype(np.float32)
         expanded = np.repeat(np.repeat(scale, br, 0), bc, 1)
@@ -112,7 +113,8 @@ def fp8_tensors(block: tuple[int, int] | None, scale_name: str):
     return write
 
 
-METHOD = {"awq": "awq", "gptq4": "gptq", "gptq8": "gptq", "fp8": "fp8", "fp8_tensor": "fp8"}  # llmc's scheme
+# llmc's scheme for each written format
+METHOD = {"awq": "awq", "gptq4": "gptq", "gptq8": "gptq", "fp8": "fp8", "fp8_channel": "fp8", "fp8_tensor": "fp8"}
 FORMATS = {
     "awq": (
         awq_tensors,
@@ -130,6 +132,7 @@ FORMATS = {
         fp8_tensors((32, 32), "weight_scale_inv"),
         {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [32, 32]},
     ),
+    "fp8_channel": (fp8_tensors("channel", "weight_scale"), {"quant_method": "fbgemm_fp8"}),
     "fp8_tensor": (
         fp8_tensors(None, "weight_scale"),
         {
@@ -387,8 +390,10 @@ def test_bad_quantization_config_is_one_line(fmt, patch, needles, quantized, tmp
 
 
 def test_act_order_is_refused_naming_the_tensor(quantized, tmp_path):
-    folder, _ = quantized("gptq4", {"desc_act": True}, label="gptq4-act-order")
     from safetensors.numpy import load_file, save_file
+
+    folder, _ = quantized("gptq4", {"desc_act": True}, label="gptq4-act-order")
+    assert plan_model(str(folder), CompileOptions()).scheme.name == "gptq"  # desc_act, but g_idx in order
 
     tensors = load_file(folder / "model.safetensors")
     name = "model.layers.1.mlp.down_proj.g_idx"
