@@ -75,7 +75,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
     "--quant",
     "-q",
     default=None,
-    help="Quantization scheme (`llmc quants`) [default: keep for a GGUF file, a weights folder's own, else q0f32].",
+    help="Quantization scheme (`llmc quants`) [default: keep for a GGUF file, a weights folder's own, an AWQ/GPTQ/fp8 "
+    "checkpoint's own (awq, gptq, fp8), else q0f32].",
 )
 @click.option("--fp-embeddings", is_flag=True, help="Keep the embedding and lm_head in full precision.")
 @click.option(

@@ -22,7 +22,7 @@ from llmc.checkpoint import open_checkpoint
 from llmc.compiler.tvm_errors import tvm_build_errors
 from llmc.errors import ConfigError
 from llmc.interrupts import interrupt_flag
-from llmc.plan import CompileOptions, ModelPlan, default_quant, plan_from_config, plan_from_weights, plan_model
+from llmc.plan import CompileOptions, ModelPlan, plan_from_config, plan_from_weights, plan_model
 from llmc.quant import get_quant
 from llmc.source import resolve
 from llmc.weights import (
@@ -58,14 +58,15 @@ def quantize_model(model: str, options: CompileOptions) -> Path:
     from llmc.compiler.targets import get_target
 
     source = resolve(model)
-    scheme = get_quant(options.quant or default_quant(source))
+    if options.quant:
+        get_quant(options.quant)  # an unknown name fails first
     if source.format == "llmc":
         raise ConfigError(f"{source.path}: already converted weights; quantize the original checkpoint instead.")
     reader = open_checkpoint(source)
     plan = plan_from_config(reader.config, source, options, reader)
     target = get_target("llvm").tvm_target()  # any target: only the module's parameter list is used
     plan.module(target, portable=True)
-    out_dir = options.output or default_output(model, scheme.name, None)
+    out_dir = options.output or default_output(model, plan.scheme.name, None)
     with interrupt_flag(), disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
         write_config(tmp, {**write_weights(source, reader, plan, target, tmp, options.quiet), "stage": "weights"})
     return Path(out_dir)

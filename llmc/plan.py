@@ -13,6 +13,7 @@ from pathlib import Path
 from llmc.artifact import read_config
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.config_checks import check_hf_config, check_model_config
+from llmc.checkpoint.quant_config import stored_method
 from llmc.errors import ConfigError
 from llmc.models import MODELS, ModelFamily, family_for
 from llmc.models.base import ModelConfig
@@ -107,23 +108,27 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
 
 def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions, reader=None) -> ModelPlan:
     """The plan for a model's ``config.json`` (dict): family, parsed config with sizes, scheme
-    (``--quant keep``, the default for GGUF files: bound to ``reader``'s tensor formats)."""
+    (``--quant keep``, the default for GGUF files, and ``awq``/``gptq``/``fp8``, the defaults for such
+    checkpoints: bound to ``reader``'s tensor formats)."""
     label = str(source.path / "config.json") if source.format == "hf" else str(source.path)
     check_hf_config(hf_config, label)
     family = family_for(hf_config, str(source.path))
     config = family.parse_config(hf_config, str(source.path))
     check_model_config(config, label)
     apply_sizes(config, options, source.preset)
-    scheme = get_quant(options.quant or default_quant(source))
+    scheme = get_quant(options.quant or default_quant(source, hf_config))
     scheme = scheme.prepare(reader, family.weight_sources(config), source.path)  # keep, encoders: per checkpoint
     plan = ModelPlan(family, config, scheme, options.quantize_embeddings, _int_dot(options))
     plan.embedding = options.embedding
     return plan
 
 
-def default_quant(source: ResolvedSource) -> str:
-    """``keep`` for GGUF files (their own formats, lossless), else q0f32."""
-    return KEEP_QUANT if source.format == "gguf" else DEFAULT_QUANT
+def default_quant(source: ResolvedSource, hf_config: dict | None = None) -> str:
+    """``keep`` for GGUF files (their own formats, lossless), a pre-quantized checkpoint's own format
+    (``awq``, ``gptq``, ``fp8``: its ``quantization_config``, kept as stored), else q0f32."""
+    if source.format == "gguf":
+        return KEEP_QUANT
+    return stored_method(hf_config or {}) or DEFAULT_QUANT
 
 
 def _int_dot(options: CompileOptions) -> bool:

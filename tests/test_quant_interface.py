@@ -7,13 +7,16 @@ import ast
 import re
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 from tvm.relax.frontend import nn
 
+from llmc.checkpoint.quantized import QuantizedCheckpoint
 from llmc.quant import QUANTS, QuantScheme
 from llmc.quant.encode import encode_q8_0
 from llmc.quant.rewrite import rewrite_modules
+from llmc.quant.stored import StoredScheme
 
 LLMC = Path(__file__).resolve().parent.parent / "llmc"
 QUANT_DIR = LLMC / "quant"
@@ -131,6 +134,46 @@ class _Reader:
         return types | {f"layers.{i}.norm": ("F32", (64,)) for i in range(2)}
 
 
+class _Tensors:
+    """An in-memory safetensors reader (names, get, describe) of ``_Tiny`` stored by AWQ, GPTQ or fp8."""
+
+    CONFIGS = {
+        "awq": {"quant_method": "awq", "bits": 4, "group_size": 32, "version": "gemm"},
+        "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": False},
+        "fp8": {"quant_method": "fp8", "weight_block_size": None},
+    }
+
+    def __init__(self, method: str):
+        self.path, self.config, self.tensors = "tiny", {"quantization_config": self.CONFIGS[method]}, {}
+        rng = np.random.default_rng(0)
+
+        def words(*shape: int) -> np.ndarray:
+            return rng.integers(-(2**31), 2**31, shape).astype(np.int32)
+
+        for name, p in _Tiny().named_parameters():
+            base, shape = name.removesuffix(".weight"), tuple(int(d) for d in p.shape)
+            if name not in WEIGHTS:
+                self.tensors[name] = rng.standard_normal(shape).astype(np.float32)
+            elif method == "fp8":
+                self.tensors[name] = rng.standard_normal(shape).astype(ml_dtypes.float8_e4m3fn)
+                self.tensors[f"{base}.weight_scale_inv"] = np.ones(1, np.float32)
+            else:
+                rows, cols = shape
+                awq = method == "awq"
+                self.tensors[f"{base}.qweight"] = words(cols, rows // 8) if awq else words(cols // 8, rows)
+                self.tensors[f"{base}.qzeros"] = words(cols // 32, rows // 8)
+                self.tensors[f"{base}.scales"] = rng.random((cols // 32, rows)).astype(np.float16)
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def get(self, name: str) -> np.ndarray:
+        return self.tensors[name]
+
+    def describe(self, name: str) -> str:
+        return "tiny/model.safetensors"
+
+
 @pytest.mark.parametrize("name", list(QUANTS))
 def test_every_scheme_answers_every_hook(name):
     from tvm.target import Target
@@ -139,7 +182,9 @@ def test_every_scheme_answers_every_hook(name):
     assert isinstance(scheme, QuantScheme) and scheme.name == name
     assert isinstance(scheme.keeps_raw, bool)
     assert isinstance(scheme.bits_per_param, float)
-    bound = scheme.prepare(_Reader(), {}, "tiny.gguf")
+    # the checkpoint a scheme binds to: a GGUF file's tensor types, or a pre-quantized safetensors folder
+    reader = QuantizedCheckpoint(_Tensors(name), *_quant(name)) if isinstance(scheme, StoredScheme) else _Reader()
+    bound = scheme.prepare(reader, {}, "tiny.gguf")
     assert isinstance(bound, QuantScheme) and bound.name == name
     record = bound.record()
     assert isinstance(record, dict)
@@ -156,7 +201,9 @@ def test_every_scheme_answers_every_hook(name):
     stored_arrays = []
     for param, p in _Tiny().named_parameters():
         weight = rng.standard_normal(tuple(p.shape)).astype(np.float32)
-        if param in quantized and bound.keeps_raw:
+        if param in quantized and isinstance(reader, QuantizedCheckpoint):
+            stored_arrays += bound.convert_raw(param, [reader.get_raw(param)], False)
+        elif param in quantized and bound.keeps_raw:
             stored_arrays += bound.convert_raw(param, [("Q8_0", encode_q8_0(weight))], False)
         else:
             stored_arrays += bound.convert(param, weight, quantized, None, False)
@@ -168,6 +215,12 @@ def test_every_scheme_answers_every_hook(name):
     assert [bound.portable_name(n) for n in names] == names
     relaid = list(bound.relayout_stream(iter(stored_arrays), "float32", False))
     assert [n for n, _ in relaid] == names
+
+
+def _quant(method: str) -> tuple:
+    from llmc.checkpoint.quant_config import parse_quant_config
+
+    return parse_quant_config(_Tensors(method).config, "tiny/config.json"), "tiny/config.json"
 
 
 def test_rewrite_names_and_replaces_modules_depth_first():

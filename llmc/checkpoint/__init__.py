@@ -33,6 +33,8 @@ def open_checkpoint(source) -> CheckpointReader:
         from llmc.checkpoint.gguf_reader import GGUFCheckpoint
 
         return GGUFCheckpoint(source.path)
+    from llmc.checkpoint.quantized import open_quantized
     from llmc.checkpoint.safetensors_reader import SafetensorsCheckpoint
 
-    return SafetensorsCheckpoint(source.path)
+    # AWQ / GPTQ / fp8 checkpoints (config.json's quantization_config): quantized weights under float names
+    return open_quantized(SafetensorsCheckpoint(source.path), str(source.path / "config.json"))

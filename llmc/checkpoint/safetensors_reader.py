@@ -28,6 +28,7 @@ SAFETENSORS_DTYPES = {
     "I8": np.int8,
     "U8": np.uint8,
     "BOOL": np.bool_,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,  # fp8 checkpoints (llmc.checkpoint.quantized)
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_JSON_DEPTH = 8  # a header is {name: {dtype, shape: [...], data_offsets: [...]}}: depth 3

@@ -2,7 +2,8 @@
 
 Every scheme is a ``QuantScheme`` (``llmc.quant.scheme``: the hooks the compiler calls); the float
 schemes are plain instances, the others subclasses: ``GroupScheme`` (llmc's group quantization),
-``KeepScheme`` (a GGUF file's own formats) and ``EncodeScheme`` (llmc's encoders into GGML blocks).
+``KeepScheme`` (a GGUF file's own formats), ``EncodeScheme`` (llmc's encoders into GGML blocks) and
+``StoredScheme`` (an AWQ / GPTQ / fp8 checkpoint's own weights).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from llmc.quant.group import GroupQuant
 from llmc.quant.group_scheme import GroupScheme
 from llmc.quant.keep import KEEP
 from llmc.quant.scheme import QuantScheme
+from llmc.quant.stored import StoredScheme
 
 __all__ = ["KEEP_QUANT", "QUANTS", "QuantScheme", "get_quant"]
 
@@ -58,6 +60,15 @@ QUANTS: dict[str, QuantScheme] = {
         "float32",
         "int4 asymmetric (scale + minimum), group 32, searched, as GGML Q4_1 blocks; embedding Q8_0",
         encode_format="Q4_1",
+    ),
+    "awq": StoredScheme(
+        "awq", "float16", "an AWQ checkpoint's int4 codes, zero points and fp16 scales as stored (its default)", 4.25
+    ),
+    "gptq": StoredScheme(
+        "gptq", "float16", "a GPTQ checkpoint's int4/int8 codes, zero points and scales as stored (its default)", 4.25
+    ),
+    "fp8": StoredScheme(
+        "fp8", "float16", "an fp8 checkpoint's e4m3 weights and float32 block/channel/tensor scales (its default)", 8.0
     ),
 }
 KEEP_QUANT = "keep"  # the default for GGUF files
