@@ -60,8 +60,9 @@ def _gemma(name: str) -> ModelFamily:
 def _neox(family) -> ModelFamily:
     """A family of ``llmc.models.neox``'s module: its file holds the config reader, weight map and features."""
     name = family.__name__.rsplit(".", 1)[-1]
+    features = f"{family.FEATURES}, {ROPE}"
     return ModelFamily(
-        name, neox.NeoXConfig, family.parse_config, neox.NeoXForCausalLM, family.weight_sources, family.FEATURES
+        name, neox.NeoXConfig, family.parse_config, neox.NeoXForCausalLM, family.weight_sources, features
     )
 
 
