@@ -47,6 +47,12 @@ TINY = {
     "gemma3_text": dict(GEMMA, model_type="gemma3_text"),
     "gemma3": dict(model_type="gemma3", text_config=dict(GEMMA, model_type="gemma3_text")),
     "gpt2": dict(model_type="gpt2", vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=128),
+    # LayerNorm / parallel-block families (llmc/models/neox.py)
+    "phi": dict(BASE, model_type="phi", num_key_value_heads=4, qk_layernorm=True),
+    "gpt_neox": dict(BASE, model_type="gpt_neox", num_key_value_heads=4, rotary_pct=0.25, use_parallel_residual=False),
+    "stablelm": dict(BASE, model_type="stablelm", qk_layernorm=True, use_parallel_residual=True, use_qkv_bias=True),
+    "starcoder2": dict(BASE, model_type="starcoder2", sliding_window=16),
+    "cohere": dict(BASE, model_type="cohere", use_qk_norm=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
 }
 MODELS_DIR = Path(llmc.models.__file__).parent
 # imports that bring TIR kernels (TVMScript) or a kernel choice into a model file; TIR expressions inside TE

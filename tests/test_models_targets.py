@@ -1,11 +1,12 @@
 """Build-only checks: the families whose shape differs most from Llama compile for the GPU and phone targets.
 
-In the default run: every family but mixtral for android;
+In the default run: every family but mixtral and the LayerNorm families for android;
 ``gemma3`` (sliding-window + global layers, module-applied RoPE with two bases, QK-norm, GELU-tanh, offset
 norms) for cuda:sm_90a (through the CLI, which prepares nvcc); ``gemma3`` and ``qwen3_moe`` (top-k routing,
 gathered expert matmuls, a dense layer) for webgpu (WGSL codegen; linking the .wasm needs emcc and is
-``make test-web``'s job). ``make test-models-builds`` (``--run builds``, ~3 min) adds
-cuda:sm_90a for qwen3_moe, gemma2, qwen3, phi3, olmo2, gpt2, mistral and mixtral, and mixtral for android.
+``make test-web``'s job). ``make test-models-builds`` (``--run builds``, ~10 min) adds
+cuda:sm_90a for qwen3_moe, gemma2, qwen3, phi3, olmo2, gpt2, mistral and mixtral, and mixtral for android; the
+LayerNorm families (phi, gpt_neox, stablelm, starcoder2, cohere) for both.
 q4f16_1 throughout. ``make test-vulkan`` runs Qwen3-MoE's GPU kernels on lavapipe.
 """
 
@@ -22,6 +23,7 @@ import pytest
 LLMC = str(Path(sys.executable).parent / "llmc")
 slow_builds = pytest.mark.builds  # every family for cuda:sm_90a
 FAMILIES = ["gemma3", "qwen3_moe", "gemma2", "qwen3", "phi3", "olmo2", "gpt2", "mistral", "mixtral"]
+FAMILIES += ["phi", "gpt_neox", "stablelm", "starcoder2", "cohere"]  # LayerNorm families: make test-models-builds
 DEFAULT_CUDA = ("gemma3",)  # the others: make test-models-builds
 DEFAULT_ANDROID = ("gemma3", "qwen3_moe", "gemma2", "qwen3", "phi3", "olmo2", "gpt2", "mistral")  # + mixtral there
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmc.errors import ConfigError
-from llmc.models import gemma3, gpt2, llama, olmo2
+from llmc.models import cohere, gemma3, gpt2, gpt_neox, llama, neox, olmo2, phi, stablelm, starcoder2
 from llmc.models.base import GGUFSpec, ModelConfig
 
 
@@ -57,6 +57,15 @@ def _gemma(name: str) -> ModelFamily:
     )
 
 
+def _neox(family) -> ModelFamily:
+    """A family of ``llmc.models.neox``'s module: its file holds the config reader, weight map and features."""
+    name = family.__name__.rsplit(".", 1)[-1]
+    features = f"{family.FEATURES}, {ROPE}"
+    return ModelFamily(
+        name, neox.NeoXConfig, family.parse_config, neox.NeoXForCausalLM, family.weight_sources, features
+    )
+
+
 ROPE = "rope default/linear/dynamic/yarn/longrope/llama3"
 MODELS: dict[str, ModelFamily] = {
     "llama": _llama("llama", f"GQA, {ROPE}, tied embeddings", llama.GGUF_LLAMA),
@@ -86,6 +95,12 @@ MODELS: dict[str, ModelFamily] = {
         "LayerNorm, learned absolute positions, Conv1D weights (transposed), tied head",
     ),
     "gemma3": _gemma("gemma3"),  # the multimodal config: its text part
+    # LayerNorm / parallel-block families (llmc.models.neox's module)
+    "phi": _neox(phi),
+    "gpt_neox": _neox(gpt_neox),
+    "stablelm": _neox(stablelm),
+    "starcoder2": _neox(starcoder2),
+    "cohere": _neox(cohere),
 }
 
 

@@ -135,6 +135,29 @@ FAMILY_MODELS = {
             "original_max_position_embeddings": 32,
         },
     ),
+    # LayerNorm / parallel-block families (llmc/models/neox.py's module)
+    # Phi-2: parallel attention + GELU MLP on one norm, partial rotary 0.5 (applied by the KV cache), biases,
+    # LM-head bias; QK LayerNorm shared by the heads (Phi-2 itself has none)
+    "phi": dict(arch="PhiForCausalLM", num_attention_heads=4, qk_layernorm=True, pad_token_id=0),
+    # GPT-NeoX: parallel residual on two norms, rotary on 25% of each head, per-head fused query_key_value, exact GELU
+    "gpt_neox": dict(arch="GPTNeoXForCausalLM", num_attention_heads=4, pad_token_id=0),
+    # StableLM: sequential block, GQA, q/k/v bias, per-head QK LayerNorm, partial rotary with linear scaling
+    # (applied by the module)
+    "stablelm": dict(
+        arch="StableLmForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_qkv_bias=True,
+        qk_layernorm=True,
+        pad_token_id=0,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+    ),
+    # StarCoder2: LayerNorm, GELU MLP with biases, GQA, every layer a 32-token sliding window, tied head
+    "starcoder2": dict(arch="Starcoder2ForCausalLM", num_attention_heads=4, num_key_value_heads=2, sliding_window=32),
+    # Cohere: bias-free LayerNorm, parallel block, interleaved rotary, per-head QK-norm, logit scale, tied head
+    "cohere": dict(
+        arch="CohereForCausalLM", num_attention_heads=4, num_key_value_heads=2, use_qk_norm=True, logit_scale=0.5
+    ),
 }
 
 

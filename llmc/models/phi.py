@@ -1,0 +1,52 @@
+"""Phi-2 (``phi``; Phi-1/1.5 alike): LayerNorm with bias, partial rotary, attention and MLP in parallel on one
+shared norm, biases on every projection (``dense`` output, ``fc1``/``fc2`` GELU MLP) and on the LM head; optional
+QK LayerNorm (one over each head's dims, shared by the heads). The module is ``llmc.models.neox``'s.
+"""
+
+from __future__ import annotations
+
+from llmc.errors import ConfigError
+from llmc.models.base import WeightSource, required_ints
+from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, weight_map
+
+FEATURES = "LayerNorm, parallel attention + GELU MLP on one norm, partial rotary, biases, LM-head bias"
+REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+NAMES = HFNames(
+    embed="model.embed_tokens",
+    final_norm="model.final_layernorm",
+    o="self_attn.dense",
+    q_norm="self_attn.q_layernorm",
+    k_norm="self_attn.k_layernorm",
+    mlp=("mlp.fc1", "mlp.fc2"),
+)
+
+
+def parse_config(hf: dict, source: str) -> NeoXConfig:
+    required_ints(hf, source, REQUIRED_FIELDS)
+    if hf.get("tie_word_embeddings"):
+        raise ConfigError(f"{source}: phi with tie_word_embeddings=true is not supported (its LM head has a bias).")
+    heads = hf["num_attention_heads"]
+    return NeoXConfig(
+        model_type="phi",
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_hidden_layers=hf["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf["hidden_size"] // heads,
+        rms_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        **rope_fields(hf, source, default_partial=0.5),
+        attention_bias=True,
+        o_proj_bias=True,
+        mlp_bias=True,
+        max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+        residual="parallel",
+        gelu_tanh=gelu_kind(hf, source, "gelu_new"),
+        qk_norm="shared" if hf.get("qk_layernorm") else "",
+        lm_head_bias=True,
+    )
+
+
+def weight_sources(c: NeoXConfig) -> dict[str, WeightSource]:
+    return weight_map(c, NAMES)

@@ -1,0 +1,59 @@
+"""StableLM (``stablelm``: StableLM 2, StableLM-3B-4E1T, Zephyr): LayerNorm with bias, rotary on
+``partial_rotary_factor`` of each head, a SwiGLU MLP, optional q/k/v bias (``use_qkv_bias``), optional QK
+LayerNorm with a weight per head (``qk_layernorm``: one LayerNorm module per head in the checkpoint) and
+optional parallel attention + MLP on one norm (``use_parallel_residual``). The module is ``llmc.models.neox``'s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmc.models.base import WeightSource, required_ints
+from llmc.models.neox import HFNames, NeoXConfig, require_silu, rope_fields, weight_map
+
+FEATURES = "LayerNorm, partial rotary, SwiGLU, optional q/k/v bias, per-head QK LayerNorm, parallel residual"
+REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+NAMES = HFNames(embed="model.embed_tokens", final_norm="model.norm")
+
+
+def parse_config(hf: dict, source: str) -> NeoXConfig:
+    required_ints(hf, source, REQUIRED_FIELDS)
+    require_silu(hf, source)
+    heads = hf["num_attention_heads"]
+    return NeoXConfig(
+        model_type="stablelm",
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_hidden_layers=hf["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf["hidden_size"] // heads,
+        rms_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        **rope_fields(hf, source, default_partial=0.25),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_bias=bool(hf.get("use_qkv_bias", False)),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+        residual="parallel" if hf.get("use_parallel_residual") else "sequential",
+        mlp="swiglu",
+        qk_norm="head" if hf.get("qk_layernorm") else "",
+    )
+
+
+def weight_sources(c: NeoXConfig) -> dict[str, WeightSource]:
+    """The shared map; a QK-norm's per-head LayerNorm weights stacked into one ``[heads, head_dim]``."""
+    sources = weight_map(c, NAMES)
+    if not c.qk_norm:
+        return sources
+    d = c.head_dim
+    for i in range(c.num_hidden_layers):
+        for ours, theirs, heads in (
+            ("q_norm", "q_layernorm", c.num_attention_heads),
+            ("k_norm", "k_layernorm", c.num_key_value_heads),
+        ):
+            sources[f"model.layers.{i}.self_attn.{ours}.weight"] = WeightSource(
+                [f"model.layers.{i}.self_attn.{theirs}.norms.{h}.weight" for h in range(heads)],
+                [(d,)] * heads,
+                lambda array, heads=heads: np.ascontiguousarray(array.reshape(heads, d)),
+            )
+    return sources
