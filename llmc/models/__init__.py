@@ -13,7 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmc.errors import ConfigError
-from llmc.models import gemma3, gpt2, llama, olmo2
+from llmc.models import (
+    arcee,
+    ernie4_5,
+    exaone4,
+    gemma3,
+    glm,
+    gpt2,
+    granite,
+    internlm3,
+    llama,
+    olmo,
+    olmo2,
+    seed_oss,
+    smollm3,
+)
 from llmc.models.base import GGUFSpec, ModelConfig
 
 
@@ -86,6 +100,16 @@ MODELS: dict[str, ModelFamily] = {
         "LayerNorm, learned absolute positions, Conv1D weights (transposed), tied head",
     ),
     "gemma3": _gemma("gemma3"),  # the multimodal config: its text part
+    # Llama-shaped families: their variant in a family file of their own
+    "internlm3": _llama("internlm3", f"{internlm3.FEATURES}, {ROPE}", variant=internlm3.VARIANT),
+    "seed_oss": _llama("seed_oss", f"{seed_oss.FEATURES}, {ROPE}", variant=seed_oss.VARIANT),
+    "granite": _llama("granite", f"{granite.FEATURES}, {ROPE}", variant=granite.VARIANT),
+    "arcee": _llama("arcee", f"{arcee.FEATURES}, {ROPE}", variant=arcee.VARIANT),
+    "olmo": _llama("olmo", f"{olmo.FEATURES}, {ROPE}", variant=olmo.VARIANT),
+    "smollm3": _llama("smollm3", f"{smollm3.FEATURES}, {ROPE}", variant=smollm3.VARIANT),
+    "ernie4_5": _llama("ernie4_5", f"{ernie4_5.FEATURES}, {ROPE}", variant=ernie4_5.VARIANT),
+    "glm": _llama("glm", f"{glm.FEATURES}, {ROPE}", variant=glm.VARIANT),
+    "exaone4": _llama("exaone4", f"{exaone4.FEATURES}, {ROPE}", variant=exaone4.VARIANT),
 }
 
 
