@@ -53,6 +53,16 @@ TINY = {
     "stablelm": dict(BASE, model_type="stablelm", qk_layernorm=True, use_parallel_residual=True, use_qkv_bias=True),
     "starcoder2": dict(BASE, model_type="starcoder2", sliding_window=16),
     "cohere": dict(BASE, model_type="cohere", use_qk_norm=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    # Llama-shaped families (their own config.json key names where they have them)
+    "internlm3": dict(BASE, model_type="internlm3", qkv_bias=True, bias=True),
+    "seed_oss": dict(BASE, model_type="seed_oss", attention_bias=True, attention_out_bias=False),
+    "granite": dict(BASE, model_type="granite", embedding_multiplier=12.0, residual_multiplier=0.2, logits_scaling=8.0),
+    "arcee": dict(BASE, model_type="arcee", hidden_act="relu2"),
+    "olmo": dict(BASE, model_type="olmo", clip_qkv=8.0),
+    "smollm3": dict(BASE, model_type="smollm3", no_rope_layers=[0, 1]),
+    "ernie4_5": dict(BASE, model_type="ernie4_5", use_bias=True),
+    "glm": dict(BASE, model_type="glm", head_dim=8, partial_rotary_factor=0.5, attention_bias=True),
+    "exaone4": dict(BASE, model_type="exaone4", sliding_window=16, layer_types=["sliding_attention", "full_attention"]),
 }
 MODELS_DIR = Path(llmc.models.__file__).parent
 # imports that bring TIR kernels (TVMScript) or a kernel choice into a model file; TIR expressions inside TE
@@ -177,3 +187,32 @@ def test_dispatch_picks_kernels_by_target(target_name):
         assert "silu_multiply" not in names and "R.nn.silu" in text
         assert not any(name.endswith("_cpu") for name in names)
     assert REQUEST_FUNC not in mod["create_paged_kv_cache"].script()
+
+
+@pytest.mark.parametrize(("model_type", "ropes"), [("smollm3", ["none", "model"]), ("exaone4", ["model", "none"])])
+def test_nope_layers_get_no_rope(model_type, ropes):
+    """TVM's cache rotates every layer or none: with NoPE layers the module rotates the others itself, the
+    cache none (its RoPE is off when the first layer's is not the cache's)."""
+    family = MODELS[model_type]
+    module = family.module_class(family.parse_config(dict(TINY[model_type]), "tiny"))
+    request = module.kv_cache_request()
+    assert [spec.rope for spec in request.layers] == ropes
+    assert request.rope_scaling == {} and request.evictable_window() == 0
+    assert [layer.self_attn.rope is None for layer in module.model.layers] == [r == "none" for r in ropes]
+
+
+@pytest.mark.parametrize(
+    ("model_type", "bad", "message"),
+    [
+        ("llama", {"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported for a gated"),
+        ("arcee", {"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported for an ungated"),
+        ("smollm3", {"no_rope_layers": [1]}, "no_rope_layers must list a 0/1 flag for each of the 2 layers"),
+        ("smollm3", {"no_rope_layers": None, "no_rope_layer_interval": 0}, "no_rope_layer_interval is 0"),
+        ("granite", {"logits_scaling": 0}, "logits_scaling is 0; expected a positive number"),
+    ],
+)
+def test_llama_variant_configs_refuse_what_they_cannot_run(model_type, bad, message):
+    from llmc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"tiny {model_type}: {message}"):
+        MODELS[model_type].parse_config({**TINY[model_type], **bad}, f"tiny {model_type}")

@@ -13,7 +13,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmc.errors import ConfigError
-from llmc.models import cohere, gemma3, gpt2, gpt_neox, llama, neox, olmo2, phi, stablelm, starcoder2
+from llmc.models import (
+    arcee,
+    cohere,
+    ernie4_5,
+    exaone4,
+    gemma3,
+    glm,
+    gpt2,
+    gpt_neox,
+    granite,
+    internlm3,
+    llama,
+    neox,
+    olmo,
+    olmo2,
+    phi,
+    seed_oss,
+    smollm3,
+    stablelm,
+    starcoder2,
+)
 from llmc.models.base import GGUFSpec, ModelConfig
 
 
@@ -101,6 +121,16 @@ MODELS: dict[str, ModelFamily] = {
     "stablelm": _neox(stablelm),
     "starcoder2": _neox(starcoder2),
     "cohere": _neox(cohere),
+    # Llama-shaped families: their variant in a family file of their own
+    "internlm3": _llama("internlm3", f"{internlm3.FEATURES}, {ROPE}", variant=internlm3.VARIANT),
+    "seed_oss": _llama("seed_oss", f"{seed_oss.FEATURES}, {ROPE}", variant=seed_oss.VARIANT),
+    "granite": _llama("granite", f"{granite.FEATURES}, {ROPE}", variant=granite.VARIANT),
+    "arcee": _llama("arcee", f"{arcee.FEATURES}, {ROPE}", variant=arcee.VARIANT),
+    "olmo": _llama("olmo", f"{olmo.FEATURES}, {ROPE}", variant=olmo.VARIANT),
+    "smollm3": _llama("smollm3", f"{smollm3.FEATURES}, {ROPE}", variant=smollm3.VARIANT),
+    "ernie4_5": _llama("ernie4_5", f"{ernie4_5.FEATURES}, {ROPE}", variant=ernie4_5.VARIANT),
+    "glm": _llama("glm", f"{glm.FEATURES}, {ROPE}", variant=glm.VARIANT),
+    "exaone4": _llama("exaone4", f"{exaone4.FEATURES}, {ROPE}", variant=exaone4.VARIANT),
 }
 
 

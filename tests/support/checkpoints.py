@@ -158,6 +158,64 @@ FAMILY_MODELS = {
     "cohere": dict(
         arch="CohereForCausalLM", num_attention_heads=4, num_key_value_heads=2, use_qk_norm=True, logit_scale=0.5
     ),
+    # Llama-shaped families (LlamaVariant switches; their family files in llmc/models/)
+    # InternLM3 (run by transformers as Llama): q/k/v/o and MLP biases
+    "internlm3": dict(
+        arch="LlamaForCausalLM",
+        config_class="InternLM3Config",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        attention_bias=True,
+        mlp_bias=True,
+    ),
+    # Seed-OSS: q/k/v bias without an o_proj bias (attention_out_bias), explicit head_dim (4 x 32 != 64)
+    "seed_oss": dict(
+        arch="SeedOssForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        attention_bias=True,
+        attention_out_bias=False,
+    ),
+    # Granite: its four scales, none 1 (attention 0.1 instead of 16 ** -0.5)
+    "granite": dict(
+        arch="GraniteForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        embedding_multiplier=3.0,
+        residual_multiplier=0.5,
+        attention_multiplier=0.1,
+        logits_scaling=2.0,
+    ),
+    # Arcee: ungated ReLU^2 MLP (up_proj, down_proj)
+    "arcee": dict(arch="ArceeForCausalLM", num_attention_heads=4, num_key_value_heads=2),
+    # OLMo 1: weightless LayerNorms, q/k/v clipped at 0.8 (about one standard deviation here), q/k/v/o bias
+    "olmo": dict(
+        arch="OlmoForCausalLM", num_attention_heads=4, num_key_value_heads=2, clip_qkv=0.8, attention_bias=True
+    ),
+    # SmolLM3: layer 1 of 2 without RoPE (no_rope_layer_interval 2), tied embeddings
+    "smollm3": dict(
+        arch="SmolLM3ForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        no_rope_layer_interval=2,
+        pad_token_id=0,
+    ),
+    # Ernie 4.5: interleaved RoPE pairs, use_bias on every projection, tied embeddings
+    "ernie4_5": dict(
+        arch="Ernie4_5ForCausalLM", num_attention_heads=4, num_key_value_heads=2, head_dim=16, use_bias=True
+    ),
+    # GLM-4: partial (0.5) interleaved RoPE, q/k/v bias without o_proj bias, fused gate_up_proj
+    "glm": dict(arch="GlmForCausalLM", num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0),
+    # EXAONE 4: a 32-token sliding layer with RoPE, then a global NoPE layer; QK-norm, norms after attention/MLP
+    "exaone4": dict(
+        arch="Exaone4ForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=32,
+        sliding_window_pattern=2,
+    ),
 }
 
 

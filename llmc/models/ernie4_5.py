@@ -1,0 +1,11 @@
+"""Ernie 4.5 (Baidu, dense): the Llama block with RoPE on interleaved pairs (2i, 2i + 1) and one ``use_bias``
+for every projection. The q/k rows are reordered at conversion to the rotate-half layout, so the cache's RoPE
+computes the checkpoint's (``llama.interleaved_to_half``).
+"""
+
+from __future__ import annotations
+
+from llmc.models.llama import LlamaVariant
+
+VARIANT = LlamaVariant(aliases=(("use_bias", "attention_bias"), ("use_bias", "mlp_bias")), rope_interleaved=True)
+FEATURES = "interleaved RoPE (q/k rows reordered), use_bias on every projection"
