@@ -130,6 +130,15 @@ def main(ctx: click.Context, verbose: bool) -> None:
     "in integers (AVX512-VNNI/AVX-VNNI/AVX2, as llama.cpp does); float dequantizes weights to float32 "
     "and keeps TVM's own attention and SiLU kernels (exact, slower: the reference path).",
 )
+@click.option(
+    "--tensor-parallel-shards",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Shard the model over N workers (heads and MLP columns split, allreduce after attention and MLP), "
+    "run with TVM's disco: one process per GPU (NCCL), or per CPU shard (Gloo, through torch).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(
     model,
@@ -146,6 +155,7 @@ def compile(
     random_weights,
     system_lib_prefix,
     cpu_matmul,
+    tensor_parallel_shards,
     quiet,
 ):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
@@ -179,6 +189,7 @@ def compile(
         random_weights=random_weights,
         system_lib_prefix=system_lib_prefix,
         cpu_matmul=cpu_matmul,
+        tensor_parallel_shards=tensor_parallel_shards,
     )
     out_dir = compile_model(model, options)  # a failed compile leaves no dist/ behind
     click.echo(f"wrote {out_dir}")
