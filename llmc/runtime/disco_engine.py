@@ -155,6 +155,10 @@ class DiscoEngine:
         if session is None:
             return
         self.session = None
+        # drop every remote reference first: a DRef freed after shutdown writes to a closed worker pipe (abort)
+        self.kv_cache = self.params = self.mod = None
+        self._funcs.clear()
+        self._mod_funcs = {}
         with contextlib.suppress(Exception):
             if not self.on_gpu:
                 session.call_packed(session.get_global_func("llmc.disco.cpu_ccl_shutdown"))
