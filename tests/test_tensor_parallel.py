@@ -81,6 +81,17 @@ def test_sharded_artifact_layout(llama_tp):
             assert records[f"param_{names.index(name)}_shard-{shard + 1}-of-{SHARDS}"] == shape, name
 
 
+def test_inspect_shows_memory_per_shard(llama_tp):
+    runner = CliRunner()
+    data = json.loads(runner.invoke(main, ["inspect", str(llama_tp), "--json"]).stdout)
+    shard = data["tensor_parallel"]
+    assert shard["shards"] == SHARDS and shard["lm_head"] == "gathered"
+    assert shard["weights_bytes"] * SHARDS == data["memory"]["weights_bytes"]  # every shard the same shapes
+    assert shard["kv_cache_bytes"] * SHARDS == data["memory"]["kv_cache_bytes"]  # half the KV heads each
+    text = runner.invoke(main, ["inspect", str(llama_tp)]).stdout
+    assert "per shard: weights" in text and f"on each of {SHARDS} devices" in text, text
+
+
 def test_two_shards_match_one_shard_and_transformers(llama_engine, compiled, hf_models):
     """prefill (across a page and the prefill chunk), decode, batch prefill + batch decode, forward_all."""
     single = open_engine(compiled("llama_gqa", "q0f32"))
