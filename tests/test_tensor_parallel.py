@@ -140,6 +140,7 @@ def test_run_cli_greedy_text_equals_one_shard(llama_tp, compiled):
     assert texts[0] == texts[1] and texts[0]
 
 
+@pytest.mark.slow  # ~40 s on 2 cores: its own checkpoint, build and worker processes
 def test_moe_two_shards_match_transformers(family_checkpoints, tmp_path):
     """Qwen3-MoE (experts split by intermediate columns, router whole, a dense layer, QK-norm per head)."""
     artifact = compile_sharded(family_checkpoints["qwen3_moe"], tmp_path / "moe-tp2")
@@ -183,3 +184,15 @@ def test_unshardable_family_is_refused(family_checkpoints, tmp_path):
         compile_sharded(family_checkpoints["gpt2"], tmp_path / "out")
     with pytest.raises(ConfigError, match="over all heads"):
         compile_sharded(family_checkpoints["olmo2"], tmp_path / "out")
+
+
+def test_random_weights_are_drawn_on_each_worker(checkpoints, tmp_path):
+    """``--random-weights`` (the 70B GPU benchmark's path): no weights stored, each worker draws its shard's."""
+    artifact = compile_sharded(checkpoints["llama_gqa"], tmp_path / "random-tp2", random_weights=True)
+    config = json.loads((artifact / "llmc-config.json").read_text())
+    assert config["random_weights"] and not (artifact / "tensor-cache.json").exists()
+    with DiscoEngine(artifact, seed=1) as engine:
+        engine.add_sequence(0)
+        logits = engine.prefill(0, [5, 6, 7])
+        assert logits.shape == (engine.vocab_size,) and np.isfinite(logits).all() and np.abs(logits).max() > 0
+        assert np.isfinite(engine.decode(0, 8)).all()
