@@ -137,6 +137,15 @@ def main(ctx: click.Context, verbose: bool) -> None:
     help="Also export the final hidden states (last-token pooling, L2-normalized), for `llmc serve`'s "
     "/v1/embeddings: decoder embedding models such as Qwen3-Embedding.",
 )
+@click.option(
+    "--tensor-parallel-shards",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Shard the model over N workers (heads and MLP columns split, allreduce after attention and MLP), "
+    "run with TVM's disco: one process per GPU (NCCL), or per CPU shard (Gloo, through torch).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compile(
     model,
@@ -154,6 +163,7 @@ def compile(
     system_lib_prefix,
     cpu_matmul,
     embedding,
+    tensor_parallel_shards,
     quiet,
 ):
     """Compile MODEL into an artifact folder: weights, tokenizer, config and the model library.
@@ -188,6 +198,7 @@ def compile(
         system_lib_prefix=system_lib_prefix,
         cpu_matmul=cpu_matmul,
         embedding=embedding,
+        tensor_parallel_shards=tensor_parallel_shards,
     )
     out_dir = compile_model(model, options)  # a failed compile leaves no dist/ behind
     click.echo(f"wrote {out_dir}")

@@ -24,6 +24,7 @@ from llmc.errors import ConfigError
 from llmc.interrupts import interrupt_flag
 from llmc.plan import CompileOptions, ModelPlan, plan_from_config, plan_from_weights, plan_model
 from llmc.quant import get_quant
+from llmc.shard_weights import tensor_parallel_fields, write_sharded_weights
 from llmc.source import resolve
 from llmc.weights import (
     check_weights_match,
@@ -130,7 +131,10 @@ def _compile(model: str, options: CompileOptions) -> Path:
     else:
         reader = open_checkpoint(source)
         plan, stored = plan_from_config(reader.config, source, options, reader), None
-    mod, named_params = build_module(plan.module(target), target)
+    module = plan.module(target)
+    mod, named_params = build_module(module, target)
+    plan.config.sliding_eviction = module.config.sliding_eviction  # a tensor-parallel module has a shard's config
+    names = [name for name, _ in named_params]
     if stored is not None:
         expected = [plan.scheme.portable_name(name) for name, _ in named_params]
         check_weights_match(source.path, stored["weights"], expected)
@@ -141,6 +145,8 @@ def _compile(model: str, options: CompileOptions) -> Path:
     with interrupt_flag(), disk_errors(out_dir), atomic_output_dir(out_dir, options.force) as tmp:
         if random_weights:
             weights = describe_random_weights(source, plan, named_params)
+        elif stored is None and plan.shards > 1:
+            weights = write_sharded_weights(source, reader, plan, names, tmp, options.quiet)
         elif stored is None:
             weights = write_weights(source, reader, plan, target, tmp, options.quiet)
         else:
@@ -179,6 +185,7 @@ def _compile(model: str, options: CompileOptions) -> Path:
                 "opt_level": options.opt_level,
                 "static_plan_bytes": static_plan,
                 "embedding": plan.embedding,  # batch_hidden exported: /v1/embeddings
+                **(tensor_parallel_fields(plan, names, random_weights) if plan.shards > 1 else {}),
             },
         )
         write_build_info(tmp, {"compile_seconds": round(time.time() - started, 2)})  # outside the identity

@@ -14,6 +14,7 @@ from llmc.artifact import read_config
 from llmc.cpu_features import missing_extensions
 from llmc.errors import ArtifactError
 from llmc.memory import MIB, MemoryEstimate, estimate
+from llmc.shard_memory import per_shard_memory
 
 APP_CONFIG = Path("bundle") / "llmc-app-config.json"  # inside a folder written by `llmc package`
 
@@ -61,6 +62,19 @@ class ArtifactInspection:
             ),
             ("memory", f"{memory.total_bytes / MIB:.1f} MiB estimated on the device"),
         ]
+        shard = summary.get("tensor_parallel")
+        if shard:  # the rows above are the whole model's; each of the shards' devices holds this much
+            each = f"{shard['total_bytes'] / MIB:.1f} MiB estimated on each of {shard['shards']} devices"
+            rows[-1] = ("memory", each)
+            rows.insert(
+                -1,
+                (
+                    "shards",
+                    f"{shard['shards']} tensor-parallel (LM head {shard['lm_head']}); per shard: weights "
+                    f"{shard['weights_bytes'] / MIB:.1f} MiB, KV cache {shard['kv_cache_bytes'] / MIB:.1f} MiB, "
+                    f"activations {shard['activation_bytes'] / MIB:.1f} MiB",
+                ),
+            )
         if config.get("bits_per_param") is not None:
             rows.insert(2, ("bits/weight", f"{config['bits_per_param']:.3f} on average"))
         if config.get("tensor_groups"):  # --quant keep: the format of each tensor group
@@ -145,5 +159,6 @@ def inspect_folder(folder: Path) -> ArtifactInspection | PackageInspection:
         "static_plan_bytes": config.get("static_plan_bytes"),
         "bits_per_param": config.get("bits_per_param"),
         "tensor_groups": config.get("tensor_groups"),
+        "tensor_parallel": per_shard_memory(config, memory),
     }
     return ArtifactInspection(config, memory, summary)

@@ -14,6 +14,7 @@ from llmc.artifact import read_config
 from llmc.checkpoint import open_checkpoint
 from llmc.checkpoint.config_checks import check_hf_config, check_model_config
 from llmc.checkpoint.quant_config import stored_method
+from llmc.compiler.shard import check_shards, shard_config, shard_module
 from llmc.errors import ConfigError
 from llmc.models import MODELS, ModelFamily, family_for
 from llmc.models.base import ModelConfig
@@ -45,6 +46,7 @@ class CompileOptions:
     system_lib_prefix: str | None = None  # phone targets: symbol prefix [default: from model name + quant]
     cpu_matmul: str = "int8"  # x86 CPUs: "int8" (integer dot products, llmc.quant.int_dot) or "float" (exact)
     embedding: bool = False  # also export batch_hidden: `llmc serve`'s /v1/embeddings (last-token pooling)
+    tensor_parallel_shards: int = 1  # llmc.compiler.shard: one library that each of N disco workers runs
 
 
 @dataclass
@@ -60,13 +62,18 @@ class ModelPlan:
     dtype: str | None = None  # compute dtype, set by module(): float32 on CPUs
     isa: str | None = None  # CPU integer-dot instruction set, set by module(); None: float path
     embedding: bool = False  # the module also exports batch_hidden (CompileOptions.embedding)
+    shards: int = 1  # tensor-parallel shards (llmc.compiler.shard): the module is one shard's
 
     def compute_dtype(self, target, portable: bool = False) -> str:
         """The scheme's dtype for a weights folder (``portable``), else what ``target`` computes in."""
         return self.scheme.model_dtype if portable else self.scheme.compute_dtype(target)
 
     def float_module(self, target, portable: bool = False):
-        module = self.family.module_class(self.config)
+        if self.shards > 1:
+            module = self.family.module_class(shard_config(self.config, self.shards))
+            shard_module(module, self.shards)
+        else:
+            module = self.family.module_class(self.config)
         if not self.int_dot:  # the reference path: TVM's own kernels throughout
             module.use_tvm_cpu_kernels()
         module.export_hidden = self.embedding
@@ -118,7 +125,11 @@ def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOp
     apply_sizes(config, options, source.preset)
     scheme = get_quant(options.quant or default_quant(source, hf_config))
     scheme = scheme.prepare(reader, family.weight_sources(config), source.path)  # keep, encoders: per checkpoint
+    check_shards(family, config, options.tensor_parallel_shards, label)
+    if options.embedding and options.tensor_parallel_shards > 1:
+        raise ConfigError(f"{label}: --embedding builds run on one device; drop --tensor-parallel-shards for them.")
     plan = ModelPlan(family, config, scheme, options.quantize_embeddings, _int_dot(options))
+    plan.shards = options.tensor_parallel_shards
     plan.embedding = options.embedding
     return plan
 
@@ -147,6 +158,11 @@ def plan_model(model: str, options: CompileOptions) -> ModelPlan:
 def plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan, dict]:
     """The plan for a weights folder (``llmc quantize``'s output) and its stored ``llmc-config.json``."""
     stored = read_config(folder)
+    if options.tensor_parallel_shards != 1:
+        raise ConfigError(
+            f"{folder}: --tensor-parallel-shards cuts weights from the original checkpoint; compile that instead of "
+            "a weights folder."
+        )
     if options.quant and options.quant != stored["quantization"]:
         raise ConfigError(
             f"{folder}: holds {stored['quantization']} weights; drop --quant or pass --quant {stored['quantization']} "

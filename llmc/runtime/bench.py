@@ -16,10 +16,10 @@ from llmc.errors import GenerationError
 def bench_engine(artifact: Path, device: str | None, batch: int, prompt_len: int, gen_len: int, seed: int = 0):
     """The artifact's engine on ``device`` (default: the artifact's), its KV cache sized for the run:
     every sequence's prompt and generated tokens, plus 64 tokens of slack per sequence."""
-    from llmc.runtime.engine import Engine
+    from llmc.runtime.disco_engine import open_engine
 
     config = read_config(artifact)
-    return Engine(
+    return open_engine(
         artifact,
         device or config.get("device", "cpu"),
         max_batch_size=max(batch, 1),

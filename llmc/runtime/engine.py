@@ -104,6 +104,12 @@ class Engine:
         self.folder = Path(artifact_dir)
         self.config = read_config(self.folder)
         check_loadable_here(self.folder, self.config)
+        shards = (self.config.get("tensor_parallel") or {}).get("shards", 1)
+        if shards > 1:  # its library's collectives need disco workers, one per shard
+            raise ArtifactError(
+                f"{self.folder}: compiled for {shards} tensor-parallel shards; load it with "
+                "llmc.runtime.disco_engine.open_engine (as llmc run/chat/serve/bench do)."
+            )
         model = self.config["model"]
         self.vocab_size = model["vocab_size"]
         self.hidden_size = model["hidden_size"]
@@ -196,6 +202,14 @@ class Engine:
     def remove_sequence(self, seq_id: int) -> None:
         self._kv_remove(self.kv_cache, seq_id)
         self._fed.pop(seq_id, None)
+
+    def fork_sequence(self, parent: int, child: int, position: int) -> None:
+        """``child`` starts as ``parent``'s first ``position`` tokens (pages shared, a partial page copied)."""
+        _builtin("vm.builtin.kv_state_fork_sequence")(self.kv_cache, parent, child, position)
+
+    def available_pages(self) -> int:
+        """Free pages of the KV cache."""
+        return int(_builtin("vm.builtin.attention_kv_cache_get_num_available_pages")(self.kv_cache))
 
     def sequence_length(self, seq_id: int) -> int:
         """Tokens fed to the sequence (an evicting cache holds only the last window of them)."""

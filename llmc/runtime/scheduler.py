@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tvm
 
 from llmc.artifact import read_config
 from llmc.errors import GenerationError
 from llmc.memory import PAGE_SIZE, kv_tokens_per_sequence
 from llmc.runtime import embeddings
-from llmc.runtime.engine import Engine
+from llmc.runtime.disco_engine import open_engine
 from llmc.runtime.sampling import Sampler, TokenLogprob
 from llmc.runtime.textstream import OutputText
 from llmc.runtime.tokenizer import ArtifactTokenizer
@@ -148,7 +147,7 @@ class ServingEngine:
         # every sequence may grow to the context window, plus a page each for forks that copy a partial page
         # (an evicting cache: its sliding window)
         kv_tokens = batch * (kv_tokens_per_sequence(config) + PAGE_SIZE)
-        self.engine = Engine(artifact, device, max_batch_size=batch, kv_tokens=kv_tokens)
+        self.engine = open_engine(artifact, device, max_batch_size=batch, kv_tokens=kv_tokens)
         self.tokenizer = ArtifactTokenizer(self.engine.folder, self.engine.config["tokenizer"])
         self.max_batch = self.engine.max_batch_size
         self.max_queue = max_queue
@@ -156,9 +155,7 @@ class ServingEngine:
         # TVM forks a sliding sequence only within its attention sink (none here): no prefix forks then
         self.prefix_cache_enabled = prefix_cache and not self.engine.sliding_window
         self.stats = EngineStats()
-        self._available_pages = tvm.get_global_func("vm.builtin.attention_kv_cache_get_num_available_pages")
-        self._fork = tvm.get_global_func("vm.builtin.kv_state_fork_sequence")
-        self.total_pages = int(self._available_pages(self.engine.kv_cache))
+        self.total_pages = self.engine.available_pages()
         self._ids = itertools.count(1)
         self._waiting: deque[Request] = deque()
         self._embedding_jobs: deque[EmbeddingJob] = deque()
@@ -202,7 +199,7 @@ class ServingEngine:
 
     def submit_embedding(self, prompts: list[list[int]]) -> EmbeddingJob:
         """Queue inputs to embed (``--embedding`` artifacts); the caller waits on ``job.done``."""
-        if not self.engine.has_embedding:
+        if not getattr(self.engine, "has_embedding", False):  # a tensor-parallel engine has none
             raise GenerationError("this model was compiled without --embedding; recompile with it for embeddings.")
         if not prompts or any(not p for p in prompts):
             raise GenerationError("an input is empty.")
@@ -404,7 +401,7 @@ class ServingEngine:
                 if length > shared:
                     parent, shared = entry, length
         if parent is not None:
-            self._fork(self.engine.kv_cache, parent.seq_id, request.seq_id, shared)
+            self.engine.fork_sequence(parent.seq_id, request.seq_id, shared)
             self._cache.move_to_end(parent.seq_id)
         else:
             self.engine.add_sequence(request.seq_id)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmc.errors import GenerationError
-from llmc.runtime.engine import Engine
+from llmc.runtime.disco_engine import open_engine
 from llmc.runtime.generate import GenerationResult, SamplingParams, generate
 from llmc.runtime.tokenizer import ArtifactTokenizer, StreamDecoder
 
@@ -16,7 +16,7 @@ class Session:
     """One artifact loaded for generation."""
 
     def __init__(self, artifact: str | Path, device: str = "cpu"):
-        self.engine = Engine(artifact, device)
+        self.engine = open_engine(artifact, device)  # a tensor-parallel artifact: DiscoEngine
         self.tokenizer = ArtifactTokenizer(self.engine.folder, self.engine.config["tokenizer"])
 
     def prompt_ids(self, prompt: str, chat: bool | None, system: str | None = None) -> list[int]:

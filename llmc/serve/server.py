@@ -154,7 +154,7 @@ class Handler(BaseHTTPRequestHandler):
         self._check_model(body)
         spec = parse_embedding(body)
         engine = self.server.engine
-        if not engine.engine.has_embedding:
+        if not getattr(engine.engine, "has_embedding", False):
             raise APIError(
                 400,
                 "this model was compiled without --embedding: recompile it with `llmc compile ... --embedding` "
