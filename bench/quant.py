@@ -111,7 +111,7 @@ def keep_rows(name: str, gguf: Path, window: int, tmp: Path) -> list[dict]:
     for label, quant, matmul in [("keep", "keep", "float"), ("keep", "keep", "int8"), ("q0f32", "q0f32", "float")]:
         out = tmp / f"{name}-{label}-{matmul}"
         _, seconds, rss = run_measured(
-            [LLMC, "compile", str(gguf), "--quant", quant, "--cpu-matmul", matmul, "-o", str(out), "--quiet"]
+            [LLMC, "compile", str(gguf), "--quant", quant, "--cpu-kernels", matmul, "-o", str(out), "--quiet"]
             + ["--context-window", str(window), "--prefill-chunk", str(window)]
         )
         config = json.loads((out / "llmc-config.json").read_text())
@@ -121,7 +121,7 @@ def keep_rows(name: str, gguf: Path, window: int, tmp: Path) -> list[dict]:
             {
                 "file": name,
                 "system": "llmc",
-                "scheme": f"{label} (--cpu-matmul {matmul})",
+                "scheme": f"{label} (--cpu-kernels {matmul})",
                 "bits_per_param": config["param_bytes"] * 8 / weights,
                 "weights_bytes": config["param_bytes"],
                 "gguf_tensor_bytes": tensor_bytes,

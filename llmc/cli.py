@@ -123,7 +123,9 @@ def main(ctx: click.Context, verbose: bool) -> None:
     "[default: from the model name and quant, e.g. smollm2_135m_q4f16_1_].",
 )
 @click.option(
-    "--cpu-matmul",
+    "--cpu-kernels",
+    "--cpu-matmul",  # its name before round 5
+    "cpu_kernels",
     type=click.Choice(["int8", "float"]),
     default="int8",
     show_default=True,
@@ -161,7 +163,7 @@ def compile(
     opt,
     random_weights,
     system_lib_prefix,
-    cpu_matmul,
+    cpu_kernels,
     embedding,
     tensor_parallel_shards,
     quiet,
@@ -196,7 +198,7 @@ def compile(
         opt_level=int(opt[1]),
         random_weights=random_weights,
         system_lib_prefix=system_lib_prefix,
-        cpu_matmul=cpu_matmul,
+        cpu_kernels=cpu_kernels,
         embedding=embedding,
         tensor_parallel_shards=tensor_parallel_shards,
     )

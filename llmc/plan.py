@@ -44,7 +44,7 @@ class CompileOptions:
     debug_dump: Path | None = None
     opt_level: int = 2  # llmc.compiler.pipeline: O0 (no fusion/schedules) .. O3 (+ CUDA graphs)
     system_lib_prefix: str | None = None  # phone targets: symbol prefix [default: from model name + quant]
-    cpu_matmul: str = "int8"  # x86 CPUs: "int8" (integer dot products, llmc.quant.int_dot) or "float" (exact)
+    cpu_kernels: str = "int8"  # x86 CPUs: "int8" (integer dot products, llmc.quant.int_dot) or "float" (exact)
     embedding: bool = False  # also export batch_hidden: `llmc serve`'s /v1/embeddings (last-token pooling)
     tensor_parallel_shards: int = 1  # llmc.compiler.shard: one library that each of N disco workers runs
 
@@ -57,7 +57,7 @@ class ModelPlan:
     config: ModelConfig
     scheme: QuantScheme
     quantize_embeddings: bool
-    int_dot: bool = True  # llmc's CPU kernels (integer matmuls, attention, SiLU) where the target allows
+    cpu_kernels: bool = True  # llmc's CPU kernels (integer matmuls, attention, SiLU) where the target allows
     quantized: set[str] = field(default_factory=set)
     dtype: str | None = None  # compute dtype, set by module(): float32 on CPUs
     isa: str | None = None  # CPU integer-dot instruction set, set by module(); None: float path
@@ -74,7 +74,7 @@ class ModelPlan:
             shard_module(module, self.shards)
         else:
             module = self.family.module_class(self.config)
-        if not self.int_dot:  # the reference path: TVM's own kernels throughout
+        if not self.cpu_kernels:  # the reference path: TVM's own kernels throughout
             module.use_tvm_cpu_kernels()
         module.export_hidden = self.embedding
         dtype = self.compute_dtype(target, portable)
@@ -89,7 +89,7 @@ class ModelPlan:
         """
         module = self.float_module(target, portable)
         self.dtype = self.compute_dtype(target, portable)
-        self.isa = None if portable or not self.int_dot else self.scheme.int_dot_isa(target)
+        self.isa = None if portable or not self.cpu_kernels else self.scheme.int_dot_isa(target)
         self.quantized = self.scheme.quantize_module(module, self.quantize_embeddings, self.isa, self.dtype)
         return module
 
@@ -128,7 +128,7 @@ def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOp
     check_shards(family, config, options.tensor_parallel_shards, label)
     if options.embedding and options.tensor_parallel_shards > 1:
         raise ConfigError(f"{label}: --embedding builds run on one device; drop --tensor-parallel-shards for them.")
-    plan = ModelPlan(family, config, scheme, options.quantize_embeddings, _int_dot(options))
+    plan = ModelPlan(family, config, scheme, options.quantize_embeddings, _cpu_kernels(options))
     plan.shards = options.tensor_parallel_shards
     plan.embedding = options.embedding
     return plan
@@ -142,10 +142,10 @@ def default_quant(source: ResolvedSource, hf_config: dict | None = None) -> str:
     return stored_method(hf_config or {}) or DEFAULT_QUANT
 
 
-def _int_dot(options: CompileOptions) -> bool:
-    if options.cpu_matmul not in ("int8", "float"):
-        raise ConfigError(f"--cpu-matmul {options.cpu_matmul!r}: use int8 or float.")
-    return options.cpu_matmul == "int8"
+def _cpu_kernels(options: CompileOptions) -> bool:
+    if options.cpu_kernels not in ("int8", "float"):
+        raise ConfigError(f"--cpu-kernels {options.cpu_kernels!r}: use int8 or float.")
+    return options.cpu_kernels == "int8"
 
 
 def plan_model(model: str, options: CompileOptions) -> ModelPlan:
@@ -183,7 +183,7 @@ def plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan,
         config,
         scheme,
         stored.get("quantize_embeddings", True),
-        _int_dot(options),
+        _cpu_kernels(options),
     )
     plan.embedding = options.embedding
     return plan, stored

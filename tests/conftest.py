@@ -102,21 +102,21 @@ def compiled(checkpoints, family_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     cache: dict[tuple[str, str, str], Path] = {}
 
-    def get(name: str, quant: str = "q0f32", target: str = "llvm", cpu_matmul: str = "int8") -> Path:
-        """``cpu_matmul="float"``: the CPU reference path (the GPU builds' float kernels and layout)."""
-        key = (name, quant, target, cpu_matmul)
+    def get(name: str, quant: str = "q0f32", target: str = "llvm", cpu_kernels: str = "int8") -> Path:
+        """``cpu_kernels="float"``: the CPU reference path (the GPU builds' float kernels and layout)."""
+        key = (name, quant, target, cpu_kernels)
         if key not in cache:
             source = checkpoints[name] if name in checkpoints else family_checkpoints[name]
             folder = f"{name}-{quant}" if target == "llvm" else f"{name}-{quant}-{target}"
             options = CompileOptions(
                 target=target,
                 quant=quant,
-                output=root / (folder if cpu_matmul == "int8" else f"{folder}-float"),
+                output=root / (folder if cpu_kernels == "int8" else f"{folder}-float"),
                 quiet=True,
                 context_window=TINY_CONTEXT_WINDOW,
                 prefill_chunk=TINY_PREFILL_CHUNK,
                 max_batch_size=4,
-                cpu_matmul=cpu_matmul,
+                cpu_kernels=cpu_kernels,
             )
             cache[key] = compile_model(str(source), options)
         return cache[key]

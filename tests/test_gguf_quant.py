@@ -190,7 +190,11 @@ def mixed_gguf(tmp_path_factory) -> Path:
 def mixed_builds(mixed_gguf, tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed-builds")
     builds = {}
-    for label, quant, cpu_matmul in [("q0f32", "q0f32", "float"), ("keep", None, "float"), ("keep-int8", None, "int8")]:
+    for label, quant, cpu_kernels in [
+        ("q0f32", "q0f32", "float"),
+        ("keep", None, "float"),
+        ("keep-int8", None, "int8"),
+    ]:
         options = CompileOptions(
             quant=quant,
             output=root / label,
@@ -198,7 +202,7 @@ def mixed_builds(mixed_gguf, tmp_path_factory):
             context_window=TINY_CONTEXT_WINDOW,
             prefill_chunk=TINY_PREFILL_CHUNK,
             max_batch_size=2,
-            cpu_matmul=cpu_matmul,
+            cpu_kernels=cpu_kernels,
         )
         builds[label] = compile_model(str(mixed_gguf), options)
     return builds
@@ -380,7 +384,7 @@ def test_real_gguf_keep_perplexity_matches_q0f32_and_llama_cpp(tmp_path):
         options = CompileOptions(
             quant=quant, output=tmp_path / quant, quiet=True, context_window=window, prefill_chunk=window
         )
-        options.cpu_matmul = "float"  # keep: the exact decode path; the int8 path rounds activations
+        options.cpu_kernels = "float"  # keep: the exact decode path; the int8 path rounds activations
         artifact = compile_model(str(gguf_path), options)
         session = Session(artifact)
         ids = ids or session.tokenizer.encode(read_text(None)[0])

@@ -150,7 +150,7 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
                 weight.copy_(torch.from_numpy(round_trip(weight.numpy().T).T.copy()))
             else:  # Linear layers and the token embedding
                 weight.copy_(torch.from_numpy(round_trip(weight.numpy())))
-    engine = Engine(compiled(name, "q4f16_1", cpu_matmul="float"))
+    engine = Engine(compiled(name, "q4f16_1", cpu_kernels="float"))
     for seq_id, length in enumerate(PROMPT_LENGTHS):
         ids = random_ids(engine.vocab_size, length, seed=50 + seq_id)
         engine.add_sequence(seq_id)
@@ -294,7 +294,7 @@ def test_moe_gguf_keep_decodes_expert_blocks_like_gguf_py(family_checkpoints, tm
     for quant, cpu in (("keep", "float"), ("keep", "int8"), ("q0f32", "float")):
         options = CompileOptions(
             quant=quant, output=tmp_path / f"{quant}-{cpu}", quiet=True, context_window=128, prefill_chunk=16,
-            cpu_matmul=cpu,
+            cpu_kernels=cpu,
         )  # fmt: skip
         engine = Engine(compile_model(str(gguf_file), options))
         engine.add_sequence(0)
@@ -322,7 +322,7 @@ def test_moe_experts_on_the_cpu_integer_layout(compiled):
     """The default CPU build stores expert stacks in the integer-path layout (as every matrix of the
     artifact) and decodes them in the gathered matmul: close to the float-layout build (the dense
     matmuls' int8 activations are the only difference)."""
-    engines = {cpu: Engine(compiled("qwen3_moe", "q4f16_1", cpu_matmul=cpu)) for cpu in ("int8", "float")}
+    engines = {cpu: Engine(compiled("qwen3_moe", "q4f16_1", cpu_kernels=cpu)) for cpu in ("int8", "float")}
     ids = random_ids(engines["float"].vocab_size, PROMPT_LENGTHS[1], seed=9)
     logits = {}
     for cpu, engine in engines.items():

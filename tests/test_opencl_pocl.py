@@ -49,7 +49,7 @@ def scheduled_module(checkpoint, preset: str, stop_before: str) -> tuple[tvm.IRM
         target=preset, quant=QUANT, context_window=TINY_CONTEXT_WINDOW, prefill_chunk=TINY_PREFILL_CHUNK
     )
     plan = plan_model(str(checkpoint), options)
-    plan.int_dot = False  # the llvm reference: the same float kernels (and layout) as the GPU build
+    plan.cpu_kernels = False  # the llvm reference: the same float kernels (and layout) as the GPU build
     target = get_target(preset).tvm_target()
     mod, _ = build_module(plan.module(target), target)
     with target:

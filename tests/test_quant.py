@@ -85,7 +85,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_builds(trained, tmp_path_factory):
-    """``quant``: the exact float path (``--cpu-matmul float``); ``quant-int8``: the CPU integer path."""
+    """``quant``: the exact float path (``--cpu-kernels float``); ``quant-int8``: the CPU integer path."""
     root = tmp_path_factory.mktemp("quant-builds")
     builds = [(quant, "float") for quant in ["q0f32", *GROUP_SCHEMES]] + [(q, "int8") for q in INT_DOT_SCHEMES]
     return {
@@ -97,7 +97,7 @@ def trained_builds(trained, tmp_path_factory):
                 quiet=True,
                 context_window=64,
                 prefill_chunk=64,
-                cpu_matmul=path,
+                cpu_kernels=path,
             ),
         )
         for quant, path in builds
@@ -183,7 +183,7 @@ def test_no_kernel_writes_a_dequantized_weight(trained):
 
     config = llama.parse_config(json.loads((trained / "config.json").read_text()), "tiny")
     config.context_window, config.prefill_chunk = 64, 32
-    plan = ModelPlan(llama_family(), config, get_quant("q4f16_1"), True, int_dot=False)  # the float path
+    plan = ModelPlan(llama_family(), config, get_quant("q4f16_1"), True, cpu_kernels=False)  # the float path
     target = get_target("llvm").tvm_target()
     mod, _ = build_module(plan.module(target), target)
     lowered = make_pipeline(target)(mod)
@@ -236,7 +236,7 @@ def test_quantize_command_then_compile_reuses_weights(quant, trained, trained_bu
     sizes = ["--quiet", "--context-window", "64", "--prefill-chunk", "64"]
     for path, reference in (("float", quant), ("int8", f"{quant}-int8")):
         out = tmp_path / f"compiled-{path}"
-        result = CliRunner().invoke(main, ["compile", str(weights), "-o", str(out), "--cpu-matmul", path, *sizes])
+        result = CliRunner().invoke(main, ["compile", str(weights), "-o", str(out), "--cpu-kernels", path, *sizes])
         assert result.exit_code == 0, result.output
         linked = os.stat(out / "params_shard_0.bin").st_ino == os.stat(weights / "params_shard_0.bin").st_ino
         assert linked == (path == "float" and quant == "q4f32_1")

@@ -231,7 +231,7 @@ def llmc_logits(folder: Path, ids: list[int]) -> np.ndarray:
     return np.stack(out)
 
 
-def build(model: Path, out: Path, quant: str | None = None, cpu_matmul: str = "int8") -> Path:
+def build(model: Path, out: Path, quant: str | None = None, cpu_kernels: str = "int8") -> Path:
     options = CompileOptions(
         quant=quant,
         output=out,
@@ -239,7 +239,7 @@ def build(model: Path, out: Path, quant: str | None = None, cpu_matmul: str = "i
         context_window=TINY_CONTEXT_WINDOW,
         prefill_chunk=TINY_PREFILL_CHUNK,
         max_batch_size=2,
-        cpu_matmul=cpu_matmul,
+        cpu_kernels=cpu_kernels,
     )
     return compile_model(str(model), options)
 
@@ -329,12 +329,12 @@ DEFAULT_CASES = ("awq-float", "fp8-float")  # the others (~100 s more): make tes
     "case", [pytest.param(c, marks=[] if c in DEFAULT_CASES else [pytest.mark.slow]) for c in CASES]
 )
 def test_compiled_equals_transformers_on_dequantized_weights(case, quantized, reference, tmp_path):
-    fmt, quant, cpu_matmul, tolerance = CASES[case]
+    fmt, quant, cpu_kernels, tolerance = CASES[case]
     folder, decoded = quantized(fmt)
-    artifact = build(folder, tmp_path / case, quant, cpu_matmul)
+    artifact = build(folder, tmp_path / case, quant, cpu_kernels)
     config = json.loads((artifact / "llmc-config.json").read_text())
     assert config["quantization"] == (quant or METHOD[fmt])  # the checkpoint's own format by default
-    if cpu_matmul == "float" or fmt != "gptq4":
+    if cpu_kernels == "float" or fmt != "gptq4":
         assert config["int_dot"] is None
     if quant is None:
         assert len(config["stored_quant"]["params"]) == 2 * 4  # fused qkv, o, fused gate_up, down per layer

@@ -180,7 +180,7 @@ def test_vulkan_library_runs_tiny_model_on_lavapipe(vulkan_artifact, compiled, t
         runner = WgpuRunner() if through == "wgpu" else RawVulkanRunner()
     except Exception as e:
         pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
-    reference = Engine(compiled("llama_gqa", "q4f16_1", cpu_matmul="float"))  # the same float maths as the GPU
+    reference = Engine(compiled("llama_gqa", "q4f16_1", cpu_kernels="float"))  # the same float maths as the GPU
     artifact = shutil.copytree(vulkan_artifact, tmp_path / "vk")  # TVM reads a library path's blob once
     with VulkanLibraryEmulator(runner) as emulator:
         gpu = Engine(artifact, device="webgpu")
@@ -216,7 +216,7 @@ def test_vulkan_family_library_runs_on_lavapipe(name, compiled, tmp_path):
         runner = RawVulkanRunner()
     except Exception as e:
         pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
-    reference = Engine(compiled(name, "q4f16_1", cpu_matmul="float"))
+    reference = Engine(compiled(name, "q4f16_1", cpu_kernels="float"))
     artifact = shutil.copytree(compiled(name, "q4f16_1", "vulkan"), tmp_path / "vk")
     with VulkanLibraryEmulator(runner) as emulator:
         gpu = Engine(artifact, device="webgpu")

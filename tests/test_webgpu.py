@@ -286,7 +286,7 @@ def test_whole_model_in_headless_chromium_matches_llvm(quant, webgpu_artifact, c
     tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
     ids = tokenizer.encode(prompt).ids
     steps = 12
-    engine = Engine(compiled("llama_gqa", quant, cpu_matmul="float"))  # the float maths the browser runs
+    engine = Engine(compiled("llama_gqa", quant, cpu_kernels="float"))  # the float maths the browser runs
     engine.add_sequence(0)
     logits, expected = engine.prefill(0, ids), []
     for _ in range(steps):
@@ -350,7 +350,7 @@ def test_chat_page_two_turns_match_llmc_chat_and_second_load_uses_the_cache(webg
     from llmc.runtime.session import ChatSession
 
     max_tokens = 8
-    session = ChatSession(compiled("llama_gqa", "q0f32", cpu_matmul="float"))  # the float maths the browser runs
+    session = ChatSession(compiled("llama_gqa", "q0f32", cpu_kernels="float"))  # the float maths the browser runs
     expected = []
     for text in CHAT_TURNS:
         pieces: list[str] = []

@@ -44,7 +44,7 @@ def compile_one(preset: str, quant: str, target: str, out: Path, flags: list[str
     """`llmc compile --random-weights`; returns the wall time in seconds (reused when nothing changed)."""
     command = [*LLMC, "compile", preset, "--random-weights", "--target", target, "--quant", quant, "-o", str(out)]
     if target.startswith("llvm"):  # the GPU's weight layout and exact float maths (no int8 activations)
-        command += ["--cpu-matmul", "float"]
+        command += ["--cpu-kernels", "float"]
     record = {"command": " ".join(command + flags), "source": _source_version()}
     done = out / "compile.json"
     if (out / "llmc-config.json").exists() and done.exists():

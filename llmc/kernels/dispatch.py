@@ -121,12 +121,13 @@ def _bound_item(builder: relax.BlockBuilder, expr: relax.Expr, index: int) -> re
 
 @mutator
 class _Dispatcher(PyExprMutator):
-    """Replaces cache requests and, on CPUs with ``fast_silu``, ``silu(gate) * up`` of a gate/up split."""
+    """Replaces cache requests and, on CPUs with llmc's kernels (``cpu_kernels``), ``silu(gate) * up`` of a gate/up
+    split."""
 
     def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, cpu_kernels: bool):
         super().__init__(mod)
         self.target, self.cpu_kernels = target, cpu_kernels
-        self.fast_silu = is_cpu(target) and cpu_kernels
+        self.cpu_silu = is_cpu(target) and cpu_kernels
         self.requests: list[KVCacheRequest] = []
         self.replaced = 0  # calls replaced so far
         self.orphans: set[relax.Var] = set()  # bindings a fused SiLU may have left unused (split, items, silu)
@@ -148,7 +149,7 @@ class _Dispatcher(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: N802 - TVM's visitor name
         call = super().visit_call_(call)
-        if self.fast_silu:
+        if self.cpu_silu:
             fused = self._fused_silu(call)
             return call if fused is None else fused
         return call

@@ -137,13 +137,13 @@ class CausalLMBase(nn.Module):
     dtype: str = "float32"
     rope_in_model: bool = False  # True: the module applies RoPE itself (per-layer bases); the cache does not
     # a build option for the compiler's kernel dispatch, never read by the model: llmc's CPU attention/RoPE/SiLU
-    # kernels on CPU targets (True), or TVM's own (reference builds, ``--cpu-matmul float``)
+    # kernels on CPU targets (True), or TVM's own (reference builds, ``--cpu-kernels float``)
     cpu_kernels: bool = True
     # a build option: also export ``batch_hidden`` (the final hidden state at given positions: embeddings)
     export_hidden: bool = False
 
     def use_tvm_cpu_kernels(self) -> None:
-        """Reference builds (``--cpu-matmul float``): TVM's own kernels for attention, RoPE and SiLU."""
+        """Reference builds (``--cpu-kernels float``): TVM's own kernels for attention, RoPE and SiLU."""
         self.cpu_kernels = False
 
     def to(self, dtype: str | None = None) -> None:

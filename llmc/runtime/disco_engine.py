@@ -159,6 +159,11 @@ class DiscoEngine:
         self.kv_cache = self.params = self.mod = None
         self._funcs.clear()
         self._mod_funcs = {}
+        # the session caches its own function DRefs, each holding the session back (a cycle the garbage collector
+        # frees whenever it runs, maybe after shutdown, which aborts the process): free them while workers listen
+        for cached in ("_cache", "_import_python_module"):
+            with contextlib.suppress(AttributeError):
+                delattr(session, cached)
         with contextlib.suppress(Exception):
             if not self.on_gpu:
                 session.call_packed(session.get_global_func("llmc.disco.cpu_ccl_shutdown"))
