@@ -288,20 +288,7 @@ class Engine:
 
     def batch_prefill(self, seq_ids: list[int], prompts: list[list[int]]) -> np.ndarray:
         """Prefill several sequences in one ragged batch (total tokens <= prefill chunk); (n, vocab)."""
-        lengths = [len(p) for p in prompts]
-        if sum(lengths) > self.prefill_chunk:
-            raise GenerationError(f"batch of {sum(lengths)} tokens exceeds the prefill chunk {self.prefill_chunk}.")
-        for seq_id, length in zip(seq_ids, lengths):
-            self._check_room(seq_id, length)
-        positions = np.cumsum(lengths).astype("int32") - 1
-        flat = [t for p in prompts for t in p]
-        self._kv_begin(self.kv_cache, ShapeTuple(seq_ids), ShapeTuple(lengths))
-        logits, self.kv_cache = self.vm["batch_prefill"](
-            self._embed(flat, 1, len(flat)), tvm.runtime.tensor(positions, self.device), self.kv_cache, self.params
-        )
-        self._kv_end(self.kv_cache)
-        self._fed_tokens(seq_ids, lengths)
-        return logits.numpy()[0]
+        return self._ragged("batch_prefill", seq_ids, prompts)[0]
 
     @property
     def has_embedding(self) -> bool:
@@ -312,6 +299,10 @@ class Engine:
         """``batch_prefill`` that returns each prompt's last final hidden state; (n, hidden), float32."""
         if not self.has_embedding:
             raise GenerationError(f"{self.folder}: compiled without --embedding; recompile with it for embeddings.")
+        return self._ragged("batch_hidden", seq_ids, prompts)
+
+    def _ragged(self, function: str, seq_ids: list[int], prompts: list[list[int]]) -> np.ndarray:
+        """``function`` over the prompts as one ragged batch, at each prompt's last token."""
         lengths = [len(p) for p in prompts]
         if sum(lengths) > self.prefill_chunk:
             raise GenerationError(f"batch of {sum(lengths)} tokens exceeds the prefill chunk {self.prefill_chunk}.")
@@ -320,12 +311,12 @@ class Engine:
         positions = np.cumsum(lengths).astype("int32") - 1
         flat = [t for p in prompts for t in p]
         self._kv_begin(self.kv_cache, ShapeTuple(seq_ids), ShapeTuple(lengths))
-        hidden, self.kv_cache = self.vm["batch_hidden"](
+        out, self.kv_cache = self.vm[function](
             self._embed(flat, 1, len(flat)), tvm.runtime.tensor(positions, self.device), self.kv_cache, self.params
         )
         self._kv_end(self.kv_cache)
         self._fed_tokens(seq_ids, lengths)
-        return hidden.numpy()
+        return out.numpy()
 
     def batch_decode(self, seq_ids: list[int], token_ids: list[int]) -> np.ndarray:
         """One new token for each sequence; (n, vocab)."""
