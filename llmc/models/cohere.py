@@ -10,19 +10,17 @@ from __future__ import annotations
 import numpy as np
 
 from llmc.errors import ConfigError
-from llmc.models.base import WeightSource, required_ints
+from llmc.models.base import WeightSource
 from llmc.models.llama import unpermute_qk
-from llmc.models.neox import HFNames, NeoXConfig, deinterleave_rows, require_silu, rope_fields, weight_map
+from llmc.models.neox import HFNames, NeoXConfig, deinterleave_rows, require_silu, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm without bias, parallel attention + SwiGLU on one norm, interleaved rotary, QK-norm, logit scale"
-REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 NAMES = HFNames(embed="model.embed_tokens", final_norm="model.norm")
 
 
 def parse_config(hf: dict, source: str) -> NeoXConfig:
-    required_ints(hf, source, REQUIRED_FIELDS)
+    shape = shape_fields(hf, source)  # first: the sizes are checked before anything reads them
     require_silu(hf, source)
-    heads = hf["num_attention_heads"]
     rope = rope_fields(hf, source)
     if rope["rotary_dim"]:
         raise ConfigError(f"{source}: cohere with a partial_rotary_factor is not supported.")
@@ -30,14 +28,7 @@ def parse_config(hf: dict, source: str) -> NeoXConfig:
     scale = hf.get("logit_scale")
     return NeoXConfig(
         model_type="cohere",
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=hf["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-        rms_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        **shape,
         **rope,
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
         attention_bias=bias,

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmc.models.base import WeightSource, required_ints
-from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, weight_map
+from llmc.models.base import WeightSource
+from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm, parallel residual (two norms) or sequential, partial rotary, per-head fused q/k/v"
-REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 NAMES = HFNames(
     embed="gpt_neox.embed_in",
     final_norm="gpt_neox.final_layer_norm",
@@ -24,21 +23,13 @@ NAMES = HFNames(
 
 
 def parse_config(hf: dict, source: str) -> NeoXConfig:
-    required_ints(hf, source, REQUIRED_FIELDS)
-    heads = hf["num_attention_heads"]
+    shape = shape_fields(hf, source)  # first: the sizes are checked before anything reads them
     rope = {"partial_rotary_factor": hf.get("rotary_pct", 0.25), **hf}  # transformers 4 names
     rope.setdefault("rope_theta", hf.get("rotary_emb_base", 10000.0))
     bias = bool(hf.get("attention_bias", True))
     return NeoXConfig(
         model_type="gpt_neox",
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=hf["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        head_dim=hf["hidden_size"] // heads,
-        rms_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        **shape,
         **rope_fields(rope, source),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=bias,

@@ -24,7 +24,7 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
-from llmc.models.base import CausalLMBase, ModelConfig, WeightSource, rope_settings
+from llmc.models.base import CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
 from llmc.models.gpt2 import ACTIVATIONS
 from llmc.models.layers import IN_CACHE_ROPE_TYPES, Embedding, Norm, apply_rope, rope_inv_freq, rope_type, swiglu
 from llmc.models.llama import ROPE_KEYS, check_rope, unpermute_qk
@@ -45,6 +45,25 @@ class NeoXConfig(ModelConfig):
     )
     lm_head_bias: bool = False  # Phi
     logit_scale: float = 1.0  # Cohere: logits * logit_scale
+
+
+REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def shape_fields(hf: dict, source: str, eps_key: str = "layer_norm_eps") -> dict:
+    """The sizes every LayerNorm family reads alike from config.json (checked to be integers first)."""
+    required_ints(hf, source, REQUIRED_FIELDS)
+    heads = hf["num_attention_heads"]
+    return {
+        "vocab_size": hf["vocab_size"],
+        "hidden_size": hf["hidden_size"],
+        "intermediate_size": hf["intermediate_size"],
+        "num_hidden_layers": hf["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": hf.get("num_key_value_heads") or heads,
+        "head_dim": hf.get("head_dim") or hf["hidden_size"] // heads,
+        "rms_norm_eps": float(hf.get(eps_key, 1e-5)),
+    }
 
 
 def rope_fields(hf: dict, source: str, default_partial: float = 1.0, theta: float = 10000.0) -> dict:

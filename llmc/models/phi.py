@@ -6,11 +6,10 @@ QK LayerNorm (one over each head's dims, shared by the heads). The module is ``l
 from __future__ import annotations
 
 from llmc.errors import ConfigError
-from llmc.models.base import WeightSource, required_ints
-from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, weight_map
+from llmc.models.base import WeightSource
+from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm, parallel attention + GELU MLP on one norm, partial rotary, biases, LM-head bias"
-REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 NAMES = HFNames(
     embed="model.embed_tokens",
     final_norm="model.final_layernorm",
@@ -22,20 +21,12 @@ NAMES = HFNames(
 
 
 def parse_config(hf: dict, source: str) -> NeoXConfig:
-    required_ints(hf, source, REQUIRED_FIELDS)
+    shape = shape_fields(hf, source)  # first: the sizes are checked before anything reads them
     if hf.get("tie_word_embeddings"):
         raise ConfigError(f"{source}: phi with tie_word_embeddings=true is not supported (its LM head has a bias).")
-    heads = hf["num_attention_heads"]
     return NeoXConfig(
         model_type="phi",
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=hf["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf["hidden_size"] // heads,
-        rms_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        **shape,
         **rope_fields(hf, source, default_partial=0.5),
         attention_bias=True,
         o_proj_bias=True,

@@ -8,28 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmc.models.base import WeightSource, required_ints
-from llmc.models.neox import HFNames, NeoXConfig, require_silu, rope_fields, weight_map
+from llmc.models.base import WeightSource
+from llmc.models.neox import HFNames, NeoXConfig, require_silu, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm, partial rotary, SwiGLU, optional q/k/v bias, per-head QK LayerNorm, parallel residual"
-REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 NAMES = HFNames(embed="model.embed_tokens", final_norm="model.norm")
 
 
 def parse_config(hf: dict, source: str) -> NeoXConfig:
-    required_ints(hf, source, REQUIRED_FIELDS)
+    shape = shape_fields(hf, source)  # first: the sizes are checked before anything reads them
     require_silu(hf, source)
-    heads = hf["num_attention_heads"]
     return NeoXConfig(
         model_type="stablelm",
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=hf["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf["hidden_size"] // heads,
-        rms_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        **shape,
         **rope_fields(hf, source, default_partial=0.25),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=bool(hf.get("use_qkv_bias", False)),

@@ -5,29 +5,21 @@ biases on every projection (``use_bias``), GQA and sliding-window attention on e
 
 from __future__ import annotations
 
-from llmc.models.base import WeightSource, required_ints, sliding_layer_types
-from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, weight_map
+from llmc.models.base import WeightSource, sliding_layer_types
+from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm, GELU MLP, biases, GQA, sliding-window attention, tied embeddings"
-REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 NAMES = HFNames(embed="model.embed_tokens", final_norm="model.norm", mlp=("mlp.c_fc", "mlp.c_proj"))
 
 
 def parse_config(hf: dict, source: str) -> NeoXConfig:
-    required_ints(hf, source, REQUIRED_FIELDS)
-    heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    shape = shape_fields(hf, source, "norm_epsilon")  # first: the sizes are checked before anything reads them
+    layers = shape["num_hidden_layers"]
     bias = bool(hf.get("use_bias", True))
     layer_types = sliding_layer_types(hf, layers)
     return NeoXConfig(
         model_type="starcoder2",
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-        rms_norm_eps=float(hf.get("norm_epsilon", 1e-5)),
+        **shape,
         **rope_fields(hf, source),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
         attention_bias=bias,
