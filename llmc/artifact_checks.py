@@ -67,6 +67,7 @@ def check_config_schema(file: Path, config: dict) -> None:
     _check_model_section(file, model)
     for key in ("context_window", "prefill_chunk", "max_batch_size"):
         _positive_int(file, key, config.get(key))
+    _check_eviction(file, config)
     if config.get("stage") not in ("weights", "compiled"):
         raise ArtifactError(
             f"{file}: 'stage' is {config.get('stage')!r}, not weights or compiled. Re-run `llmc compile`."
@@ -138,7 +139,7 @@ def _string_list(value) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-MODEL_INT_FIELDS = (*POSITIVE_INT_FIELDS, "context_window", "prefill_chunk", "max_batch_size")
+MODEL_INT_FIELDS = POSITIVE_INT_FIELDS
 MODEL_FLOAT_FIELDS = ("rms_norm_eps", "rope_theta")
 MODEL_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "o_proj_bias", "mlp_bias", "sliding_eviction")
 
@@ -162,14 +163,21 @@ def _check_model_section(file: Path, model: dict) -> None:
         raise ArtifactError(f"{file}: model.rope_scaling is not an object. Re-run `llmc compile`.")
     if model["num_attention_heads"] % model["num_key_value_heads"]:
         raise ArtifactError(f"{file}: model.num_attention_heads is not a multiple of num_key_value_heads.")
-    if model.get("sliding_eviction"):  # the runtime slides each sequence by this window: it must hold a chunk
-        window = model.get("sliding_window")
-        chunk = model.get("prefill_chunk")
-        if isinstance(window, bool) or not isinstance(window, int) or not isinstance(chunk, int) or window <= chunk:
-            raise ArtifactError(
-                f"{file}: model.sliding_window is {window!r}; an evicting cache needs a window longer than the "
-                f"prefill chunk ({chunk}). Re-run `llmc compile`."
-            )
+
+
+def _check_eviction(file: Path, config: dict) -> None:
+    """An evicting cache (``sliding_eviction``; older llmc wrote it under ``model``): the runtime slides each
+    sequence by the sliding window, which must hold a prefill chunk."""
+    model = config["model"]
+    evicts = config.get("sliding_eviction", model.get("sliding_eviction", False))
+    if not isinstance(evicts, bool):
+        raise ArtifactError(f"{file}: 'sliding_eviction' is {evicts!r}; expected true or false. Re-run `llmc compile`.")
+    window, chunk = model.get("sliding_window"), config["prefill_chunk"]
+    if evicts and (isinstance(window, bool) or not isinstance(window, int) or window <= chunk):
+        raise ArtifactError(
+            f"{file}: model.sliding_window is {window!r}; an evicting cache needs a window longer than the "
+            f"prefill chunk ({chunk}). Re-run `llmc compile`."
+        )
 
 
 def _valid_spec(spec) -> bool:

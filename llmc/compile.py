@@ -133,7 +133,6 @@ def _compile(model: str, options: CompileOptions) -> Path:
         plan, stored = plan_from_config(reader.config, source, options, reader), None
     module = plan.module(target)
     mod, named_params = build_module(module, target)
-    plan.config.sliding_eviction = module.config.sliding_eviction  # a tensor-parallel module has a shard's config
     names = [name for name, _ in named_params]
     if stored is not None:
         expected = [plan.scheme.portable_name(name) for name, _ in named_params]
@@ -159,9 +158,7 @@ def _compile(model: str, options: CompileOptions) -> Path:
                 "dtype": plan.dtype,
                 "int_dot": plan.isa,
                 "model": asdict(plan.config),
-                "context_window": plan.config.context_window,
-                "prefill_chunk": plan.config.prefill_chunk,
-                "max_batch_size": plan.config.max_batch_size,
+                **plan.sizes.record(),
             }
             weights.pop("stage", None)
         library = f"model-{preset_target.name.replace(':', '-').replace('+', '-')}{preset_target.library_suffix}"
@@ -185,6 +182,7 @@ def _compile(model: str, options: CompileOptions) -> Path:
                 "opt_level": options.opt_level,
                 "static_plan_bytes": static_plan,
                 "embedding": plan.embedding,  # batch_hidden exported: /v1/embeddings
+                "sliding_eviction": module.sliding_eviction,  # the runtime slides each sequence's window
                 **(tensor_parallel_fields(plan, names, random_weights) if plan.shards > 1 else {}),
             },
         )

@@ -33,7 +33,8 @@ def kv_cache_bytes(model: dict, dtype: str, tokens: int) -> int:
 def evicting_window(config: dict) -> int:
     """The sliding window of an artifact whose KV cache evicts (the runtime slides each sequence), else 0."""
     model = config["model"]
-    return int(model.get("sliding_window") or 0) if model.get("sliding_eviction") else 0
+    evicts = config.get("sliding_eviction", model.get("sliding_eviction"))  # older llmc wrote it under "model"
+    return int(model.get("sliding_window") or 0) if evicts else 0
 
 
 def kv_tokens_per_sequence(config: dict, context_window: int | None = None) -> int:

@@ -1,7 +1,7 @@
 """What to build: the options ``llmc compile`` / ``llmc quantize`` take and the ``ModelPlan`` made from them.
 
-A plan names the model family, its parsed config (with context window, prefill chunk and batch
-bounds applied) and the quantization scheme; it is made from a checkpoint's ``config.json`` or from
+A plan names the model family, its parsed architecture config, the build sizes (context window, prefill
+chunk, batch bound) and the quantization scheme; it is made from a checkpoint's ``config.json`` or from
 a weights folder's ``llmc-config.json``, without reading any weights.
 """
 
@@ -17,7 +17,7 @@ from llmc.checkpoint.quant_config import stored_method
 from llmc.compiler.shard import check_shards, shard_config, shard_module
 from llmc.errors import ConfigError
 from llmc.models import MODELS, ModelFamily, family_for
-from llmc.models.base import ModelConfig
+from llmc.models.base import BuildSizes, ModelConfig
 from llmc.quant import KEEP_QUANT, QuantScheme, get_quant
 from llmc.source import ResolvedSource, resolve
 
@@ -51,7 +51,7 @@ class CompileOptions:
 
 @dataclass
 class ModelPlan:
-    """What to build: family, architecture config and weight format."""
+    """What to build: family, architecture config, build sizes and weight format."""
 
     family: ModelFamily
     config: ModelConfig
@@ -63,6 +63,7 @@ class ModelPlan:
     isa: str | None = None  # CPU integer-dot instruction set, set by module(); None: float path
     embedding: bool = False  # the module also exports batch_hidden (CompileOptions.embedding)
     shards: int = 1  # tensor-parallel shards (llmc.compiler.shard): the module is one shard's
+    sizes: BuildSizes = BuildSizes()  # apply_sizes: flags, then the preset, then defaults
 
     def compute_dtype(self, target, portable: bool = False) -> str:
         """The scheme's dtype for a weights folder (``portable``), else what ``target`` computes in."""
@@ -70,10 +71,10 @@ class ModelPlan:
 
     def float_module(self, target, portable: bool = False):
         if self.shards > 1:
-            module = self.family.module_class(shard_config(self.config, self.shards))
+            module = self.family.module_class(shard_config(self.config, self.shards), self.sizes)
             shard_module(module, self.shards)
         else:
-            module = self.family.module_class(self.config)
+            module = self.family.module_class(self.config, self.sizes)
         if not self.cpu_kernels:  # the reference path: TVM's own kernels throughout
             module.use_tvm_cpu_kernels()
         module.export_hidden = self.embedding
@@ -94,8 +95,8 @@ class ModelPlan:
         return module
 
 
-def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> None:
-    """Context window / prefill chunk / batch bounds: flags, then preset, then defaults."""
+def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> BuildSizes:
+    """Context window / prefill chunk / batch bounds for ``config``: flags, then preset, then defaults."""
     window = (
         options.context_window
         or preset.get("context_window")
@@ -109,8 +110,7 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> N
     if options.max_batch_size < 1:
         raise ConfigError(f"--max-batch-size {options.max_batch_size} must be positive.")
     # a sliding-window model's chunk stays within its window (attention within a chunk has no window)
-    config.context_window, config.prefill_chunk = window, min(chunk, window, config.max_prefill_chunk() or chunk)
-    config.max_batch_size = options.max_batch_size
+    return BuildSizes(window, min(chunk, window, config.max_prefill_chunk() or chunk), options.max_batch_size)
 
 
 def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions, reader=None) -> ModelPlan:
@@ -122,13 +122,13 @@ def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOp
     family = family_for(hf_config, str(source.path))
     config = family.parse_config(hf_config, str(source.path))
     check_model_config(config, label)
-    apply_sizes(config, options, source.preset)
+    sizes = apply_sizes(config, options, source.preset)
     scheme = get_quant(options.quant or default_quant(source, hf_config))
     scheme = scheme.prepare(reader, family.weight_sources(config), source.path)  # keep, encoders: per checkpoint
     check_shards(family, config, options.tensor_parallel_shards, label)
     if options.embedding and options.tensor_parallel_shards > 1:
         raise ConfigError(f"{label}: --embedding builds run on one device; drop --tensor-parallel-shards for them.")
-    plan = ModelPlan(family, config, scheme, options.quantize_embeddings, _cpu_kernels(options))
+    plan = ModelPlan(family, config, scheme, options.quantize_embeddings, _cpu_kernels(options), sizes=sizes)
     plan.shards = options.tensor_parallel_shards
     plan.embedding = options.embedding
     return plan
@@ -171,12 +171,12 @@ def plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan,
     model = dict(stored["model"])
     if model["model_type"] not in MODELS:
         raise ConfigError(f"{folder}: model_type {model['model_type']!r} is not supported by this llmc.")
-    config = MODELS[model["model_type"]].config_class(**model)
+    config = MODELS[model["model_type"]].config_class.from_record(model)
     if options.context_window is None:
         options.context_window = stored["context_window"]
     if options.prefill_chunk is None:
         options.prefill_chunk = stored["prefill_chunk"]
-    apply_sizes(config, options, {})
+    sizes = apply_sizes(config, options, {})
     scheme = get_quant(stored["quantization"]).with_stored(stored)  # keep: the per-tensor formats recorded
     plan = ModelPlan(
         MODELS[config.model_type],
@@ -184,6 +184,7 @@ def plan_from_weights(folder: Path, options: CompileOptions) -> tuple[ModelPlan,
         scheme,
         stored.get("quantize_embeddings", True),
         _cpu_kernels(options),
+        sizes=sizes,
     )
     plan.embedding = options.embedding
     return plan, stored

@@ -63,7 +63,7 @@ def write_sharded_weights(
     shards, config = plan.shards, plan.config
     index = {name: i for i, name in enumerate(param_names)}
     sources = plan.family.weight_sources(config)
-    full = plan.family.module_class(config)  # the unsharded module: each parameter's name and full shape
+    full = plan.family.module_class(config, plan.sizes)  # the unsharded module: each parameter's name and full shape
     parts = [folder / f".tp{k}" for k in range(shards)]
     writers = []
     for part in parts:

@@ -39,9 +39,7 @@ def model_fields(source: ResolvedSource, plan: ModelPlan) -> dict:
         "quantize_embeddings": plan.quantize_embeddings,
         "dtype": plan.dtype or plan.scheme.model_dtype,
         "int_dot": plan.isa,
-        "context_window": plan.config.context_window,
-        "prefill_chunk": plan.config.prefill_chunk,
-        "max_batch_size": plan.config.max_batch_size,
+        **plan.sizes.record(),
         **plan.scheme.record(),
     }
 

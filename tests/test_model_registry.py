@@ -5,6 +5,7 @@ live in ``llmc/kernels/``, picked by target in ``llmc.kernels.dispatch``)."""
 from __future__ import annotations
 
 import ast
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from tvm import relax
 import llmc.models
 from llmc.models import MODELS
 from llmc.models.attention import REQUEST_FUNC, KVCacheRequest
+from llmc.models.base import BuildSizes
 
 EXPORTED = {"embed", "prefill", "decode", "batch_prefill", "batch_decode", "batch_verify", "create_paged_kv_cache"}
 BASE = dict(
@@ -89,8 +91,7 @@ def test_family_exports_without_a_target(model_type):
     assert model_type in TINY, f"add a tiny config.json for {model_type!r} to TINY"
     family = MODELS[model_type]
     config = family.parse_config(dict(TINY[model_type]), f"tiny {model_type}")
-    config.context_window, config.prefill_chunk = 64, 8
-    module = family.module_class(config)
+    module = family.module_class(config, BuildSizes(context_window=64, prefill_chunk=8))
     mod, params = module.export_tvm(spec=module.get_default_spec())
     functions = {gv.name_hint for gv, func in mod.functions_items() if isinstance(func, relax.Function)}
     assert functions == EXPORTED
@@ -108,7 +109,8 @@ def test_family_exports_without_a_target(model_type):
     assert [spec.kind for spec in request.layers] == config.attention_kinds()
     softcap = getattr(config, "attn_logit_softcapping", 0.0)
     assert {spec.softcap for spec in request.layers} == {softcap}
-    assert not config.sliding_eviction  # a build output: set by the compiler for a target
+    assert not module.sliding_eviction  # a build output: set by the compiler for a target
+    assert not {"context_window", "prefill_chunk", "max_batch_size"} & set(asdict(config))  # BuildSizes
 
 
 def test_the_request_survives_json():

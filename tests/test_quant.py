@@ -180,10 +180,11 @@ def test_no_kernel_writes_a_dequantized_weight(trained):
     from llmc.compiler.pipeline import make_pipeline
     from llmc.compiler.targets import get_target
     from llmc.models import llama
+    from llmc.models.base import BuildSizes
 
     config = llama.parse_config(json.loads((trained / "config.json").read_text()), "tiny")
-    config.context_window, config.prefill_chunk = 64, 32
-    plan = ModelPlan(llama_family(), config, get_quant("q4f16_1"), True, cpu_kernels=False)  # the float path
+    sizes = BuildSizes(context_window=64, prefill_chunk=32)
+    plan = ModelPlan(llama_family(), config, get_quant("q4f16_1"), True, cpu_kernels=False, sizes=sizes)  # float path
     target = get_target("llvm").tvm_target()
     mod, _ = build_module(plan.module(target), target)
     lowered = make_pipeline(target)(mod)

@@ -176,7 +176,7 @@ def test_memory_estimate_per_layer(mistral, tmp_path_factory):
 
     artifact, _, checkpoint = mistral
     config = read_config(artifact)
-    assert config["model"]["sliding_eviction"] is True
+    assert config["sliding_eviction"] is True and "sliding_eviction" not in config["model"]
     model, dtype = config["model"], config["dtype"]
     for context in (CONTEXT, 4096):
         memory = estimate(config, context_window=context, sequences=3)

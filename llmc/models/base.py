@@ -8,7 +8,7 @@ embeddings). The functions below are written once for all families.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from tvm import te, tirx
@@ -20,9 +20,28 @@ from llmc.models.attention import AttentionSpec, KVCacheRequest
 from llmc.models.layers import gather_rows
 
 
+@dataclass(frozen=True)
+class BuildSizes:
+    """What one build is sized for, apart from the architecture: the longest sequence (RoPE tables, KV
+    cache), the most tokens one forward takes, the most sequences one batch holds. Every compiled function
+    stays symbolic below these bounds; they bound static memory planning."""
+
+    context_window: int = 2048
+    prefill_chunk: int = 512
+    max_batch_size: int = 8
+
+    def record(self) -> dict[str, int]:
+        """The ``llmc-config.json`` fields."""
+        return {
+            "context_window": self.context_window,
+            "prefill_chunk": self.prefill_chunk,
+            "max_batch_size": self.max_batch_size,
+        }
+
+
 @dataclass
 class ModelConfig:
-    """Architecture fields shared by the decoder families, plus compile-time sizes."""
+    """Architecture fields shared by the decoder families (build sizes are ``BuildSizes``)."""
 
     model_type: str
     vocab_size: int
@@ -44,12 +63,13 @@ class ModelConfig:
     layer_types: list[str] = field(default_factory=list)
     sliding_window: int = 0  # tokens a "sliding_attention" layer sees (itself included)
     rotary_dim: int = 0  # RoPE on the first rotary_dim of each head (0: all of head_dim)
-    context_window: int = 2048
-    prefill_chunk: int = 512
-    max_batch_size: int = 8
-    # set by the compiler when it builds the KV cache: the library's cache can evict (every layer one sliding
-    # window; ``KVCacheRequest.evictable_window``) and the runtime slides each sequence's window
-    sliding_eviction: bool = False
+
+    @classmethod
+    def from_record(cls, model: dict):
+        """The config a ``llmc-config.json`` ``model`` section records (fields older llmc wrote there, such as
+        build sizes, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in model.items() if key in names})
 
     def attention_kinds(self) -> list[str]:
         """The KV cache's per-layer attention kinds: ``mha`` or ``mha_sliding``."""
@@ -134,6 +154,7 @@ class CausalLMBase(nn.Module):
     (``llmc.kernels.dispatch``) chooses its kernels, and any other kernel, by target."""
 
     config: ModelConfig
+    sizes: BuildSizes = BuildSizes()  # set by each family's __init__ (RoPE tables, symbolic upper bounds)
     dtype: str = "float32"
     rope_in_model: bool = False  # True: the module applies RoPE itself (per-layer bases); the cache does not
     # a build option for the compiler's kernel dispatch, never read by the model: llmc's CPU attention/RoPE/SiLU
@@ -141,6 +162,9 @@ class CausalLMBase(nn.Module):
     cpu_kernels: bool = True
     # a build option: also export ``batch_hidden`` (the final hidden state at given positions: embeddings)
     export_hidden: bool = False
+    # a build output (``llmc.compiler.build``): the target's cache can evict (every layer one sliding window;
+    # ``KVCacheRequest.evictable_window``) and the runtime slides each sequence's window
+    sliding_eviction: bool = False
 
     def use_tvm_cpu_kernels(self) -> None:
         """Reference builds (``--cpu-kernels float``): TVM's own kernels for attention, RoPE and SiLU."""
@@ -290,8 +314,7 @@ class CausalLMBase(nn.Module):
 
     def symbolic_upper_bounds(self) -> dict[str, int]:
         """Upper bounds of the symbolic dims, so memory can be planned statically."""
-        c = self.config
-        return {"seq_len": c.prefill_chunk, "batch_size": c.max_batch_size}
+        return {"seq_len": self.sizes.prefill_chunk, "batch_size": self.sizes.max_batch_size}
 
 
 def concat_sources(arrays: list[np.ndarray]) -> np.ndarray:

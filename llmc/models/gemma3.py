@@ -19,7 +19,7 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
-from llmc.models.base import CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints, rope_settings
+from llmc.models.base import BuildSizes, CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints, rope_settings
 from llmc.models.layers import Embedding, Norm, apply_rope, gelu_tanh_multiply, rope_inv_freq
 from llmc.models.llama import check_rope
 
@@ -176,8 +176,8 @@ NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layerno
 
 
 class Gemma3Model(nn.Module):
-    def __init__(self, c: Gemma3Config):
-        window = max(c.context_window, c.max_position_embeddings)
+    def __init__(self, c: Gemma3Config, context_window: int):
+        window = max(context_window, c.max_position_embeddings)
         global_rope = rope_inv_freq(c.rope_scaling, c.rope_theta, c.head_dim, c.max_position_embeddings, window)
         local_rope = rope_inv_freq({}, c.rope_local_theta, c.head_dim, c.max_position_embeddings, window)
         self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
@@ -198,9 +198,9 @@ class Gemma3Model(nn.Module):
 class Gemma3ForCausalLM(CausalLMBase):
     rope_in_model = True
 
-    def __init__(self, config: Gemma3Config):
-        self.config = config
-        self.model = Gemma3Model(config)
+    def __init__(self, config: Gemma3Config, sizes: BuildSizes = BuildSizes()):
+        self.config, self.sizes = config, sizes
+        self.model = Gemma3Model(config, sizes.context_window)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"

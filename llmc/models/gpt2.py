@@ -13,7 +13,7 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
-from llmc.models.base import CausalLMBase, ModelConfig, WeightSource, required_ints
+from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints
 from llmc.models.layers import Embedding, Norm, gather_rows
 
 ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": None}
@@ -118,8 +118,8 @@ class GPT2LMHeadModel(CausalLMBase):
     def rope_owner(self) -> str:
         return "none"
 
-    def __init__(self, config: GPT2Config):
-        self.config = config
+    def __init__(self, config: GPT2Config, sizes: BuildSizes = BuildSizes()):
+        self.config, self.sizes = config, sizes
         self.model = GPT2Model(config)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)

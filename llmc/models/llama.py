@@ -21,6 +21,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from llmc.errors import ConfigError
 from llmc.models.attention import AttentionSpec
 from llmc.models.base import (
+    BuildSizes,
     CausalLMBase,
     GGUFSpec,
     ModelConfig,
@@ -378,8 +379,8 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(CausalLMBase):
-    def __init__(self, config: LlamaConfig):
-        self.config = config
+    def __init__(self, config: LlamaConfig, sizes: BuildSizes = BuildSizes()):
+        self.config, self.sizes = config, sizes
         self.model = LlamaModel(config)
         kind = rope_type(config.rope_scaling)
         if kind not in IN_CACHE_ROPE_TYPES or config.nope_layers:
@@ -391,7 +392,7 @@ class LlamaForCausalLM(CausalLMBase):
                 config.rope_theta,
                 config.rotary_dim or config.head_dim,
                 config.max_position_embeddings,
-                config.context_window,
+                sizes.context_window,
             )
             for layer_id, layer in enumerate(self.model.layers):
                 layer.self_attn.rope = None if layer_id in config.nope_layers else rope

@@ -24,7 +24,7 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
-from llmc.models.base import CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
+from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
 from llmc.models.gpt2 import ACTIVATIONS
 from llmc.models.layers import IN_CACHE_ROPE_TYPES, Embedding, Norm, apply_rope, rope_inv_freq, rope_type, swiglu
 from llmc.models.llama import ROPE_KEYS, check_rope, unpermute_qk
@@ -206,10 +206,10 @@ class NeoXModel(nn.Module):
 
 
 class NeoXForCausalLM(CausalLMBase):
-    def __init__(self, config: NeoXConfig):
+    def __init__(self, config: NeoXConfig, sizes: BuildSizes = BuildSizes()):
         if config.residual not in RESIDUALS:
             raise ValueError(f"residual {config.residual!r}: one of {RESIDUALS}")
-        self.config = config
+        self.config, self.sizes = config, sizes
         self.model = NeoXModel(config)
         if rope_type(config.rope_scaling) not in IN_CACHE_ROPE_TYPES:
             self.rope_in_model = True
@@ -218,7 +218,7 @@ class NeoXForCausalLM(CausalLMBase):
                 config.rope_theta,
                 config.rotary_dim or config.head_dim,
                 config.max_position_embeddings,
-                config.context_window,
+                sizes.context_window,
             )
             for layer in self.model.layers:
                 layer.self_attn.rope = rope
