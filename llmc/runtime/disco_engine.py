@@ -23,8 +23,8 @@ from tvm.runtime import ShapeTuple
 from llmc.artifact import TENSOR_CACHE_FILE, read_config
 from llmc.artifact_checks import verify_artifact
 from llmc.errors import ArtifactError, GenerationError
-from llmc.memory import PAGE_SIZE, evicting_window, kv_tokens_per_sequence
-from llmc.runtime.engine import Engine, check_loadable_here, open_device
+from llmc.memory import PAGE_SIZE, kv_tokens_per_sequence
+from llmc.runtime.engine import Engine, LoadedArtifact
 
 WORKER_ENTRY = "llmc.runtime.disco_worker"
 
@@ -79,7 +79,7 @@ def _worker_threads(count: int):
             os.environ["TVM_NUM_THREADS"] = before
 
 
-class DiscoEngine:
+class DiscoEngine(LoadedArtifact):
     """Runs the exported functions of a tensor-parallel artifact on ``shards`` disco workers."""
 
     def __init__(
@@ -94,18 +94,8 @@ class DiscoEngine:
 
         disco = disco_module()
 
-        self.folder = Path(artifact_dir)
-        self.config = read_config(self.folder)
-        check_loadable_here(self.folder, self.config)
+        self._read_artifact(artifact_dir, device, max_batch_size)
         self.shards = tensor_parallel_shards(self.config)
-        model = self.config["model"]
-        self.vocab_size, self.hidden_size = model["vocab_size"], model["hidden_size"]
-        self.context_window, self.prefill_chunk = self.config["context_window"], self.config["prefill_chunk"]
-        self.sliding_window = evicting_window(self.config)
-        self.max_batch_size = min(max_batch_size or self.config["max_batch_size"], self.config["max_batch_size"])
-        self.device = open_device(self.folder, self.config, device)
-        self.on_gpu = self.device.dlpack_device_type() != tvm.runtime.cpu().dlpack_device_type()
-        self.serial_batch_decode = self.on_gpu and "sliding_attention" in (model.get("layer_types") or [])
         if self.on_gpu and not tvm.device(self.device.dlpack_device_type(), self.shards - 1).exist:
             raise ArtifactError(
                 f"{self.folder}: compiled for {self.shards} tensor-parallel shards, one GPU each; this machine "

@@ -88,7 +88,37 @@ def _builtin(name: str):
     return tvm.get_global_func(name)
 
 
-class Engine:
+class LoadedArtifact:
+    """What every engine reads from an artifact's ``llmc-config.json`` before loading its library: the bounds
+    callers size requests by, and the device."""
+
+    def _read_artifact(self, artifact_dir: str | Path, device: str, max_batch_size: int | None) -> dict:
+        """Set the folder, config, bounds and device; returns the ``model`` section."""
+        self.folder = Path(artifact_dir)
+        self.config = read_config(self.folder)
+        check_loadable_here(self.folder, self.config)
+        model = self.config["model"]
+        self.vocab_size, self.hidden_size = model["vocab_size"], model["hidden_size"]
+        self.context_window, self.prefill_chunk = self.config["context_window"], self.config["prefill_chunk"]
+        # an all-sliding model's cache evicts: each sequence keeps its last window - 1 tokens, so it may run
+        # past the context window (RoPE at positions within the window: only relative positions matter)
+        self.sliding_window = evicting_window(self.config)
+        if self.sliding_window and self.prefill_chunk >= self.sliding_window:
+            raise ArtifactError(
+                f"{self.folder}: prefill chunk {self.prefill_chunk} does not fit the sliding window "
+                f"{self.sliding_window} its cache slides by. Re-run `llmc compile`."
+            )
+        # never above the bound the library's memory was planned for
+        self.max_batch_size = min(max_batch_size or self.config["max_batch_size"], self.config["max_batch_size"])
+        self.device = open_device(self.folder, self.config, device)
+        self.on_gpu = self.device.dlpack_device_type() != tvm.runtime.cpu().dlpack_device_type()
+        # TVM 0.27's GPU caches with sliding-window layers fail a multi-sequence decode ("CopyDataFromTo only
+        # support contiguous array"): there, a batch decodes one sequence at a time
+        self.serial_batch_decode = self.on_gpu and "sliding_attention" in (model.get("layer_types") or [])
+        return model
+
+
+class Engine(LoadedArtifact):
     """Runs the exported functions of one artifact on one device."""
 
     def __init__(
@@ -101,36 +131,13 @@ class Engine:
     ):
         """Load an artifact; ``kv_tokens`` sizes the KV cache for all sequences (default: the context window;
         an evicting cache: a window for each of ``max_batch_size`` sequences)."""
-        self.folder = Path(artifact_dir)
-        self.config = read_config(self.folder)
-        check_loadable_here(self.folder, self.config)
+        self._read_artifact(artifact_dir, device, max_batch_size)
         shards = (self.config.get("tensor_parallel") or {}).get("shards", 1)
         if shards > 1:  # its library's collectives need disco workers, one per shard
             raise ArtifactError(
                 f"{self.folder}: compiled for {shards} tensor-parallel shards; load it with "
                 "llmc.runtime.disco_engine.open_engine (as llmc run/chat/serve/bench do)."
             )
-        model = self.config["model"]
-        self.vocab_size = model["vocab_size"]
-        self.hidden_size = model["hidden_size"]
-        self.context_window = self.config["context_window"]
-        self.prefill_chunk = self.config["prefill_chunk"]
-        # an all-sliding model's cache evicts: each sequence keeps its last window - 1 tokens, so it may run
-        # past the context window (RoPE at positions within the window: only relative positions matter)
-        self.sliding_window = evicting_window(self.config)
-        if self.sliding_window and self.prefill_chunk >= self.sliding_window:
-            raise ArtifactError(
-                f"{self.folder}: prefill chunk {self.prefill_chunk} does not fit the sliding window "
-                f"{self.sliding_window} its cache slides by. Re-run `llmc compile`."
-            )
-        # never above the bound the library's memory was planned for
-        self.max_batch_size = min(max_batch_size or self.config["max_batch_size"], self.config["max_batch_size"])
-        self.device = open_device(self.folder, self.config, device)
-        # TVM 0.27's GPU caches with sliding-window layers fail a multi-sequence decode ("CopyDataFromTo only
-        # support contiguous array"): there, a batch decodes one sequence at a time
-        self.serial_batch_decode = self.device.dlpack_device_type() != tvm.runtime.cpu().dlpack_device_type() and (
-            "sliding_attention" in (model.get("layer_types") or [])
-        )
         check_fits(self.config, str(self.folder), device_memory(self.device), kv_tokens)
         verify_artifact(self.folder, self.config)  # sizes, paths, checksums: before any library or weight loads
         library = self.folder / self.config["library"]
