@@ -7,7 +7,7 @@ LLMC := $(VENV)/bin/llmc
 DEMO_DIR := dist/smollm2-135m-q0f32-llvm
 DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
-.PHONY: install install-test test-tools install-bench install-llama-tools install-mobile test-mobile install-package package-examples demo test test-all bench bench-peers bench-serve bench-keep bench-quant bench-moe bench-sliding gpu-carry gpu-dry-run lint format clean
+.PHONY: install install-test test-tools test-models install-bench install-llama-tools install-mobile test-mobile install-package package-examples demo test test-all bench bench-compare bench-peers bench-serve bench-keep bench-quant bench-moe bench-sliding gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
 .PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds
 .PHONY: test-keep-targets test-keep-real
@@ -57,6 +57,11 @@ test-keep-targets: install-test
 KEEP_GGUF ?= smollm2-135m
 test-keep-real: install-test
 	LLMC_KEEP_GGUF=$(KEEP_GGUF) $(PY) -m pytest -q --run real_models tests/test_gguf_quant.py -k real_gguf
+
+# every family's checks against transformers (the default run skips five whose switches others cover, and the
+# three-build MoE keep check): ~25 minutes on 2 cores
+test-models: install-test
+	$(PY) -m pytest -q -n auto --dist loadfile --run slow tests/test_models_families.py tests/test_models_families_more.py
 
 test-all: install-test
 	$(PY) -m pytest -q --run all
@@ -109,6 +114,12 @@ bench-keep: install-bench
 bench-quant: install-bench
 	test -x /usr/bin/time || apt-get install -y time
 	$(PY) bench/quant.py
+
+# before/after a refactor: llmc at BASE (a git worktree) against this tree, same models, interleaved rounds, ratios
+# (BENCH_ARGS e.g. --models smollm2-135m:keep --threads 2); ~10 minutes
+BASE ?= HEAD
+bench-compare: install
+	$(PY) bench/compare.py --base $(BASE) $(BENCH_ARGS)
 
 # a random-weight Qwen3-MoE GGUF (Qwen3-30B-A3B layer shapes, 2 layers): llmc vs llama.cpp, ~5 minutes
 bench-moe: install-bench
@@ -187,7 +198,7 @@ install-models-real: install-test
 test-models-real: install-models-real
 	$(PY) -m pytest -q --run real_models tests/test_models_gguf.py
 
-# every new model family built for cuda:sm_90a (build-only, ~2 minutes; the default run builds gemma3 and android)
+# every model family built for cuda:sm_90a and android (build-only, ~30 minutes; the default run samples them)
 test-models-builds: install-test
 	$(PY) -m pytest -q --run builds tests/test_models_targets.py
 

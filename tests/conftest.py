@@ -20,7 +20,7 @@ from llmc.compile import CompileOptions, compile_model
 
 # resource markers (registered in pyproject.toml): skipped unless `--run NAME` (or `--run all`) selects them
 RESOURCES = {
-    "slow": "minutes more: make test-all",
+    "slow": "minutes more: make test-all (the families: make test-models)",
     "vulkan": "whole models on Mesa lavapipe: make test-vulkan",
     "web": ".wasm links and a headless browser: make test-web",
     "mobile": "every OpenCL kernel on PoCL: make test-mobile",

@@ -59,6 +59,7 @@ def test_cuda_sm90a_library_holds_cubin(checkpoints, tmp_path, quant):
     assert ("sass", "sm_90") in fatbin_entries(library)
 
 
+@pytest.mark.slow  # a second CUDA build for three architectures (~75 s): make test-all
 def test_cuda_multi_arch_fatbin(checkpoints, tmp_path):
     out = tmp_path / "fat"
     done = compile_cuda(checkpoints["llama_gqa"], "cuda:sm_80+sm_90a", "q4f16_1", out)

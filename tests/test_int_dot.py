@@ -273,6 +273,9 @@ def test_compiled_model_uses_integer_kernels(compiled, target):
     dot-product instruction (so a later change cannot silently fall back to the float path)."""
     import json
 
+    host_isa = int_dot.target_isa(get_target("llvm").tvm_target())
+    if target != "llvm" and int_dot.target_isa(get_target(target).tvm_target()) == host_isa:
+        pytest.skip(f"{target} has this CPU's best integer-dot ISA ({host_isa}): the llvm case checks it")
     folder = compiled("llama_gqa", "q4f16_1", target)
     config = json.loads((folder / "llmc-config.json").read_text())
     assert config["int_dot"] == int_dot.target_isa(get_target(target).tvm_target())

@@ -1,12 +1,12 @@
 """Build-only checks: the families whose shape differs most from Llama compile for the GPU and phone targets.
 
-In the default run: every family but mixtral and the LayerNorm families for android;
+In the default run: gemma3, qwen3_moe and gpt2 for android;
 ``gemma3`` (sliding-window + global layers, module-applied RoPE with two bases, QK-norm, GELU-tanh, offset
 norms) for cuda:sm_90a (through the CLI, which prepares nvcc); ``gemma3`` and ``qwen3_moe`` (top-k routing,
 gathered expert matmuls, a dense layer) for webgpu (WGSL codegen; linking the .wasm needs emcc and is
-``make test-web``'s job). ``make test-models-builds`` (``--run builds``, ~10 min) adds
-cuda:sm_90a for qwen3_moe, gemma2, qwen3, phi3, olmo2, gpt2, mistral and mixtral, and mixtral for android; the
-LayerNorm families (phi, gpt_neox, stablelm, starcoder2, cohere) for both.
+``make test-web``'s job). ``make test-models-builds`` (``--run builds``, ~30 min) builds every family in FAMILIES
+for both cuda:sm_90a and android (the round-5 families among them: LayerNorm phi, gpt_neox, stablelm,
+starcoder2, cohere; Llama-shaped granite, olmo, exaone4, glm, ernie4_5, smollm3, arcee, seed_oss, internlm3).
 q4f16_1 throughout. ``make test-vulkan`` runs Qwen3-MoE's GPU kernels on lavapipe.
 """
 
@@ -24,8 +24,11 @@ LLMC = str(Path(sys.executable).parent / "llmc")
 slow_builds = pytest.mark.builds  # every family for cuda:sm_90a
 FAMILIES = ["gemma3", "qwen3_moe", "gemma2", "qwen3", "phi3", "olmo2", "gpt2", "mistral", "mixtral"]
 FAMILIES += ["phi", "gpt_neox", "stablelm", "starcoder2", "cohere"]  # LayerNorm families: make test-models-builds
+# Llama-shaped by switches (multipliers, NoPE layers, QK-norm, partial rotary, biases): make test-models-builds
+FAMILIES += ["granite", "olmo", "exaone4", "glm", "ernie4_5", "smollm3", "arcee", "seed_oss", "internlm3"]
 DEFAULT_CUDA = ("gemma3",)  # the others: make test-models-builds
-DEFAULT_ANDROID = ("gemma3", "qwen3_moe", "gemma2", "qwen3", "phi3", "olmo2", "gpt2", "mistral")  # + mixtral there
+# sliding + global layers with module RoPE, MoE routing, LayerNorm with learned positions: the rest there
+DEFAULT_ANDROID = ("gemma3", "qwen3_moe", "gpt2")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
