@@ -8,6 +8,7 @@ more CPU than the cores left free (+10% of one core) is contaminated and redone 
 clean runs, and HEAD / base ratios. Writes bench/results/compare-<date>.json and .md.
 
 usage: python bench/compare.py --base REV [--models smollm2-135m:keep,smollm2-135m:q4f16_1] [--rounds 3]
+       [--artifacts DIR: keep the builds there and reuse them on the next run]
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--gen-len", type=int, default=64)
+    parser.add_argument("--artifacts", type=Path, help="keep (and reuse) the builds here [default: a temp dir]")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     models = [tuple(item.rsplit(":", 1)) for item in args.models.split(",")]
@@ -65,13 +67,17 @@ def main() -> None:
         try:
             sides = {"base": base_tree, "head": ROOT}
             artifacts: dict[tuple[str, str, str], Path] = {}
+            kept = args.artifacts or work
             for side, tree in sides.items():
+                rev = base_rev if side == "base" else head_rev
                 for model, quant in models:
-                    out = work / f"{side}-{model.replace('/', '_')}-{quant}"
+                    out = kept / f"{rev}-{model.replace('/', '_')}-{quant}"
                     window = str(max(args.prompt_len + args.gen_len, 16))
-                    llmc(tree, "compile", model, "--quant", quant, "--context-window", window, "-o", str(out))
+                    if not (out / "llmc-config.json").is_file() or rev.endswith("-dirty"):
+                        build = ("--quant", quant, "--context-window", window, "-o", str(out), "--force")
+                        llmc(tree, "compile", model, *build)
+                        print(f"compiled {model} {quant} with {side}", flush=True)
                     artifacts[side, model, quant] = out
-                    print(f"compiled {model} {quant} with {side}", flush=True)
             rows: dict[tuple, list[dict]] = {key + (t,): [] for key in artifacts for t in threads}
             dropped, round_no = 0, 0
             while round_no < 4 * args.rounds:
@@ -106,10 +112,11 @@ def main() -> None:
             "prefill_tok_s": statistics.median(r["prefill_tok_s"] for r in use),
             "decode_tok_s": statistics.median(r["decode_tok_s"] for r in use),
             "runs": len(use),
+            "clean": any(not r["contaminated"] for r in runs),
         }
     table = [
-        "| model | quant | threads | prefill base | prefill head | ratio | decode base | decode head | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | quant | threads | prefill base | prefill head | ratio | decode base | decode head | ratio | clean |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     results = []
     for model, quant in models:
@@ -118,7 +125,9 @@ def main() -> None:
             prefill, decode = (head[k] / base[k] for k in ("prefill_tok_s", "decode_tok_s"))
             table.append(
                 f"| {model} | {quant} | {t} | {base['prefill_tok_s']:.1f} | {head['prefill_tok_s']:.1f} | "
-                f"{prefill:.3f} | {base['decode_tok_s']:.1f} | {head['decode_tok_s']:.1f} | {decode:.3f} |"
+                f"{prefill:.3f} | {base['decode_tok_s']:.1f} | {head['decode_tok_s']:.1f} | {decode:.3f} | "
+                + ("yes" if base["clean"] and head["clean"] else "no: every run shared the CPU")
+                + " |"
             )
             results.append(
                 {"model": model, "quant": quant, "threads": t, "base": base, "head": head}
