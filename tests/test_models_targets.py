@@ -24,6 +24,7 @@ LLMC = str(Path(sys.executable).parent / "llmc")
 slow_builds = pytest.mark.builds  # every family for cuda:sm_90a
 FAMILIES = ["gemma3", "qwen3_moe", "gemma2", "qwen3", "phi3", "olmo2", "gpt2", "mistral", "mixtral"]
 FAMILIES += ["phi", "gpt_neox", "stablelm", "starcoder2", "cohere"]  # LayerNorm families: make test-models-builds
+FAMILIES += ["deepseek_v2", "deepseek_v3"]  # MLA over a latent KV head, DeepSeek routing: make test-models-builds
 DEFAULT_CUDA = ("gemma3",)  # the others: make test-models-builds
 DEFAULT_ANDROID = ("gemma3", "qwen3_moe", "gemma2", "qwen3", "phi3", "olmo2", "gpt2", "mistral")  # + mixtral there
 

@@ -201,11 +201,21 @@ def parse_config(hf: dict, source: str) -> DeepseekConfig:
 
 # ---------------------------------------------------------------------- attention
 def per_head_matmul(x: Tensor, weight: Tensor) -> Tensor:
-    """``y[b, s, h] = x[b, s, h] @ weight[h]``: ``x`` ``[b, s, heads, i]``, ``weight`` ``[heads, i, o]``."""
-    b, s, heads, width = x.shape
-    by_head = op.permute_dims(op.reshape(x, (b * s, heads, width)), [1, 0, 2])  # [heads, tokens, i]
-    y = op.matmul(by_head, weight)  # [heads, tokens, o]
-    return op.reshape(op.permute_dims(y, [1, 0, 2]), (b, s, heads, weight.shape[2]))
+    """``y[b, s, h] = x[b, s, h] @ weight[h]``: ``x`` ``[b, s, heads, i]``, ``weight`` ``[heads, i, o]``.
+
+    One TE reduction rather than a batched ``matmul`` over permuted heads: TVM 0.27's Adreno (android) schedule of
+    that batched matmul fails to vectorize its symbolic-length loop; this form builds for llvm, cuda and android."""
+
+    def compute(xt: te.Tensor, w: te.Tensor):
+        b, s, heads, width = xt.shape
+        k = te.reduce_axis((0, width), name="k")
+        return te.compute(
+            (b, s, heads, w.shape[2]),
+            lambda i, j, h, o: te.sum(xt[i, j, h, k] * w[h, k, o], axis=k),
+            name="per_head_matmul",
+        )
+
+    return op.tensor_expr_op(compute, name_hint="per_head_matmul", args=[x, weight])
 
 
 class MLAttention(nn.Module):
@@ -275,7 +285,10 @@ NEG_MASKED = -1.0e30  # an expert outside the chosen groups (above NEG_FLOOR: ch
 
 def _argmax_rounds(value, n, count: int, rounds: int, name: str) -> list[te.Tensor]:
     """``rounds`` rounds of (max, first index of it) over ``value(t, i)`` for ``i < count``, each round skipping
-    the indices chosen before: ``[n]`` int32 tensors, largest first, the lower index on ties."""
+    the indices chosen before: ``[n]`` float32 tensors of indices, largest first, the lower index on ties.
+
+    The index reductions run in float32 (exact below 2 ** 24): an int32 argmin over TE's int64 loop variable is a
+    cast min that TVM's GPU cross-thread reduction cannot match to a reducer (a CUDA build fails)."""
     chosen: list[te.Tensor] = []
     for rank in range(rounds):
         chosen.append(_argmax_round(value, n, count, tuple(chosen), f"{name}{rank}"))
@@ -286,7 +299,7 @@ def _argmax_round(value, n, count: int, before: tuple[te.Tensor, ...], name: str
     def masked(t, i):
         taken = tirx.const(False, "bool")
         for index in before:
-            taken = tirx.Or(taken, index[t] == i)
+            taken = tirx.Or(taken, index[t] == i.astype("float32"))
         return tirx.if_then_else(taken, tirx.const(NEG_FLOOR, "float32"), value(t, i))
 
     r = te.reduce_axis((0, count), name="r")
@@ -295,7 +308,7 @@ def _argmax_round(value, n, count: int, before: tuple[te.Tensor, ...], name: str
     return te.compute(
         (n,),
         lambda t: te.min(
-            tirx.if_then_else(masked(t, r2.var) == best[t], r2.var.astype("int32"), tirx.const(int(count), "int32")),
+            tirx.if_then_else(masked(t, r2.var) == best[t], r2.var.astype("float32"), tirx.const(count, "float32")),
             axis=r2,
         ),
         name=f"{name}_index",
@@ -343,8 +356,8 @@ class DeepseekMoE(SparseMoE):
                         lambda t, g: te.min(
                             tirx.if_then_else(
                                 choice(t, g * size + r1.var) == first[t, g],
-                                r1.var.astype("int32"),
-                                tirx.const(size, "int32"),
+                                r1.var.astype("float32"),
+                                tirx.const(size, "float32"),
                             ),
                             axis=r1,
                         ),
@@ -355,7 +368,7 @@ class DeepseekMoE(SparseMoE):
                         (n, groups),
                         lambda t, g: te.max(
                             tirx.if_then_else(
-                                r2.var.astype("int32") == at[t, g],
+                                r2.var.astype("float32") == at[t, g],
                                 tirx.const(NEG_FLOOR, "float32"),
                                 choice(t, g * size + r2.var),
                             ),
@@ -369,7 +382,7 @@ class DeepseekMoE(SparseMoE):
                 def value(t, e):
                     inside = tirx.const(False, "bool")
                     for g in kept:
-                        inside = tirx.Or(inside, g[t] == (e // size).astype("int32"))
+                        inside = tirx.Or(inside, g[t] == (e // size).astype("float32"))
                     return tirx.if_then_else(inside, choice(t, e), tirx.const(NEG_MASKED, "float32"))
             else:
                 value = choice
@@ -379,7 +392,7 @@ class DeepseekMoE(SparseMoE):
                 index = chosen[-1][t]
                 for rank in reversed(range(top_k - 1)):
                     index = tirx.if_then_else(j == rank, chosen[rank][t], index)
-                return index
+                return index.astype("int32")
 
             return te.compute((n, top_k), pick, name="topk_index")
 
