@@ -27,6 +27,10 @@ BASE = dict(
     num_key_value_heads=2,
     max_position_embeddings=128,
 )
+MLA = dict(
+    BASE, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, first_k_dense_replace=1,
+    n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1,
+)  # fmt: skip
 GEMMA = dict(BASE, head_dim=8, sliding_window=16, query_pre_attn_scalar=8)
 # one tiny config.json per registered model_type (a new family adds its line here)
 TINY = {
@@ -65,6 +69,9 @@ TINY = {
     "ernie4_5": dict(BASE, model_type="ernie4_5", use_bias=True),
     "glm": dict(BASE, model_type="glm", head_dim=8, partial_rotary_factor=0.5, attention_bias=True),
     "exaone4": dict(BASE, model_type="exaone4", sliding_window=16, layer_types=["sliding_attention", "full_attention"]),
+    # multi-head latent attention families (llmc/models/deepseek_v2.py)
+    "deepseek_v2": dict(MLA, model_type="deepseek_v2", q_lora_rank=None),
+    "deepseek_v3": dict(MLA, model_type="deepseek_v3", q_lora_rank=16, n_group=2, topk_group=1),
 }
 MODELS_DIR = Path(llmc.models.__file__).parent
 # imports that bring TIR kernels (TVMScript) or a kernel choice into a model file; TIR expressions inside TE

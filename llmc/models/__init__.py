@@ -16,6 +16,7 @@ from llmc.errors import ConfigError
 from llmc.models import (
     arcee,
     cohere,
+    deepseek_v2,
     ernie4_5,
     exaone4,
     gemma3,
@@ -86,6 +87,17 @@ def _neox(family) -> ModelFamily:
     )
 
 
+def _deepseek(name: str) -> ModelFamily:
+    return ModelFamily(
+        name,
+        deepseek_v2.DeepseekConfig,
+        deepseek_v2.parse_config,
+        deepseek_v2.DeepseekForCausalLM,
+        deepseek_v2.weight_sources,
+        deepseek_v2.FEATURES[name],
+    )
+
+
 ROPE = "rope default/linear/dynamic/yarn/longrope/llama3"
 MODELS: dict[str, ModelFamily] = {
     "llama": _llama("llama", f"GQA, {ROPE}, tied embeddings", llama.GGUF_LLAMA),
@@ -131,6 +143,9 @@ MODELS: dict[str, ModelFamily] = {
     "ernie4_5": _llama("ernie4_5", f"{ernie4_5.FEATURES}, {ROPE}", variant=ernie4_5.VARIANT),
     "glm": _llama("glm", f"{glm.FEATURES}, {ROPE}", variant=glm.VARIANT),
     "exaone4": _llama("exaone4", f"{exaone4.FEATURES}, {ROPE}", variant=exaone4.VARIANT),
+    # multi-head latent attention families (llmc.models.deepseek_v2's module)
+    "deepseek_v2": _deepseek("deepseek_v2"),
+    "deepseek_v3": _deepseek("deepseek_v3"),
 }
 
 

@@ -187,12 +187,16 @@ class SparseMoE(nn.Module):
         self.gate = Router(hidden, experts)
         self.experts = Experts(experts, hidden, inter)
 
+    def route(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """Each token's chosen experts ``[n, top_k]`` (int32) and their weights ``[n, top_k]`` (float32)."""
+        probs = op.softmax(self.gate(flat), axis=-1)
+        expert_ids = top_k_experts(probs, self.top_k)
+        return expert_ids, routing_weights(probs, expert_ids, self.renormalize)
+
     def forward(self, x: Tensor) -> Tensor:
         b, s, hidden = x.shape
         flat = op.reshape(x, (b * s, hidden))
-        probs = op.softmax(self.gate(flat), axis=-1)
-        expert_ids = top_k_experts(probs, self.top_k)
-        weights = routing_weights(probs, expert_ids, self.renormalize)
+        expert_ids, weights = self.route(flat)
         if self.experts.has_grouped():  # sort the assignments by expert; each expert's tiles decoded once
             order, indptr, slot = sort_by_expert(expert_ids, self.num_experts)
             sorted_out = self.experts.grouped(gather_assignments(flat, order, self.top_k), indptr)

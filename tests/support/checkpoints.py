@@ -216,6 +216,58 @@ FAMILY_MODELS = {
         sliding_window=32,
         sliding_window_pattern=2,
     ),
+    # multi-head latent attention (llmc/models/deepseek_v2.py): a dense layer, then a MoE layer with shared experts
+    # DeepSeek-V2: q_proj (no q LoRA), interleaved rope with yarn (mscale != mscale_all_dim: the cos/sin factor and
+    # the softmax mscale both bite), softmax routing limited to 1 of 2 expert groups, routed scaling
+    "deepseek_v2": dict(
+        arch="DeepseekV2ForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=None,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        first_k_dense_replace=1,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=2,
+        topk_method="group_limited_greedy",
+        n_group=2,
+        topk_group=1,
+        routed_scaling_factor=1.5,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 32,
+            "mscale": 1.0,
+            "mscale_all_dim": 0.5,
+        },
+    ),
+    # DeepSeek-V3: q LoRA, rope_interleave, sigmoid routing + e_score_correction_bias (randomized), groups scored by
+    # their top-2 sum, norm_topk_prob, routed scaling
+    "deepseek_v3": dict(
+        arch="DeepseekV3ForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=32,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        first_k_dense_replace=1,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        n_group=2,
+        topk_group=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        rope_interleave=True,
+    ),
 }
 
 
@@ -261,6 +313,9 @@ def randomize(model, seed: int) -> None:
                 param.copy_(0.1 * noise)
             else:
                 param.copy_(0.125 * noise)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's router bias: zeros would hide a mapping bug
+                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
 
 
 def make_checkpoint(folder: Path, name: str, seed: int = 0) -> Path:
