@@ -9,7 +9,7 @@ DEMO_PROMPT := What is the capital of France? Answer in one sentence.
 
 .PHONY: install install-test test-tools test-models install-bench install-llama-tools install-mobile test-mobile install-package package-examples demo test test-all bench bench-compare bench-peers bench-serve bench-keep bench-quant bench-moe bench-sliding gpu-carry gpu-dry-run lint format clean
 .PHONY: install-vulkan test-vulkan
-.PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds
+.PHONY: install-web test-web test-wheel fuzz install-models-real test-models-real test-models-builds test-gguf-families
 .PHONY: test-keep-targets test-keep-real
 
 install: $(VENV)/.installed
@@ -44,6 +44,8 @@ demo: install
 # installed when possible, and the tests that need one skip with the reason when it is missing
 test-tools: install-test
 	-$(MAKE) --no-print-directory install-mobile install-package install-vulkan
+	# llama.cpp's convert_hf_to_gguf.py (tests/test_gguf_families.py): the llama-cpp-python sdist, downloaded only
+	-$(PY) -c 'import sys; sys.path.insert(0, "bench"); import llama_tools; llama_tools._sdist()'
 
 # a worker per core (pytest-xdist), each test file on one worker so its fixtures are built once
 test: install-test test-tools
@@ -52,6 +54,12 @@ test: install-test test-tools
 # --quant keep: the tiny mixed-format GGUF compiled for every GPU target (minutes per target)
 test-keep-targets: install-test
 	$(PY) -m pytest -q --run builds tests/test_gguf_quant.py -k gpu_targets
+
+# every family's tiny checkpoint converted by llama.cpp's own convert_hf_to_gguf.py (f32, q8_0, --fuse-qkv),
+# compiled from the .gguf and compared with transformers (needs only the llama-cpp-python sdist in ~/.cache/llmc/src,
+# which make install-llama-tools downloads)
+test-gguf-families: install-test
+	$(PY) -m pytest -q --run slow tests/test_gguf_families.py
 
 # --quant keep on a real GGUF: perplexity equal to q0f32 (0.1%) and to llama.cpp on the same ids (0.5%)
 KEEP_GGUF ?= smollm2-135m

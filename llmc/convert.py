@@ -20,7 +20,12 @@ CONVERT_THREADS = 2
 
 def _convert_one(reader, name: str, source: WeightSource, plan: ModelPlan):
     if name in plan.quantized and plan.scheme.keeps_raw:  # --quant keep: the file's own blocks
-        return plan.scheme.convert_raw(name, [reader.get_raw(n) for n in source.names], plan.isa is not None)
+        parts = [reader.get_raw(n) for n in source.names]
+        if source.transform is not None:  # GGUF block rows moved as the float rows would be
+            from llmc.quant.keep import move_rows
+
+            parts = move_rows(name, source.transform, parts)
+        return plan.scheme.convert_raw(name, parts, plan.isa is not None)
     arrays = []
     for hf_name, shape in zip(source.names, source.shapes):
         array = reader.get(hf_name)

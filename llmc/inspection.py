@@ -129,6 +129,14 @@ def describe_cpu(cpu: dict) -> str:
 
 def inspect_folder(folder: Path) -> ArtifactInspection | PackageInspection:
     """What ``folder`` (an artifact, a weights folder or a package) holds."""
+    if Path(folder).is_file() and Path(folder).suffix == ".gguf":
+        from llmc.checkpoint.gguf_reader import GGUFCheckpoint
+
+        gguf = GGUFCheckpoint(Path(folder))  # an architecture no family reads: an error naming the supported ones
+        raise ArtifactError(
+            f"{folder}: a GGUF file (architecture {gguf.arch!r}, model_type {gguf.config['model_type']!r}), not an "
+            f"artifact; compile it first (`llmc compile {folder} -o DIR`) and inspect DIR."
+        )
     app_config = folder / APP_CONFIG
     if app_config.is_file():
         try:

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llmc.checkpoint.gguf_file import GGUFFormatError, read_gguf
 from llmc.errors import CheckpointError, ConfigError
 
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
+if TYPE_CHECKING:
+    from llmc.models.base import GGUFSpec
+
+_GLOBAL_NAMES = {  # llama.cpp's global tensors (``.weight`` / ``.bias``) -> HF module paths, Llama naming
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
 }
 _BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
@@ -33,18 +37,43 @@ _BLOCK_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+_GLOBAL_RE = re.compile(r"^([a-z_]+)\.(weight|bias)$")
 
 
-def hf_name(gguf_name: str, block_names: dict[str, str] | None = None) -> str | None:
-    """HF tensor name for a GGUF tensor name (None when there is no HF counterpart); ``block_names``
-    are a family's names that differ from or add to llama.cpp's Llama naming."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
+def hf_name(gguf_name: str, spec: GGUFSpec | None = None) -> str | None:
+    """HF tensor name for a GGUF tensor name (None when there is no HF counterpart); ``spec``: the family's
+    names that differ from or add to llama.cpp's Llama naming (block and global tensors, layer prefix)."""
     match = _BLOCK_RE.match(gguf_name)
-    names = {**_BLOCK_NAMES, **(block_names or {})}
-    if match and match.group(2) in names:
-        return f"model.layers.{match.group(1)}.{names[match.group(2)]}.{match.group(3)}"
+    if match:
+        names = {**_BLOCK_NAMES, **(spec.block_names if spec else {})}
+        prefix = spec.layer_prefix if spec else "model.layers"
+        if match.group(2) in names:
+            return f"{prefix}.{match.group(1)}.{names[match.group(2)]}.{match.group(3)}"
+        return None
+    match = _GLOBAL_RE.match(gguf_name)
+    names = {**_GLOBAL_NAMES, **(spec.global_names if spec else {})}
+    if match and match.group(1) in names:
+        return f"{names[match.group(1)]}.{match.group(2)}"
     return None
+
+
+class _Metadata:
+    """``meta(key, default)``: the architecture's metadata ``{arch}.{key}``; ``meta.has(name)``: whether the
+    file has GGUF tensor ``name``; ``meta.columns(name)``: its input width (ggml's first dimension)."""
+
+    def __init__(self, arch: str, metadata: dict, tensors: dict):
+        self.arch, self.metadata, self.tensors = arch, metadata, tensors
+
+    def __call__(self, key: str, default=None):
+        return self.metadata.get(f"{self.arch}.{key}", default)
+
+    def has(self, name: str) -> bool:
+        """Whether the file has tensor ``name`` (``blk.N.attn_{q,k,v}.*`` also as part of a fused ``attn_qkv``)."""
+        return name in self.tensors or re.sub(r"\.attn_[qkv]\.", ".attn_qkv.", name) in self.tensors
+
+    def columns(self, name: str) -> int | None:
+        tensor = self.tensors.get(name)
+        return int(tensor.shape[0]) if tensor is not None else None
 
 
 def unpermute_qk(weight: np.ndarray, num_heads: int) -> np.ndarray:
@@ -78,44 +107,53 @@ class GGUFCheckpoint:
                 f"{path}: GGUF rope_freqs (Llama 3.1-style rope scaling) is not supported yet; "
                 "compile the Hugging Face checkpoint instead."
             )
-        names = {t.name: hf_name(t.name, self.spec.block_names) for t in self.tensors}
+        names = {t.name: hf_name(t.name, self.spec) for t in self.tensors}
         self._tensors = {names[t.name]: t for t in self.tensors if names[t.name] is not None}
+        self._meta = _Metadata(self.arch, self.metadata, {t.name: t for t in self.tensors})
         self.config = self._config()
         self._experts = self._expert_slices()
         if self._experts:  # layers without expert tensors keep a dense MLP (Qwen3-MoE's mlp_only_layers)
             sparse = {int(name.split(".")[2]) for name in self._experts}
             self.config["mlp_only_layers"] = [i for i in range(self.config["num_hidden_layers"]) if i not in sparse]
-
-    def _meta(self, key: str, default=None):
-        return self.metadata.get(f"{self.arch}.{key}", default)
+        self._experts.update(self._row_slices())
+        self._ranges = self._fused_qkv_ranges()
 
     def _config(self) -> dict:
+        meta = self._meta
         tokens = self.metadata.get("tokenizer.ggml.tokens") or []
-        heads = self._meta("attention.head_count")
-        hidden = self._meta("embedding_length")
+        heads = meta("attention.head_count")
+        hidden = meta("embedding_length")
         if heads is None or hidden is None:
             raise ConfigError(f"{self.path}: GGUF metadata lacks {self.arch}.attention.head_count / embedding_length.")
+        head_dim = meta("attention.key_length", hidden // heads)
         config = {
             "model_type": self.spec.model_type,
             "hidden_size": hidden,
-            "intermediate_size": self._meta("feed_forward_length"),
-            "num_hidden_layers": self._meta("block_count"),
+            # the MLP width from its down projection's input (llama.cpp's Phi-2 converter writes 4 x hidden)
+            "intermediate_size": meta.columns("blk.0.ffn_down.weight") or meta("feed_forward_length"),
+            "num_hidden_layers": meta("block_count"),
             "num_attention_heads": heads,
-            "num_key_value_heads": self._meta("attention.head_count_kv", heads),
-            "head_dim": self._meta("attention.key_length", hidden // heads),
-            "rms_norm_eps": self._meta("attention.layer_norm_rms_epsilon", 1e-5),
-            "rope_theta": self._meta("rope.freq_base", 10000.0),
-            "max_position_embeddings": self._meta("context_length", 2048),
-            "vocab_size": len(tokens) or self._meta("vocab_size"),
-            "tie_word_embeddings": "lm_head.weight" not in self._tensors,
-            "attention_bias": "model.layers.0.self_attn.o_proj.bias" in self._tensors,
+            "num_key_value_heads": meta("attention.head_count_kv", heads),
+            "head_dim": head_dim,
+            "rms_norm_eps": meta("attention.layer_norm_rms_epsilon", 1e-5),
+            "rope_theta": meta("rope.freq_base", 10000.0),
+            "max_position_embeddings": meta("context_length", 2048),
+            "vocab_size": len(tokens) or meta("vocab_size"),
+            "tie_word_embeddings": not meta.has("output.weight"),
+            "attention_bias": meta.has("blk.0.attn_output.bias"),
+            "mlp_bias": meta.has("blk.0.ffn_down.bias"),
             "bos_token_id": self.metadata.get("tokenizer.ggml.bos_token_id"),
             "eos_token_id": self.metadata.get("tokenizer.ggml.eos_token_id"),
         }
+        rotary = meta("rope.dimension_count")
+        if rotary:  # (families with a partial default read 1.0 as "all of the head")
+            config["partial_rotary_factor"] = rotary / head_dim
+        if meta("rope.scaling.type") == "linear" and meta("rope.scaling.factor"):
+            config["rope_scaling"] = {"rope_type": "linear", "factor": float(meta("rope.scaling.factor"))}
         # qwen2 (its model_type) has q/k/v biases and no o_proj bias, as in its config.json; HF's
         # attention_bias would add an o_proj bias the file does not have
         if self.spec.config is not None:
-            config.update(self.spec.config(self._meta))
+            config.update(self.spec.config(meta))
         return config
 
     def _expert_slices(self) -> dict[str, tuple]:
@@ -134,8 +172,46 @@ class GGUFCheckpoint:
                 slices[name] = (tensor, expert)
         return slices
 
+    def _row_slices(self) -> dict[str, tuple]:
+        """A family's ``GGUFSpec.row_names``: a ``blk.N.KIND`` tensor that llama.cpp's converter stacked from one
+        HF tensor per row (StableLM's per-head QK-norm weights) offered as those tensors: ``{hf_name: (tensor,
+        row)}``."""
+        slices: dict[str, tuple] = {}
+        prefix = self.spec.layer_prefix
+        for tensor in self.tensors:
+            match = _BLOCK_RE.match(tensor.name)
+            if not match or match.group(2) not in self.spec.row_names or len(tensor.shape) < 2:
+                continue
+            suffix = self.spec.row_names[match.group(2)]
+            for row in range(int(tensor.shape[-1])):  # ggml's shape is reversed: the stacked rows last
+                slices[f"{prefix}.{match.group(1)}.{suffix.format(j=row)}.{match.group(3)}"] = (tensor, row)
+        return slices
+
+    def _fused_qkv_ranges(self) -> dict[str, tuple]:
+        """``blk.N.attn_qkv`` (llama.cpp's ``--fuse-qkv``, older Phi-2 files) offered as the family's q, k and v
+        tensors, by rows: ``{hf_name: (tensor, first row, end row)}``; the family fuses them again as it wants."""
+        if "attn_qkv" in self.spec.block_names:
+            return {}  # the family reads the fused tensor itself (GPT-NeoX, Phi-3)
+        c = self.config
+        q_rows, kv_rows = c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
+        bounds = {"q": (0, q_rows), "k": (q_rows, q_rows + kv_rows), "v": (q_rows + kv_rows, q_rows + 2 * kv_rows)}
+        ranges: dict[str, tuple] = {}
+        for tensor in self.tensors:
+            match = _BLOCK_RE.match(tensor.name)
+            if not match or match.group(2) != "attn_qkv":
+                continue
+            if int(tensor.shape[-1]) != q_rows + 2 * kv_rows:
+                raise CheckpointError(
+                    f"{self.path}: {tensor.name} has {int(tensor.shape[-1])} rows, expected {q_rows + 2 * kv_rows} "
+                    "(q, k and v heads from the metadata). The file may be corrupt."
+                )
+            for part, (start, end) in bounds.items():
+                name = hf_name(f"blk.{match.group(1)}.attn_{part}.{match.group(3)}", self.spec)
+                ranges[name] = (tensor, start, end)
+        return ranges
+
     def names(self) -> list[str]:
-        return [*self._tensors, *self._experts]
+        return [*self._tensors, *self._experts, *self._ranges]
 
     def describe(self, name: str) -> str:
         return str(self.path)
@@ -145,8 +221,12 @@ class GGUFCheckpoint:
 
         if name in self._experts:
             tensor, expert = self._experts[name]
-            shape = tuple(int(d) for d in reversed(tensor.shape[:2]))
+            shape = tuple(int(d) for d in reversed(tensor.shape[:-1]))
             data = tensor.data[expert]
+        elif name in self._ranges:
+            tensor, start, end = self._ranges[name]
+            shape = (end - start, *(int(d) for d in reversed(tensor.shape[:-1])))
+            data = tensor.data[start:end]
         else:
             tensor = self._tensors.get(name)
             if tensor is None:
@@ -170,7 +250,9 @@ class GGUFCheckpoint:
             name: (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape))) for name, t in self._tensors.items()
         }
         for name, (t, _) in self._experts.items():
-            types[name] = (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape[:2])))
+            types[name] = (t.tensor_type.name, tuple(int(d) for d in reversed(t.shape[:-1])))
+        for name, (t, start, end) in self._ranges.items():
+            types[name] = (t.tensor_type.name, (end - start, *(int(d) for d in reversed(t.shape[:-1]))))
         return types
 
     def get_raw(self, name: str) -> tuple[str, np.ndarray]:
@@ -178,13 +260,18 @@ class GGUFCheckpoint:
         rows un-permuted as in ``get``); blocks are never split across rows, so rows move whole."""
         if name in self._experts:
             tensor, expert = self._experts[name]
-            raw = np.asarray(tensor.data[expert]).view(np.uint8).reshape(int(tensor.shape[1]), -1)
+            rows = int(np.prod(tensor.shape[1:-1], dtype=np.int64))
+            raw = np.asarray(tensor.data[expert]).view(np.uint8).reshape(rows, -1)
             return tensor.tensor_type.name, raw
-        tensor = self._tensors.get(name)
+        start, end = 0, None
+        if name in self._ranges:
+            tensor, start, end = self._ranges[name]
+        else:
+            tensor = self._tensors.get(name)
         if tensor is None:
             raise CheckpointError(f"{self.path}: tensor {name} is missing from the GGUF file.")
         rows = int(np.prod(tensor.shape[1:], dtype=np.int64)) if len(tensor.shape) > 1 else 1
-        raw = np.asarray(tensor.data).view(np.uint8).reshape(rows, -1)
+        raw = np.asarray(tensor.data).view(np.uint8).reshape(rows, -1)[start:end]
         if self.spec.fix_tensor is not None:  # quantized matrices only see row moves (Llama's Q/K un-permute)
             raw = self.spec.fix_tensor(name, raw, self.config)
         return tensor.tensor_type.name, raw

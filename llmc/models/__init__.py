@@ -83,7 +83,7 @@ def _neox(family) -> ModelFamily:
     name = family.__name__.rsplit(".", 1)[-1]
     features = f"{family.FEATURES}, {ROPE}"
     return ModelFamily(
-        name, neox.NeoXConfig, family.parse_config, neox.NeoXForCausalLM, family.weight_sources, features
+        name, neox.NeoXConfig, family.parse_config, neox.NeoXForCausalLM, family.weight_sources, features, family.GGUF
     )
 
 
@@ -125,6 +125,7 @@ MODELS: dict[str, ModelFamily] = {
         gpt2.GPT2LMHeadModel,
         gpt2.weight_sources,
         "LayerNorm, learned absolute positions, Conv1D weights (transposed), tied head",
+        gpt2.GGUF,
     ),
     "gemma3": _gemma("gemma3"),  # the multimodal config: its text part
     # LayerNorm / parallel-block families (llmc.models.neox's module)
@@ -135,14 +136,14 @@ MODELS: dict[str, ModelFamily] = {
     "cohere": _neox(cohere),
     # Llama-shaped families: their variant in a family file of their own
     "internlm3": _llama("internlm3", f"{internlm3.FEATURES}, {ROPE}", variant=internlm3.VARIANT),
-    "seed_oss": _llama("seed_oss", f"{seed_oss.FEATURES}, {ROPE}", variant=seed_oss.VARIANT),
-    "granite": _llama("granite", f"{granite.FEATURES}, {ROPE}", variant=granite.VARIANT),
-    "arcee": _llama("arcee", f"{arcee.FEATURES}, {ROPE}", variant=arcee.VARIANT),
-    "olmo": _llama("olmo", f"{olmo.FEATURES}, {ROPE}", variant=olmo.VARIANT),
-    "smollm3": _llama("smollm3", f"{smollm3.FEATURES}, {ROPE}", variant=smollm3.VARIANT),
-    "ernie4_5": _llama("ernie4_5", f"{ernie4_5.FEATURES}, {ROPE}", variant=ernie4_5.VARIANT),
-    "glm": _llama("glm", f"{glm.FEATURES}, {ROPE}", variant=glm.VARIANT),
-    "exaone4": _llama("exaone4", f"{exaone4.FEATURES}, {ROPE}", variant=exaone4.VARIANT),
+    "seed_oss": _llama("seed_oss", f"{seed_oss.FEATURES}, {ROPE}", seed_oss.GGUF, variant=seed_oss.VARIANT),
+    "granite": _llama("granite", f"{granite.FEATURES}, {ROPE}", granite.GGUF, variant=granite.VARIANT),
+    "arcee": _llama("arcee", f"{arcee.FEATURES}, {ROPE}", arcee.GGUF, variant=arcee.VARIANT),
+    "olmo": _llama("olmo", f"{olmo.FEATURES}, {ROPE}", olmo.GGUF, variant=olmo.VARIANT),
+    "smollm3": _llama("smollm3", f"{smollm3.FEATURES}, {ROPE}", smollm3.GGUF, variant=smollm3.VARIANT),
+    "ernie4_5": _llama("ernie4_5", f"{ernie4_5.FEATURES}, {ROPE}", ernie4_5.GGUF, variant=ernie4_5.VARIANT),
+    "glm": _llama("glm", f"{glm.FEATURES}, {ROPE}", glm.GGUF, variant=glm.VARIANT),
+    "exaone4": _llama("exaone4", f"{exaone4.FEATURES}, {ROPE}", exaone4.GGUF, variant=exaone4.VARIANT),
     # multi-head latent attention families (llmc.models.deepseek_v2's module)
     "deepseek_v2": _deepseek("deepseek_v2"),
     "deepseek_v3": _deepseek("deepseek_v3"),

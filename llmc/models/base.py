@@ -114,16 +114,26 @@ class WeightSource:
 @dataclass(frozen=True)
 class GGUFSpec:
     """How a family reads a GGUF file: its ``general.architecture`` names, tensor names that differ from
-    llama.cpp's Llama naming, extra config fields from metadata and tensor fix-ups to HF conventions."""
+    llama.cpp's Llama naming, extra config fields from metadata and tensor fix-ups to HF conventions.
+
+    A GGUF tensor ``blk.N.KIND.weight`` (or ``.bias``) becomes ``{layer_prefix}.N.{HF suffix}.weight``
+    (``block_names`` over llama.cpp's Llama names); a global one (``token_embd``, ``output_norm``,
+    ``output``, ...) becomes ``global_names``' HF module path, over Llama's. Biases come with their weights."""
 
     architectures: tuple[str, ...]
     model_type: str
     block_names: dict[str, str] = field(default_factory=dict)  # GGUF block tensor -> HF suffix
-    config: Callable[[Callable], dict] | None = None  # meta(key, default) -> extra config.json fields
+    # meta(key, default) -> extra config.json fields; ``meta.has(gguf_tensor_name)`` says whether the file has it
+    config: Callable[[Callable], dict] | None = None
     fix_tensor: Callable[[str, np.ndarray, dict], np.ndarray] | None = None  # (HF name, array, config)
     # MoE: (model_type, layer, "gate"/"up"/"down", expert) -> the HF name of one expert's slice of a
     # ``ffn_{gate,up,down}_exps`` tensor (llama.cpp stores each kind's experts as one 3-D tensor)
     expert_name: Callable[[str, int, str, int], str] | None = None
+    global_names: dict[str, str] = field(default_factory=dict)  # GGUF global tensor -> HF module path
+    layer_prefix: str = "model.layers"  # the HF name of the layer list
+    # GGUF block tensors stacked by llama.cpp's converter from one HF tensor per row (StableLM's per-head
+    # QK-norms): KIND -> HF suffix with ``{j}`` for the row; each row is offered under its own HF name
+    row_names: dict[str, str] = field(default_factory=dict)
 
 
 def required_ints(hf: dict, source: str, keys: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from llmc.errors import ConfigError
-from llmc.models.base import WeightSource
+from llmc.models.base import GGUFSpec, WeightSource
 from llmc.models.llama import unpermute_qk
 from llmc.models.neox import HFNames, NeoXConfig, deinterleave_rows, require_silu, rope_fields, shape_fields, weight_map
 
@@ -54,3 +54,16 @@ def weight_sources(c: NeoXConfig) -> dict[str, WeightSource]:
                 unpermute_qk(array.reshape(-1), heads).reshape(array.shape)
             )
     return sources
+
+
+# llama.cpp's ``command-r``: HF Cohere's tensors, interleaved RoPE kept (no permutation), the logit scale
+GGUF = GGUFSpec(
+    ("command-r",),
+    "cohere",
+    block_names={"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+    config=lambda meta: {
+        "layer_norm_eps": meta("attention.layer_norm_epsilon", 1e-5),
+        "logit_scale": meta("logit_scale", 0.0625),
+        "use_qk_norm": meta.has("blk.0.attn_q_norm.weight"),
+    },
+)

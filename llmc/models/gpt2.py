@@ -13,7 +13,7 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
-from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints
+from llmc.models.base import BuildSizes, CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints
 from llmc.models.layers import Embedding, Norm, gather_rows
 
 ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": None}
@@ -22,6 +22,7 @@ ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "ta
 @dataclass
 class GPT2Config(ModelConfig):
     activation: str = "gelu_new"
+    conv1d: bool = True  # projections stored [in, out] (HF's Conv1D); False: [out, in] (llama.cpp's GGUF files)
 
 
 def parse_config(hf: dict, source: str) -> GPT2Config:
@@ -51,6 +52,7 @@ def parse_config(hf: dict, source: str) -> GPT2Config:
         mlp_bias=True,
         max_position_embeddings=int(hf.get("n_positions", 1024)),
         activation=activation,
+        conv1d=bool(hf.get("conv1d_weights", True)),
     )
 
 
@@ -152,8 +154,44 @@ def weight_sources(c: GPT2Config) -> dict[str, WeightSource]:
             ("mlp.fc", "mlp.c_fc", inner, h),
             ("mlp.proj", "mlp.c_proj", h, inner),
         ):
-            sources[f"{ours}.{module}.weight"] = WeightSource(
-                [f"{theirs}.{hf_module}.weight"], [(cols, rows)], _transpose
-            )
+            if c.conv1d:
+                sources[f"{ours}.{module}.weight"] = WeightSource(
+                    [f"{theirs}.{hf_module}.weight"], [(cols, rows)], _transpose
+                )
+            else:
+                sources[f"{ours}.{module}.weight"] = WeightSource([f"{theirs}.{hf_module}.weight"], [(rows, cols)])
             sources[f"{ours}.{module}.bias"] = WeightSource([f"{theirs}.{hf_module}.bias"], [(rows,)])
     return sources
+
+
+# ---------------------------------------------------------------------- GGUF
+# llama.cpp's ``gpt2``: HF GPT-2's tensors with the Conv1D weights transposed to [out, in] by its converter
+# (kept so: ``conv1d_weights`` false), learned positions as ``position_embd``
+GGUF = GGUFSpec(
+    ("gpt2",),
+    "gpt2",
+    block_names={
+        "attn_norm": "ln_1",
+        "ffn_norm": "ln_2",
+        "attn_qkv": "attn.c_attn",
+        "attn_output": "attn.c_proj",
+        "ffn_up": "mlp.c_fc",
+        "ffn_down": "mlp.c_proj",
+    },
+    global_names={
+        "token_embd": "transformer.wte",
+        "position_embd": "transformer.wpe",
+        "output_norm": "transformer.ln_f",
+    },
+    layer_prefix="transformer.h",
+    config=lambda meta: {
+        "n_embd": meta("embedding_length"),
+        "n_layer": meta("block_count"),
+        "n_head": meta("attention.head_count"),
+        "n_inner": meta.columns("blk.0.ffn_down.weight"),
+        "n_positions": meta("context_length"),
+        "layer_norm_epsilon": meta("attention.layer_norm_epsilon", 1e-5),
+        "activation_function": "gelu_new",
+        "conv1d_weights": False,
+    },
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmc.models.base import WeightSource
+from llmc.models.base import GGUFSpec, WeightSource
 from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm, parallel residual (two norms) or sequential, partial rotary, per-head fused q/k/v"
@@ -57,3 +57,33 @@ def weight_sources(c: NeoXConfig) -> dict[str, WeightSource]:
         if c.attention_bias:
             sources[f"{ours}.bias"] = WeightSource([f"{fused}.bias"], [(3 * hidden,)], regroup)
     return sources
+
+
+def _per_head_qkv(name: str, array: np.ndarray, config: dict) -> np.ndarray:
+    """llama.cpp's converter regrouped ``query_key_value`` rows (heads, 3, d) into (3, heads, d): put them back
+    (row moves only, so a quantized tensor's block rows move alike)."""
+    if ".attention.query_key_value." not in name:
+        return array
+    heads, rest = config["num_attention_heads"], array.shape[1:]
+    return np.ascontiguousarray(array.reshape(3, heads, -1, *rest).swapaxes(0, 1).reshape(array.shape))
+
+
+# llama.cpp's ``gptneox``: HF GPT-NeoX's tensors, q/k/v regrouped (undone by ``_per_head_qkv``)
+GGUF = GGUFSpec(
+    ("gptneox",),
+    "gpt_neox",
+    block_names={
+        "attn_qkv": "attention.query_key_value",
+        "attn_output": "attention.dense",
+        "ffn_up": "mlp.dense_h_to_4h",
+        "ffn_down": "mlp.dense_4h_to_h",
+    },
+    global_names={"token_embd": "gpt_neox.embed_in", "output_norm": "gpt_neox.final_layer_norm", "output": "embed_out"},
+    layer_prefix="gpt_neox.layers",
+    config=lambda meta: {
+        "layer_norm_eps": meta("attention.layer_norm_epsilon", 1e-5),
+        "use_parallel_residual": bool(meta("use_parallel_residual", True)),
+        "hidden_act": "gelu",
+    },
+    fix_tensor=_per_head_qkv,
+)

@@ -512,9 +512,10 @@ def unpermute_qk(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, rows // num_heads // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _unpermute_llama_qk(name: str, array: np.ndarray, config: dict) -> np.ndarray:
-    """llama.cpp's converter permuted Llama's Q/K rows (HF rotate-half -> interleaved pairs)."""
-    if name.endswith(("q_proj.weight", "k_proj.weight")):
+def unpermute_gguf_qk(name: str, array: np.ndarray, config: dict, parts: tuple[str, ...] = ("weight", "bias")):
+    """llama.cpp's converter permuted Llama's Q/K rows (HF rotate-half -> interleaved pairs): weights and
+    biases (``parts``: what it permuted; its OLMo converter leaves the biases)."""
+    if name.endswith(tuple(f"{qk}_proj.{part}" for qk in "qk" for part in parts)):
         key = "num_attention_heads" if "q_proj" in name else "num_key_value_heads"
         return unpermute_qk(array, config[key])
     return array
@@ -559,7 +560,7 @@ GGUF_LLAMA = GGUFSpec(
     "llama",
     block_names={"ffn_gate_inp": "block_sparse_moe.gate"},
     config=_llama_config,
-    fix_tensor=_unpermute_llama_qk,
+    fix_tensor=unpermute_gguf_qk,
     expert_name=gguf_expert_name,
 )
 GGUF_QWEN2 = GGUFSpec(("qwen2",), "qwen2")

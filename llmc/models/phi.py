@@ -6,7 +6,7 @@ QK LayerNorm (one over each head's dims, shared by the heads). The module is ``l
 from __future__ import annotations
 
 from llmc.errors import ConfigError
-from llmc.models.base import WeightSource
+from llmc.models.base import GGUFSpec, WeightSource
 from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm, parallel attention + GELU MLP on one norm, partial rotary, biases, LM-head bias"
@@ -41,3 +41,14 @@ def parse_config(hf: dict, source: str) -> NeoXConfig:
 
 def weight_sources(c: NeoXConfig) -> dict[str, WeightSource]:
     return weight_map(c, NAMES)
+
+
+# llama.cpp's ``phi2``: HF Phi's tensors (output norm and head with biases), LayerNorm epsilon under its own key;
+# its converter writes ``feed_forward_length`` as 4 x hidden (the reader takes the MLP width from ffn_down)
+GGUF = GGUFSpec(
+    ("phi2",),
+    "phi",
+    block_names={"attn_output": "self_attn.dense", "ffn_up": "mlp.fc1", "ffn_down": "mlp.fc2"},
+    global_names={"output_norm": "model.final_layernorm"},
+    config=lambda meta: {"layer_norm_eps": meta("attention.layer_norm_epsilon", 1e-5), "hidden_act": "gelu_new"},
+)

@@ -5,7 +5,14 @@ layer or none, so the module applies RoPE itself to the other layers (their ``At
 
 from __future__ import annotations
 
-from llmc.models.llama import LlamaVariant
+from llmc.models.base import GGUFSpec
+from llmc.models.llama import LlamaVariant, unpermute_gguf_qk
 
 VARIANT = LlamaVariant(sliding="unsupported", nope="interval")
 FEATURES = "NoPE layers (no_rope_layers / no_rope_layer_interval), RoPE by the module"
+
+
+# llama.cpp's ``smollm3``: Llama's tensors (Q/K rows permuted); llama.cpp has every 4th layer NoPE, fixed
+GGUF = GGUFSpec(
+    ("smollm3",), "smollm3", config=lambda meta: {"no_rope_layer_interval": 4}, fix_tensor=unpermute_gguf_qk
+)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmc.models.base import WeightSource
+from llmc.models.base import GGUFSpec, WeightSource
 from llmc.models.neox import HFNames, NeoXConfig, require_silu, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm, partial rotary, SwiGLU, optional q/k/v bias, per-head QK LayerNorm, parallel residual"
@@ -48,3 +48,18 @@ def weight_sources(c: NeoXConfig) -> dict[str, WeightSource]:
                 lambda array, heads=heads: np.ascontiguousarray(array.reshape(heads, d)),
             )
     return sources
+
+
+# llama.cpp's ``stablelm``: HF StableLM's tensors, the per-head QK-norms stacked (offered per head again); like
+# llama.cpp, a file without ``ffn_norm`` is a parallel block
+GGUF = GGUFSpec(
+    ("stablelm",),
+    "stablelm",
+    row_names={"attn_q_norm": "self_attn.q_layernorm.norms.{j}", "attn_k_norm": "self_attn.k_layernorm.norms.{j}"},
+    config=lambda meta: {
+        "layer_norm_eps": meta("attention.layer_norm_epsilon", 1e-5),
+        "use_parallel_residual": not meta.has("blk.0.ffn_norm.weight"),
+        "use_qkv_bias": meta.has("blk.0.attn_q.bias"),
+        "qk_layernorm": meta.has("blk.0.attn_q_norm.weight"),
+    },
+)

@@ -5,7 +5,7 @@ biases on every projection (``use_bias``), GQA and sliding-window attention on e
 
 from __future__ import annotations
 
-from llmc.models.base import WeightSource, sliding_layer_types
+from llmc.models.base import GGUFSpec, WeightSource, sliding_layer_types
 from llmc.models.neox import HFNames, NeoXConfig, gelu_kind, rope_fields, shape_fields, weight_map
 
 FEATURES = "LayerNorm, GELU MLP, biases, GQA, sliding-window attention, tied embeddings"
@@ -35,3 +35,17 @@ def parse_config(hf: dict, source: str) -> NeoXConfig:
 
 def weight_sources(c: NeoXConfig) -> dict[str, WeightSource]:
     return weight_map(c, NAMES)
+
+
+# llama.cpp's ``starcoder2``: HF StarCoder2's tensors; its converter writes no sliding window (llama.cpp attends
+# to the whole context), so neither does a GGUF build
+GGUF = GGUFSpec(
+    ("starcoder2",),
+    "starcoder2",
+    block_names={"ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
+    config=lambda meta: {
+        "norm_epsilon": meta("attention.layer_norm_epsilon", 1e-5),
+        "use_bias": meta.has("blk.0.attn_output.bias"),
+        "hidden_act": "gelu_pytorch_tanh",
+    },
+)

@@ -48,6 +48,31 @@ def merge_runs(parts: list[tuple[str, int]]) -> Runs:
     return tuple((fmt, rows) for fmt, rows in runs)
 
 
+def move_rows(name: str, transform, parts: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """A kept weight's raw rows ``[(ggml type, uint8 [rows, bytes])]`` moved as the family's ``WeightSource``
+    transform moves its float rows (GLM's and Cohere's q/k rows to rotate-half order, GPT-NeoX's q/k/v
+    regrouped): the transform runs on row numbers, and must only reorder rows within each part (a block row
+    moves whole; a transpose or a value change cannot be done on blocks, and is refused)."""
+    total = sum(len(raw) for _, raw in parts)
+    probe = np.repeat(np.arange(total, dtype=np.int64)[:, None], 2, axis=1)
+    try:
+        moved = np.asarray(transform(probe))
+    except (ValueError, TypeError):
+        moved = None
+    rows_only = moved is not None and moved.shape == probe.shape and np.array_equal(moved[:, 0], moved[:, 1])
+    out, start = [], 0
+    for fmt, raw in parts:
+        order = moved[start : start + len(raw), 0] - start if rows_only else None
+        if order is None or not np.array_equal(np.sort(order), np.arange(len(raw))):
+            raise ConfigError(
+                f"{name}: its checkpoint tensors are changed on load in a way --quant keep cannot apply to "
+                "GGML blocks; compile with --quant q0f32 or q4f16_1 to dequantize them instead."
+            )
+        out.append((fmt, np.ascontiguousarray(raw[order])))
+        start += len(raw)
+    return out
+
+
 @dataclass(frozen=True)
 class KeepScheme(QuantScheme):
     """The file's own formats, per parameter; bound to one checkpoint by ``bind``."""

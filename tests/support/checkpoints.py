@@ -318,7 +318,8 @@ def randomize(model, seed: int) -> None:
                 buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
 
 
-def make_checkpoint(folder: Path, name: str, seed: int = 0) -> Path:
+def make_checkpoint(folder: Path, name: str, seed: int = 0, overrides: dict | None = None) -> Path:
+    """``overrides``: config fields over the tiny defaults and the model's spec."""
     import torch
     import transformers
 
@@ -327,7 +328,7 @@ def make_checkpoint(folder: Path, name: str, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = make_tokenizer(folder)
     config_class = getattr(transformers, spec.pop("config_class", arch.replace("ForCausalLM", "Config")))
-    config = config_class(
+    fields = dict(
         vocab_size=vocab,
         hidden_size=64,
         intermediate_size=96,
@@ -336,8 +337,8 @@ def make_checkpoint(folder: Path, name: str, seed: int = 0) -> Path:
         rms_norm_eps=1e-5,
         bos_token_id=None,
         eos_token_id=2,
-        **spec,
     )
+    config = config_class(**{**fields, **spec, **(overrides or {})})
     torch.manual_seed(seed)
     model = getattr(transformers, arch)(config).eval()
     randomize(model, seed)
