@@ -146,6 +146,12 @@ class GGUFCheckpoint:
             "eos_token_id": self.metadata.get("tokenizer.ggml.eos_token_id"),
         }
         rotary = meta("rope.dimension_count")
+        valid = isinstance(rotary, int) and not isinstance(rotary, bool) and not rotary % 2 and 0 < rotary <= head_dim
+        if rotary is not None and not valid:
+            raise CheckpointError(
+                f"{self.path}: GGUF metadata {self.arch}.rope.dimension_count is {rotary!r}; expected an even "
+                f"integer up to the head width {head_dim}. The file is damaged; convert the model again."
+            )
         if rotary:  # (families with a partial default read 1.0 as "all of the head")
             config["partial_rotary_factor"] = rotary / head_dim
         if meta("rope.scaling.type") == "linear" and meta("rope.scaling.factor"):
