@@ -21,6 +21,7 @@ import numpy as np
 
 from llmc.checkpoint.config_checks import POSITIVE_INT_FIELDS
 from llmc.errors import ArtifactError
+from llmc.memory import recorded_eviction
 
 MAX_JSON_BYTES = 64 << 20
 ELF_MAGIC = b"\x7fELF"
@@ -169,7 +170,7 @@ def _check_eviction(file: Path, config: dict) -> None:
     """An evicting cache (``sliding_eviction``; older llmc wrote it under ``model``): the runtime slides each
     sequence by the sliding window, which must hold a prefill chunk."""
     model = config["model"]
-    evicts = config.get("sliding_eviction", model.get("sliding_eviction", False))
+    evicts = recorded_eviction(config)
     if not isinstance(evicts, bool):
         raise ArtifactError(f"{file}: 'sliding_eviction' is {evicts!r}; expected true or false. Re-run `llmc compile`.")
     window, chunk = model.get("sliding_window"), config["prefill_chunk"]

@@ -30,11 +30,14 @@ def kv_cache_bytes(model: dict, dtype: str, tokens: int) -> int:
     return model["num_hidden_layers"] * kv_layer_bytes(model, dtype, tokens)
 
 
+def recorded_eviction(config: dict):
+    """An artifact's ``sliding_eviction`` as recorded (older llmc wrote it under ``model``); False when absent."""
+    return config.get("sliding_eviction", config["model"].get("sliding_eviction", False))
+
+
 def evicting_window(config: dict) -> int:
     """The sliding window of an artifact whose KV cache evicts (the runtime slides each sequence), else 0."""
-    model = config["model"]
-    evicts = config.get("sliding_eviction", model.get("sliding_eviction"))  # older llmc wrote it under "model"
-    return int(model.get("sliding_window") or 0) if evicts else 0
+    return int(config["model"].get("sliding_window") or 0) if recorded_eviction(config) else 0
 
 
 def kv_tokens_per_sequence(config: dict, context_window: int | None = None) -> int:
