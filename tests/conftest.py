@@ -99,7 +99,7 @@ def hf_models(checkpoints):
 @pytest.fixture(scope="session")
 def compiled(checkpoints, family_checkpoints, tmp_path_factory):
     """compiled(name, quant, target) -> artifact folder, built once per session (TINY_MODELS and FAMILY_MODELS)."""
-    root = tmp_path_factory.mktemp("artifacts")
+    root = shared_build_root(tmp_path_factory)
     cache: dict[tuple[str, str, str], Path] = {}
 
     def get(name: str, quant: str = "q0f32", target: str = "llvm", cpu_kernels: str = "int8") -> Path:
@@ -108,20 +108,54 @@ def compiled(checkpoints, family_checkpoints, tmp_path_factory):
         if key not in cache:
             source = checkpoints[name] if name in checkpoints else family_checkpoints[name]
             folder = f"{name}-{quant}" if target == "llvm" else f"{name}-{quant}-{target}"
+            output = root / f"{folder if cpu_kernels == 'int8' else f'{folder}-float'}-{folder_digest(source)}"
             options = CompileOptions(
                 target=target,
                 quant=quant,
-                output=root / (folder if cpu_kernels == "int8" else f"{folder}-float"),
+                output=output,
                 quiet=True,
                 context_window=TINY_CONTEXT_WINDOW,
                 prefill_chunk=TINY_PREFILL_CHUNK,
                 max_batch_size=4,
                 cpu_kernels=cpu_kernels,
             )
-            cache[key] = compile_model(str(source), options)
+            cache[key] = built_once(output, lambda: compile_model(str(source), options))
         return cache[key]
 
     return get
+
+
+def shared_build_root(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this run shares (their base temp folders' parent), else the session's."""
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-artifacts"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def folder_digest(folder: Path) -> str:
+    """The checkpoint's content (a worker's checkpoint may differ from another's: then so do the builds)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def built_once(output: Path, build) -> Path:
+    """``output`` built by the first worker that asks (the others wait on a lock, then reuse it)."""
+    import fcntl
+    import shutil
+
+    with open(output.with_name(output.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (output / "llmc-config.json").exists():
+            return output
+        shutil.rmtree(output, ignore_errors=True)  # a build another worker left unfinished
+        return build()
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
 """Build-only checks: the families whose shape differs most from Llama compile for the GPU and phone targets.
 
-In the default run: gemma3, qwen3_moe and gpt2 for android;
-``gemma3`` (sliding-window + global layers, module-applied RoPE with two bases, QK-norm, GELU-tanh, offset
-norms) for cuda:sm_90a (through the CLI, which prepares nvcc); ``gemma3`` and ``qwen3_moe`` (top-k routing,
-gathered expert matmuls, a dense layer) for webgpu (WGSL codegen; linking the .wasm needs emcc and is
-``make test-web``'s job). ``make test-models-builds`` (``--run builds``, ~30 min) builds every family in FAMILIES
-for both cuda:sm_90a and android (the round-5 families among them: LayerNorm phi, gpt_neox, stablelm,
-starcoder2, cohere; Llama-shaped granite, olmo, exaone4, glm, ernie4_5, smollm3, arcee, seed_oss, internlm3).
-q4f16_1 throughout. ``make test-vulkan`` runs Qwen3-MoE's GPU kernels on lavapipe.
+In the default run: gemma3, qwen3_moe and gpt2 for android; ``gemma3`` (sliding-window + global layers, module-
+applied RoPE with two bases, QK-norm, GELU-tanh, offset norms) for cuda:sm_90a (through the CLI, which prepares
+nvcc); ``gemma3`` and ``qwen3_moe`` (top-k routing, gathered expert matmuls, a dense layer) for webgpu (WGSL
+codegen; linking the .wasm needs emcc and is ``make test-web``'s job). ``make test-models-builds`` (``--run
+builds``) builds every family in FAMILIES for cuda:sm_90a and android and generates its WGSL for webgpu (the
+round-5 families among them: LayerNorm phi, gpt_neox, stablelm, starcoder2, cohere; Llama-shaped granite, olmo,
+exaone4, glm, ernie4_5, smollm3, arcee, seed_oss, internlm3). q4f16_1 throughout. ``make test-vulkan`` runs
+Qwen3-MoE's GPU kernels on lavapipe.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ FAMILIES += ["deepseek_v2", "deepseek_v3"]  # MLA over a latent KV head, DeepSee
 DEFAULT_CUDA = ("gemma3",)  # the others: make test-models-builds
 # sliding + global layers with module RoPE, MoE routing, LayerNorm with learned positions: the rest there
 DEFAULT_ANDROID = ("gemma3", "qwen3_moe", "gpt2")
+DEFAULT_WEBGPU = ("gemma3", "qwen3_moe")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
@@ -56,10 +57,12 @@ def test_builds_for_android(name, compiled):
     assert config["target"] == "android" and (folder / config["library"]).stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["gemma3", "qwen3_moe"])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[] if n in DEFAULT_WEBGPU else [slow_builds]) for n in FAMILIES]
+)
 def test_codegen_for_webgpu(name, family_checkpoints):
-    """Every kernel becomes WGSL: Gemma 3's paged-KV sliding-window attention, Qwen3-MoE's routing and
-    gathered expert matmuls."""
+    """Every kernel becomes WGSL: by default Gemma 3's paged-KV sliding-window attention and Qwen3-MoE's routing
+    and gathered expert matmuls; every family under ``--run builds``."""
     from tvm import relax
 
     from llmc.compile import CompileOptions, plan_model
@@ -80,7 +83,7 @@ def test_codegen_for_webgpu(name, family_checkpoints):
 
     sources = device_sources(executable.mod)
     assert len(sources) == 1 and "@compute" in sources[0]
-    expected = {"gemma3": "sliding_window", "qwen3_moe": "moe_matmul"}[name]
+    expected = {"gemma3": "sliding_window", "qwen3_moe": "moe_matmul"}.get(name, "batch_decode_paged_kv")
     assert expected in sources[0]  # the sliding layers' attention kernels; the expert matmuls
 
 

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from tvm.script import tirx as T
 
 from llmc.kernels.cpu_silu import EXP2_TAYLOR
+from llmc.kernels.parse_speed import memoized_kernel
 
 CHUNK = 16
 LOG2E = math.log2(math.e)
@@ -439,6 +440,7 @@ def _scratch(shape: tuple, used: bool) -> tuple:
     return shape if used else (1,) * len(shape)
 
 
+@memoized_kernel
 def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0, evict_window: int = 0):
     """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs).
 
@@ -511,6 +513,7 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
     return batch_prefill_ragged_kv
 
 
+@memoized_kernel
 def prefill_paged(
     h_kv,
     h_q,
@@ -633,6 +636,7 @@ def prefill_paged(
     return _named(batch_prefill_paged_kv_cpu, sliding_window)
 
 
+@memoized_kernel
 def decode_paged(
     num_kv_heads,
     num_qo_heads,
@@ -730,6 +734,7 @@ def decode_paged(
 ROPE_TYPES = (None, "default", "llama3")  # rope variants whose frequencies the table kernel takes from TVM
 
 
+@memoized_kernel
 def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling, rotary_dim=None):
     """Split fused qkv into q, k, v and apply RoPE to q and k (HF rotate-half convention).
 

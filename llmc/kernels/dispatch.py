@@ -23,6 +23,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import RopeMode, TIRPagedKVCache
 from llmc.kernels.cpu_attention import llmc_cpu_attention
 from llmc.kernels.cpu_silu import silu_multiply
 from llmc.kernels.gpu_softcap import tvm_gpu_softcap
+from llmc.kernels.parse_speed import memoized_getmodule
 from llmc.models.attention import REQUEST_FUNC, KVCacheRequest
 
 # the exported functions in the order nn.Module.export_tvm traces them (kernel names get suffixes in this order)
@@ -67,7 +68,7 @@ def paged_kv_cache(request: KVCacheRequest, sizes: list, target: tvm.target.Targ
     if len(windows) > 1:
         raise ValueError(f"TVM's paged KV cache takes one sliding window for all layers, not {sorted(windows)}")
     cache_rope = first.rope == "cache"
-    with _kernels(request, target, cpu_kernels, evict):
+    with _kernels(request, target, cpu_kernels, evict), memoized_getmodule():
         cache = TIRPagedKVCache(
             attn_kind=kinds if "mha_sliding" in kinds else "mha",
             max_batch_size=sizes[0],
