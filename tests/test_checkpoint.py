@@ -81,3 +81,40 @@ def test_lean_gguf_parser_agrees_with_gguf_py():
     for ours, theirs in zip(tensors[:12], reference.tensors[:12]):
         assert ours.tensor_type == theirs.tensor_type and tuple(ours.shape) == tuple(int(d) for d in theirs.shape)
         assert np.array_equal(np.asarray(ours.data), np.asarray(theirs.data))
+
+
+# Meta's Llama 3.1 (head 128) and 3.2 (head 64, factor 32) rope scaling, and a band no frequency falls in
+def llama3(factor: float, low: float, high: float, context: int) -> dict:
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    return dict(zip(keys, (factor, low, high, context)))
+
+
+LLAMA3_SCALINGS = [
+    (500000.0, 128, llama3(8.0, 1.0, 4.0, 8192)),
+    (500000.0, 64, llama3(32.0, 1.0, 4.0, 8192)),
+    (500000.0, 16, llama3(8.0, 1.0, 4.0, 32)),
+    (10000.0, 64, llama3(4.0, 2.0, 8.0, 4096)),
+]
+
+
+@pytest.mark.parametrize("theta, rotary_dim, scaling", LLAMA3_SCALINGS)
+def test_gguf_rope_freqs_give_back_a_llama3_scaling_with_the_same_divisors(theta, rotary_dim, scaling, tmp_path):
+    """llama.cpp's converter stores Llama 3 rope scaling as per-frequency divisors (float32): the reader's
+    ``rope_scaling`` reproduces each divisor (the band's own parameters are not all recoverable)."""
+    from llmc.checkpoint.gguf_rope import llama3_divisors, rope_scaling_from_freqs
+
+    stored = llama3_divisors(theta, rotary_dim, scaling).astype(np.float32)
+    recovered = rope_scaling_from_freqs(stored, theta, rotary_dim, tmp_path / "m.gguf")
+    assert recovered["rope_type"] == "llama3" and recovered["factor"] == scaling["factor"]
+    assert np.allclose(llama3_divisors(theta, rotary_dim, recovered), stored, rtol=1e-5)
+
+
+def test_gguf_rope_freqs_of_another_shape_are_refused(tmp_path):
+    from llmc.checkpoint.gguf_rope import rope_scaling_from_freqs
+    from llmc.errors import ConfigError
+
+    assert rope_scaling_from_freqs(np.ones(8, np.float32), 10000.0, 16, tmp_path / "m.gguf") is None
+    with pytest.raises(ConfigError, match="m.gguf: GGUF tensor rope_freqs.weight does not follow"):
+        rope_scaling_from_freqs(np.linspace(1, 3, 8), 10000.0, 16, tmp_path / "m.gguf")
+    with pytest.raises(ConfigError, match="holds 4 divisors; expected 8"):
+        rope_scaling_from_freqs(np.ones(4), 10000.0, 16, tmp_path / "m.gguf")

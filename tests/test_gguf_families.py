@@ -57,8 +57,10 @@ GGUF_FAMILIES = {
     "seed_oss": ("seed_oss", {}),
     "internlm3": ("llama", {}),  # q/k/v/o and MLP biases on llama.cpp's llama arch
     "gpt2": ("gpt2", {}),
+    # Llama 3.1-style rope scaling: the converter writes it as a rope_freqs tensor, not as metadata
+    "llama_gqa": ("llama", {}),
 }
-DEFAULT = {"gpt_neox", "glm"}
+DEFAULT = {"gpt_neox", "llama_gqa"}
 FUSED_QKV = "olmo"  # also converted with --fuse-qkv: one attn_qkv tensor per layer, split by llmc's reader
 
 # run in the converter's own process: its sys.path, its gguf-py, the patches

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from llmc.checkpoint.gguf_file import GGUFFormatError, read_gguf
+from llmc.checkpoint.gguf_rope import rope_scaling_from_freqs
 from llmc.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -102,11 +103,6 @@ class GGUFCheckpoint:
                 f"{path}: GGUF architecture {self.arch!r} is not supported; "
                 f"supported: {', '.join(gguf_architectures())}."
             )
-        if any(t.name == "rope_freqs.weight" for t in self.tensors):
-            raise ConfigError(
-                f"{path}: GGUF rope_freqs (Llama 3.1-style rope scaling) is not supported yet; "
-                "compile the Hugging Face checkpoint instead."
-            )
         names = {t.name: hf_name(t.name, self.spec) for t in self.tensors}
         self._tensors = {names[t.name]: t for t in self.tensors if names[t.name] is not None}
         self._meta = _Metadata(self.arch, self.metadata, {t.name: t for t in self.tensors})
@@ -156,6 +152,14 @@ class GGUFCheckpoint:
             config["partial_rotary_factor"] = rotary / head_dim
         if meta("rope.scaling.type") == "linear" and meta("rope.scaling.factor"):
             config["rope_scaling"] = {"rope_type": "linear", "factor": float(meta("rope.scaling.factor"))}
+        freqs = next((t for t in self.tensors if t.name == "rope_freqs.weight"), None)
+        if freqs is not None:  # Llama 3.1-style scaling, stored as one divisor per frequency
+            from gguf.quants import dequantize
+
+            divisors = dequantize(freqs.data, freqs.tensor_type)
+            scaling = rope_scaling_from_freqs(divisors, float(config["rope_theta"]), rotary or head_dim, self.path)
+            if scaling:
+                config["rope_scaling"] = scaling
         # qwen2 (its model_type) has q/k/v biases and no o_proj bias, as in its config.json; HF's
         # attention_bias would add an o_proj bias the file does not have
         if self.spec.config is not None:
