@@ -59,6 +59,22 @@ GGUF_FAMILIES = {
     "gpt2": ("gpt2", {}),
     # Llama 3.1-style rope scaling: the converter writes it as a rope_freqs tensor, not as metadata
     "llama_gqa": ("llama", {}),
+    # multi-head latent attention (kv_b_proj split per head into attn_k_b / attn_v_b); the file keeps yarn's
+    # mscale_all_dim only, and mscale equals it in DeepSeek's configs
+    "deepseek_v2": (
+        "deepseek2",
+        {
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+                "mscale": 0.5,
+                "mscale_all_dim": 0.5,
+            }
+        },
+    ),
+    "deepseek_v3": ("deepseek2", {}),  # sigmoid routing told by its exp_probs_b bias (no gating function kept)
 }
 DEFAULT = {"gpt_neox", "llama_gqa"}
 FUSED_QKV = "olmo"  # also converted with --fuse-qkv: one attn_qkv tensor per layer, split by llmc's reader
@@ -176,7 +192,6 @@ def as_q8_0(hf) -> None:
     """transformers' model with the weights of the converter's q8_0 file: every matrix but norms and learned
     positions through Q8_0 (gguf-py's quantizer, as the converter's; blocks along the input features)."""
     import torch
-    from gguf import GGMLQuantizationType, quants
 
     done = set()  # a tied embedding / LM head is one tensor
     with torch.no_grad():
@@ -185,11 +200,30 @@ def as_q8_0(hf) -> None:
                 full = f"{module_name}.{name}"
                 if param.ndim < 2 or id(param) in done or "norm" in full or module_name.endswith("wpe"):
                     continue
+                if module_name.endswith("mlp.gate"):  # MoE routers stay float32 (ffn_gate_inp)
+                    continue
                 done.add(id(param))
                 conv1d = type(module).__name__ == "Conv1D"  # GPT-2 stores [in, out]
                 rows = np.ascontiguousarray(param.numpy().T if conv1d else param.numpy())
-                decoded = quants.dequantize(quants.quantize(rows, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0)
+                mla = full.endswith("kv_b_proj.weight")
+                decoded = mla_kv_b_as_stored(rows, hf.config, q8_0) if mla else q8_0(rows)
                 param.copy_(torch.from_numpy(np.ascontiguousarray(decoded.T if conv1d else decoded)))
+
+
+def q8_0(rows: np.ndarray) -> np.ndarray:
+    from gguf import GGMLQuantizationType, quants
+
+    return quants.dequantize(quants.quantize(rows, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0)
+
+
+def mla_kv_b_as_stored(rows: np.ndarray, config, quantize) -> np.ndarray:
+    """DeepSeek's kv_b_proj as the q8_0 file holds it: per head, the W_UK rows transposed (attn_k_b, rows of
+    qk_nope_head_dim values: float16, too short for Q8_0 blocks) and the W_UV rows (attn_v_b, through Q8_0)."""
+    heads, nope, v = config.num_attention_heads, config.qk_nope_head_dim, config.v_head_dim
+    per_head = rows.reshape(heads, nope + v, -1)
+    uk = per_head[:, :nope].astype(np.float16).astype(np.float32)
+    uv = quantize(np.ascontiguousarray(per_head[:, nope:]).reshape(heads * v, -1)).reshape(heads, v, -1)
+    return np.concatenate([uk, uv], axis=1).reshape(rows.shape)
 
 
 def llmc_logits(gguf: Path, quant: str, out: Path, ids: list[int]) -> np.ndarray:

@@ -49,7 +49,10 @@ def hf_name(gguf_name: str, spec: GGUFSpec | None = None) -> str | None:
         names = {**_BLOCK_NAMES, **(spec.block_names if spec else {})}
         prefix = spec.layer_prefix if spec else "model.layers"
         if match.group(2) in names:
-            return f"{prefix}.{match.group(1)}.{names[match.group(2)]}.{match.group(3)}"
+            target = names[match.group(2)]  # "{suffix}" where the HF name is not "<module>.weight/bias"
+            if "{suffix}" in target:
+                return f"{prefix}.{match.group(1)}.{target.format(suffix=match.group(3))}"
+            return f"{prefix}.{match.group(1)}.{target}.{match.group(3)}"
         return None
     match = _GLOBAL_RE.match(gguf_name)
     names = {**_GLOBAL_NAMES, **(spec.global_names if spec else {})}

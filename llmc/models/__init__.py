@@ -16,6 +16,7 @@ from llmc.errors import ConfigError
 from llmc.models import (
     arcee,
     cohere,
+    deepseek_gguf,
     deepseek_v2,
     ernie4_5,
     exaone4,
@@ -95,6 +96,7 @@ def _deepseek(name: str) -> ModelFamily:
         deepseek_v2.DeepseekForCausalLM,
         deepseek_v2.weight_sources,
         deepseek_v2.FEATURES[name],
+        deepseek_gguf.GGUF if name == "deepseek_v2" else None,  # one spec reads both (deepseek2 files)
     )
 
 

@@ -89,6 +89,9 @@ class DeepseekConfig(ModelConfig):
     group_score: str = "max"  # a group's score: its best expert's ("max", V2) or its best two's sum ("top2", V3)
     moe_renormalize: bool = False  # the chosen weights divided by their sum (V3's norm_topk_prob)
     routed_scaling_factor: float = 1.0
+    # weight layout, not architecture: GGUF files hold kv_b_proj as llama.cpp split it (attn_k_b: W_UK^T per
+    # head, attn_v_b: W_UV per head), offered by the reader as self_attn.k_b_proj / v_b_proj
+    kv_b_split: bool = False
 
 
 def _positive_int(hf: dict, key: str, source: str, default=None) -> int:
@@ -195,6 +198,7 @@ def parse_config(hf: dict, source: str) -> DeepseekConfig:
         v_head_dim=hf["v_head_dim"],
         softmax_scale=float((nope + rope_dim) ** -0.5 * _yarn_softmax_mscale(rope_scaling)),
         rope_interleaved=interleaved,
+        kv_b_split=bool(hf.get("kv_b_split", False)),
         **_moe_fields(hf, model_type, layers, source),
     )
 
@@ -518,6 +522,10 @@ def _kv_b_split(c: DeepseekConfig, part: str):
     return transform
 
 
+def _per_head_transpose(weight: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(weight.transpose(0, 2, 1))
+
+
 def weight_sources(c: DeepseekConfig) -> dict[str, WeightSource]:
     """Module parameters that are not a same-named HF tensor: reordered rope rows, kv_b_proj's two halves, fused
     gate/up projections, stacked experts."""
@@ -535,8 +543,13 @@ def weight_sources(c: DeepseekConfig) -> dict[str, WeightSource]:
             sources[f"{kv_a}.weight"] = WeightSource([f"{kv_a}.weight"], [(width, hidden)], _kv_a_rows(c))
             if c.attention_bias:
                 sources[f"{kv_a}.bias"] = WeightSource([f"{kv_a}.bias"], [(width,)], _kv_a_rows(c))
-        sources[f"{attn}.w_uk"] = WeightSource([f"{attn}.kv_b_proj.weight"], kv_b, _kv_b_split(c, "uk"))
-        sources[f"{attn}.w_uv"] = WeightSource([f"{attn}.kv_b_proj.weight"], kv_b, _kv_b_split(c, "uv"))
+        if c.kv_b_split:  # [heads, lora, nope] -> W_UK [heads, nope, lora]; [heads, v, lora] -> W_UV^T [heads, lora, v]
+            uk, uv = [(heads, c.kv_lora_rank, c.qk_nope_head_dim)], [(heads, c.v_head_dim, c.kv_lora_rank)]
+            sources[f"{attn}.w_uk"] = WeightSource([f"{attn}.k_b_proj.weight"], uk, _per_head_transpose)
+            sources[f"{attn}.w_uv"] = WeightSource([f"{attn}.v_b_proj.weight"], uv, _per_head_transpose)
+        else:
+            sources[f"{attn}.w_uk"] = WeightSource([f"{attn}.kv_b_proj.weight"], kv_b, _kv_b_split(c, "uk"))
+            sources[f"{attn}.w_uv"] = WeightSource([f"{attn}.kv_b_proj.weight"], kv_b, _kv_b_split(c, "uv"))
         if i in c.moe_layers:
             sources.update(_moe_sources(c, mlp))
             if c.shared_experts:
