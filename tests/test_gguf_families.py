@@ -75,6 +75,8 @@ GGUF_FAMILIES = {
         },
     ),
     "deepseek_v3": ("deepseek2", {}),  # sigmoid routing told by its exp_probs_b bias (no gating function kept)
+    "olmo2": ("olmo2", {}),
+    "gemma2": ("gemma2", {"query_pre_attn_scalar": 16}),  # llama.cpp's gemma2 scales by the head width (16)
 }
 DEFAULT = {"gpt_neox", "llama_gqa"}
 FUSED_QKV = "olmo"  # also converted with --fuse-qkv: one attn_qkv tensor per layer, split by llmc's reader
@@ -84,9 +86,9 @@ CONVERT = r"""
 import sys
 src, jobs = sys.argv[1], sys.argv[2:]
 sys.path[:0] = [src, src + "/gguf-py"]
-from conversion import base, chatglm, ernie, gpt2, gptneox, llama, stablelm
+from conversion import base, chatglm, ernie, gemma, gpt2, gptneox, llama, stablelm
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"  # the tiny BPE: no known hash
-for model in (chatglm.ChatGLMModel, ernie.Ernie4_5Model, llama.LlamaModel):  # real GLM / SentencePiece vocabs
+for model in (chatglm.ChatGLMModel, ernie.Ernie4_5Model, llama.LlamaModel, gemma.Gemma2Model):  # their real vocabs
     model.set_vocab = base.TextModel._set_vocab_gpt2
 def with_hparams(model, **fields):  # config.json names of transformers 4 that transformers 5's dicts lack
     init = model.__init__

@@ -75,7 +75,7 @@ def _gemma(name: str) -> ModelFamily:
         gemma3.Gemma3ForCausalLM,
         gemma3.weight_sources,
         features,
-        gemma3.GGUF_GEMMA3 if name == "gemma3_text" else None,
+        {"gemma3_text": gemma3.GGUF_GEMMA3, "gemma2": gemma3.GGUF_GEMMA2}.get(name),
     )
 
 
@@ -117,7 +117,7 @@ MODELS: dict[str, ModelFamily] = {
         f"sparse MoE (softmax top-k routing, norm_topk_prob), dense mlp_only_layers, QK-norm, {ROPE}",
         llama.GGUF_QWEN3_MOE,
     ),
-    "olmo2": _llama("olmo2", f"{olmo2.FEATURES}, {ROPE}", variant=olmo2.VARIANT),
+    "olmo2": _llama("olmo2", f"{olmo2.FEATURES}, {ROPE}", olmo2.GGUF, variant=olmo2.VARIANT),
     "gemma2": _gemma("gemma2"),
     "gemma3_text": _gemma("gemma3_text"),
     "gpt2": ModelFamily(

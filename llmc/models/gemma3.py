@@ -296,3 +296,30 @@ GGUF_GEMMA3 = GGUFSpec(
     config=_gguf_config,
     fix_tensor=_minus_one,
 )
+
+
+def _gemma2_gguf_config(meta) -> dict:
+    """llama.cpp's gemma2 metadata: every other layer sliding (layer 0 first), soft-caps, one rope base; its
+    attention scale is 1/sqrt(head_dim) (query_pre_attn_scalar is not stored; llama.cpp takes the head width, as
+    Gemma 2 2B and 9B have it)."""
+    return {
+        "model_type": "gemma2",
+        "sliding_window": int(meta("attention.sliding_window", 4096)),
+        "attn_logit_softcapping": float(meta("attn_logit_softcapping", 0.0) or 0.0),
+        "final_logit_softcapping": float(meta("final_logit_softcapping", 0.0) or 0.0),
+        "query_pre_attn_scalar": meta("attention.key_length"),
+        "tie_word_embeddings": True,
+    }
+
+
+GGUF_GEMMA2 = GGUFSpec(
+    ("gemma2",),
+    "gemma2",
+    block_names={
+        "post_attention_norm": "post_attention_layernorm",
+        "ffn_norm": "pre_feedforward_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+    },
+    config=_gemma2_gguf_config,
+    fix_tensor=_minus_one,
+)
