@@ -298,16 +298,22 @@ GGUF_GEMMA3 = GGUFSpec(
 )
 
 
+GEMMA2_27B_LAYERS = 46  # llama.cpp tells Gemma 2 27B by its layer count
+
+
 def _gemma2_gguf_config(meta) -> dict:
     """llama.cpp's gemma2 metadata: every other layer sliding (layer 0 first), soft-caps, one rope base; its
     attention scale is 1/sqrt(head_dim) (query_pre_attn_scalar is not stored; llama.cpp takes the head width, as
-    Gemma 2 2B and 9B have it)."""
+    Gemma 2 2B and 9B have it, and hidden / heads for the 46-layer 27B)."""
+    scalar = meta("attention.key_length")
+    if meta("block_count") == GEMMA2_27B_LAYERS:
+        scalar = meta("embedding_length") // meta("attention.head_count")
     return {
         "model_type": "gemma2",
         "sliding_window": int(meta("attention.sliding_window", 4096)),
         "attn_logit_softcapping": float(meta("attn_logit_softcapping", 0.0) or 0.0),
         "final_logit_softcapping": float(meta("final_logit_softcapping", 0.0) or 0.0),
-        "query_pre_attn_scalar": meta("attention.key_length"),
+        "query_pre_attn_scalar": scalar,
         "tie_word_embeddings": True,
     }
 
