@@ -26,6 +26,7 @@ from llmc.models import (
     granite,
     internlm3,
     llama,
+    llama4,
     neox,
     olmo,
     olmo2,
@@ -84,6 +85,12 @@ def _neox(family) -> ModelFamily:
     features = f"{family.FEATURES}, {ROPE}"
     return ModelFamily(
         name, neox.NeoXConfig, family.parse_config, neox.NeoXForCausalLM, family.weight_sources, features, family.GGUF
+    )
+
+
+def _llama4(name: str) -> ModelFamily:
+    return ModelFamily(
+        name, llama4.Llama4Config, llama4.parse_config, llama4.Llama4ForCausalLM, llama4.weight_sources, llama4.FEATURES
     )
 
 
@@ -147,6 +154,9 @@ MODELS: dict[str, ModelFamily] = {
     # multi-head latent attention families (llmc.models.deepseek_v2's module)
     "deepseek_v2": _deepseek("deepseek_v2"),
     "deepseek_v3": _deepseek("deepseek_v3"),
+    # Llama 4 (llmc.models.llama4's module): the text model, and the multimodal config's text part
+    "llama4_text": _llama4("llama4_text"),
+    "llama4": _llama4("llama4"),
 }
 
 
