@@ -26,6 +26,8 @@ from llmc.models import MODELS
 from llmc.plan import CompileOptions, apply_sizes
 
 NAME = "llama4_text"
+VISION = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=28,
+              patch_size=14, vision_output_dim=32, projector_input_dim=32, projector_output_dim=32)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +72,7 @@ def test_the_multimodal_config_reads_its_text_part_and_tensor_names():
 
     text = _text_config()
     text.pop("model_type")
-    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=28,
-                  patch_size=14, vision_output_dim=32, projector_input_dim=32, projector_output_dim=32)  # fmt: skip
-    hf_config = transformers.Llama4Config(text_config=text, vision_config=vision)
+    hf_config = transformers.Llama4Config(text_config=text, vision_config=VISION)
     with torch.device("meta"):
         model = transformers.Llama4ForConditionalGeneration(hf_config)
     shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
@@ -88,6 +88,38 @@ def test_the_multimodal_config_reads_its_text_part_and_tensor_names():
     for source in sources.values():
         for name, shape in zip(source.names, source.shapes):
             assert shapes.get(name) == tuple(shape), name
+
+
+@pytest.mark.slow
+def test_a_multimodal_checkpoint_compiles_to_its_text_model(tmp_path):
+    """A tiny Llama4ForConditionalGeneration checkpoint (``llama4`` config.json, ``language_model.*`` tensors beside a
+    vision tower) compiles and prefills as transformers' model does on text alone."""
+    import torch
+    import transformers
+    from support.checkpoints import hf_logits, make_tokenizer, randomize
+    from test_models_families import FP32, assert_close, random_ids
+
+    from llmc.compile import CompileOptions, compile_model
+    from llmc.runtime.engine import Engine
+
+    folder = tmp_path / "llama4-multimodal"
+    folder.mkdir()
+    text = {**_text_config(vocab_size=make_tokenizer(folder), rms_norm_eps=1e-5, eos_token_id=2), "bos_token_id": None}
+    text.pop("model_type")
+    config = transformers.Llama4Config(text_config=text, vision_config=VISION)
+    torch.manual_seed(0)
+    model = transformers.Llama4ForConditionalGeneration(config).eval()
+    randomize(model, 0)
+    model.save_pretrained(folder)
+    options = CompileOptions(output=tmp_path / "out", context_window=128, prefill_chunk=24, quiet=True)
+    engine = Engine(compile_model(str(folder), options))
+    for seq_id, length in enumerate(PROMPT_LENGTHS):
+        ids = random_ids(engine.vocab_size, length, seed=20 + seq_id)
+        engine.add_sequence(seq_id)
+        assert_close(
+            engine.prefill(seq_id, ids), hf_logits(model, ids)[-1], FP32, f"llama4 multimodal prefill {length}"
+        )
+        engine.remove_sequence(seq_id)
 
 
 @pytest.mark.parametrize(

@@ -89,8 +89,9 @@ def _neox(family) -> ModelFamily:
 
 
 def _llama4(name: str) -> ModelFamily:
+    features = f"{llama4.FEATURES}, {ROPE}"
     return ModelFamily(
-        name, llama4.Llama4Config, llama4.parse_config, llama4.Llama4ForCausalLM, llama4.weight_sources, llama4.FEATURES
+        name, llama4.Llama4Config, llama4.parse_config, llama4.Llama4ForCausalLM, llama4.weight_sources, features
     )
 
 

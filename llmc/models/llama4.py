@@ -43,7 +43,7 @@ FEATURES = (
     "NoPE layers with attention temperature tuning, weightless QK-norm on RoPE layers, interleaved rope, "
     "MoE (sigmoid top-k scaling the expert input, shared expert) interleaved with dense layers, chunked attention "
     "(context window capped at attention_chunk_size); the multimodal config's vision parts are ignored"
-)
+)  # the registry appends the rope types
 LOGIT_FLOOR = -3.0e38  # below every router logit: an expert already chosen
 
 
