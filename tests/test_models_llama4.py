@@ -122,6 +122,29 @@ def test_a_multimodal_checkpoint_compiles_to_its_text_model(tmp_path):
         engine.remove_sequence(seq_id)
 
 
+@pytest.mark.slow
+def test_without_nope_layers_the_cache_rotates(tmp_path):
+    """Every layer with RoPE (no_rope_layers all 1): the KV cache applies the llama3 rope, after the module's
+    QK-norm (a rotation keeps each head's norm), and the result is still transformers'."""
+    from support.checkpoints import hf_logits, make_checkpoint
+    from test_models_families import FP32, assert_close, load_hf, random_ids
+
+    from llmc.compile import CompileOptions, compile_model
+    from llmc.runtime.engine import Engine
+
+    checkpoint = make_checkpoint(tmp_path / "llama4-rope", NAME, seed=3, overrides={"no_rope_layers": [1, 1]})
+    config = MODELS[NAME].parse_config(_text_config(no_rope_layers=[1, 1]), NAME)
+    module = MODELS[NAME].module_class(config)
+    assert not module.rope_in_model and [s.rope for s in module.attention_specs()] == ["cache", "cache"]
+    options = CompileOptions(output=tmp_path / "out", context_window=128, prefill_chunk=24, quiet=True)
+    engine, hf = Engine(compile_model(str(checkpoint), options)), load_hf(checkpoint)
+    for seq_id, length in enumerate(PROMPT_LENGTHS):
+        ids = random_ids(engine.vocab_size, length, seed=30 + seq_id)
+        engine.add_sequence(seq_id)
+        assert_close(engine.prefill(seq_id, ids), hf_logits(hf, ids)[-1], FP32, f"llama4 cache rope prefill {length}")
+        engine.remove_sequence(seq_id)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
