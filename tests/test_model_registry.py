@@ -72,6 +72,21 @@ TINY = {
     # multi-head latent attention families (llmc/models/deepseek_v2.py)
     "deepseek_v2": dict(MLA, model_type="deepseek_v2", q_lora_rank=None),
     "deepseek_v3": dict(MLA, model_type="deepseek_v3", q_lora_rank=16, n_group=2, topk_group=1),
+    # Llama 4 (llmc/models/llama4.py): a RoPE layer with a dense MLP, a NoPE layer with a MoE
+    "llama4_text": dict(
+        BASE,
+        model_type="llama4_text",
+        intermediate_size_mlp=64,
+        num_local_experts=4,
+        no_rope_layer_interval=2,
+        interleave_moe_layer_step=2,
+        attention_chunk_size=64,
+    ),  # fmt: skip
+    "llama4": dict(
+        model_type="llama4",
+        text_config=dict(BASE, model_type="llama4_text", intermediate_size_mlp=64, num_local_experts=4),
+        vision_config={},
+    ),
 }
 MODELS_DIR = Path(llmc.models.__file__).parent
 # imports that bring TIR kernels (TVMScript) or a kernel choice into a model file; TIR expressions inside TE

@@ -59,7 +59,8 @@ def write_tokenizer_files(reader, out_dir: Path) -> dict:
         info = _from_gguf(reader, out_dir)
     else:
         info = _from_hf_folder(reader.path, reader.config, out_dir)
-    vocab_size = reader.config.get("vocab_size")
+    # a multimodal config.json (gemma3, llama4) gives its language model's vocabulary in text_config
+    vocab_size = reader.config.get("vocab_size") or (reader.config.get("text_config") or {}).get("vocab_size")
     check_token_ids(info, vocab_size, reader.path)
     if info.get("has_tokenizer"):
         check_tokenizer_ids(out_dir / "tokenizer.json", vocab_size, reader.path)

@@ -27,6 +27,7 @@ from llmc.models import (
     granite,
     internlm3,
     llama,
+    llama4,
     neox,
     olmo,
     olmo2,
@@ -85,6 +86,13 @@ def _neox(family) -> ModelFamily:
     features = f"{family.FEATURES}, {ROPE}"
     return ModelFamily(
         name, neox.NeoXConfig, family.parse_config, neox.NeoXForCausalLM, family.weight_sources, features, family.GGUF
+    )
+
+
+def _llama4(name: str) -> ModelFamily:
+    features = f"{llama4.FEATURES}, {ROPE}"
+    return ModelFamily(
+        name, llama4.Llama4Config, llama4.parse_config, llama4.Llama4ForCausalLM, llama4.weight_sources, features
     )
 
 
@@ -149,6 +157,9 @@ MODELS: dict[str, ModelFamily] = {
     # multi-head latent attention families (llmc.models.deepseek_v2's module)
     "deepseek_v2": _deepseek("deepseek_v2"),
     "deepseek_v3": _deepseek("deepseek_v3"),
+    # Llama 4 (llmc.models.llama4's module): the text model, and the multimodal config's text part
+    "llama4_text": _llama4("llama4_text"),
+    "llama4": _llama4("llama4"),
 }
 
 

@@ -76,15 +76,16 @@ def expert_matmul(x: Tensor, expert_ids: Tensor, weights: ExpertWeights) -> Tens
     return op.tensor_expr_op(compute, name_hint="moe_matmul", args=[x, expert_ids, *weights.planes()])
 
 
-def top_k_experts(probs: Tensor, top_k: int) -> Tensor:
+def top_k_experts(probs: Tensor, top_k: int, floor: float = -1.0) -> Tensor:
     """Indices ``[n, top_k]`` (int32) of each row's ``top_k`` largest probabilities, largest first (ties:
     the lower index). ``top_k`` rounds of max + first-argmax over the not yet chosen experts: plain
-    reductions that every target's scheduler handles, cheap for the few experts a router has."""
+    reductions that every target's scheduler handles, cheap for the few experts a router has. ``floor``: a
+    value below every score (probabilities: -1; router logits: a large negative number)."""
 
     def compute(p: te.Tensor):
         chosen: list[te.Tensor] = []
         for rank in range(top_k):
-            chosen.append(_next_choice(p, chosen, rank))
+            chosen.append(_next_choice(p, chosen, rank, floor))
 
         def pick(t, j):
             value = chosen[-1][t]
@@ -97,15 +98,15 @@ def top_k_experts(probs: Tensor, top_k: int) -> Tensor:
     return op.tensor_expr_op(compute, name_hint="topk_experts", args=[probs])
 
 
-def _next_choice(p: te.Tensor, chosen: list[te.Tensor], rank: int) -> te.Tensor:
-    """The index of each row's largest probability among the experts not in ``chosen`` (first on ties)."""
+def _next_choice(p: te.Tensor, chosen: list[te.Tensor], rank: int, floor: float) -> te.Tensor:
+    """The index of each row's largest score among the experts not in ``chosen`` (first on ties)."""
     n, experts = p.shape
 
     def masked(t, e):
         taken = tirx.const(False, "bool")
         for index in chosen:
             taken = tirx.Or(taken, index[t] == e)
-        return tirx.if_then_else(taken, tirx.const(-1.0, p.dtype), p[t, e])  # probabilities are >= 0
+        return tirx.if_then_else(taken, tirx.const(floor, p.dtype), p[t, e])
 
     r = te.reduce_axis((0, experts), name="e")
     best = te.compute((n,), lambda t: te.max(masked(t, r), axis=r), name=f"top{rank}_value")
@@ -180,7 +181,12 @@ class Experts(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    """Router + experts for ``[b, s, hidden]`` activations (softmax scoring, top-k)."""
+    """Router + experts for ``[b, s, hidden]`` activations (softmax scoring, top-k).
+
+    ``scale_inputs`` (Llama 4): each routing weight multiplies its expert's input instead of its output, and the
+    chosen experts' outputs are summed."""
+
+    scale_inputs: bool = False
 
     def __init__(self, hidden: int, experts: int, inter: int, top_k: int, renormalize: bool):
         self.top_k, self.renormalize, self.num_experts = top_k, renormalize, experts
@@ -197,6 +203,8 @@ class SparseMoE(nn.Module):
         b, s, hidden = x.shape
         flat = op.reshape(x, (b * s, hidden))
         expert_ids, weights = self.route(flat)
+        if self.scale_inputs:
+            return op.reshape(self._run_scaled_inputs(flat, expert_ids, weights), (b, s, hidden))
         if self.experts.has_grouped():  # sort the assignments by expert; each expert's tiles decoded once
             order, indptr, slot = sort_by_expert(expert_ids, self.num_experts)
             sorted_out = self.experts.grouped(gather_assignments(flat, order, self.top_k), indptr)
@@ -204,3 +212,26 @@ class SparseMoE(nn.Module):
         else:
             out = combine_experts(self.experts(flat, expert_ids), weights)
         return op.reshape(out, (b, s, hidden))
+
+    def _run_scaled_inputs(self, flat: Tensor, expert_ids: Tensor, weights: Tensor) -> Tensor:
+        """``sum_j expert_{ids[t, j]}(weights[t, j] * x[t])`` -> ``[n, hidden]``."""
+        n, hidden = flat.shape
+        rows = scale_rows(flat, weights)  # [n, top_k, hidden]
+        if self.experts.has_grouped():  # each assignment's own scaled row, in expert-major order
+            order, indptr, slot = sort_by_expert(expert_ids, self.num_experts)
+            assignments = op.reshape(rows, (n * self.top_k, hidden))
+            sorted_out = self.experts.grouped(gather_assignments(assignments, order, 1), indptr)
+            return combine_sorted(sorted_out, slot, op.ones((n, self.top_k), "float32"))
+        return op.sum(self.experts(rows, expert_ids), axis=1)
+
+
+def scale_rows(x: Tensor, weights: Tensor) -> Tensor:
+    """``x[t] * weights[t, j]`` -> ``[n, top_k, cols]`` (each choice's scaled copy of its token's row)."""
+
+    def compute(xt: te.Tensor, w: te.Tensor):
+        n, top_k = w.shape
+        return te.compute(
+            (n, top_k, xt.shape[1]), lambda t, j, c: xt[t, c] * w[t, j].astype(xt.dtype), name="moe_scale_rows"
+        )
+
+    return op.tensor_expr_op(compute, name_hint="moe_scale_rows", args=[x, weights])

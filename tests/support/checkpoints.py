@@ -268,6 +268,35 @@ FAMILY_MODELS = {
         routed_scaling_factor=2.5,
         rope_interleave=True,
     ),
+    # Llama 4 (llmc/models/llama4.py, checked in tests/test_models_llama4.py): layer 0 with interleaved llama3 rope,
+    # weightless QK-norm, chunked attention (attention_chunk_size 128: the tests' context window) and a dense MLP;
+    # layer 1 NoPE with temperature tuning (floor_scale 8: it bites from position 7) and a MoE (4 experts, top-2
+    # sigmoid scores on the expert inputs, a shared expert); q/k/v/o biases
+    "llama4_text": dict(
+        arch="Llama4ForCausalLM",
+        config_class="Llama4TextConfig",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=32,
+        intermediate_size_mlp=96,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        interleave_moe_layer_step=2,
+        no_rope_layer_interval=2,
+        attention_chunk_size=128,
+        floor_scale=8,
+        attn_scale=0.5,
+        attention_bias=True,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ),
 }
 
 
