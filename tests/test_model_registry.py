@@ -72,6 +72,7 @@ TINY = {
     # multi-head latent attention families (llmc/models/deepseek_v2.py)
     "deepseek_v2": dict(MLA, model_type="deepseek_v2", q_lora_rank=None),
     "deepseek_v3": dict(MLA, model_type="deepseek_v3", q_lora_rank=16, n_group=2, topk_group=1),
+    "gpt_oss": dict(BASE, model_type="gpt_oss", num_local_experts=4, num_experts_per_tok=2, sliding_window=16),
 }
 MODELS_DIR = Path(llmc.models.__file__).parent
 # imports that bring TIR kernels (TVMScript) or a kernel choice into a model file; TIR expressions inside TE

@@ -47,7 +47,7 @@ SLOW_FAMILIES = {"internlm3", "seed_oss", "smollm3", "ernie4_5", "stablelm"}
 FAMILIES = [
     pytest.param(n, marks=pytest.mark.slow) if n in SLOW_FAMILIES else n
     for n in FAMILY_MODELS
-    if not n.startswith("deepseek")
+    if not n.startswith("deepseek") and n != "gpt_oss"  # (gpt_oss: test_models_gptoss.py, windows shorter than chunks)
 ]
 FIRST_HALF, SECOND_HALF = FAMILIES[: len(FAMILIES) // 2], FAMILIES[len(FAMILIES) // 2 :]
 # the q4f16_1 check by default on these (every kind of quantized layer: biases, tied and biased heads, fused
@@ -146,8 +146,10 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
     with torch.no_grad():
         for module_name, module in hf.named_modules():
             if type(module).__name__.endswith("Experts"):  # [E, rows, in] stacks: each expert's rows alike
+                flip = getattr(module, "is_transposed", False)  # GPT-OSS stores [E, in, rows]
                 for stack in (module.gate_up_proj, module.down_proj):
-                    stack.copy_(torch.from_numpy(np.stack([round_trip(w) for w in stack.numpy()])))
+                    rows = [round_trip(w.T).T if flip else round_trip(w) for w in stack.numpy()]
+                    stack.copy_(torch.from_numpy(np.stack(rows)))
                 continue
             weight = getattr(module, "weight", None)
             if weight is None or weight.ndim != 2 or module_name.endswith("wpe") or id(weight) in done:

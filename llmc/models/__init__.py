@@ -23,6 +23,7 @@ from llmc.models import (
     glm,
     gpt2,
     gpt_neox,
+    gpt_oss,
     granite,
     internlm3,
     llama,
@@ -147,6 +148,15 @@ MODELS: dict[str, ModelFamily] = {
     # multi-head latent attention families (llmc.models.deepseek_v2's module)
     "deepseek_v2": _deepseek("deepseek_v2"),
     "deepseek_v3": _deepseek("deepseek_v3"),
+    # attention sinks through control query heads (llmc's CPU kernels), biased experts with a clamped SwiGLU
+    "gpt_oss": ModelFamily(
+        "gpt_oss",
+        gpt_oss.GptOssConfig,
+        gpt_oss.parse_config,
+        gpt_oss.GptOssForCausalLM,
+        gpt_oss.weight_sources,
+        gpt_oss.FEATURES,
+    ),
 }
 
 
