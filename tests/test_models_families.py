@@ -128,15 +128,12 @@ def test_greedy_tokens_match_transformers(family):
     assert tokens == out[0, len(prompt) :].tolist()
 
 
-@pytest.mark.parametrize(
-    "name", [n if n in QUANT_BY_DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in FAMILY_MODELS]
-)
-def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, family_checkpoints):
-    """The quantized kernels compute exactly the model whose matrices are llmc's decoded ones (fp16)."""
+def q4_dequantized_hf(checkpoint):
+    """The transformers model of ``checkpoint`` with its matrices quantized and decoded by llmc's q4f16_1 groups."""
     import torch
 
     group = get_quant("q4f16_1").group
-    hf = load_hf(family_checkpoints[name])
+    hf = load_hf(checkpoint)
 
     def round_trip(weight: np.ndarray) -> np.ndarray:  # [out, in], groups along in
         packed, scale = group.quantize(weight)
@@ -162,6 +159,15 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
                 weight.copy_(torch.from_numpy(round_trip(weight.numpy().T).T.copy()))
             else:  # Linear layers and the token embedding
                 weight.copy_(torch.from_numpy(round_trip(weight.numpy())))
+    return hf
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in QUANT_BY_DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in FAMILY_MODELS]
+)
+def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, family_checkpoints):
+    """The quantized kernels compute exactly the model whose matrices are llmc's decoded ones (fp16)."""
+    hf = q4_dequantized_hf(family_checkpoints[name])
     engine = Engine(compiled(name, "q4f16_1", cpu_kernels="float"))
     for seq_id, length in enumerate(PROMPT_LENGTHS):
         ids = random_ids(engine.vocab_size, length, seed=50 + seq_id)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.checkpoints import FAMILY_MODELS
+from support.checkpoints import FAMILY_MODELS, hf_logits
 from test_models_families import (  # noqa: F401 - the imported tests run here with this file's fixture
     PROMPT_LENGTHS,
+    assert_close,
     open_family,
+    q4_dequantized_hf,
+    random_ids,
     test_batch_prefill_and_batch_decode,
     test_greedy_tokens_match_transformers,
     test_prefill_then_decode,
@@ -23,6 +26,9 @@ from test_models_families import (  # noqa: F401 - the imported tests run here w
 
 from llmc.errors import ConfigError
 from llmc.models import MODELS
+from llmc.runtime.engine import Engine
+
+INT8 = 3e-2  # of max|logit| (measured: 0.6-1.6e-2 here; int8 activations)
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +94,21 @@ def test_gpu_targets_are_refused_by_name():
 def test_configs_refuse_what_they_cannot_run(bad, message):
     with pytest.raises(ConfigError, match=message):
         _tiny_config(**bad)
+
+
+@pytest.mark.slow  # one more build (~60 s): the default run keeps this file near a minute
+def test_q4f16_integer_path_matches_transformers(compiled, family_checkpoints):
+    """q4f16_1 on the CPU integer path (the default CPU build): the experts run grouped (assignments sorted by expert,
+    each expert's biases added to its rows) against transformers on llmc's decoded weights; int8 activations make
+    the bound looser than the float path's (``test_q4f16_equals_transformers_on_llmc_dequantized_weights``, slow)."""
+    hf = q4_dequantized_hf(family_checkpoints["gpt_oss"])
+    engine = Engine(compiled("gpt_oss", "q4f16_1"))
+    for seq_id, length in enumerate(PROMPT_LENGTHS):
+        ids = random_ids(engine.vocab_size, length + 2, seed=60 + seq_id)
+        reference = hf_logits(hf, ids)
+        engine.add_sequence(seq_id)
+        assert_close(engine.prefill(seq_id, ids[:length]), reference[length - 1], INT8, f"q4f16_1 prefill {length}")
+        for step in range(2):
+            logits = engine.decode(seq_id, ids[length + step])
+            assert_close(logits, reference[length + step], INT8, f"q4f16_1 decode {step} after {length}")
+        engine.remove_sequence(seq_id)
