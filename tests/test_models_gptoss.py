@@ -14,6 +14,8 @@ import json
 import pytest
 from support.checkpoints import FAMILY_MODELS, hf_logits
 from test_models_families import (  # noqa: F401 - the imported tests run here with this file's fixture
+    DECODE_STEPS,
+    FP32,
     PROMPT_LENGTHS,
     assert_close,
     open_family,
@@ -46,6 +48,27 @@ def test_windows_are_shorter_than_the_chunk(family):
     """The long prompt crosses the window, and a prefill chunk holds more than a window (no chunk bound)."""
     _, engine, hf = family
     assert hf.config.sliding_window < engine.prefill_chunk < PROMPT_LENGTHS[-1]
+
+
+def test_forked_prefixes_match_transformers(family):
+    """A child forked mid-page from a longer parent (the prefix cache's forks): its prefill runs over two block
+    depths, and a batch decode of parent and child runs a decode kernel per depth, the child's own key only in the
+    last one; the sink must enter each softmax once and the window must hold across depths."""
+    _, engine, hf = family
+    engine.reset()
+    parent = random_ids(engine.vocab_size, 34 + DECODE_STEPS, seed=200)
+    child = parent[:21] + random_ids(engine.vocab_size, 9 + DECODE_STEPS, seed=201)
+    references = [hf_logits(hf, parent), hf_logits(hf, child)]
+    engine.add_sequence(0)
+    engine.prefill(0, parent[:34])
+    engine.fork_sequence(0, 1, 21)
+    assert_close(engine.prefill(1, child[21:30]), references[1][29], FP32, "forked child prefill")
+    for step in range(DECODE_STEPS):
+        logits = engine.batch_decode([0, 1], [parent[34 + step], child[30 + step]])
+        assert_close(logits[0], references[0][34 + step], FP32, f"parent decode {step}")
+        assert_close(logits[1], references[1][30 + step], FP32, f"forked child decode {step}")
+    engine.remove_sequence(1)
+    engine.remove_sequence(0)
 
 
 def test_the_cache_gets_one_control_head_per_kv_group(family_checkpoints):
