@@ -4,8 +4,9 @@ In the spirit of MLC-LLM's ``DispatchKVCacheCreation`` (absent from TVM 0.27), `
 an exported module for one target:
 
 * the KV cache request a model exports (``llmc.models.attention``) becomes TVM's ``TIRPagedKVCache`` for the
-  target, built with llmc's CPU attention/RoPE kernels on CPUs (``cpu_attention``; always when soft-capping
-  or eviction need them) or with the soft-capping patch on GPUs (``gpu_softcap``);
+  target, built with llmc's CPU attention/RoPE kernels on CPUs (``cpu_attention``; always when soft-capping,
+  eviction or attention sinks need them) or with the soft-capping patch on GPUs (``gpu_softcap``; sinks are
+  refused there);
 * on CPUs, ``split -> silu -> multiply`` of a fused gate/up projection becomes one ``silu_multiply`` kernel.
 
 The module is the same as if the model had picked these kernels itself while being exported.
@@ -243,7 +244,7 @@ def dispatch_kernels(
     """``mod`` with the kernels ``target`` runs (see the module docstring) and the cache requests it met.
 
     ``cpu_kernels=False``: TVM's own CPU attention, RoPE and SiLU (reference builds), except where only llmc's
-    kernels can do the job (soft-capping, eviction)."""
+    kernels can do the job (soft-capping, eviction, attention sinks; GPU targets refuse sinks)."""
     for func in mod.functions.values():  # refused here: an error raised inside TVM's visitor loses its type
         for block in func.body.blocks if isinstance(func, relax.Function) else ():
             for binding in block.bindings:
