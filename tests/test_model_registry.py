@@ -87,6 +87,7 @@ TINY = {
         text_config=dict(BASE, model_type="llama4_text", intermediate_size_mlp=64, num_local_experts=4),
         vision_config={},
     ),
+    "gpt_oss": dict(BASE, model_type="gpt_oss", num_local_experts=4, num_experts_per_tok=2, sliding_window=16),
 }
 MODELS_DIR = Path(llmc.models.__file__).parent
 # imports that bring TIR kernels (TVMScript) or a kernel choice into a model file; TIR expressions inside TE

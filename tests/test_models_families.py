@@ -48,7 +48,7 @@ SLOW_FAMILIES = {"internlm3", "seed_oss", "smollm3", "ernie4_5", "stablelm"}
 FAMILIES = [
     pytest.param(n, marks=pytest.mark.slow) if n in SLOW_FAMILIES else n
     for n in FAMILY_MODELS
-    if not n.startswith(("deepseek", "llama4"))
+    if not n.startswith(("deepseek", "llama4")) and n != "gpt_oss"  # (gpt_oss: test_models_gptoss.py)
 ]
 FIRST_HALF, SECOND_HALF = FAMILIES[: len(FAMILIES) // 2], FAMILIES[len(FAMILIES) // 2 :]
 # the q4f16_1 check by default on these (every kind of quantized layer: q/k/v/o biases, tied and biased heads,
@@ -128,15 +128,12 @@ def test_greedy_tokens_match_transformers(family):
     assert tokens == out[0, len(prompt) :].tolist()
 
 
-@pytest.mark.parametrize(
-    "name", [n if n in QUANT_BY_DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in FAMILY_MODELS]
-)
-def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, family_checkpoints):
-    """The quantized kernels compute exactly the model whose matrices are llmc's decoded ones (fp16)."""
+def q4_dequantized_hf(checkpoint):
+    """The transformers model of ``checkpoint`` with its matrices quantized and decoded by llmc's q4f16_1 groups."""
     import torch
 
     group = get_quant("q4f16_1").group
-    hf = load_hf(family_checkpoints[name])
+    hf = load_hf(checkpoint)
 
     def round_trip(weight: np.ndarray) -> np.ndarray:  # [out, in], groups along in
         packed, scale = group.quantize(weight)
@@ -146,10 +143,11 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
     with torch.no_grad():
         for module_name, module in hf.named_modules():
             if type(module).__name__.endswith("Experts"):  # [E, rows, in] stacks: each expert's rows alike
-                input_major = type(module).__name__ == "Llama4TextExperts"  # Llama 4 stacks [E, in, rows]
+                # Llama 4 and GPT-OSS stack experts [E, in, rows]
+                flip = type(module).__name__ == "Llama4TextExperts" or getattr(module, "is_transposed", False)
                 for stack in (module.gate_up_proj, module.down_proj):
-                    trips = [round_trip(w.T).T if input_major else round_trip(w) for w in stack.numpy()]
-                    stack.copy_(torch.from_numpy(np.stack(trips)))
+                    rows = [round_trip(w.T).T if flip else round_trip(w) for w in stack.numpy()]
+                    stack.copy_(torch.from_numpy(np.stack(rows)))
                 continue
             weight = getattr(module, "weight", None)
             if weight is None or weight.ndim != 2 or module_name.endswith("wpe") or id(weight) in done:
@@ -162,6 +160,15 @@ def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, f
                 weight.copy_(torch.from_numpy(round_trip(weight.numpy().T).T.copy()))
             else:  # Linear layers and the token embedding
                 weight.copy_(torch.from_numpy(round_trip(weight.numpy())))
+    return hf
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in QUANT_BY_DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in FAMILY_MODELS]
+)
+def test_q4f16_equals_transformers_on_llmc_dequantized_weights(name, compiled, family_checkpoints):
+    """The quantized kernels compute exactly the model whose matrices are llmc's decoded ones (fp16)."""
+    hf = q4_dequantized_hf(family_checkpoints[name])
     engine = Engine(compiled(name, "q4f16_1", cpu_kernels="float"))
     for seq_id, length in enumerate(PROMPT_LENGTHS):
         ids = random_ids(engine.vocab_size, length, seed=50 + seq_id)

@@ -123,7 +123,7 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
     @T.macro
     def attend(
         q, token, h, start, end, keys, values, key_base, page_values, output, lse, sm_scale,
-        rotary, table, rows, q_row, rkeys, theta,
+        rotary, table, rows, q_row, rkeys, theta, init_max,
     ):  # fmt: skip
         acc = T.decl_buffer((d,), "float32")
         qf = T.decl_buffer((d,), "float32")
@@ -144,7 +144,7 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
                     kf[e] = rotated_query(q, token, h, table, rows, q_row, e, theta)
                 for e in range(d):
                     qf[e] = kf[e] * sm_scale * T.float32(q_unit)
-        state[0] = T.float32(NEG_INIT)
+        state[0] = init_max  # NEG_INIT, or the sink: a first key of weight 1 and value zero
         state[1] = T.float32(1)
         for c in range(start // CHUNK, (end + CHUNK - 1) // CHUNK):
             page[0] = page_values[key_base + c] if paged else 0
@@ -197,6 +197,48 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
         lse[token, h] = state[0] + T.log2(state[1])
 
     return attend
+
+
+class _SinkRows:
+    """Rows of kernels built for attention sinks (``AttentionSpec.sinks``), as parse-time expressions.
+
+    The last query head of each group of ``group`` is a control head: ``[sink logits of the group's other heads,
+    slide flag, ...]``; its own row attends to nothing. A key's position is ``k_first`` plus its index in the kernel
+    call: a sliding row (flag set) sees positions past ``q_pos - window``; the sink joins the row (a first key of
+    logit ``sink``, weight 1 and value zero) in the kernel call that holds the query's own key, position ``q_pos``,
+    so it is counted once however TVM splits the keys over kernels and merges their states. Without ``sinks`` the
+    rows are as before: ``[start, end)`` and a running max from NEG_INIT."""
+
+    def __init__(self, sinks: bool, group: int, window: int):
+        self.sinks, self.group, self.window = sinks, group, window
+
+    def _control(self, h):
+        return h - h % self.group + self.group - 1
+
+    def part(self, which: int, q, token, h, q_pos, k_first, start, end):
+        """The row's first key (0), end (1) or initial running max (2): one expression each, as TVMScript inlines
+        them (a let-bound value in a parallel body would become a heap workspace)."""
+        if which == 0:
+            return self.start(q, token, h, q_pos, k_first, start)
+        return self.end(h, start, end) if which == 1 else self.init(q, token, h, q_pos, k_first, start, end)
+
+    def start(self, q, token, h, q_pos, k_first, start):
+        if not (self.sinks and self.window):
+            return start
+        slides = T.Cast("float32", q[token, self._control(h), self.group - 1]) > T.float32(0.5)
+        return T.if_then_else(slides, T.max(start, q_pos - self.window + 1 - k_first), start)
+
+    def end(self, h, start, end):
+        return T.if_then_else(h % self.group == self.group - 1, start, end) if self.sinks else end
+
+    def init(self, q, token, h, q_pos, k_first, start, end):
+        from tvm import tirx
+
+        if not self.sinks:
+            return T.float32(NEG_INIT)
+        own = q_pos - k_first  # the query's own key, in this call's key indices (inside any window)
+        sink = T.Cast("float32", q[token, self._control(h), T.min(h % self.group, self.group - 2)])
+        return T.if_then_else(tirx.all(start <= own, own < end), sink * T.float32(LOG2E), T.float32(NEG_INIT))
 
 
 def _visible(causal, row, kv_len, qo_len):
@@ -441,15 +483,33 @@ def _scratch(shape: tuple, used: bool) -> tuple:
 
 
 @memoized_kernel
-def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0.0, evict_window: int = 0):
+def prefill_ragged(
+    h_kv,
+    h_q,
+    d_qk,
+    d_v,
+    dtype,
+    rope_scaling,
+    softcap: float = 0.0,
+    evict_window: int = 0,
+    sinks: bool = False,
+    sink_window: int = 0,
+):
     """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs).
 
     ``evict_window``: the cache may slide (inline RoPE when the cache asks: keys are the chunk's tokens,
-    so one table row per token serves queries and keys)."""
+    so one table row per token serves queries and keys). ``sinks``: see ``_SinkRows``."""
     inline = rope_scaling if evict_window else None
     attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap, inline_rope=inline)
     fill = _fill_rope_table(rope_scaling, d_qk, by_position=False)
     rotate = _rotate_ragged_keys(rope_scaling, h_kv, d_qk)
+    sink = _SinkRows(sinks, h_q // h_kv, sink_window)
+
+    def row(part: int, b, item, q, q_indptr, kv_indptr, q_rope_position, k_rope_pos_offset, causal):
+        """A row's first key, end, initial running max (``part`` 0, 1, 2): keys [0, causal end), sink-aware."""
+        token, h = q_indptr[b] + item // h_q, item % h_q
+        end = _visible(causal, item // h_q, kv_indptr[b + 1] - kv_indptr[b], q_indptr[b + 1] - q_indptr[b])
+        return sink.part(part, q, token, h, q_rope_position[token], k_rope_pos_offset[b], 0, end)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_ragged_kv(
@@ -477,7 +537,7 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
         v = T.match_buffer(var_v, (kv_len, h_kv, d_v), dtype)
         kv_indptr = T.match_buffer(var_kv_indptr, (batch_size + 1,), "int32", elem_offset=kv_off)
         q_rope_position = T.match_buffer(var_q_rope_position, (qo_len,), "int32", elem_offset=qr_off)
-        T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
+        k_rope_pos_offset = T.match_buffer(var_k_rope_pos_offset, (batch_size,), "int32", elem_offset=kr_off)
         output = T.match_buffer(var_output, (qo_len, h_q, d_v), dtype)
         lse = T.match_buffer(var_lse, (qo_len, h_q), "float32")
         with T.sblock("root"):
@@ -493,8 +553,8 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
                         q,
                         q_indptr[b] + item // h_q,
                         item % h_q,
-                        0,
-                        _visible(causal, item // h_q, kv_indptr[b + 1] - kv_indptr[b], q_indptr[b + 1] - q_indptr[b]),
+                        row(0, b, item, q, q_indptr, kv_indptr, q_rope_position, k_rope_pos_offset, causal),
+                        row(1, b, item, q, q_indptr, kv_indptr, q_rope_position, k_rope_pos_offset, causal),
                         k,
                         v,
                         kv_indptr[b],
@@ -508,6 +568,7 @@ def prefill_ragged(h_kv, h_q, d_qk, d_v, dtype, rope_scaling, softcap: float = 0
                         q_indptr[b] + item // h_q,
                         rkeys,
                         rope_theta,
+                        row(2, b, item, q, q_indptr, kv_indptr, q_rope_position, k_rope_pos_offset, causal),
                     )
 
     return batch_prefill_ragged_kv
@@ -525,6 +586,8 @@ def prefill_paged(
     sliding_window_size=1024,
     softcap: float = 0.0,
     evict_window: int = 0,
+    sinks: bool = False,
+    sink_window: int = 0,
 ):
     """Attention of new tokens over the sequences' cached pages (``sliding_window``: a window layer's, or
     with ``evict_window`` the whole cache's sliding variant).
@@ -538,6 +601,16 @@ def prefill_paged(
     fill = _fill_rope_table(rope_scaling, d, by_position=True)
     rotate = _rotate_paged_keys(rope_scaling, h_kv, d, page_size, sliding_window)
     window = sliding_window_size if sliding_window and not evict_window else 0
+    sink = _SinkRows(sinks, h_q // h_kv, sink_window)
+
+    def row(part: int, b, item, q, q_indptr, page_indptr, length_info, q_rope_position, k_rope_pos_offset, causal):
+        """A row's first page slot, end, initial running max (``part`` 0, 1, 2), sink-aware."""
+        token, h, r = q_indptr[b] + item // h_q, item % h_q, item // h_q
+        start = _paged_start(causal, r, page_indptr, length_info, b, page_size, window, evict_window, sliding_window)
+        end = _prefill_end(
+            causal, r, page_indptr, length_info, b, page_size, window or evict_window, q_indptr, sliding_window
+        )
+        return sink.part(part, q, token, h, q_rope_position[token], k_rope_pos_offset[b], start, end)
 
     @T.prim_func(s_tir=True)
     def batch_prefill_paged_kv_cpu(
@@ -596,27 +669,29 @@ def prefill_paged(
                         q,
                         q_indptr[b] + item // h_q,
                         item % h_q,
-                        _paged_start(
-                            causal,
-                            item // h_q,
-                            page_indptr,
-                            length_info,
+                        row(
+                            0,
                             b,
-                            page_size,
-                            window,
-                            evict_window,
-                            sliding_window,
-                        ),
-                        _prefill_end(
-                            causal,
-                            item // h_q,
-                            page_indptr,
-                            length_info,
-                            b,
-                            page_size,
-                            window or evict_window,
+                            item,
+                            q,
                             q_indptr,
-                            sliding_window,
+                            page_indptr,
+                            length_info,
+                            q_rope_position,
+                            k_rope_pos_offset,
+                            causal,
+                        ),
+                        row(
+                            1,
+                            b,
+                            item,
+                            q,
+                            q_indptr,
+                            page_indptr,
+                            length_info,
+                            q_rope_position,
+                            k_rope_pos_offset,
+                            causal,
                         ),
                         pages,
                         pages,
@@ -631,6 +706,18 @@ def prefill_paged(
                         q_rope_position[q_indptr[b] + item // h_q],
                         rkeys,
                         rope_theta,
+                        row(
+                            2,
+                            b,
+                            item,
+                            q,
+                            q_indptr,
+                            page_indptr,
+                            length_info,
+                            q_rope_position,
+                            k_rope_pos_offset,
+                            causal,
+                        ),
                     )
 
     return _named(batch_prefill_paged_kv_cpu, sliding_window)
@@ -647,6 +734,8 @@ def decode_paged(
     page_size=16,
     softcap: float = 0.0,
     evict_window: int = 0,
+    sinks: bool = False,
+    sink_window: int = 0,
 ):
     """One new token per sequence over its cached pages.
 
@@ -662,6 +751,15 @@ def decode_paged(
     fill = _fill_rope_table(rope_scaling, d, by_position=True)
     rotate = _rotate_paged_keys(rope_scaling, num_kv_heads, d, page_size, sliding_window)
     visible = (evict_window - 1 if sliding_window else evict_window) if evict_window else 0
+    sink = _SinkRows(sinks, num_qo_heads // num_kv_heads, sink_window)
+
+    def row(part: int, item, q, page_indptr, length_info, q_rope_position, k_rope_pos_offset):
+        """A row's first page slot, end, initial running max (``part`` 0, 1, 2), sink-aware."""
+        b, h = item // h_q, item % h_q
+        first = _decode_start(length_info, b, sliding_window)
+        start = first + _decode_skip(page_indptr, length_info, b, page_size, sliding_window, visible)
+        end = first + _paged_len(page_indptr, length_info, b, page_size, sliding_window)
+        return sink.part(part, q, b, h, q_rope_position[b], k_rope_pos_offset[b], start, end)
 
     @T.prim_func(s_tir=True)
     def batch_decode_paged_kv(
@@ -709,10 +807,8 @@ def decode_paged(
                     q,
                     item // h_q,
                     item % h_q,
-                    _decode_start(length_info, item // h_q, sliding_window)
-                    + _decode_skip(page_indptr, length_info, item // h_q, page_size, sliding_window, visible),
-                    _decode_start(length_info, item // h_q, sliding_window)
-                    + _paged_len(page_indptr, length_info, item // h_q, page_size, sliding_window),
+                    row(0, item, q, page_indptr, length_info, q_rope_position, k_rope_pos_offset),
+                    row(1, item, q, page_indptr, length_info, q_rope_position, k_rope_pos_offset),
                     pages,
                     pages,
                     page_indptr[item // h_q],
@@ -726,6 +822,7 @@ def decode_paged(
                     q_rope_position[item // h_q],
                     rkeys,
                     rope_theta,
+                    row(2, item, q, page_indptr, length_info, q_rope_position, k_rope_pos_offset),
                 )
 
     return _named(batch_decode_paged_kv, sliding_window)
@@ -797,7 +894,9 @@ def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling,
 
 
 @contextlib.contextmanager
-def llmc_cpu_attention(softcap: float = 0.0, evict_window: int = 0) -> Iterator[None]:
+def llmc_cpu_attention(
+    softcap: float = 0.0, evict_window: int = 0, sinks: bool = False, sink_window: int = 0
+) -> Iterator[None]:
     """While the cache is built, its CPU kernel makers return llmc's kernels (sliding-window ones included).
 
     ``evict_window``: every layer attends to this many tokens and the cache is built as one whole-cache
@@ -816,6 +915,8 @@ def llmc_cpu_attention(softcap: float = 0.0, evict_window: int = 0) -> Iterator[
 
     # attention soft-capping (Gemma 2) is a constant of the kernels: TVM's makers have no such argument
     kernels = {"softcap": softcap, "evict_window": evict_window}
+    if sinks:  # attention sinks and model-masked windows (``_SinkRows``); other caches' kernels are as before
+        kernels.update(sinks=True, sink_window=sink_window)
     kv_cache._attention_prefill_ragged_cpu = functools.partial(prefill_ragged, **kernels)
     kv_cache._attention_prefill_cpu = functools.partial(prefill_paged, **kernels)
     kv_cache._attention_decode_cpu = functools.partial(decode_paged, **kernels)

@@ -4,8 +4,9 @@ In the spirit of MLC-LLM's ``DispatchKVCacheCreation`` (absent from TVM 0.27), `
 an exported module for one target:
 
 * the KV cache request a model exports (``llmc.models.attention``) becomes TVM's ``TIRPagedKVCache`` for the
-  target, built with llmc's CPU attention/RoPE kernels on CPUs (``cpu_attention``; always when soft-capping
-  or eviction need them) or with the soft-capping patch on GPUs (``gpu_softcap``);
+  target, built with llmc's CPU attention/RoPE kernels on CPUs (``cpu_attention``; always when soft-capping,
+  eviction or attention sinks need them) or with the soft-capping patch on GPUs (``gpu_softcap``; sinks are
+  refused there);
 * on CPUs, ``split -> silu -> multiply`` of a fused gate/up projection becomes one ``silu_multiply`` kernel.
 
 The module is the same as if the model had picked these kernels itself while being exported.
@@ -20,6 +21,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
 from tvm.relax.frontend.nn.llm.kv_cache import RopeMode, TIRPagedKVCache
 
+from llmc.errors import ConfigError
 from llmc.kernels.cpu_attention import llmc_cpu_attention
 from llmc.kernels.cpu_silu import silu_multiply
 from llmc.kernels.gpu_softcap import tvm_gpu_softcap
@@ -45,25 +47,43 @@ def _kernels(request: KVCacheRequest, target: tvm.target.Target, cpu_kernels: bo
     if len(softcaps) != 1:
         raise ValueError(f"TVM's paged KV cache takes one attention soft-cap for all layers, not {sorted(softcaps)}")
     softcap = softcaps.pop()
-    # soft-capping and eviction exist only in llmc's kernels: they serve the reference (TVM kernels) build too
-    if is_cpu(target) and (cpu_kernels or bool(softcap) or bool(evict)):
-        return llmc_cpu_attention(softcap, evict)
+    sinks = _sinks(request, target)
+    # soft-capping, eviction and sinks exist only in llmc's kernels: they serve the reference (TVM kernels) build too
+    if is_cpu(target) and (cpu_kernels or bool(softcap) or bool(evict) or sinks):
+        window = max((spec.window for spec in request.layers), default=0) if sinks else 0
+        return llmc_cpu_attention(softcap, evict, sinks=sinks, sink_window=window)
     if softcap:  # a GPU target
         return tvm_gpu_softcap(softcap)
     return contextlib.nullcontext()
+
+
+def _sinks(request: KVCacheRequest, target: tvm.target.Target) -> bool:
+    """Whether the layers carry attention sinks (``AttentionSpec.sinks``): only llmc's CPU kernels apply them."""
+    if not any(spec.sinks for spec in request.layers):
+        return False
+    if not is_cpu(target):
+        raise ConfigError(
+            f"attention sinks (gpt_oss) are not supported for target {target.kind.name}: TVM 0.27's GPU attention "
+            "kernels have no sink term and return no log-sum-exp to add it after; llmc applies sinks in its CPU "
+            "kernels only. Compile for an llvm (CPU) target."
+        )
+    return True
 
 
 def paged_kv_cache(request: KVCacheRequest, sizes: list, target: tvm.target.Target, cpu_kernels: bool) -> relax.Var:
     """TVM's ``TIRPagedKVCache`` for ``request``, emitted into the current BlockBuilder with its kernels."""
     evict = evict_window(request, target)
     kinds = [spec.kind for spec in request.layers]
+    first = request.layers[0]
+    q_heads = first.num_q_heads
+    if _sinks(request, target):  # llmc's kernels mask each layer's window (the control heads say which slide)
+        kinds, q_heads = ["mha"] * len(kinds), q_heads + first.num_kv_heads
     if evict:
         kinds = ["mha"] * len(kinds)  # one whole-cache window, slid by the runtime
     elif "mha" not in kinds:
         # TVM 0.27 allocates its prefill q/k/v scratch only when some layer is "mha" (an all-sliding
         # cache fails at the first forward): one unused full-attention layer at the end.
         kinds = [*kinds, "mha"]
-    first = request.layers[0]
     windows = {spec.window for spec in request.layers if spec.window}
     if len(windows) > 1:
         raise ValueError(f"TVM's paged KV cache takes one sliding window for all layers, not {sorted(windows)}")
@@ -78,7 +98,7 @@ def paged_kv_cache(request: KVCacheRequest, sizes: list, target: tvm.target.Targ
             support_sliding_window=sizes[4],
             layer_partition=relax.ShapeExpr([0, len(kinds)]),
             num_hidden_layers=len(kinds),
-            num_attention_heads=first.num_q_heads,
+            num_attention_heads=q_heads,
             num_key_value_heads=first.num_kv_heads,
             qk_head_dim=first.head_dim,
             v_head_dim=first.head_dim,
@@ -225,7 +245,13 @@ def dispatch_kernels(
     """``mod`` with the kernels ``target`` runs (see the module docstring) and the cache requests it met.
 
     ``cpu_kernels=False``: TVM's own CPU attention, RoPE and SiLU (reference builds), except where only llmc's
-    kernels can do the job (soft-capping, eviction)."""
+    kernels can do the job (soft-capping, eviction, attention sinks; GPU targets refuse sinks)."""
+    for func in mod.functions.values():  # refused here: an error raised inside TVM's visitor loses its type
+        for block in func.body.blocks if isinstance(func, relax.Function) else ():
+            for binding in block.bindings:
+                found = _request_of(binding.value) if isinstance(binding.value, relax.Call) else None
+                if found is not None:
+                    _sinks(found[0], target)
     dispatcher = _Dispatcher(mod, target, cpu_kernels)
     order = {name: i for i, name in enumerate(EXPORT_ORDER)}
     functions = sorted(

@@ -24,6 +24,7 @@ from llmc.models import (
     glm,
     gpt2,
     gpt_neox,
+    gpt_oss,
     granite,
     internlm3,
     llama,
@@ -160,6 +161,15 @@ MODELS: dict[str, ModelFamily] = {
     # Llama 4 (llmc.models.llama4's module): the text model, and the multimodal config's text part
     "llama4_text": _llama4("llama4_text"),
     "llama4": _llama4("llama4"),
+    # attention sinks through control query heads (llmc's CPU kernels), biased experts with a clamped SwiGLU
+    "gpt_oss": ModelFamily(
+        "gpt_oss",
+        gpt_oss.GptOssConfig,
+        gpt_oss.parse_config,
+        gpt_oss.GptOssForCausalLM,
+        gpt_oss.weight_sources,
+        gpt_oss.FEATURES,
+    ),
 }
 
 

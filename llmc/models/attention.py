@@ -26,6 +26,10 @@ class AttentionSpec:
     window: int = 0  # tokens a sliding layer sees (itself included); 0: full attention
     softcap: float = 0.0  # scores -> cap * tanh(scores / cap) before the softmax (Gemma 2); 0: none
     rope: str = "cache"  # who rotates q/k: "cache" (the attention kernels) or "model" ("none": no RoPE)
+    # attention sinks (GPT-OSS): each head's softmax denominator gets one more term, e^sink, with no value. The model
+    # puts after each KV group's query heads a control head: [the group's sink logits, 1 if this layer slides
+    # (``window``) else 0, zeros]; ``num_q_heads`` counts the other heads. The kernels apply both (llmc's CPU ones)
+    sinks: bool = False
 
     @property
     def kind(self) -> str:

@@ -15,7 +15,7 @@ formats treat them as one tall matrix. Two ways to run the experts, both over sy
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tvm import te, tirx
 from tvm.relax.frontend import nn
@@ -160,24 +160,74 @@ class Router(nn.Module):
         return logits.astype("float32") if logits.dtype != "float32" else logits
 
 
-class Experts(nn.Module):
-    """The experts' SwiGLU FFNs: fused gate/up ``[E * 2 * inter, hidden]`` and down ``[E * hidden, inter]``."""
+def add_expert_bias(y: Tensor, expert_ids: Tensor, bias: Tensor) -> Tensor:
+    """``y[t, j, o] + bias[ids[t, j], o]`` for gathered expert outputs ``[n, top_k, rows]``."""
 
-    def __init__(self, experts: int, hidden: int, inter: int):
+    def compute(yt: te.Tensor, ids: te.Tensor, b: te.Tensor):
+        return te.compute(yt.shape, lambda t, j, o: yt[t, j, o] + b[ids[t, j], o].astype(yt.dtype), name="moe_bias")
+
+    return op.tensor_expr_op(compute, name_hint="moe_bias", args=[y, expert_ids, bias])
+
+
+def add_grouped_bias(y: Tensor, indptr: Tensor, bias: Tensor) -> Tensor:
+    """``y[r, o] + bias[e, o]`` for expert-major rows ``[M, rows]``, row ``r`` being expert ``e``'s when
+    ``indptr[e] <= r < indptr[e + 1]`` (the expert counted from ``indptr``: experts are few)."""
+
+    def compute(yt: te.Tensor, ptr: te.Tensor, b: te.Tensor):
+        experts = int(b.shape[0])
+        e = te.reduce_axis((0, experts), name="e")
+        owner = te.compute(
+            (yt.shape[0],),
+            lambda r: te.sum(tirx.if_then_else(ptr[e + 1] <= r.astype("int32"), 1, 0), axis=e),
+            name="moe_row_expert",
+        )
+        return te.compute(
+            yt.shape, lambda r, o: yt[r, o] + b[tirx.min(owner[r], experts - 1), o].astype(yt.dtype), name="moe_bias"
+        )
+
+    return op.tensor_expr_op(compute, name_hint="moe_grouped_bias", args=[y, indptr, bias])
+
+
+class Experts(nn.Module):
+    """The experts' gated FFNs: fused gate/up ``[E * 2 * inter, hidden]`` (each expert's gate rows, then its up
+    rows) and down ``[E * hidden, inter]``.
+
+    ``activation``: the gate/up activation of a ``[..., 2 * inter]`` projection (SwiGLU unless a family gives
+    its own); ``bias``: per-expert biases after each matmul, ``gate_up_proj_bias`` ``[E, 2 * inter]`` and
+    ``down_proj_bias`` ``[E, hidden]`` (GPT-OSS)."""
+
+    def __init__(
+        self, experts: int, hidden: int, inter: int, activation: Callable[[Tensor], Tensor] = swiglu, bias: bool = False
+    ):
         self.inter = inter
+        self.activation = activation
         self.gate_up_proj = ExpertWeights(experts, 2 * inter, hidden)
         self.down_proj = ExpertWeights(experts, hidden, inter)
+        self.gate_up_proj_bias = nn.Parameter((experts, 2 * inter)) if bias else None
+        self.down_proj_bias = nn.Parameter((experts, hidden)) if bias else None
 
     def has_grouped(self) -> bool:
         return self.gate_up_proj.has_grouped() and self.down_proj.has_grouped()
 
     def forward(self, x: Tensor, expert_ids: Tensor) -> Tensor:
         """Gathered: ``[n, top_k, hidden]`` outputs, each (token, choice) reading its expert's rows."""
-        return self.down_proj(swiglu(self.gate_up_proj(x, expert_ids)), expert_ids)
+        gate_up = self.gate_up_proj(x, expert_ids)
+        if self.gate_up_proj_bias is not None:
+            gate_up = add_expert_bias(gate_up, expert_ids, self.gate_up_proj_bias)
+        out = self.down_proj(self.activation(gate_up), expert_ids)
+        if self.down_proj_bias is not None:
+            out = add_expert_bias(out, expert_ids, self.down_proj_bias)
+        return out
 
     def grouped(self, x: Tensor, indptr: Tensor) -> Tensor:
         """Grouped: expert-major rows in, expert-major ``[n * top_k, hidden]`` out."""
-        return self.down_proj.grouped(swiglu(self.gate_up_proj.grouped(x, indptr)), indptr)
+        gate_up = self.gate_up_proj.grouped(x, indptr)
+        if self.gate_up_proj_bias is not None:
+            gate_up = add_grouped_bias(gate_up, indptr, self.gate_up_proj_bias)
+        out = self.down_proj.grouped(self.activation(gate_up), indptr)
+        if self.down_proj_bias is not None:
+            out = add_grouped_bias(out, indptr, self.down_proj_bias)
+        return out
 
 
 class SparseMoE(nn.Module):
@@ -188,10 +238,19 @@ class SparseMoE(nn.Module):
 
     scale_inputs: bool = False
 
-    def __init__(self, hidden: int, experts: int, inter: int, top_k: int, renormalize: bool):
+    def __init__(
+        self,
+        hidden: int,
+        experts: int,
+        inter: int,
+        top_k: int,
+        renormalize: bool,
+        activation: Callable[[Tensor], Tensor] = swiglu,
+        expert_bias: bool = False,
+    ):
         self.top_k, self.renormalize, self.num_experts = top_k, renormalize, experts
         self.gate = Router(hidden, experts)
-        self.experts = Experts(experts, hidden, inter)
+        self.experts = Experts(experts, hidden, inter, activation, expert_bias)
 
     def route(self, flat: Tensor) -> tuple[Tensor, Tensor]:
         """Each token's chosen experts ``[n, top_k]`` (int32) and their weights ``[n, top_k]`` (float32)."""

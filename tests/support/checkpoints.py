@@ -297,6 +297,29 @@ FAMILY_MODELS = {
             "original_max_position_embeddings": 32,
         },
     ),
+    # GPT-OSS: attention sinks, an 8-token sliding layer then a full one (tests/test_models_gptoss.py: prefill chunks
+    # longer than the window), q/k/v/o bias, yarn without truncation, 4 experts top-2 with biases, a SwiGLU clamp at
+    # 0.5 (it bites: pre-activations are about 1 here)
+    "gpt_oss": dict(
+        arch="GptOssForCausalLM",
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        swiglu_limit=0.5,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 150000.0,
+            "factor": 4.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": 32,
+        },
+    ),
 }
 
 

@@ -1,0 +1,137 @@
+"""GPT-OSS against transformers: attention sinks, a sliding layer masked by llmc's kernels, biased experts.
+
+The four family checks of test_models_families.py (prefill at three lengths, teacher-forced decode, batch prefill +
+batch decode, greedy tokens) on the tiny ``gpt_oss`` checkpoint of ``FAMILY_MODELS``: its sliding window (8) is
+shorter than the prefill chunk (24), so windows are masked inside a chunk's ragged attention and over cached pages;
+its SwiGLU limit (0.5) clamps most gate/up values. Then what is GPT-OSS's own: the cache's control heads, GPU targets
+refused by name, configs refused by field.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from support.checkpoints import FAMILY_MODELS, hf_logits
+from test_models_families import (  # noqa: F401 - the imported tests run here with this file's fixture
+    DECODE_STEPS,
+    FP32,
+    PROMPT_LENGTHS,
+    assert_close,
+    open_family,
+    q4_dequantized_hf,
+    random_ids,
+    test_batch_prefill_and_batch_decode,
+    test_greedy_tokens_match_transformers,
+    test_prefill_then_decode,
+)
+
+from llmc.errors import ConfigError
+from llmc.models import MODELS
+from llmc.runtime.engine import Engine
+
+INT8 = 3e-2  # of max|logit| (measured: 0.6-1.6e-2 here; int8 activations)
+
+
+@pytest.fixture(scope="module")
+def family(compiled, family_checkpoints):
+    yield from open_family("gpt_oss", compiled, family_checkpoints)
+
+
+def _tiny_config(**changes):
+    hf = {k: v for k, v in FAMILY_MODELS["gpt_oss"].items() if k != "arch"}
+    hf.update(model_type="gpt_oss", vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, **changes)
+    return MODELS["gpt_oss"].parse_config(hf, "gpt_oss")
+
+
+def test_windows_are_shorter_than_the_chunk(family):
+    """The long prompt crosses the window, and a prefill chunk holds more than a window (no chunk bound)."""
+    _, engine, hf = family
+    assert hf.config.sliding_window < engine.prefill_chunk < PROMPT_LENGTHS[-1]
+
+
+def test_forked_prefixes_match_transformers(family):
+    """A child forked mid-page from a longer parent (the prefix cache's forks): its prefill runs over two block
+    depths, and a batch decode of parent and child runs a decode kernel per depth, the child's own key only in the
+    last one; the sink must enter each softmax once and the window must hold across depths."""
+    _, engine, hf = family
+    engine.reset()
+    parent = random_ids(engine.vocab_size, 34 + DECODE_STEPS, seed=200)
+    child = parent[:21] + random_ids(engine.vocab_size, 9 + DECODE_STEPS, seed=201)
+    references = [hf_logits(hf, parent), hf_logits(hf, child)]
+    engine.add_sequence(0)
+    engine.prefill(0, parent[:34])
+    engine.fork_sequence(0, 1, 21)
+    assert_close(engine.prefill(1, child[21:30]), references[1][29], FP32, "forked child prefill")
+    for step in range(DECODE_STEPS):
+        logits = engine.batch_decode([0, 1], [parent[34 + step], child[30 + step]])
+        assert_close(logits[0], references[0][34 + step], FP32, f"parent decode {step}")
+        assert_close(logits[1], references[1][30 + step], FP32, f"forked child decode {step}")
+    engine.remove_sequence(1)
+    engine.remove_sequence(0)
+
+
+def test_the_cache_gets_one_control_head_per_kv_group(family_checkpoints):
+    """TVM's cache is built with heads + kv_heads query heads, every layer full (the kernels mask the window)."""
+    from test_models_deepseek import _cache_geometry
+
+    from llmc.compiler.targets import get_target
+    from llmc.kernels.dispatch import dispatch_kernels
+
+    spec = FAMILY_MODELS["gpt_oss"]
+    hf = json.loads((family_checkpoints["gpt_oss"] / "config.json").read_text())
+    module = MODELS["gpt_oss"].module_class(MODELS["gpt_oss"].parse_config(hf, "gpt_oss"))
+    request = module.kv_cache_request()
+    assert [spec.sinks for spec in request.layers] == [True, True]
+    assert [spec.kind for spec in request.layers] == ["mha_sliding", "mha"]
+    mod, _ = dispatch_kernels(module.export_tvm(spec=module.get_default_spec())[0], get_target("llvm").tvm_target())
+    heads, kv = spec["num_attention_heads"], spec["num_key_value_heads"]
+    geometry = _cache_geometry(mod)
+    assert geometry == {"q_heads": heads + kv, "kv_heads": kv, "qk_dim": spec["head_dim"], "v_dim": spec["head_dim"]}
+    assert "mha_sliding" not in mod["create_paged_kv_cache"].script()
+
+
+def test_gpu_targets_are_refused_by_name():
+    import tvm
+
+    from llmc.kernels.dispatch import dispatch_kernels
+
+    module = MODELS["gpt_oss"].module_class(_tiny_config())
+    mod, _ = module.export_tvm(spec=module.get_default_spec())
+    with pytest.raises(ConfigError, match="attention sinks .* not supported for target cuda"):
+        dispatch_kernels(mod, tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"layer_types": ["sliding_attention", "chunked_attention"]}, "layer_types has chunked_attention"),
+        ({"rope_parameters": {"rope_type": "linear", "factor": 2.0}}, "rope type 'linear' is not supported"),
+        ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
+        ({"num_experts_per_tok": 5}, "num_experts_per_tok 5 is more than num_local_experts 4"),
+        ({"head_dim": 2}, "head_dim 2 is too narrow for llmc's attention sinks"),
+        ({"sliding_window": None}, "sliding_window is None"),
+        ({"swiglu_limit": 0}, "swiglu_limit is 0"),
+    ],
+)
+def test_configs_refuse_what_they_cannot_run(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        _tiny_config(**bad)
+
+
+@pytest.mark.slow  # one more build (~60 s): the default run keeps this file near a minute
+def test_q4f16_integer_path_matches_transformers(compiled, family_checkpoints):
+    """q4f16_1 on the CPU integer path (the default CPU build): the experts run grouped (assignments sorted by expert,
+    each expert's biases added to its rows) against transformers on llmc's decoded weights; int8 activations make
+    the bound looser than the float path's (``test_q4f16_equals_transformers_on_llmc_dequantized_weights``, slow)."""
+    hf = q4_dequantized_hf(family_checkpoints["gpt_oss"])
+    engine = Engine(compiled("gpt_oss", "q4f16_1"))
+    for seq_id, length in enumerate(PROMPT_LENGTHS):
+        ids = random_ids(engine.vocab_size, length + 2, seed=60 + seq_id)
+        reference = hf_logits(hf, ids)
+        engine.add_sequence(seq_id)
+        assert_close(engine.prefill(seq_id, ids[:length]), reference[length - 1], INT8, f"q4f16_1 prefill {length}")
+        for step in range(2):
+            logits = engine.decode(seq_id, ids[length + step])
+            assert_close(logits, reference[length + step], INT8, f"q4f16_1 decode {step} after {length}")
+        engine.remove_sequence(seq_id)
