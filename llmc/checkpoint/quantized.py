@@ -249,5 +249,10 @@ def open_quantized(reader, source: str):
     ``quantization_config`` (an unsupported one is a ``ConfigError`` naming its field)."""
     from llmc.checkpoint.quant_config import parse_quant_config
 
+    qc = reader.config.get("quantization_config")
+    if isinstance(qc, dict) and qc.get("quant_method") == "mxfp4":  # decoded to float at load (GPT-OSS's experts)
+        from llmc.checkpoint.mxfp4 import Mxfp4Checkpoint
+
+        return Mxfp4Checkpoint(reader, source)
     quant = parse_quant_config(reader.config, source)
     return reader if quant is None else QuantizedCheckpoint(reader, quant, source)
