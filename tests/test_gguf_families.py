@@ -76,6 +76,7 @@ GGUF_FAMILIES = {
     ),
     "deepseek_v3": ("deepseek2", {}),  # sigmoid routing told by its exp_probs_b bias (no gating function kept)
     "olmo2": ("olmo2", {}),
+    "gpt_oss": ("gpt-oss", {"swiglu_limit": 7.0}),  # llama.cpp's gpt-oss fixes the SwiGLU limit at 7
     "gemma2": ("gemma2", {"query_pre_attn_scalar": 16}),  # llama.cpp's gemma2 scales by the head width (16)
 }
 DEFAULT = {"gpt_neox", "llama_gqa"}
@@ -202,9 +203,13 @@ def as_q8_0(hf) -> None:
                 full = f"{module_name}.{name}"
                 if param.ndim < 2 or id(param) in done or "norm" in full or module_name.endswith("wpe"):
                     continue
-                if module_name.endswith("mlp.gate"):  # MoE routers stay float32 (ffn_gate_inp)
-                    continue
+                if module_name.endswith(("mlp.gate", "mlp.router")) or name.endswith("bias"):
+                    continue  # MoE routers and (expert) biases stay float32
                 done.add(id(param))
+                if param.ndim == 3:  # GPT-OSS's expert stacks [E, in, out]: blocks along the inputs
+                    stacked = [q8_0(np.ascontiguousarray(w.T)).T for w in param.numpy()]
+                    param.copy_(torch.from_numpy(np.ascontiguousarray(np.stack(stacked))))
+                    continue
                 conv1d = type(module).__name__ == "Conv1D"  # GPT-2 stores [in, out]
                 rows = np.ascontiguousarray(param.numpy().T if conv1d else param.numpy())
                 mla = full.endswith("kv_b_proj.weight")
@@ -302,3 +307,25 @@ def test_unsupported_gguf_architecture_is_a_clear_error(tmp_path):
         assert "llmc: error:" in done.stderr and "'bloom'" in done.stderr, done.stderr
         assert ", ".join(gguf_architectures()) in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_mxfp4_gpt_oss_gguf_equals_transformers(tmp_path):
+    """The released gpt-oss layout: an MXFP4 checkpoint, which llama.cpp's converter repacks into ggml's MXFP4 type
+    (gate and up split, nibbles reordered). Its file compiled at q0f32 equals transformers holding the experts its
+    own decoder makes from the checkpoint."""
+    from support.mxfp4 import hf_with_decoded_experts, write_mxfp4_checkpoint
+
+    from llmc.checkpoint.gguf_reader import GGUFCheckpoint
+
+    source = make_checkpoint(tmp_path / "float", "gpt_oss", seed=77, overrides=GGUF_FAMILIES["gpt_oss"][1])
+    checkpoint = write_mxfp4_checkpoint(source, tmp_path / "mxfp4")
+    gguf = tmp_path / "gpt-oss-mxfp4.gguf"
+    job = f"{checkpoint}|f32|{gguf}"
+    done = subprocess.run([sys.executable, "-c", CONVERT, str(converter_source()), job], capture_output=True, text=True)
+    assert done.returncode == 0 and not gguf.with_name(gguf.name + ".error").exists(), done.stderr[-3000:]
+    kinds = {t.name.split(".", 2)[-1]: t.tensor_type.name for t in GGUFCheckpoint(gguf).tensors}
+    assert kinds["ffn_gate_exps.weight"] == kinds["ffn_down_exps.weight"] == "MXFP4"
+    hf = hf_with_decoded_experts(checkpoint, tmp_path / "float-config")
+    ids = np.random.default_rng(7).integers(3, hf.config.vocab_size, PROMPT).tolist()
+    assert_close(llmc_logits(gguf, "q0f32", tmp_path / "out", ids), hf_logits(hf, ids), FP32, "gpt_oss MXFP4 GGUF")

@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 from support.checkpoints import FAMILY_MODELS, hf_logits
+from support.mxfp4 import hf_with_decoded_experts, write_mxfp4_checkpoint
 from test_models_families import (  # noqa: F401 - the imported tests run here with this file's fixture
     DECODE_STEPS,
     FP32,
@@ -138,52 +139,10 @@ def test_q4f16_integer_path_matches_transformers(compiled, family_checkpoints):
         engine.remove_sequence(seq_id)
 
 
-def mxfp4_encode(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An expert stack ``[E, in, out]`` as MXFP4's ``_blocks`` ``[E, out, in/32, 16]`` and ``_scales``
-    ``[E, out, in/32]`` (the released checkpoints' layout): per 32 inputs a power-of-two scale that brings the
-    largest magnitude within e2m1's 6, each value rounded to the nearest e2m1 code, two codes per byte (low first)."""
-    from llmc.checkpoint.mxfp4 import E2M1, E8M0_BIAS
-
-    rows = np.swapaxes(dense, 1, 2).astype(np.float32)  # [E, out, in]
-    groups = rows.reshape(*rows.shape[:2], -1, 32)
-    exponent = np.ceil(np.log2(np.maximum(np.abs(groups).max(-1), 1e-30) / 6.0)).astype(np.int32)
-    scaled = groups / np.ldexp(np.float32(1), exponent)[..., None]
-    codes = np.abs(scaled[..., None] - E2M1).argmin(-1).astype(np.uint8)  # nearest value (+0 before -0)
-    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
-    return blocks, (exponent + E8M0_BIAS).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def mxfp4_checkpoint(family_checkpoints, tmp_path_factory):
     """The tiny checkpoint with its expert stacks stored as MXFP4 (quantization_config as the released models')."""
-    import shutil
-
-    from safetensors.numpy import load_file, save_file
-
-    folder = tmp_path_factory.mktemp("gptoss-mxfp4") / "checkpoint"
-    shutil.copytree(family_checkpoints["gpt_oss"], folder)
-    for shard in folder.glob("*.safetensors"):
-        tensors = load_file(shard)
-        for name in [n for n in tensors if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
-            tensors[name + "_blocks"], tensors[name + "_scales"] = mxfp4_encode(tensors.pop(name))
-        save_file(tensors, shard, metadata={"format": "pt"})
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    for name in [n for n in index["weight_map"] if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
-        shard = index["weight_map"].pop(name)
-        index["weight_map"].update({name + "_blocks": shard, name + "_scales": shard})
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = {
-        "quant_method": "mxfp4",
-        "modules_to_not_convert": [
-            "model.layers.*.self_attn",
-            "model.layers.*.mlp.router",
-            "model.embed_tokens",
-            "lm_head",
-        ],
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
+    return write_mxfp4_checkpoint(family_checkpoints["gpt_oss"], tmp_path_factory.mktemp("gptoss-mxfp4") / "checkpoint")
 
 
 def test_mxfp4_experts_decode_as_transformers_does(mxfp4_checkpoint):
@@ -209,33 +168,11 @@ def test_mxfp4_experts_decode_as_transformers_does(mxfp4_checkpoint):
 def test_mxfp4_checkpoint_compiles_and_equals_transformers_on_its_decoded_experts(mxfp4_checkpoint, tmp_path):
     """The MXFP4 folder compiles (float32 here) and its logits equal transformers' model holding the decoded
     expert stacks (transformers' decoder) in place of the float ones."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
-
-    from llmc.checkpoint.safetensors_reader import SafetensorsCheckpoint
     from llmc.compile import CompileOptions, compile_model
 
     options = CompileOptions(quant="q0f32", output=tmp_path / "out", quiet=True, context_window=64, prefill_chunk=24)
     engine = Engine(compile_model(str(mxfp4_checkpoint), options))
-    config = json.loads((mxfp4_checkpoint / "config.json").read_text())
-    config.pop("quantization_config")
-    float_folder = tmp_path / "float-config"
-    float_folder.mkdir()
-    (float_folder / "config.json").write_text(json.dumps(config))
-    raw = SafetensorsCheckpoint(mxfp4_checkpoint)
-    hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(float_folder), dtype=torch.float32).eval()
-    state = {}
-    for name in raw.names():
-        array = torch.from_numpy(np.array(raw.get(name)))
-        if name.endswith("_blocks"):
-            base = name[: -len("_blocks")]
-            scales = torch.from_numpy(np.array(raw.get(base + "_scales")))
-            state[base] = convert_moe_packed_tensors(array, scales, dtype=torch.float32)
-        elif not name.endswith("_scales"):
-            state[name] = array
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    assert not missing and not unexpected, (missing, unexpected)
+    hf = hf_with_decoded_experts(mxfp4_checkpoint, tmp_path / "float-config")
     ids = random_ids(engine.vocab_size, 30, seed=300)
     engine.add_sequence(0)
     assert_close(engine.prefill(0, ids), hf_logits(hf, ids)[-1], FP32, "MXFP4 gpt_oss prefill")

@@ -25,6 +25,7 @@ from llmc.models import (
     gpt2,
     gpt_neox,
     gpt_oss,
+    gpt_oss_gguf,
     granite,
     internlm3,
     llama,
@@ -169,6 +170,7 @@ MODELS: dict[str, ModelFamily] = {
         gpt_oss.GptOssForCausalLM,
         gpt_oss.weight_sources,
         gpt_oss.FEATURES,
+        gpt_oss_gguf.GGUF,
     ),
 }
 

@@ -54,6 +54,9 @@ class GptOssConfig(ModelConfig):
     moe_top_k: int = 0
     swiglu_alpha: float = 1.702
     swiglu_limit: float = 7.0
+    # weight layout, not architecture: GGUF files hold the experts as llama.cpp split them (separate gate and up
+    # stacks [E, inter, hidden] with their biases, down [E, hidden, inter]) and the sinks as ``sinks.weight``
+    gguf_layout: bool = False
 
     def max_prefill_chunk(self) -> int | None:
         """No bound: the sink-aware kernels mask a sliding layer's window by key position, in the chunk too."""
@@ -142,6 +145,7 @@ def parse_config(hf: dict, source: str) -> GptOssConfig:
         moe_top_k=top_k,
         swiglu_alpha=float(hf.get("swiglu_alpha", 1.702)),
         swiglu_limit=float(limit),
+        gguf_layout=bool(hf.get("gguf_layout", False)),
     )
 
 
@@ -331,6 +335,34 @@ def _down_weight(stack: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(stack.transpose(0, 2, 1).reshape(-1, stack.shape[1]))
 
 
+def _gate_then_up(biases: np.ndarray) -> np.ndarray:
+    """Gate and up bias stacks ``[2E, inter]`` (concatenated) -> ``[E, 2 inter]``: each expert's gate, then up."""
+    gate, up = np.split(biases, 2)
+    return np.ascontiguousarray(np.concatenate([gate, up], axis=1))
+
+
+def _gguf_sources(c: GptOssConfig, attn: str, mlp: str) -> dict[str, WeightSource]:
+    """A GGUF file's layer (``gguf_layout``): the same parameters from llama.cpp's split expert stacks, offered by
+    the reader one expert at a time, so the rows are already in place (``--quant keep`` moves no block)."""
+    experts, inter, hidden = range(c.moe_experts), c.intermediate_size, c.hidden_size
+    return {
+        f"{attn}.sinks": WeightSource([f"{attn}.sinks.weight"], [(c.num_attention_heads,)]),
+        f"{mlp}.gate.weight": WeightSource([f"{mlp}.router.weight"], [(c.moe_experts, hidden)]),
+        f"{mlp}.gate.bias": WeightSource([f"{mlp}.router.bias"], [(c.moe_experts,)]),
+        f"{mlp}.experts.gate_up_proj.weight": WeightSource(
+            [f"{mlp}.experts.{e}.{p}_proj.weight" for e in experts for p in ("gate", "up")],
+            [(inter, hidden)] * (2 * c.moe_experts),
+        ),
+        f"{mlp}.experts.gate_up_proj_bias": WeightSource(
+            [f"{mlp}.experts.{p}_proj.bias" for p in ("gate", "up")], [(c.moe_experts, inter)] * 2, _gate_then_up
+        ),
+        f"{mlp}.experts.down_proj.weight": WeightSource(
+            [f"{mlp}.experts.{e}.down_proj.weight" for e in experts], [(hidden, inter)] * c.moe_experts
+        ),
+        f"{mlp}.experts.down_proj_bias": WeightSource([f"{mlp}.experts.down_proj.bias"], [(c.moe_experts, hidden)]),
+    }
+
+
 def weight_sources(c: GptOssConfig) -> dict[str, WeightSource]:
     """Module parameters that are not a same-named HF tensor: fused q/k/v, the router, the experts' stacks."""
     d, heads, kv, hidden = c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.hidden_size
@@ -346,6 +378,9 @@ def weight_sources(c: GptOssConfig) -> dict[str, WeightSource]:
             sources[f"{attn}.qkv_proj.bias"] = WeightSource(
                 [f"{attn}.{p}_proj.bias" for p in "qkv"], [(r,) for r in qkv_rows]
             )
+        if c.gguf_layout:
+            sources.update(_gguf_sources(c, attn, mlp))
+            continue
         sources[f"{mlp}.gate.weight"] = WeightSource([f"{mlp}.router.weight"], [(experts, hidden)])
         sources[f"{mlp}.gate.bias"] = WeightSource([f"{mlp}.router.bias"], [(experts,)])
         sources[f"{mlp}.experts.gate_up_proj.weight"] = WeightSource(
