@@ -77,6 +77,18 @@ GGUF_FAMILIES = {
     "deepseek_v3": ("deepseek2", {}),  # sigmoid routing told by its exp_probs_b bias (no gating function kept)
     "olmo2": ("olmo2", {}),
     "gpt_oss": ("gpt-oss", {"swiglu_limit": 7.0}),  # llama.cpp's gpt-oss fixes the SwiGLU limit at 7
+    # what llama.cpp's llama4 fixes: every 4th layer NoPE (so 4 layers), QK-norm, 8192-token chunks and temperature
+    "llama4_text": (
+        "llama4",
+        {
+            "num_hidden_layers": 4,
+            "no_rope_layer_interval": 4,
+            "attention_chunk_size": 8192,
+            "floor_scale": 8192,
+            "attn_scale": 0.1,
+            "use_qk_norm": True,
+        },
+    ),
     "gemma2": ("gemma2", {"query_pre_attn_scalar": 16}),  # llama.cpp's gemma2 scales by the head width (16)
 }
 DEFAULT = {"gpt_neox", "llama_gqa"}
@@ -89,7 +101,8 @@ src, jobs = sys.argv[1], sys.argv[2:]
 sys.path[:0] = [src, src + "/gguf-py"]
 from conversion import base, chatglm, ernie, gemma, gpt2, gptneox, llama, stablelm
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "default"  # the tiny BPE: no known hash
-for model in (chatglm.ChatGLMModel, ernie.Ernie4_5Model, llama.LlamaModel, gemma.Gemma2Model):  # their real vocabs
+real_vocabs = (chatglm.ChatGLMModel, ernie.Ernie4_5Model, llama.LlamaModel, gemma.Gemma2Model, llama.Llama4Model)
+for model in real_vocabs:  # (GLM's, SentencePiece)
     model.set_vocab = base.TextModel._set_vocab_gpt2
 def with_hparams(model, **fields):  # config.json names of transformers 4 that transformers 5's dicts lack
     init = model.__init__
@@ -203,7 +216,7 @@ def as_q8_0(hf) -> None:
                 full = f"{module_name}.{name}"
                 if param.ndim < 2 or id(param) in done or "norm" in full or module_name.endswith("wpe"):
                     continue
-                if module_name.endswith(("mlp.gate", "mlp.router")) or name.endswith("bias"):
+                if module_name.endswith(("mlp.gate", "router")) or name.endswith("bias"):
                     continue  # MoE routers and (expert) biases stay float32
                 done.add(id(param))
                 if param.ndim == 3:  # GPT-OSS's expert stacks [E, in, out]: blocks along the inputs

@@ -94,7 +94,13 @@ def _neox(family) -> ModelFamily:
 def _llama4(name: str) -> ModelFamily:
     features = f"{llama4.FEATURES}, {ROPE}"
     return ModelFamily(
-        name, llama4.Llama4Config, llama4.parse_config, llama4.Llama4ForCausalLM, llama4.weight_sources, features
+        name,
+        llama4.Llama4Config,
+        llama4.parse_config,
+        llama4.Llama4ForCausalLM,
+        llama4.weight_sources,
+        features,
+        llama4.GGUF if name == "llama4_text" else None,  # (one spec reads llama.cpp's llama4 files)
     )
 
 

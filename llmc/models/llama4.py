@@ -32,7 +32,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
 from llmc.models.attention import AttentionSpec
-from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
+from llmc.models.base import BuildSizes, CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints, rope_settings
 from llmc.models.layers import IN_CACHE_ROPE_TYPES, Embedding, apply_rope, rope_inv_freq, rope_type, swiglu
 from llmc.models.llama import ROPE_KEYS, check_rope, interleaved_to_half
 from llmc.models.moe import SparseMoE, routing_weights, top_k_experts
@@ -66,6 +66,8 @@ class Llama4Config(ModelConfig):
     chunked_layers: list[int] = field(default_factory=list)
     weight_prefix: str = "model."  # where the text model's tensors live ("language_model.model." multimodal)
     head_name: str = "lm_head.weight"
+    # weight layout, not architecture: a GGUF file's experts come one expert at a time (llama.cpp's split stacks)
+    gguf_layout: bool = False
 
     def context_limit(self) -> tuple[int, str] | None:
         if not self.chunked_layers:
@@ -193,6 +195,7 @@ def parse_config(hf: dict, source: str) -> Llama4Config:
         chunked_layers=chunked,
         weight_prefix=prefix,
         head_name=head,
+        gguf_layout=bool(hf.get("gguf_layout", False)),
     )
 
 
@@ -408,6 +411,17 @@ def weight_sources(c: Llama4Config) -> dict[str, WeightSource]:
             sources.update(_gate_up(ff, theirs_ff, hidden, c.intermediate_size_mlp))
             continue
         sources[f"{ff}.gate.weight"] = WeightSource([f"{theirs_ff}.router.weight"], [(experts, hidden)])
+        sources.update(_gate_up(f"{ff}.shared_expert", f"{theirs_ff}.shared_expert", hidden, c.intermediate_size))
+        if c.gguf_layout:  # expert e's gate rows, its up rows, then the next expert's: already expert-major
+            each = f"{theirs_ff}.experts"
+            sources[f"{ff}.experts.gate_up_proj.weight"] = WeightSource(
+                [f"{each}.{e}.{x}_proj.weight" for e in range(experts) for x in ("gate", "up")],
+                [(inter, hidden)] * (2 * experts),
+            )
+            sources[f"{ff}.experts.down_proj.weight"] = WeightSource(
+                [f"{each}.{e}.down_proj.weight" for e in range(experts)], [(hidden, inter)] * experts
+            )
+            continue
         sources[f"{ff}.experts.gate_up_proj.weight"] = WeightSource(
             [f"{theirs_ff}.experts.gate_up_proj"],
             [(experts, hidden, 2 * inter)],
@@ -416,5 +430,45 @@ def weight_sources(c: Llama4Config) -> dict[str, WeightSource]:
         sources[f"{ff}.experts.down_proj.weight"] = WeightSource(
             [f"{theirs_ff}.experts.down_proj"], [(experts, inter, hidden)], _expert_major(experts, inter, hidden)
         )
-        sources.update(_gate_up(f"{ff}.shared_expert", f"{theirs_ff}.shared_expert", hidden, c.intermediate_size))
     return sources
+
+
+# ---------------------------------------------------------------------- GGUF
+def _gguf_config(meta) -> dict:
+    """llama.cpp's llama4 metadata, and what llama.cpp fixes for the architecture: every 4th layer NoPE, QK-norm,
+    8192-token chunks, attention temperature (floor 8192, scale 0.1); llama3 rope scaling comes from rope_freqs."""
+    return {
+        "model_type": "llama4_text",
+        "intermediate_size": meta("expert_feed_forward_length"),
+        "intermediate_size_mlp": meta("feed_forward_length"),
+        "num_local_experts": meta("expert_count"),
+        "num_experts_per_tok": meta("expert_used_count"),
+        "interleave_moe_layer_step": meta("interleave_moe_layer_step", 1),
+        "no_rope_layer_interval": 4,
+        "use_qk_norm": True,
+        "attention_chunk_size": 8192,
+        "attn_temperature_tuning": True,
+        "floor_scale": 8192,
+        "attn_scale": 0.1,
+        "gguf_layout": True,
+    }
+
+
+GGUF = GGUFSpec(
+    ("llama4",),
+    "llama4_text",
+    block_names={
+        "ffn_norm": "post_attention_layernorm",
+        "ffn_gate": "feed_forward.gate_proj",
+        "ffn_up": "feed_forward.up_proj",
+        "ffn_down": "feed_forward.down_proj",
+        "ffn_gate_inp": "feed_forward.router",
+        "ffn_gate_shexp": "feed_forward.shared_expert.gate_proj",
+        "ffn_up_shexp": "feed_forward.shared_expert.up_proj",
+        "ffn_down_shexp": "feed_forward.shared_expert.down_proj",
+    },
+    config=_gguf_config,
+    expert_name=lambda model_type, layer, kind, expert: (
+        f"model.layers.{layer}.feed_forward.experts.{expert}.{kind}_proj.weight"
+    ),
+)
