@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from llmc.cli import main
@@ -25,6 +26,7 @@ def test_bench_compiled_artifact(compiled):
     assert len(out["prefill_seconds"]) == 2 and out["peak_host_rss_mib"] > 0
 
 
+@pytest.mark.slow  # compiles its own random-weight model (~50 s): make test-all
 def test_bench_random_weights_batched(checkpoints):
     result = bench(
         str(checkpoints["qwen2_bias"]),

@@ -192,6 +192,7 @@ def _hf_on_llmc_q4_weights(path):
     return hf
 
 
+@pytest.mark.slow  # its own q4f16_1 build (~60 s); the grouped int8 MoE path runs by default for qwen3_moe
 def test_moe_on_the_cpu_integer_layout(compiled, family_checkpoints):
     """The default CPU build runs the experts grouped (expert-sorted rows, each assignment's input scaled by its
     router score beforehand): close to transformers on llmc's decoded q4f16_1 weights. The int8 activations of the

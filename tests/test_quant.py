@@ -230,10 +230,11 @@ def llama_family():
     return MODELS["llama"]
 
 
-# q4f32_1 by default: its float-path weights are linked as they are (q4f16_1's fp16 norms are rewritten, as
-# test_gguf_quant's keep weights folder is for the CPU layout)
+# q4f32_1's float path by default: its weights are linked as they are (q4f16_1's fp16 norms are rewritten, and the
+# CPU integer layout is rewritten, as test_gguf_quant's keep weights folder is for it); the rest under --run slow
+@pytest.mark.parametrize("path", ["float", pytest.param("int8", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("quant", default_run("q4f32_1")(["q4f32_1", "q4f16_1"]))
-def test_quantize_command_then_compile_reuses_weights(quant, trained, trained_builds, tmp_path):
+def test_quantize_command_then_compile_reuses_weights(quant, path, trained, trained_builds, tmp_path):
     """A weights folder compiles to the same model as the checkpoint: linked as is where the target
     loads its layout (float path, float32), rewritten where it does not (CPU integer layout, fp16)."""
     weights = tmp_path / "weights"
@@ -244,19 +245,19 @@ def test_quantize_command_then_compile_reuses_weights(quant, trained, trained_bu
     assert stored["stage"] == "weights" and stored["quantization"] == quant and stored["int_dot"] is None
     assert not list(weights.glob("*.so")) and (weights / "tokenizer.json").exists()
     sizes = ["--quiet", "--context-window", "64", "--prefill-chunk", "64"]
-    for path, reference in (("float", quant), ("int8", f"{quant}-int8")):
-        out = tmp_path / f"compiled-{path}"
-        result = CliRunner().invoke(main, ["compile", str(weights), "-o", str(out), "--cpu-kernels", path, *sizes])
-        assert result.exit_code == 0, result.output
-        linked = os.stat(out / "params_shard_0.bin").st_ino == os.stat(weights / "params_shard_0.bin").st_ino
-        assert linked == (path == "float" and quant == "q4f32_1")
-        direct = Engine(trained_builds[reference])
-        prompt_list = prompts(direct)
-        for a, b in zip(last_logits(Engine(out), prompt_list), last_logits(direct, prompt_list)):
-            if quant == "q4f32_1":
-                assert np.array_equal(a, b)
-            else:  # the folder holds norms in float16; a direct build converts them to float32 once
-                assert np.abs(a - b).max() <= 1e-2 * np.abs(b).max() and a.argmax() == b.argmax()
+    reference = quant if path == "float" else f"{quant}-int8"
+    out = tmp_path / f"compiled-{path}"
+    result = CliRunner().invoke(main, ["compile", str(weights), "-o", str(out), "--cpu-kernels", path, *sizes])
+    assert result.exit_code == 0, result.output
+    linked = os.stat(out / "params_shard_0.bin").st_ino == os.stat(weights / "params_shard_0.bin").st_ino
+    assert linked == (path == "float" and quant == "q4f32_1")
+    direct = Engine(trained_builds[reference])
+    prompt_list = prompts(direct)
+    for a, b in zip(last_logits(Engine(out), prompt_list), last_logits(direct, prompt_list)):
+        if quant == "q4f32_1":
+            assert np.array_equal(a, b)
+        else:  # the folder holds norms in float16; a direct build converts them to float32 once
+            assert np.abs(a - b).max() <= 1e-2 * np.abs(b).max() and a.argmax() == b.argmax()
     clash = CliRunner().invoke(main, ["compile", str(weights), "-o", str(tmp_path / "x"), "--quant", "q8f16_1"])
     assert clash.exit_code == 1 and f"holds {quant} weights" in clash.stderr
 
@@ -326,6 +327,7 @@ def test_eval_perplexity_equals_transformers(trained, trained_builds, tmp_path):
     assert ours["perplexity"] < 10, "the trained tiny model should know its training text"
 
 
+@pytest.mark.slow  # two perplexity runs of their own (~60 s); eval itself: test_eval_perplexity_equals_transformers
 def test_quantize_eval_reports_both_perplexities(trained, tmp_path):
     text_file = tmp_path / "text.txt"
     text_file.write_text(EVAL_TEXT)
