@@ -39,7 +39,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
 from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
-from llmc.models.layers import Embedding, apply_rope, rope_inv_freq, rope_type, swiglu
+from llmc.models.layers import DecoderStack, apply_rope, pre_norm_residual, rope_inv_freq, rope_type, swiglu
 from llmc.models.llama import check_rope
 from llmc.models.moe import Router, SparseMoE
 
@@ -445,20 +445,7 @@ class DeepseekDecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
 
     def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), paged_kv_cache, layer_id)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
-
-
-class DeepseekModel(nn.Module):
-    def __init__(self, c: DeepseekConfig):
-        self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList([DeepseekDecoderLayer(c, i) for i in range(c.num_hidden_layers)])
-        self.norm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
-
-    def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache) -> Tensor:
-        for layer_id, layer in enumerate(self.layers):
-            hidden = layer(hidden, paged_kv_cache, layer_id)
-        return self.norm(hidden)
+        return pre_norm_residual(self, hidden, paged_kv_cache, layer_id, self.mlp)
 
 
 class DeepseekForCausalLM(CausalLMBase):
@@ -466,7 +453,7 @@ class DeepseekForCausalLM(CausalLMBase):
 
     def __init__(self, config: DeepseekConfig, sizes: BuildSizes = BuildSizes()):
         self.config, self.sizes = config, sizes
-        self.model = DeepseekModel(config)
+        self.model = DecoderStack(config, DeepseekDecoderLayer)
         rope = rope_inv_freq(
             config.rope_scaling,
             config.rope_theta,

@@ -35,7 +35,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from llmc.errors import ConfigError
 from llmc.models.attention import AttentionSpec
 from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
-from llmc.models.layers import Embedding, apply_rope, rope_inv_freq, rope_type
+from llmc.models.layers import DecoderStack, apply_rope, pre_norm_residual, rope_inv_freq, rope_type
 from llmc.models.moe import Router, SparseMoE
 
 REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -268,20 +268,7 @@ class GptOssDecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
 
     def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), paged_kv_cache, layer_id)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
-
-
-class GptOssModel(nn.Module):
-    def __init__(self, c: GptOssConfig):
-        self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList([GptOssDecoderLayer(c, i) for i in range(c.num_hidden_layers)])
-        self.norm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
-
-    def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache) -> Tensor:
-        for layer_id, layer in enumerate(self.layers):
-            hidden = layer(hidden, paged_kv_cache, layer_id)
-        return self.norm(hidden)
+        return pre_norm_residual(self, hidden, paged_kv_cache, layer_id, self.mlp)
 
 
 class GptOssForCausalLM(CausalLMBase):
@@ -289,7 +276,7 @@ class GptOssForCausalLM(CausalLMBase):
 
     def __init__(self, config: GptOssConfig, sizes: BuildSizes = BuildSizes()):
         self.config, self.sizes = config, sizes
-        self.model = GptOssModel(config)
+        self.model = DecoderStack(config, GptOssDecoderLayer)
         rope = rope_inv_freq(
             config.rope_scaling,
             config.rope_theta,

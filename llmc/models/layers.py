@@ -173,3 +173,25 @@ class Norm(nn.Module):
             return op.rms_norm(x, self.weight, axes=[-1], epsilon=self.eps)
         bias = self.bias if self.bias is not None else op.zeros((self.weight.shape[0],), self.weight.dtype)
         return op.layer_norm(x, [self.weight.shape[0]], self.weight, bias, eps=self.eps)
+
+
+def pre_norm_residual(layer: nn.Module, hidden: Tensor, paged_kv_cache, layer_id: int, ffn: nn.Module) -> Tensor:
+    """A pre-norm decoder layer's forward: ``h + attn(input_norm(h))``, then ``h + ffn(post_attention_norm(h))``
+    (``layer`` has ``self_attn``, ``input_layernorm`` and ``post_attention_layernorm``; ``ffn``: its MLP or MoE)."""
+    hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), paged_kv_cache, layer_id)
+    return hidden + ffn(layer.post_attention_layernorm(hidden))
+
+
+class DecoderStack(nn.Module):
+    """The token embedding, ``make_layer(config, i)`` for every layer, and the final RMSNorm (the HF names
+    ``embed_tokens``, ``layers.N``, ``norm``)."""
+
+    def __init__(self, c, make_layer):
+        self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList([make_layer(c, i) for i in range(c.num_hidden_layers)])
+        self.norm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
+
+    def forward(self, hidden: Tensor, paged_kv_cache) -> Tensor:
+        for layer_id, layer in enumerate(self.layers):
+            hidden = layer(hidden, paged_kv_cache, layer_id)
+        return self.norm(hidden)

@@ -33,7 +33,15 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from llmc.errors import ConfigError
 from llmc.models.attention import AttentionSpec
 from llmc.models.base import BuildSizes, CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints, rope_settings
-from llmc.models.layers import IN_CACHE_ROPE_TYPES, Embedding, apply_rope, rope_inv_freq, rope_type, swiglu
+from llmc.models.layers import (
+    IN_CACHE_ROPE_TYPES,
+    DecoderStack,
+    apply_rope,
+    pre_norm_residual,
+    rope_inv_freq,
+    rope_type,
+    swiglu,
+)
 from llmc.models.llama import ROPE_KEYS, check_rope, interleaved_to_half
 from llmc.models.moe import SparseMoE, routing_weights, top_k_experts
 
@@ -308,26 +316,13 @@ class Llama4DecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
 
     def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), paged_kv_cache, layer_id)
-        return hidden + self.feed_forward(self.post_attention_layernorm(hidden))
-
-
-class Llama4Model(nn.Module):
-    def __init__(self, c: Llama4Config):
-        self.embed_tokens = Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList([Llama4DecoderLayer(c, i) for i in range(c.num_hidden_layers)])
-        self.norm = nn.RMSNorm(c.hidden_size, -1, c.rms_norm_eps, bias=False)
-
-    def forward(self, hidden: Tensor, paged_kv_cache: PagedKVCache) -> Tensor:
-        for layer_id, layer in enumerate(self.layers):
-            hidden = layer(hidden, paged_kv_cache, layer_id)
-        return self.norm(hidden)
+        return pre_norm_residual(self, hidden, paged_kv_cache, layer_id, self.feed_forward)
 
 
 class Llama4ForCausalLM(CausalLMBase):
     def __init__(self, config: Llama4Config, sizes: BuildSizes = BuildSizes()):
         self.config, self.sizes = config, sizes
-        self.model = Llama4Model(config)
+        self.model = DecoderStack(config, Llama4DecoderLayer)
         if rope_type(config.rope_scaling) not in IN_CACHE_ROPE_TYPES or config.nope_layers:
             # the module rotates q/k: NoPE layers (TVM's cache rotates every layer or none), or a rope type the
             # cache's kernels lack
