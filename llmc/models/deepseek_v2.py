@@ -39,7 +39,14 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
 from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
-from llmc.models.layers import DecoderStack, apply_rope, pre_norm_residual, rope_inv_freq, rope_type, swiglu
+from llmc.models.layers import (
+    DecoderStack,
+    apply_rope,
+    pre_norm_residual,
+    rope_type,
+    set_module_rope,
+    swiglu,
+)
 from llmc.models.llama import check_rope
 from llmc.models.moe import Router, SparseMoE
 
@@ -454,15 +461,7 @@ class DeepseekForCausalLM(CausalLMBase):
     def __init__(self, config: DeepseekConfig, sizes: BuildSizes = BuildSizes()):
         self.config, self.sizes = config, sizes
         self.model = DecoderStack(config, DeepseekDecoderLayer)
-        rope = rope_inv_freq(
-            config.rope_scaling,
-            config.rope_theta,
-            config.qk_rope_head_dim,
-            config.max_position_embeddings,
-            sizes.context_window,
-        )
-        for layer in self.model.layers:
-            layer.self_attn.rope = rope
+        set_module_rope(self.model, config, sizes, config.qk_rope_head_dim)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"

@@ -35,7 +35,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from llmc.errors import ConfigError
 from llmc.models.attention import AttentionSpec
 from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
-from llmc.models.layers import DecoderStack, apply_rope, pre_norm_residual, rope_inv_freq, rope_type
+from llmc.models.layers import DecoderStack, apply_rope, pre_norm_residual, rope_type, set_module_rope
 from llmc.models.moe import Router, SparseMoE
 
 REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
@@ -277,15 +277,7 @@ class GptOssForCausalLM(CausalLMBase):
     def __init__(self, config: GptOssConfig, sizes: BuildSizes = BuildSizes()):
         self.config, self.sizes = config, sizes
         self.model = DecoderStack(config, GptOssDecoderLayer)
-        rope = rope_inv_freq(
-            config.rope_scaling,
-            config.rope_theta,
-            config.head_dim,
-            config.max_position_embeddings,
-            sizes.context_window,
-        )
-        for layer in self.model.layers:
-            layer.self_attn.rope = rope
+        set_module_rope(self.model, config, sizes, config.head_dim)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"

@@ -195,3 +195,13 @@ class DecoderStack(nn.Module):
         for layer_id, layer in enumerate(self.layers):
             hidden = layer(hidden, paged_kv_cache, layer_id)
         return self.norm(hidden)
+
+
+def set_module_rope(stack: DecoderStack, config, sizes, rotary_dim: int, nope_layers=()) -> None:
+    """For models that rotate q/k themselves: one RoPE table (``rope_inv_freq``) on every layer's attention
+    (``self_attn.rope``), None on ``nope_layers``."""
+    rope = rope_inv_freq(
+        config.rope_scaling, config.rope_theta, rotary_dim, config.max_position_embeddings, sizes.context_window
+    )
+    for layer_id, layer in enumerate(stack.layers):
+        layer.self_attn.rope = None if layer_id in nope_layers else rope

@@ -38,8 +38,8 @@ from llmc.models.layers import (
     DecoderStack,
     apply_rope,
     pre_norm_residual,
-    rope_inv_freq,
     rope_type,
+    set_module_rope,
     swiglu,
 )
 from llmc.models.llama import ROPE_KEYS, check_rope, interleaved_to_half
@@ -327,15 +327,7 @@ class Llama4ForCausalLM(CausalLMBase):
             # the module rotates q/k: NoPE layers (TVM's cache rotates every layer or none), or a rope type the
             # cache's kernels lack
             self.rope_in_model = True
-            rope = rope_inv_freq(
-                config.rope_scaling,
-                config.rope_theta,
-                config.head_dim,
-                config.max_position_embeddings,
-                sizes.context_window,
-            )
-            for layer_id, layer in enumerate(self.model.layers):
-                layer.self_attn.rope = None if layer_id in config.nope_layers else rope
+            set_module_rope(self.model, config, sizes, config.head_dim, config.nope_layers)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"
