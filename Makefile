@@ -66,10 +66,11 @@ KEEP_GGUF ?= smollm2-135m
 test-keep-real: install-test
 	LLMC_KEEP_GGUF=$(KEEP_GGUF) $(PY) -m pytest -q --run real_models tests/test_gguf_quant.py -k real_gguf
 
-# every family's checks against transformers (the default run skips five whose switches others cover, and the
-# three-build MoE keep check): ~25 minutes on 2 cores
+# every family's checks against transformers (the default run skips five whose switches others cover, the
+# three-build MoE keep check, and the families' own slow checks: MXFP4, int8 MoE builds)
 test-models: install-test
-	$(PY) -m pytest -q -n auto --dist loadfile --run slow tests/test_models_families.py tests/test_models_families_more.py
+	$(PY) -m pytest -q -n auto --dist loadfile --run slow tests/test_models_families.py tests/test_models_families_more.py \
+		tests/test_models_deepseek.py tests/test_models_gptoss.py tests/test_models_llama4.py
 
 test-all: install-test
 	$(PY) -m pytest -q --run all
