@@ -219,7 +219,8 @@ def as_q8_0(hf) -> None:
                 if module_name.endswith(("mlp.gate", "router")) or name.endswith("bias"):
                     continue  # MoE routers and (expert) biases stay float32
                 done.add(id(param))
-                if param.ndim == 3:  # GPT-OSS's expert stacks [E, in, out]: blocks along the inputs
+                input_major = type(module).__name__ == "Llama4TextExperts" or getattr(module, "is_transposed", False)
+                if param.ndim == 3 and input_major:  # GPT-OSS's, Llama 4's stacks [E, in, out]: blocks along inputs
                     stacked = [q8_0(np.ascontiguousarray(w.T)).T for w in param.numpy()]
                     param.copy_(torch.from_numpy(np.ascontiguousarray(np.stack(stacked))))
                     continue
