@@ -160,7 +160,9 @@ class GGUFCheckpoint:
             from gguf.quants import dequantize
 
             divisors = dequantize(freqs.data, freqs.tensor_type)
-            scaling = rope_scaling_from_freqs(divisors, float(config["rope_theta"]), rotary or head_dim, self.path)
+            # llama.cpp's converter makes one divisor per pair of the head width (== the rotary width for Llama)
+            width = 2 * divisors.size if 2 * divisors.size in (rotary, head_dim) else rotary or head_dim
+            scaling = rope_scaling_from_freqs(divisors, float(config["rope_theta"]), width, self.path)
             if scaling:
                 config["rope_scaling"] = scaling
         # qwen2 (its model_type) has q/k/v biases and no o_proj bias, as in its config.json; HF's
