@@ -39,6 +39,7 @@ _BLOCK_NAMES = {
 }
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 _GLOBAL_RE = re.compile(r"^([a-z_]+)\.(weight|bias)$")
+YARN_BETAS = ("beta_fast", "beta_slow")  # written only when config.json had them (else transformers' defaults)
 
 
 def hf_name(gguf_name: str, spec: GGUFSpec | None = None) -> str | None:
@@ -78,6 +79,19 @@ class _Metadata:
     def columns(self, name: str) -> int | None:
         tensor = self.tensors.get(name)
         return int(tensor.shape[0]) if tensor is not None else None
+
+    def yarn(self) -> dict | None:
+        """The file's yarn rope scaling as config.json's ``rope_scaling`` (factor, original context, and the betas
+        when written), None when the file has another or none; families add what llama.cpp does not store."""
+        if self("rope.scaling.type") != "yarn":
+            return None
+        betas = {k: self(f"rope.scaling.yarn_{k}") for k in YARN_BETAS}
+        return {
+            "rope_type": "yarn",
+            "factor": float(self("rope.scaling.factor")),
+            "original_max_position_embeddings": self("rope.scaling.original_context_length"),
+            **{k: float(v) for k, v in betas.items() if v is not None},
+        }
 
 
 def unpermute_qk(weight: np.ndarray, num_heads: int) -> np.ndarray:
@@ -155,7 +169,7 @@ class GGUFCheckpoint:
             config["partial_rotary_factor"] = rotary / head_dim
         if meta("rope.scaling.type") == "linear" and meta("rope.scaling.factor"):
             config["rope_scaling"] = {"rope_type": "linear", "factor": float(meta("rope.scaling.factor"))}
-        freqs = next((t for t in self.tensors if t.name == "rope_freqs.weight"), None)
+        freqs = meta.tensors.get("rope_freqs.weight")
         if freqs is not None:  # Llama 3.1-style scaling, stored as one divisor per frequency
             from gguf.quants import dequantize
 

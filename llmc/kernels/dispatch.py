@@ -41,13 +41,12 @@ def evict_window(request: KVCacheRequest, target: tvm.target.Target) -> int:
     return request.evictable_window() if is_cpu(target) else 0
 
 
-def _kernels(request: KVCacheRequest, target: tvm.target.Target, cpu_kernels: bool, evict: int):
+def _kernels(request: KVCacheRequest, target: tvm.target.Target, cpu_kernels: bool, evict: int, sinks: bool):
     """The context in which TVM's cache builder picks this target's attention kernels."""
     softcaps = {spec.softcap for spec in request.layers}
     if len(softcaps) != 1:
         raise ValueError(f"TVM's paged KV cache takes one attention soft-cap for all layers, not {sorted(softcaps)}")
     softcap = softcaps.pop()
-    sinks = _sinks(request, target)
     # soft-capping, eviction and sinks exist only in llmc's kernels: they serve the reference (TVM kernels) build too
     if is_cpu(target) and (cpu_kernels or bool(softcap) or bool(evict) or sinks):
         window = max((spec.window for spec in request.layers), default=0) if sinks else 0
@@ -76,7 +75,8 @@ def paged_kv_cache(request: KVCacheRequest, sizes: list, target: tvm.target.Targ
     kinds = [spec.kind for spec in request.layers]
     first = request.layers[0]
     q_heads = first.num_q_heads
-    if _sinks(request, target):  # llmc's kernels mask each layer's window (the control heads say which slide)
+    sinks = _sinks(request, target)
+    if sinks:  # llmc's kernels mask each layer's window (the control heads say which slide)
         kinds, q_heads = ["mha"] * len(kinds), q_heads + first.num_kv_heads
     if evict:
         kinds = ["mha"] * len(kinds)  # one whole-cache window, slid by the runtime
@@ -88,7 +88,7 @@ def paged_kv_cache(request: KVCacheRequest, sizes: list, target: tvm.target.Targ
     if len(windows) > 1:
         raise ValueError(f"TVM's paged KV cache takes one sliding window for all layers, not {sorted(windows)}")
     cache_rope = first.rope == "cache"
-    with _kernels(request, target, cpu_kernels, evict), memoized_getmodule():
+    with _kernels(request, target, cpu_kernels, evict, sinks), memoized_getmodule():
         cache = TIRPagedKVCache(
             attn_kind=kinds if "mha_sliding" in kinds else "mha",
             max_batch_size=sizes[0],

@@ -17,7 +17,6 @@ from __future__ import annotations
 from llmc.models.base import GGUFSpec
 
 SIGMOID_GATING = 2  # llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID
-BETAS = ("beta_fast", "beta_slow")  # yarn's, when the file has them (else transformers' defaults)
 
 
 def _config(meta) -> dict:
@@ -44,20 +43,10 @@ def _config(meta) -> dict:
         "topk_method": "group_limited_greedy" if groups > 1 else "greedy",
         "kv_b_split": True,
     }
-    if meta("rope.scaling.type") == "yarn":
+    yarn = meta.yarn()
+    if yarn:
         mscale = float(meta("rope.scaling.yarn_log_multiplier", 0.0)) / 0.1
-        config["rope_scaling"] = {
-            "rope_type": "yarn",
-            "factor": float(meta("rope.scaling.factor")),
-            "original_max_position_embeddings": meta("rope.scaling.original_context_length"),
-            "mscale": mscale,
-            "mscale_all_dim": mscale,
-            **{
-                k: float(meta(f"rope.scaling.yarn_{k}"))
-                for k in ("beta_fast", "beta_slow")
-                if meta(f"rope.scaling.yarn_{k}")
-            },
-        }
+        config["rope_scaling"] = {**yarn, "mscale": mscale, "mscale_all_dim": mscale}
     return config
 
 

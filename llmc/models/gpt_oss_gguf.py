@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from llmc.models.base import GGUFSpec
 
-BETAS = ("beta_fast", "beta_slow")  # yarn's, when the file has them (else transformers' defaults)
-
 
 def _config(meta) -> dict:
     config = {
@@ -24,14 +22,9 @@ def _config(meta) -> dict:
         "swiglu_limit": 7.0,
         "gguf_layout": True,
     }
-    if meta("rope.scaling.type") == "yarn":
-        config["rope_scaling"] = {
-            "rope_type": "yarn",
-            "factor": float(meta("rope.scaling.factor")),
-            "original_max_position_embeddings": meta("rope.scaling.original_context_length"),
-            "truncate": False,
-            **{k: float(meta(f"rope.scaling.yarn_{k}")) for k in BETAS if meta(f"rope.scaling.yarn_{k}") is not None},
-        }
+    yarn = meta.yarn()
+    if yarn:
+        config["rope_scaling"] = {**yarn, "truncate": False}
     return config
 
 
