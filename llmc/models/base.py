@@ -148,6 +148,16 @@ def required_ints(hf: dict, source: str, keys: tuple[str, ...]) -> None:
         raise ConfigError(f"{source}: config.json lacks integer field(s) {', '.join(missing)}.")
 
 
+def positive_int(hf: dict, key: str, source: str, default=None) -> int:
+    """config.json's ``key`` (or ``default``), refused unless a positive integer."""
+    from llmc.errors import ConfigError
+
+    value = hf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{source}: config field {key} is {value!r}; expected a positive integer.")
+    return value
+
+
 def rope_settings(hf: dict) -> tuple[float, dict]:
     """``(rope_theta, rope parameters without theta)`` from the transformers 4 or 5 layout."""
     rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})

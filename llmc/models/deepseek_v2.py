@@ -38,7 +38,15 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
-from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
+from llmc.models.base import (
+    BuildSizes,
+    CausalLMBase,
+    ModelConfig,
+    WeightSource,
+    positive_int,
+    required_ints,
+    rope_settings,
+)
 from llmc.models.layers import (
     DecoderStack,
     apply_rope,
@@ -101,13 +109,6 @@ class DeepseekConfig(ModelConfig):
     kv_b_split: bool = False
 
 
-def _positive_int(hf: dict, key: str, source: str, default=None) -> int:
-    value = hf.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{source}: config field {key} is {value!r}; expected a positive integer.")
-    return value
-
-
 def _yarn_softmax_mscale(rope: dict) -> float:
     """transformers' ``yarn_apply_mscale``: the softmax scale's factor, ``mscale(factor, mscale_all_dim) ** 2``."""
     if rope_type(rope) == "default" or not rope.get("mscale_all_dim"):
@@ -118,8 +119,8 @@ def _yarn_softmax_mscale(rope: dict) -> float:
 
 
 def _moe_fields(hf: dict, model_type: str, layers: int, source: str) -> dict:
-    experts = _positive_int(hf, "n_routed_experts", source)
-    top_k = _positive_int(hf, "num_experts_per_tok", source)
+    experts = positive_int(hf, "n_routed_experts", source)
+    top_k = positive_int(hf, "num_experts_per_tok", source)
     groups = int(hf.get("n_group") or 1)
     topk_group = int(hf.get("topk_group") or groups)
     first_dense = int(hf.get("first_k_dense_replace") or 0)
@@ -150,7 +151,7 @@ def _moe_fields(hf: dict, model_type: str, layers: int, source: str) -> dict:
     return dict(
         moe_experts=experts,
         moe_top_k=top_k,
-        moe_intermediate_size=_positive_int(hf, "moe_intermediate_size", source),
+        moe_intermediate_size=positive_int(hf, "moe_intermediate_size", source),
         moe_layers=[i for i in range(layers) if i >= first_dense],
         shared_experts=int(hf.get("n_shared_experts") or 0),
         scoring=scoring,
@@ -179,7 +180,7 @@ def parse_config(hf: dict, source: str) -> DeepseekConfig:
         raise ConfigError(f"{source}: qk_rope_head_dim {rope_dim} is odd; rotary embeddings need an even width.")
     q_lora = hf.get("q_lora_rank")
     if q_lora is not None:
-        q_lora = _positive_int(hf, "q_lora_rank", source)
+        q_lora = positive_int(hf, "q_lora_rank", source)
     interleaved = model_type == "deepseek_v2" or bool(hf.get("rope_interleave", True))
     return DeepseekConfig(
         model_type=model_type,

@@ -34,7 +34,15 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 
 from llmc.errors import ConfigError
 from llmc.models.attention import AttentionSpec
-from llmc.models.base import BuildSizes, CausalLMBase, ModelConfig, WeightSource, required_ints, rope_settings
+from llmc.models.base import (
+    BuildSizes,
+    CausalLMBase,
+    ModelConfig,
+    WeightSource,
+    positive_int,
+    required_ints,
+    rope_settings,
+)
 from llmc.models.layers import DecoderStack, apply_rope, pre_norm_residual, rope_type, set_module_rope
 from llmc.models.moe import Router, SparseMoE
 
@@ -63,13 +71,6 @@ class GptOssConfig(ModelConfig):
         return None
 
 
-def _positive_int(hf: dict, key: str, source: str, default=None) -> int:
-    value = hf.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{source}: config field {key} is {value!r}; expected a positive integer.")
-    return value
-
-
 def _layer_types(hf: dict, layers: int, source: str) -> list[str]:
     """HF ``layer_types`` (transformers' default: even layers sliding, odd layers full)."""
     types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
@@ -87,8 +88,8 @@ def parse_config(hf: dict, source: str) -> GptOssConfig:
     layers, heads = hf["num_hidden_layers"], hf["num_attention_heads"]
     defaults = {"num_key_value_heads": heads, "head_dim": hf["hidden_size"] // heads}  # (also when null)
     hf = {**hf, **{key: value for key, value in defaults.items() if hf.get(key) is None}}
-    kv_heads = _positive_int(hf, "num_key_value_heads", source)
-    head_dim = _positive_int(hf, "head_dim", source)
+    kv_heads = positive_int(hf, "num_key_value_heads", source)
+    head_dim = positive_int(hf, "head_dim", source)
     if heads % kv_heads:
         raise ConfigError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}.")
     group = heads // kv_heads
@@ -116,8 +117,8 @@ def parse_config(hf: dict, source: str) -> GptOssConfig:
     window = hf.get("sliding_window")
     if "sliding_attention" in types and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         raise ConfigError(f"{source}: sliding_window is {window!r}; sliding_attention layers need a positive integer.")
-    experts = _positive_int(hf, "num_local_experts", source, hf.get("num_experts"))
-    top_k = _positive_int(hf, "num_experts_per_tok", source, hf.get("experts_per_token"))
+    experts = positive_int(hf, "num_local_experts", source, hf.get("num_experts"))
+    top_k = positive_int(hf, "num_experts_per_tok", source, hf.get("experts_per_token"))
     if top_k > experts:
         raise ConfigError(f"{source}: num_experts_per_tok {top_k} is more than num_local_experts {experts}.")
     limit = hf.get("swiglu_limit", 7.0)
