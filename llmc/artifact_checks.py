@@ -168,11 +168,12 @@ def _check_model_section(file: Path, model: dict) -> None:
 
 def _check_eviction(file: Path, config: dict) -> None:
     """An evicting cache (``sliding_eviction``; older llmc wrote it under ``model``): the runtime slides each
-    sequence by the sliding window, which must hold a prefill chunk."""
+    sequence by the sliding window, which must hold a prefill chunk. ``sliding_cache`` is a flag too."""
     model = config["model"]
     evicts = recorded_eviction(config)
-    if not isinstance(evicts, bool):
-        raise ArtifactError(f"{file}: 'sliding_eviction' is {evicts!r}; expected true or false. Re-run `llmc compile`.")
+    for key, value in (("sliding_eviction", evicts), ("sliding_cache", config.get("sliding_cache", False))):
+        if not isinstance(value, bool):
+            raise ArtifactError(f"{file}: '{key}' is {value!r}; expected true or false. Re-run `llmc compile`.")
     window, chunk = model.get("sliding_window"), config["prefill_chunk"]
     if evicts and (isinstance(window, bool) or not isinstance(window, int) or window <= chunk):
         raise ArtifactError(

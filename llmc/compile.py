@@ -183,6 +183,7 @@ def _compile(model: str, options: CompileOptions) -> Path:
                 "static_plan_bytes": static_plan,
                 "embedding": plan.embedding,  # batch_hidden exported: /v1/embeddings
                 "sliding_eviction": module.sliding_eviction,  # the runtime slides each sequence's window
+                "sliding_cache": module.sliding_cache,  # GPU runtimes decode a batch one sequence at a time
                 **(tensor_parallel_fields(plan, names, random_weights) if plan.shards > 1 else {}),
             },
         )

@@ -93,15 +93,22 @@ def test_the_cache_gets_one_control_head_per_kv_group(family_checkpoints):
     assert "mha_sliding" not in mod["create_paged_kv_cache"].script()
 
 
-def test_gpu_targets_are_refused_by_name():
+def test_gpu_cache_gets_the_sink_kernels():
+    """GPU targets build TVM's kernels with llmc's sink and window patch (llmc.kernels.gpu_sinks) over the same
+    control heads, every layer full; the numbers are checked on lavapipe (`make test-vulkan`)."""
     import tvm
 
-    from llmc.kernels.dispatch import dispatch_kernels
+    from llmc.kernels.dispatch import cache_kinds, dispatch_kernels
 
     module = MODELS["gpt_oss"].module_class(_tiny_config())
     mod, _ = module.export_tvm(spec=module.get_default_spec())
-    with pytest.raises(ConfigError, match="attention sinks .* not supported for target cuda"):
-        dispatch_kernels(mod, tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    mod, requests = dispatch_kernels(mod, target)
+    assert cache_kinds(requests[0], target) == ["mha", "mha"]
+    for name in ("batch_prefill_ragged_kv", "batch_prefill_paged_kv", "batch_decode_paged_kv"):
+        script = mod[name].script()
+        assert "T.float32(-100000.0)" in script, name  # the window's dropped keys
+        assert "T.float32(1.4426950408889634), T.float32(-50000.0))" in script, name  # the sink start
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ FAMILIES += ["phi", "gpt_neox", "stablelm", "starcoder2", "cohere"]  # LayerNorm
 FAMILIES += ["granite", "olmo", "exaone4", "glm", "ernie4_5", "smollm3", "arcee", "seed_oss", "internlm3"]
 FAMILIES += ["deepseek_v2", "deepseek_v3"]  # MLA over a latent KV head, DeepSeek routing: make test-models-builds
 FAMILIES += ["llama4_text"]  # QK-norm/temperature kernels, input-scaled MoE: make test-models-builds
+FAMILIES += ["gpt_oss"]  # attention sinks in TVM's GPU kernels (llmc.kernels.gpu_sinks): make test-models-builds
 DEFAULT_CUDA = ("gemma3",)  # the others: make test-models-builds
 # sliding + global layers with module RoPE, MoE routing, LayerNorm with learned positions: the rest there
 DEFAULT_ANDROID = ("gemma3", "qwen3_moe", "gpt2")

@@ -231,6 +231,50 @@ def test_vulkan_family_library_runs_on_lavapipe(name, compiled, tmp_path):
         assert any("moe_matmul" in k for k in called) and any("topk" in k for k in called), sorted(called)
 
 
+@pytest.mark.vulkan  # the whole model on lavapipe
+def test_vulkan_attention_sinks_on_lavapipe(compiled, tmp_path):
+    """GPT-OSS's attention sinks and sliding layer in TVM's GPU kernels (patched by llmc.kernels.gpu_sinks) generate
+    on lavapipe like llmc's CPU kernels (checked against transformers in test_models_gptoss): a prompt longer than
+    the window and the prefill chunk (ragged, then paged attention), a child forked mid-page whose prefill and
+    batch decode run a kernel per block depth (the sink must enter each softmax once, the window hold across
+    depths), and decode steps past the window."""
+    pytest.importorskip("vulkan", reason="vulkan missing (make install-vulkan)")
+    if not spirv.naga_available() or shutil.which("spirv-val") is None:
+        pytest.skip("node + naga-wasm or spirv-val missing (make install-vulkan)")
+    from kernel_harness import RawVulkanRunner, VulkanLibraryEmulator
+
+    from llmc.runtime.engine import Engine
+
+    try:
+        runner = RawVulkanRunner()
+    except Exception as e:
+        pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
+    # float32 activations: in float16 a near-tie of two router logits may pick another expert than the CPU does
+    reference = Engine(compiled("gpt_oss", "q4f32_1", cpu_kernels="float"))
+    artifact = shutil.copytree(compiled("gpt_oss", "q4f32_1", "vulkan"), tmp_path / "vk")
+    rng = np.random.default_rng(11)
+    parent = rng.integers(3, reference.vocab_size, 37).tolist()
+    child = parent[:21] + rng.integers(3, reference.vocab_size, 13).tolist()
+    pairs = []
+    with VulkanLibraryEmulator(runner) as emulator:
+        gpu = Engine(artifact, device="webgpu")
+        assert not gpu.serial_batch_decode  # every layer of a sink cache is full attention: batches decode at once
+        for engine in (gpu, reference):
+            engine.add_sequence(0)
+        pairs.append((gpu.prefill(0, parent[:34]), reference.prefill(0, parent[:34])))
+        for engine in (gpu, reference):
+            engine.fork_sequence(0, 1, 21)
+        pairs.append((gpu.prefill(1, child[21:30]), reference.prefill(1, child[21:30])))
+        for step in range(3):
+            tokens = [parent[34 + step], child[30 + step]]
+            pairs.append((gpu.batch_decode([0, 1], tokens), reference.batch_decode([0, 1], tokens)))
+        pairs.append((gpu.decode(1, child[33]), reference.decode(1, child[33])))
+        called = emulator.called
+    for got, expected in pairs:
+        assert _rel_err(got, expected) < 1e-4
+    assert {"batch_prefill_ragged_kv_kernel", "batch_prefill_paged_kv_kernel", "batch_decode_paged_kv_kernel"} <= called
+
+
 def test_run_on_a_vulkan_artifact_without_a_vulkan_runtime_is_a_clear_error(tmp_path):
     """The PyPI wheel has no Vulkan runtime: `llmc run` says what loads the library instead of crashing."""
     import json

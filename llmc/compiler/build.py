@@ -15,13 +15,15 @@ from llmc.errors import LlmcError
 
 def build_module(model, target: tvm.target.Target) -> tuple[tvm.IRModule, list[tuple[str, object]]]:
     """``export_tvm`` the (target-free) model, pick its kernels for ``target`` (``llmc.kernels.dispatch``; the
-    module records whether its KV cache evicts: ``sliding_eviction``, a build output) and bound its symbolic
+    module records whether its KV cache evicts, ``sliding_eviction``, and has sliding layers, ``sliding_cache``: build
+    outputs) and bound its symbolic
     dims for static memory planning."""
-    from llmc.kernels.dispatch import dispatch_kernels, evict_window
+    from llmc.kernels.dispatch import cache_kinds, dispatch_kernels, evict_window
 
     mod, named_params = model.export_tvm(spec=model.get_default_spec())
     mod, requests = dispatch_kernels(mod, target, getattr(model, "cpu_kernels", True))
     model.sliding_eviction = any(evict_window(request, target) for request in requests)
+    model.sliding_cache = any("mha_sliding" in cache_kinds(request, target) for request in requests)
     bounds = model.symbolic_upper_bounds()
     for gv, func in list(mod.functions.items()):
         if isinstance(func, relax.Function) and gv.name_hint != "create_paged_kv_cache":

@@ -5,8 +5,8 @@ an exported module for one target:
 
 * the KV cache request a model exports (``llmc.models.attention``) becomes TVM's ``TIRPagedKVCache`` for the
   target, built with llmc's CPU attention/RoPE kernels on CPUs (``cpu_attention``; always when soft-capping,
-  eviction or attention sinks need them) or with the soft-capping patch on GPUs (``gpu_softcap``; sinks are
-  refused there);
+  eviction or attention sinks need them) or with llmc's patches of TVM's GPU kernels (``gpu_softcap``,
+  ``gpu_sinks``);
 * on CPUs, ``split -> silu -> multiply`` of a fused gate/up projection becomes one ``silu_multiply`` kernel.
 
 The module is the same as if the model had picked these kernels itself while being exported.
@@ -21,9 +21,9 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
 from tvm.relax.frontend.nn.llm.kv_cache import RopeMode, TIRPagedKVCache
 
-from llmc.errors import ConfigError
 from llmc.kernels.cpu_attention import llmc_cpu_attention
 from llmc.kernels.cpu_silu import silu_multiply
+from llmc.kernels.gpu_sinks import tvm_gpu_sinks
 from llmc.kernels.gpu_softcap import tvm_gpu_softcap
 from llmc.kernels.parse_speed import memoized_getmodule
 from llmc.models.attention import REQUEST_FUNC, KVCacheRequest
@@ -47,43 +47,46 @@ def _kernels(request: KVCacheRequest, target: tvm.target.Target, cpu_kernels: bo
     if len(softcaps) != 1:
         raise ValueError(f"TVM's paged KV cache takes one attention soft-cap for all layers, not {sorted(softcaps)}")
     softcap = softcaps.pop()
+    window = max((spec.window for spec in request.layers), default=0) if sinks else 0
     # soft-capping, eviction and sinks exist only in llmc's kernels: they serve the reference (TVM kernels) build too
     if is_cpu(target) and (cpu_kernels or bool(softcap) or bool(evict) or sinks):
-        window = max((spec.window for spec in request.layers), default=0) if sinks else 0
         return llmc_cpu_attention(softcap, evict, sinks=sinks, sink_window=window)
-    if softcap:  # a GPU target
+    if sinks and softcap:
+        raise ValueError("llmc's GPU kernel patches apply attention sinks or soft-capping, not both in one cache")
+    if sinks:  # a GPU target: one control head per KV group (paged_kv_cache)
+        first = request.layers[0]
+        return tvm_gpu_sinks(first.num_q_heads // first.num_kv_heads + 1, window)
+    if softcap:
         return tvm_gpu_softcap(softcap)
     return contextlib.nullcontext()
 
 
-def _sinks(request: KVCacheRequest, target: tvm.target.Target) -> bool:
-    """Whether the layers carry attention sinks (``AttentionSpec.sinks``): only llmc's CPU kernels apply them."""
-    if not any(spec.sinks for spec in request.layers):
-        return False
-    if not is_cpu(target):
-        raise ConfigError(
-            f"attention sinks (gpt_oss) are not supported for target {target.kind.name}: TVM 0.27's GPU attention "
-            "kernels have no sink term and return no log-sum-exp to add it after; llmc applies sinks in its CPU "
-            "kernels only. Compile for an llvm (CPU) target."
-        )
-    return True
+def _sinks(request: KVCacheRequest) -> bool:
+    """Whether the layers carry attention sinks (``AttentionSpec.sinks``): llmc's CPU kernels or its GPU patch."""
+    return any(spec.sinks for spec in request.layers)
+
+
+def cache_kinds(request: KVCacheRequest, target: tvm.target.Target) -> list[str]:
+    """The layer kinds of TVM's cache for ``request`` on ``target`` ("mha", "mha_sliding")."""
+    kinds = [spec.kind for spec in request.layers]
+    if _sinks(request) or evict_window(request, target):
+        # sinks: llmc's kernels mask each layer's window (the control heads say which slide);
+        # eviction: one whole-cache window, slid by the runtime
+        return ["mha"] * len(kinds)
+    if "mha" not in kinds:
+        # TVM 0.27 allocates its prefill q/k/v scratch only when some layer is "mha" (an all-sliding
+        # cache fails at the first forward): one unused full-attention layer at the end.
+        return [*kinds, "mha"]
+    return kinds
 
 
 def paged_kv_cache(request: KVCacheRequest, sizes: list, target: tvm.target.Target, cpu_kernels: bool) -> relax.Var:
     """TVM's ``TIRPagedKVCache`` for ``request``, emitted into the current BlockBuilder with its kernels."""
     evict = evict_window(request, target)
-    kinds = [spec.kind for spec in request.layers]
+    kinds = cache_kinds(request, target)
     first = request.layers[0]
-    q_heads = first.num_q_heads
-    sinks = _sinks(request, target)
-    if sinks:  # llmc's kernels mask each layer's window (the control heads say which slide)
-        kinds, q_heads = ["mha"] * len(kinds), q_heads + first.num_kv_heads
-    if evict:
-        kinds = ["mha"] * len(kinds)  # one whole-cache window, slid by the runtime
-    elif "mha" not in kinds:
-        # TVM 0.27 allocates its prefill q/k/v scratch only when some layer is "mha" (an all-sliding
-        # cache fails at the first forward): one unused full-attention layer at the end.
-        kinds = [*kinds, "mha"]
+    sinks = _sinks(request)
+    q_heads = first.num_q_heads + (first.num_kv_heads if sinks else 0)  # one control head per KV group
     windows = {spec.window for spec in request.layers if spec.window}
     if len(windows) > 1:
         raise ValueError(f"TVM's paged KV cache takes one sliding window for all layers, not {sorted(windows)}")
@@ -245,13 +248,7 @@ def dispatch_kernels(
     """``mod`` with the kernels ``target`` runs (see the module docstring) and the cache requests it met.
 
     ``cpu_kernels=False``: TVM's own CPU attention, RoPE and SiLU (reference builds), except where only llmc's
-    kernels can do the job (soft-capping, eviction, attention sinks; GPU targets refuse sinks)."""
-    for func in mod.functions.values():  # refused here: an error raised inside TVM's visitor loses its type
-        for block in func.body.blocks if isinstance(func, relax.Function) else ():
-            for binding in block.bindings:
-                found = _request_of(binding.value) if isinstance(binding.value, relax.Call) else None
-                if found is not None:
-                    _sinks(found[0], target)
+    kernels can do the job (soft-capping, eviction, attention sinks)."""
     dispatcher = _Dispatcher(mod, target, cpu_kernels)
     order = {name: i for i, name in enumerate(EXPORT_ORDER)}
     functions = sorted(

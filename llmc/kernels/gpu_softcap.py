@@ -7,8 +7,7 @@ softmax (and before the causal / sliding-window masks):
 * prefill (paged, ragged, sliding): ``_make_prefill_macros`` returns a ``compute_s_gemm`` whose store
   caps ``S``;
 * decode (paged, sliding): ``_attention_decode`` is TVM's own source with the one line that stores the
-  reduced score capped, parsed again through TVMScript (the source is registered in ``linecache`` under a
-  name of its own, which is how TVMScript finds a kernel's text).
+  reduced score capped (``llmc.kernels.tvm_source``).
 
 Scores there are in log2 units (``q.k * sm_scale * log2(e)``): the capped score is
 ``C * tanh(S / C)`` with ``C = cap * log2(e)``. Tree attention (``batch_verify``) is left uncapped.
@@ -17,12 +16,12 @@ Scores there are in log2 units (``q.k * sm_scale * log2(e)``): the capped score 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import linecache
 import math
 from collections.abc import Iterator
 
 from tvm.script import tirx as T
+
+from llmc.kernels.tvm_source import patched_function
 
 DECODE_SCORE = "S_local[j] = t0[0]"  # the line of TVM 0.27's _attention_decode that stores a score
 
@@ -60,15 +59,10 @@ def _softcapped_s_gemm(tile_x: int, tile_y: int, tile_z: int, cap_log2: float):
 
 def _softcapped_decode_maker(decode_module, cap_log2: float):
     """``_attention_decode`` from TVM's source with the score store capped (see the module docstring)."""
-    source = inspect.getsource(decode_module._attention_decode)
-    if source.count(DECODE_SCORE) != 1:
-        raise RuntimeError("TVM's _attention_decode changed: llmc's soft-capping patch no longer applies")
-    patched = source.replace(DECODE_SCORE, f"S_local[j] = _llmc_capped(t0[0], {cap_log2!r})")
-    filename = f"<llmc-softcap-decode-{cap_log2!r}>"
-    linecache.cache[filename] = (len(patched), None, patched.splitlines(True), filename)
-    namespace = dict(vars(decode_module), _llmc_capped=_capped)
-    exec(compile(patched, filename, "exec"), namespace)  # noqa: S102 - TVM's own kernel source, one line changed
-    return namespace["_attention_decode"]
+    capped = f"S_local[j] = _llmc_capped(t0[0], {cap_log2!r})"
+    return patched_function(
+        decode_module, "_attention_decode", [(DECODE_SCORE, capped)], {"_llmc_capped": _capped}, f"softcap-{cap_log2!r}"
+    )
 
 
 @contextlib.contextmanager

@@ -189,6 +189,8 @@ class CausalLMBase(nn.Module):
     # a build output (``llmc.compiler.build``): the target's cache can evict (every layer one sliding window;
     # ``KVCacheRequest.evictable_window``) and the runtime slides each sequence's window
     sliding_eviction: bool = False
+    # a build output: TVM's cache has sliding-window layers ("mha_sliding"; not when llmc's kernels mask windows)
+    sliding_cache: bool = False
 
     def use_tvm_cpu_kernels(self) -> None:
         """Reference builds (``--cpu-kernels float``): TVM's own kernels for attention, RoPE and SiLU."""

@@ -9,7 +9,7 @@ one *control head* whose first elements are the group's sink logits and whose ne
 slides (``AttentionSpec.sinks``). llmc's CPU attention kernels read it (``llmc.kernels.cpu_attention``): the sink
 joins the denominator in the kernel call that sees the query's own key (exactly once, whichever of TVM's partial
 attentions and merges run), and a sliding layer's window is masked by key position. The module drops the control
-heads from the output. GPU targets are refused (``llmc.kernels.dispatch``): TVM's GPU kernels have no sink term.
+heads from the output. On GPU targets TVM's kernels are patched to do the same (``llmc.kernels.gpu_sinks``).
 
 **RoPE** (rotate-half, YaRN with ``truncate``) is applied by the module.
 
@@ -51,8 +51,8 @@ LAYER_TYPES = ("sliding_attention", "full_attention")
 ROPE_TYPES = ("default", "yarn")
 DEFAULT_THETA = 150000.0  # transformers' GptOssConfig.default_theta
 FEATURES = (
-    "attention sinks (llmc's CPU kernels), alternating sliding/full layers, q/k/v/o bias, YaRN rope, "
-    "MoE every layer (biased router, softmax over the top-k logits, biased experts, clamped SwiGLU)"
+    "attention sinks (llmc's CPU kernels, patched GPU kernels), alternating sliding/full layers, q/k/v/o bias, "
+    "YaRN rope, MoE every layer (biased router, softmax over the top-k logits, biased experts, clamped SwiGLU)"
 )
 
 

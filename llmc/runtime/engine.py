@@ -113,8 +113,10 @@ class LoadedArtifact:
         self.device = open_device(self.folder, self.config, device)
         self.on_gpu = self.device.dlpack_device_type() != tvm.runtime.cpu().dlpack_device_type()
         # TVM 0.27's GPU caches with sliding-window layers fail a multi-sequence decode ("CopyDataFromTo only
-        # support contiguous array"): there, a batch decodes one sequence at a time
-        self.serial_batch_decode = self.on_gpu and "sliding_attention" in (model.get("layer_types") or [])
+        # support contiguous array"): there, a batch decodes one sequence at a time (artifacts older than
+        # ``sliding_cache``: any sliding layer)
+        sliding = self.config.get("sliding_cache", "sliding_attention" in (model.get("layer_types") or []))
+        self.serial_batch_decode = self.on_gpu and sliding
         return model
 
 
