@@ -20,7 +20,13 @@ Q8_0   32     34     d f16, qs[32] int8
 Q4_K   256    144    d f16, dmin f16, scales[12] (8 x 6-bit scale + 6-bit min), qs[128]
 Q5_K   256    176    d f16, dmin f16, scales[12], qh[32], qs[128]
 Q6_K   256    210    ql[128], qh[64], scales[16] int8, d f16
+MXFP4  32     17     e u8 (e8m0 exponent), qs[16] (e2m1 codes, nibbles as Q4_0)
 =====  =====  =====  ==================================================================
+
+MXFP4 (llama.cpp's type for gpt-oss's experts): weight ``j`` is ``kvalues[code] * 2 ** (e - 128)``, the e2m1
+value doubled (``0, 1, 2, 3, 4, 6, 8, 12`` and their negatives) times half the block's e8m0 scale, as ggml's
+``ggml_e8m0_to_fp32_half`` (``e < 2``: a subnormal). Its 17-byte blocks leave the exponent a plane of its own
+in ``uint8`` (one byte per block, the file's bytes), the codes in weight-order words as the other 4-bit types.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from llmc.errors import CheckpointError
 
 @dataclass(frozen=True)
 class Plane:
-    """One field of a block: ``size`` bytes at ``offset``, stored as ``dtype`` (uint32 / float16 / uint16)."""
+    """One field of a block: ``size`` bytes at ``offset``, stored as ``dtype`` (uint32 / float16 / uint16 / uint8)."""
 
     name: str
     offset: int
@@ -251,6 +257,28 @@ def _q6_k(p, row, k, f):
     return (_half(p["d"], row, b) * scale) * q.astype("float32")
 
 
+# e2m1 magnitudes doubled (0, 1, 2, 3, 4, 6, 8, 12), nibble m at bits 4m: a table in one word, read by a shift
+_E2M1_DOUBLED = 0xC8643210
+MXFP4_VALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)  # by code
+
+
+def e8m0_half(e: np.ndarray) -> np.ndarray:
+    """MXFP4 exponent bytes -> ``2 ** (e - 128)`` as float32 (ggml's ``ggml_e8m0_to_fp32_half``)."""
+    e = np.asarray(e).astype(np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23)).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _mxfp4(p, row, k, f):
+    q = _code(p["qs"], row, k, 4)
+    magnitude = _bits(_u32(_E2M1_DOUBLED), tirx.bitwise_and(q, _u32(7)) * _u32(4), 0xF).astype("int32")
+    sign = tirx.shift_right(q, _u32(3)).astype("int32")
+    value = magnitude - magnitude * sign * 2  # an integer first: code 8 is +0.0, as gguf-py's int8 table
+    e = p["e"][row, k // 32].astype("uint32")
+    half = tirx.Select(e < _u32(2), tirx.shift_left(_u32(0x00200000), e), tirx.shift_left(e - _u32(1), _u32(23)))
+    return tirx.reinterpret("float32", half) * value.astype("float32")
+
+
 def _f32_plain(p, row, k, f):
     return p["w"][row, k]
 
@@ -273,6 +301,7 @@ _DECODERS = {
     "Q4_K": _q4_k,
     "Q5_K": _q5_k,
     "Q6_K": _q6_k,
+    "MXFP4": _mxfp4,
     "F32": _f32_plain,
     "F16": _f16,
     "BF16": _bf16,
@@ -326,6 +355,7 @@ FORMATS: dict[str, GGMLFormat] = {
             Plane("d", 208, 2, "float16"),
         ),
     ),
+    "MXFP4": GGMLFormat("MXFP4", 32, 17, (Plane("e", 0, 1, "uint8"), Plane("qs", 1, 16, "uint32", _NIBBLES_32))),
     "F32": GGMLFormat("F32", 1, 4, (Plane("w", 0, 4, "float32"),)),
     "F16": GGMLFormat("F16", 1, 2, (Plane("w", 0, 2, "float16"),)),
     "BF16": GGMLFormat("BF16", 1, 2, (Plane("w", 0, 2, "uint16"),)),

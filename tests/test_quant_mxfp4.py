@@ -1,0 +1,75 @@
+"""MXFP4 kept as stored: ggml's MXFP4 blocks decode bit-exactly in llmc's TE kernel and its integer-path arrays
+(every exponent, every code, against gguf-py's own dequantize)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+from llmc.compiler.targets import get_target
+from llmc.quant import int_dot
+from llmc.quant.ggml_formats import FORMATS
+from llmc.quant.ggml_layers import INT_DOT_FORMATS, int_dot_arrays
+
+gguf = pytest.importorskip("gguf")
+from gguf import GGMLQuantizationType  # noqa: E402
+from gguf.quants import dequantize  # noqa: E402
+
+MXFP4 = FORMATS["MXFP4"]
+
+
+def every_block() -> np.ndarray:
+    """Raw MXFP4 rows ``uint8 [256, 16 * 17]``: row ``e`` has exponent ``e`` in each of its 16 blocks, whose
+    code bytes run through all 256 values (every pair of codes at every exponent, subnormal scales included)."""
+    raw = np.empty((256, 16, 17), np.uint8)
+    raw[:, :, 0] = np.arange(256, dtype=np.uint8)[:, None]
+    raw[:, :, 1:] = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    return raw.reshape(256, -1)
+
+
+def gguf_py(raw: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return np.asarray(dequantize(raw, GGMLQuantizationType.MXFP4), np.float32).reshape(raw.shape[0], -1)
+
+
+def run_te(element, arrays: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """``element(placeholders, row, k)`` computed over ``shape`` on this CPU."""
+    inputs = [te.placeholder(a.shape, str(a.dtype), name=f"in{i}") for i, a in enumerate(arrays)]
+    out = te.compute(shape, lambda r, k: element(inputs, r, k), name="dequantize")
+    lib = tvm.compile(te.create_prim_func([*inputs, out]), target=get_target("llvm").tvm_target())
+    got = tvm.runtime.tensor(np.zeros(shape, np.float32))
+    lib(*(tvm.runtime.tensor(a) for a in arrays), got)
+    return got.numpy()
+
+
+def assert_bit_equal(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    same = (got.view(np.uint32) == expected.view(np.uint32)) | (np.isnan(got) & np.isnan(expected))
+    assert same.all(), f"{what}: {int((~same).sum())} of {same.size} weights differ from gguf-py's"
+
+
+def test_mxfp4_planes_hold_the_file_bytes_and_decode_as_gguf_py():
+    raw = every_block()
+    planes = MXFP4.split(raw)
+    assert planes["e"].dtype == np.uint8 and planes["e"].shape == (256, 16)
+    assert planes["qs"].dtype == np.uint32 and planes["qs"].shape == (256, 64)
+    assert (MXFP4.join(planes) == raw).all()
+    names = [p.name for p in MXFP4.planes]
+    with np.errstate(all="ignore"):
+        got = run_te(
+            lambda ins, r, k: MXFP4.te_element(dict(zip(names, ins)), r, k), [planes[n] for n in names], (256, 512)
+        )
+    assert_bit_equal(got, gguf_py(raw), "TE decode")
+
+
+def test_mxfp4_integer_path_arrays_decode_as_gguf_py():
+    """The CPU integer layout (5-bit codes, float32 scales) holds the same weights, bit for bit (finite ones: the
+    kernel test in tests/test_int_dot.py multiplies them)."""
+    raw = every_block()[:250]  # from e = 254, 12 * 2^(e - 128) is infinite
+    form = INT_DOT_FORMATS["MXFP4"]
+    arrays = int_dot_arrays("MXFP4", MXFP4.split(raw))
+    codes = int_dot.unrepack_codes(arrays[0], form.bits, form.high_bits, raw.shape[0])
+    assert codes.min() == 4 and codes.max() == 28  # -12 .. 12, offset 16
+    got = run_te(lambda ins, r, k: int_dot.form_element(form, ins[0], ins[1], None, r, k), arrays, (250, 512))
+    assert_bit_equal(got, gguf_py(raw), "integer-path decode")
