@@ -368,7 +368,7 @@ def test_mxfp4_gpt_oss_gguf_equals_transformers(mxfp4_gguf, quant, kernels, tmp_
         cache = json.loads((tmp_path / "out" / "tensor-cache.json").read_text())
         stored = {r["name"]: r["dtype"] for shard in cache["records"] for r in shard["records"]}
         # float kernels: the file's exponent bytes and codes; the integer path: its repacked codes and scales
-        arrays = {"e": "uint8", "qs": "uint32"} if kernels == "float" else {"q_weight": "uint8", "q_scale": "float32"}
+        arrays = {"e": "uint32", "qs": "uint32"} if kernels == "float" else {"q_weight": "uint8", "q_scale": "float32"}
         for stack in ("gate_up_proj", "down_proj"):
             assert [fmt for fmt, _ in runs[f"model.layers.0.mlp.experts.{stack}.weight"]] == ["MXFP4"], runs
             for leaf, dtype in arrays.items():

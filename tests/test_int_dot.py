@@ -160,8 +160,8 @@ def ggml_blocks(name: str, rows: int, cols: int, rng) -> np.ndarray:
                 np.float16
             )
             raw[:, :, plane.offset : plane.offset + 2] = scale.view(np.uint8).reshape(*raw.shape[:2], 2)
-        if plane.dtype == "uint8":  # MXFP4's e8m0 exponents: scales 2^-24 .. 2^4
-            raw[:, :, plane.offset] = rng.integers(104, 133, raw.shape[:2], dtype=np.uint8)
+    if name == "MXFP4":  # e8m0 exponents (byte 0): scales 2^-24 .. 2^4
+        raw[:, :, 0] = rng.integers(104, 133, raw.shape[:2], dtype=np.uint8)
     raw[1, 0] = 0
     raw = raw.reshape(rows, -1)
     weight = (rng.standard_t(4, (rows // 2, cols)) * 0.02).astype(np.float32)

@@ -49,16 +49,22 @@ def assert_bit_equal(got: np.ndarray, expected: np.ndarray, what: str) -> None:
     assert same.all(), f"{what}: {int((~same).sum())} of {same.size} weights differ from gguf-py's"
 
 
-def test_mxfp4_planes_hold_the_file_bytes_and_decode_as_gguf_py():
-    raw = every_block()
+@pytest.mark.parametrize("blocks", [16, 15])  # 15: a row's exponents end inside a word
+def test_mxfp4_planes_hold_the_file_bytes_and_decode_as_gguf_py(blocks):
+    raw = np.ascontiguousarray(every_block()[:, : blocks * 17])
     planes = MXFP4.split(raw)
-    assert planes["e"].dtype == np.uint8 and planes["e"].shape == (256, 16)
-    assert planes["qs"].dtype == np.uint32 and planes["qs"].shape == (256, 64)
+    assert planes["e"].dtype == np.uint32 and planes["e"].shape == (256, 4)  # four exponents per word
+    assert planes["qs"].dtype == np.uint32 and planes["qs"].shape == (256, 4 * blocks)
+    assert {n: (s, d) for n, (s, d) in MXFP4.plane_shapes(256, 32 * blocks).items()} == {
+        n: (a.shape, str(a.dtype)) for n, a in planes.items()
+    }
     assert (MXFP4.join(planes) == raw).all()
     names = [p.name for p in MXFP4.planes]
     with np.errstate(all="ignore"):
         got = run_te(
-            lambda ins, r, k: MXFP4.te_element(dict(zip(names, ins)), r, k), [planes[n] for n in names], (256, 512)
+            lambda ins, r, k: MXFP4.te_element(dict(zip(names, ins)), r, k),
+            [planes[n] for n in names],
+            (256, 32 * blocks),
         )
     assert_bit_equal(got, gguf_py(raw), "TE decode")
 
@@ -66,10 +72,10 @@ def test_mxfp4_planes_hold_the_file_bytes_and_decode_as_gguf_py():
 def test_mxfp4_integer_path_arrays_decode_as_gguf_py():
     """The CPU integer layout (5-bit codes, float32 scales) holds the same weights, bit for bit (finite ones: the
     kernel test in tests/test_int_dot.py multiplies them)."""
-    raw = every_block()[:250]  # from e = 254, 12 * 2^(e - 128) is infinite
+    raw = np.ascontiguousarray(every_block()[:250, : 15 * 17])  # from e = 254, 12 * 2^(e - 128) is infinite
     form = INT_DOT_FORMATS["MXFP4"]
     arrays = int_dot_arrays("MXFP4", MXFP4.split(raw))
     codes = int_dot.unrepack_codes(arrays[0], form.bits, form.high_bits, raw.shape[0])
     assert codes.min() == 4 and codes.max() == 28  # -12 .. 12, offset 16
-    got = run_te(lambda ins, r, k: int_dot.form_element(form, ins[0], ins[1], None, r, k), arrays, (250, 512))
+    got = run_te(lambda ins, r, k: int_dot.form_element(form, ins[0], ins[1], None, r, k), arrays, (250, 480))
     assert_bit_equal(got, gguf_py(raw), "integer-path decode")

@@ -247,8 +247,9 @@ def int_dot_arrays(fmt: str, planes: dict[str, np.ndarray]) -> list[np.ndarray]:
     """A part's planes -> its integer-path arrays (``array_names``): the same codes and scales, repacked."""
     form = INT_DOT_FORMATS[fmt]
     codes = int_dot.repack_codes(ggml_codes(fmt, planes), form.bits, form.high_bits)
-    if fmt == "MXFP4":
-        return [codes, int_dot.repack_scales(e8m0_half(planes["e"]))]
+    if fmt == "MXFP4":  # the exponent bytes (a row's words hold 4 blocks' each) as float32 scales
+        exponents = _bytes(planes["e"]).reshape(planes["qs"].shape[0], -1)[:, : planes["qs"].shape[1] // 4]
+        return [codes, int_dot.repack_scales(e8m0_half(exponents))]
     rows = planes["d"].shape[0]
     if form.scales == "group":
         return [codes, int_dot.repack_scales(planes["d"])]
