@@ -223,7 +223,7 @@ def test_mxfp4_checkpoint_kept_as_stored_equals_transformers(mxfp4_checkpoint, k
     exponent byte per 32 weights; the CPU integer path's 5-bit codes and float32 scales), the other weights float,
     and the logits equal transformers' model holding the decoded experts (float kernels: to FP32; int8 activations:
     to INT8)."""
-    from llmc.compile import CompileOptions, compile_model
+    from llmc.compile import CompileOptions, compile_model, quantize_model
 
     out = tmp_path / "out"
     options = CompileOptions(
@@ -253,5 +253,15 @@ def test_mxfp4_checkpoint_kept_as_stored_equals_transformers(mxfp4_checkpoint, k
     ids = random_ids(engine.vocab_size, 30, seed=301)
     engine.add_sequence(0)
     tolerance = FP32 if kernels == "float" else INT8
-    assert_close(engine.prefill(0, ids), hf_logits(hf, ids)[-1], tolerance, f"MXFP4 kept ({kernels}) prefill")
+    logits = engine.prefill(0, ids)
+    assert_close(logits, hf_logits(hf, ids)[-1], tolerance, f"MXFP4 kept ({kernels}) prefill")
     engine.remove_sequence(0)
+    if kernels == "int8":  # a weights folder holds the portable planes; compiling it repacks them as above
+        folder = quantize_model(str(mxfp4_checkpoint), CompileOptions(quant="keep", output=tmp_path / "w", quiet=True))
+        index = json.loads((folder / "tensor-cache.json").read_text())
+        names = {r["name"] for shard in index["records"] for r in shard["records"]}
+        assert "model.layers.0.mlp.experts.down_proj.parts.0.qs" in names, sorted(names)
+        options = CompileOptions(output=tmp_path / "a", quiet=True, context_window=64, prefill_chunk=24)
+        again = Engine(compile_model(str(folder), options))
+        again.add_sequence(0)
+        assert np.array_equal(again.prefill(0, ids), logits)
