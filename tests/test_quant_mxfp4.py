@@ -79,3 +79,34 @@ def test_mxfp4_integer_path_arrays_decode_as_gguf_py():
     assert codes.min() == 4 and codes.max() == 28  # -12 .. 12, offset 16
     got = run_te(lambda ins, r, k: int_dot.form_element(form, ins[0], ins[1], None, r, k), arrays, (250, 480))
     assert_bit_equal(got, gguf_py(raw), "integer-path decode")
+
+
+@pytest.mark.vulkan  # needs wgpu and Mesa lavapipe (make install-vulkan); ~15 s
+def test_mxfp4_dequantize_matmul_on_lavapipe_equals_llvm(monkeypatch):
+    """The MXFP4 decode feeding a matmul, scheduled by dlight for the vulkan preset (WGSL: the exponent words read
+    as 32-bit loads), runs on lavapipe as on the CPU: WGSL and SPIR-V paths give the llvm build's output."""
+    pytest.importorskip("wgpu", reason="wgpu missing (make install-vulkan)")
+    import kernel_harness
+
+    random = kernel_harness._random
+
+    def finite_exponents(shape, dtype, rng):
+        if dtype == "uint32" and shape[-1] == 2:  # the exponent plane: bytes 110..140, finite weights
+            return rng.integers(110, 141, size=[*shape, 4], dtype=np.uint8).view(np.uint32).reshape(shape)
+        return random(shape, dtype, rng)
+
+    monkeypatch.setattr(kernel_harness, "_random", finite_exponents)
+    rows, cols, m = 64, 192, 3  # 6 blocks a row: each row's second exponent word is half padding
+    shapes = MXFP4.plane_shapes(rows, cols)
+    assert shapes["e"] == ((rows, 2), "uint32") and shapes["qs"] == ((rows, 24), "uint32")
+    x = te.placeholder((m, cols), "float32", name="x")
+    planes = {n: te.placeholder(s, d, name=n) for n, (s, d) in shapes.items()}
+    weight = te.compute((rows, cols), lambda r, k: MXFP4.te_element(planes, r, k), name="dequantize")
+    k = te.reduce_axis((0, cols), name="k")
+    y = te.compute((m, rows), lambda i, j: te.sum(x[i, k] * weight[j, k], axis=k), name="matmul")
+    try:
+        harness = kernel_harness.KernelHarness()
+    except Exception as e:
+        pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
+    result = harness.compare("mxfp4_matmul", te.create_prim_func([x, *planes.values(), y]))
+    assert result.outputs == 1 and result.max_rel_err and all(e <= 1e-6 for e in result.max_rel_err.values()), result
