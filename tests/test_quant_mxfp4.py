@@ -110,3 +110,65 @@ def test_mxfp4_dequantize_matmul_on_lavapipe_equals_llvm(monkeypatch):
         pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
     result = harness.compare("mxfp4_matmul", te.create_prim_func([x, *planes.values(), y]))
     assert result.outputs == 1 and result.max_rel_err and all(e <= 1e-6 for e in result.max_rel_err.values()), result
+
+
+# ---------------------------------------------------------------------- a dense GGUF with MXFP4 matrices
+MXFP4_LAYERS = [  # (q, k, v, o, gate, up, down) per layer: q/k/v runs MXFP4 | Q4_K | MXFP4
+    ("MXFP4", "Q4_K", "MXFP4", "MXFP4", "MXFP4", "MXFP4", "MXFP4"),
+    ("Q8_0", "MXFP4", "MXFP4", "Q4_0", "MXFP4", "Q8_0", "MXFP4"),
+]
+
+
+@pytest.fixture(scope="module")
+def mxfp4_llama_builds(tmp_path_factory):
+    """A 2-layer llama GGUF (tests/test_gguf_quant.py's writer) whose matrices and tied embedding are MXFP4 (gguf-py's
+    encoder) beside other formats, built at q0f32, keep (float kernels) and keep on the CPU integer path."""
+    import test_gguf_quant
+    from support.checkpoints import TINY_CONTEXT_WINDOW, TINY_PREFILL_CHUNK
+
+    from llmc.compile import CompileOptions, compile_model
+
+    root = tmp_path_factory.mktemp("mxfp4-llama")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(test_gguf_quant, "LAYER_TYPES", MXFP4_LAYERS)
+        patch.setattr(test_gguf_quant, "EMBEDDING_TYPE", "MXFP4")
+        patch.setattr(test_gguf_quant, "QUANTIZABLE", {*test_gguf_quant.QUANTIZABLE, "MXFP4"})
+        path = test_gguf_quant.write_mixed_gguf(root / "mxfp4.gguf", seed=3)
+    builds = {}
+    for label, quant, kernels in [("q0f32", "q0f32", "float"), ("keep", "keep", "float"), ("int8", "keep", "int8")]:
+        options = CompileOptions(
+            quant=quant,
+            output=root / label,
+            quiet=True,
+            context_window=TINY_CONTEXT_WINDOW,
+            prefill_chunk=TINY_PREFILL_CHUNK,
+            cpu_kernels=kernels,
+        )
+        builds[label] = compile_model(str(path), options)
+    return builds
+
+
+@pytest.mark.slow  # three builds (~2 min)
+def test_mxfp4_linear_layers_and_embedding_equal_the_dequantized_build(mxfp4_llama_builds):
+    """MXFP4 in dense layers (fused q/k/v runs mixing formats) and as the tied embedding / LM head: ``keep`` computes
+    what the dequantized (q0f32) build computes; the integer path (MXFP4 as 5-bit codes, int8 activations) is close."""
+    import json
+
+    import test_gguf_quant
+
+    config = json.loads((mxfp4_llama_builds["keep"] / "llmc-config.json").read_text())
+    runs = config["tensor_formats"]["runs"]
+    assert runs["model.layers.0.self_attn.qkv_proj.weight"] == [["MXFP4", 256], ["Q4_K", 128], ["MXFP4", 128]]
+    assert runs["model.embed_tokens.weight"] == [["MXFP4", test_gguf_quant.VOCAB]]
+    ids = np.random.default_rng(4).integers(2, test_gguf_quant.VOCAB, 12).tolist()
+    expected = test_gguf_quant._logits(mxfp4_llama_builds["q0f32"], ids)
+    kept = test_gguf_quant._logits(mxfp4_llama_builds["keep"], ids)
+    assert np.abs(kept - expected).max() <= 2e-5 * np.abs(expected).max()
+    fast_config = json.loads((mxfp4_llama_builds["int8"] / "llmc-config.json").read_text())
+    assert "model.embed_tokens.q_weight" in fast_config["weights"]  # the table on the integer path too
+    fast = test_gguf_quant._logits(mxfp4_llama_builds["int8"], ids)
+    cosine = (fast * expected).sum(-1) / np.linalg.norm(fast, axis=-1) / np.linalg.norm(expected, axis=-1)
+    error = np.abs(fast - expected).max() / np.abs(expected).max()
+    # measured: cosine 0.9985, error 4.8e-2 of max|logit| (the Q-formats' mixed file: 0.9992, 3.2e-2); random
+    # weights give near-tied logits, so the argmax may flip where the float builds agree
+    assert cosine.min() > 0.995 and error < 0.1, (cosine.min(), error)
