@@ -1,5 +1,8 @@
-"""MXFP4 kept as stored: ggml's MXFP4 blocks decode bit-exactly in llmc's TE kernel and its integer-path arrays
-(every exponent, every code, against gguf-py's own dequantize)."""
+"""MXFP4 kept as stored (``--quant keep``): ggml's MXFP4 blocks decode bit-exactly in llmc's TE kernel and its
+integer-path arrays (every exponent, every code, against gguf-py's own dequantize); the decode feeding a matmul runs
+on lavapipe as on the CPU (``--run vulkan``); a dense GGUF with MXFP4 matrices and embedding computes what its
+dequantized build computes (``--run slow``). The gpt-oss checks (a GGUF from llama.cpp's converter, an HF MXFP4
+checkpoint) are in tests/test_gguf_families.py and tests/test_models_gptoss.py."""
 
 from __future__ import annotations
 
