@@ -20,6 +20,7 @@ Two families run by default (GPT-NeoX: its own tensor and layer names, regrouped
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from support.checkpoints import TINY_PREFILL_CHUNK, hf_logits, make_checkpoint
 LLAMA_CPP_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("LLMC_CACHE_DIR", Path.home() / ".cache" / "llmc"))
 FP32 = 1e-4  # of max|logit| (tests/test_models_families.py)
+INT8 = 3e-2  # of max|logit|, CPU integer kernels (int8 activations; tests/test_models_gptoss.py)
 PROMPT = 30  # tokens: shorter than every sliding window (llama.cpp's StarCoder2 files have none)
 
 # family -> (llama.cpp architecture, config overrides of the tiny checkpoint where llama.cpp fixes a setting)
@@ -247,12 +249,17 @@ def mla_kv_b_as_stored(rows: np.ndarray, config, quantize) -> np.ndarray:
     return np.concatenate([uk, uv], axis=1).reshape(rows.shape)
 
 
-def llmc_logits(gguf: Path, quant: str, out: Path, ids: list[int]) -> np.ndarray:
+def llmc_logits(gguf: Path, quant: str, out: Path, ids: list[int], cpu_kernels: str = "float") -> np.ndarray:
     from llmc.compile import CompileOptions, compile_model
     from llmc.runtime.engine import Engine
 
     options = CompileOptions(
-        quant=quant, output=out, quiet=True, context_window=64, prefill_chunk=TINY_PREFILL_CHUNK, cpu_kernels="float"
+        quant=quant,
+        output=out,
+        quiet=True,
+        context_window=64,
+        prefill_chunk=TINY_PREFILL_CHUNK,
+        cpu_kernels=cpu_kernels,
     )
     engine = Engine(compile_model(str(gguf), options))
     engine.add_sequence(0)
@@ -323,23 +330,46 @@ def test_unsupported_gguf_architecture_is_a_clear_error(tmp_path):
         assert "Traceback" not in done.stderr
 
 
-@pytest.mark.slow
-def test_mxfp4_gpt_oss_gguf_equals_transformers(tmp_path):
+@pytest.fixture(scope="module")
+def mxfp4_gguf(tmp_path_factory):
     """The released gpt-oss layout: an MXFP4 checkpoint, which llama.cpp's converter repacks into ggml's MXFP4 type
-    (gate and up split, nibbles reordered). Its file compiled at q0f32 equals transformers holding the experts its
-    own decoder makes from the checkpoint."""
+    (gate and up split, nibbles reordered); with transformers holding the experts its own decoder makes from the
+    checkpoint, and a prompt."""
     from support.mxfp4 import hf_with_decoded_experts, write_mxfp4_checkpoint
 
     from llmc.checkpoint.gguf_reader import GGUFCheckpoint
 
-    source = make_checkpoint(tmp_path / "float", "gpt_oss", seed=77, overrides=GGUF_FAMILIES["gpt_oss"][1])
-    checkpoint = write_mxfp4_checkpoint(source, tmp_path / "mxfp4")
-    gguf = tmp_path / "gpt-oss-mxfp4.gguf"
+    root = tmp_path_factory.mktemp("gpt-oss-mxfp4")
+    source = make_checkpoint(root / "float", "gpt_oss", seed=77, overrides=GGUF_FAMILIES["gpt_oss"][1])
+    checkpoint = write_mxfp4_checkpoint(source, root / "mxfp4")
+    gguf = root / "gpt-oss-mxfp4.gguf"
     job = f"{checkpoint}|f32|{gguf}"
     done = subprocess.run([sys.executable, "-c", CONVERT, str(converter_source()), job], capture_output=True, text=True)
     assert done.returncode == 0 and not gguf.with_name(gguf.name + ".error").exists(), done.stderr[-3000:]
     kinds = {t.name.split(".", 2)[-1]: t.tensor_type.name for t in GGUFCheckpoint(gguf).tensors}
     assert kinds["ffn_gate_exps.weight"] == kinds["ffn_down_exps.weight"] == "MXFP4"
-    hf = hf_with_decoded_experts(checkpoint, tmp_path / "float-config")
+    hf = hf_with_decoded_experts(checkpoint, root / "float-config")
     ids = np.random.default_rng(7).integers(3, hf.config.vocab_size, PROMPT).tolist()
-    assert_close(llmc_logits(gguf, "q0f32", tmp_path / "out", ids), hf_logits(hf, ids), FP32, "gpt_oss MXFP4 GGUF")
+    return gguf, hf_logits(hf, ids), ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("quant", "kernels"), [("q0f32", "float"), ("keep", "float"), ("keep", "int8")])
+def test_mxfp4_gpt_oss_gguf_equals_transformers(mxfp4_gguf, quant, kernels, tmp_path):
+    """The MXFP4 file compiled at q0f32 (experts dequantized at load) and with ``--quant keep`` (the MXFP4 blocks
+    as stored, decoded in the float expert kernels) equals transformers holding the decoded experts; on the CPU
+    integer path (the same weights as 5-bit integers, int8 activations) within the int8 tolerance."""
+    gguf, expected, ids = mxfp4_gguf
+    ours = llmc_logits(gguf, quant, tmp_path / "out", ids, kernels)
+    assert_close(ours, expected, FP32 if kernels == "float" else INT8, f"gpt_oss MXFP4 GGUF ({quant}, {kernels})")
+    if quant == "keep":
+        config = json.loads((tmp_path / "out" / "llmc-config.json").read_text())
+        runs = config["tensor_formats"]["runs"]
+        cache = json.loads((tmp_path / "out" / "tensor-cache.json").read_text())
+        stored = {r["name"]: r["dtype"] for shard in cache["records"] for r in shard["records"]}
+        # float kernels: the file's exponent bytes and codes; the integer path: its repacked codes and scales
+        arrays = {"e": "uint32", "qs": "uint32"} if kernels == "float" else {"q_weight": "uint8", "q_scale": "float32"}
+        for stack in ("gate_up_proj", "down_proj"):
+            assert [fmt for fmt, _ in runs[f"model.layers.0.mlp.experts.{stack}.weight"]] == ["MXFP4"], runs
+            for leaf, dtype in arrays.items():
+                assert stored[f"model.layers.0.mlp.experts.{stack}.parts.0.{leaf}"] == dtype, stored

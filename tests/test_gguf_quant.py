@@ -88,6 +88,7 @@ def test_bits_per_weight_are_the_files():
         "Q4_K": 4.5,
         "Q5_K": 5.5,
         "Q6_K": 6.5625,
+        "MXFP4": 4.25,
     }
 
 

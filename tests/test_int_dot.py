@@ -1,6 +1,6 @@
 """CPU kernels. The integer path: repacked layout, the int8 x int4/int8 kernel against numpy on odd shapes for
 every x86 instruction set this CPU runs (read from its extensions: the ISAs form no chain, e.g. Zen 4 has
-AVX512-VNNI and not AVX-VNNI), every GGML block format (Q4_0 .. Q6_K) against gguf-py, the CPU
+AVX512-VNNI and not AVX-VNNI), every GGML block format (Q4_0 .. Q6_K, MXFP4) against gguf-py, the CPU
 attention kernels against TVM's, and the lowered model (integer kernels present, no float dequantize-matmul
 left)."""
 
@@ -160,6 +160,8 @@ def ggml_blocks(name: str, rows: int, cols: int, rng) -> np.ndarray:
                 np.float16
             )
             raw[:, :, plane.offset : plane.offset + 2] = scale.view(np.uint8).reshape(*raw.shape[:2], 2)
+    if name == "MXFP4":  # e8m0 exponents (byte 0): scales 2^-24 .. 2^4
+        raw[:, :, 0] = rng.integers(104, 133, raw.shape[:2], dtype=np.uint8)
     raw[1, 0] = 0
     raw = raw.reshape(rows, -1)
     weight = (rng.standard_t(4, (rows // 2, cols)) * 0.02).astype(np.float32)

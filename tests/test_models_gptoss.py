@@ -184,3 +184,91 @@ def test_mxfp4_checkpoint_compiles_and_equals_transformers_on_its_decoded_expert
     engine.add_sequence(0)
     assert_close(engine.prefill(0, ids), hf_logits(hf, ids)[-1], FP32, "MXFP4 gpt_oss prefill")
     engine.remove_sequence(0)
+
+
+def test_mxfp4_blocks_are_offered_as_ggml_mxfp4_rows(mxfp4_checkpoint):
+    """For ``--quant keep`` the reader offers each packed stack as ggml MXFP4 rows (output-major, as stored): gguf-py's
+    own decoder gives the values transformers' decoder gives (its ``[E, in, out]`` stack, rows swapped back), and
+    every other tensor is offered as F32 (kept float)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    from llmc.checkpoint import open_checkpoint
+    from llmc.source import resolve
+
+    reader = open_checkpoint(resolve(str(mxfp4_checkpoint)))
+    types = reader.tensor_types()
+    packed = [n for n, (kind, _) in types.items() if kind == "MXFP4"]
+    assert len(packed) == 4 and {kind for kind, _ in types.values()} == {"MXFP4", "F32"}
+    for name in packed:
+        dense = reader.get(name)  # [E, in, out]
+        assert types[name][1] == (dense.shape[0] * dense.shape[2], dense.shape[1])
+        kind, raw = reader.get_raw(name)
+        assert kind == "MXFP4" and raw.dtype == np.uint8 and raw.shape == (types[name][1][0], dense.shape[1] // 32 * 17)
+        rows = np.asarray(dequantize(raw, GGMLQuantizationType.MXFP4), np.float32).reshape(types[name][1])
+        assert np.array_equal(rows, np.swapaxes(dense, 1, 2).reshape(rows.shape)), name  # -0 == +0 here
+
+
+def test_keep_on_a_float_checkpoint_is_one_clear_error(family_checkpoints, tmp_path):
+    """``--quant keep`` on an HF folder with neither GGUF formats nor MXFP4 blocks: one ``llmc: error:`` line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    llmc = str(Path(sys.executable).parent / "llmc")
+    command = [llmc, "compile", str(family_checkpoints["gpt_oss"]), "--quant", "keep", "-o", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith("llmc: error:"), done.stderr
+    assert "MXFP4" in lines[0] and "--quant keep" in lines[0], lines[0]
+
+
+@pytest.mark.slow  # a build of its own (~40 s) per kernel kind: make test-all
+@pytest.mark.parametrize("kernels", ["float", "int8"])
+def test_mxfp4_checkpoint_kept_as_stored_equals_transformers(mxfp4_checkpoint, kernels, tmp_path):
+    """``--quant keep`` on the MXFP4 folder: the expert blocks stay 4-bit (ggml MXFP4 planes: 16 code bytes and an
+    exponent byte per 32 weights; the CPU integer path's 5-bit codes and float32 scales), the other weights float,
+    and the logits equal transformers' model holding the decoded experts (float kernels: to FP32; int8 activations:
+    to INT8)."""
+    from llmc.compile import CompileOptions, compile_model, quantize_model
+
+    out = tmp_path / "out"
+    options = CompileOptions(
+        quant="keep", output=out, quiet=True, context_window=64, prefill_chunk=24, cpu_kernels=kernels
+    )
+    engine = Engine(compile_model(str(mxfp4_checkpoint), options))
+    cache = json.loads((out / "tensor-cache.json").read_text())
+    stored = {r["name"]: r for shard in cache["records"] for r in shard["records"]}
+    config = json.loads((mxfp4_checkpoint / "config.json").read_text())
+    experts, hidden, inter = config["num_local_experts"], config["hidden_size"], config["intermediate_size"]
+    for stack, rows, cols in (("gate_up_proj", 2 * inter, hidden), ("down_proj", hidden, inter)):
+        prefix = f"model.layers.0.mlp.experts.{stack}"
+        assert f"{prefix}.weight" not in stored
+        arrays = {n.rpartition(".")[2]: r for n, r in stored.items() if n.startswith(f"{prefix}.parts.0.")}
+        if kernels == "float":
+            words = -(-cols // 32 // 4)  # a row's exponent bytes, four to a word
+            assert {n: (r["dtype"], r["shape"]) for n, r in arrays.items()} == {
+                "e": ("uint32", [experts * rows, words]),
+                "qs": ("uint32", [experts * rows, cols // 8]),
+            }
+            assert arrays["qs"]["nbytes"] == experts * rows * cols // 2  # 4 bits a weight
+            assert arrays["e"]["nbytes"] < experts * rows * (cols // 32 + 4)  # a byte per 32, a row padded to words
+        else:
+            assert {n: r["dtype"] for n, r in arrays.items()} == {"q_weight": "uint8", "q_scale": "float32"}
+    assert stored["model.layers.0.self_attn.qkv_proj.weight"]["dtype"] == "float32"
+    hf = hf_with_decoded_experts(mxfp4_checkpoint, tmp_path / "float-config")
+    ids = random_ids(engine.vocab_size, 30, seed=301)
+    engine.add_sequence(0)
+    tolerance = FP32 if kernels == "float" else INT8
+    logits = engine.prefill(0, ids)
+    assert_close(logits, hf_logits(hf, ids)[-1], tolerance, f"MXFP4 kept ({kernels}) prefill")
+    engine.remove_sequence(0)
+    if kernels == "int8":  # a weights folder holds the portable planes; compiling it repacks them as above
+        folder = quantize_model(str(mxfp4_checkpoint), CompileOptions(quant="keep", output=tmp_path / "w", quiet=True))
+        index = json.loads((folder / "tensor-cache.json").read_text())
+        names = {r["name"] for shard in index["records"] for r in shard["records"]}
+        assert "model.layers.0.mlp.experts.down_proj.parts.0.qs" in names, sorted(names)
+        options = CompileOptions(output=tmp_path / "a", quiet=True, context_window=64, prefill_chunk=24)
+        again = Engine(compile_model(str(folder), options))
+        again.add_sequence(0)
+        assert np.array_equal(again.prefill(0, ids), logits)

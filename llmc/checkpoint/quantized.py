@@ -250,7 +250,7 @@ def open_quantized(reader, source: str):
     from llmc.checkpoint.quant_config import parse_quant_config
 
     qc = reader.config.get("quantization_config")
-    if isinstance(qc, dict) and qc.get("quant_method") == "mxfp4":  # decoded to float at load (GPT-OSS's experts)
+    if isinstance(qc, dict) and qc.get("quant_method") == "mxfp4":  # GPT-OSS's experts: decoded, or kept (--quant keep)
         from llmc.checkpoint.mxfp4 import Mxfp4Checkpoint
 
         return Mxfp4Checkpoint(reader, source)

@@ -295,10 +295,15 @@ def _gate_up_order(inter: int) -> np.ndarray:
 
 
 def _gate_up_weight(c: GptOssConfig):
-    """``gate_up_proj`` ``[E, hidden, 2 inter]`` -> ``[E * 2 inter, hidden]``, each expert's gate rows then up rows."""
+    """``gate_up_proj`` ``[E, hidden, 2 inter]`` -> ``[E * 2 inter, hidden]``, each expert's gate rows then up rows.
+
+    A 2-D input is the stack's rows as an MXFP4 checkpoint stores them (``[E * 2 inter, ...]``, output-major: what
+    ``--quant keep`` reads, ``Mxfp4Checkpoint.get_raw``): those rows only move, as ``keep.move_rows`` requires."""
     order = _gate_up_order(c.intermediate_size)
 
     def transform(stack: np.ndarray) -> np.ndarray:
+        if stack.ndim == 2:
+            return np.ascontiguousarray(stack.reshape(-1, len(order), stack.shape[1])[:, order].reshape(stack.shape))
         rows = stack.transpose(0, 2, 1)[:, order]
         return np.ascontiguousarray(rows.reshape(-1, stack.shape[1]))
 
@@ -311,7 +316,9 @@ def _gate_up_bias(c: GptOssConfig):
 
 
 def _down_weight(stack: np.ndarray) -> np.ndarray:
-    """``down_proj`` ``[E, inter, hidden]`` -> ``[E * hidden, inter]``."""
+    """``down_proj`` ``[E, inter, hidden]`` -> ``[E * hidden, inter]``; MXFP4's stored rows (2-D) are that already."""
+    if stack.ndim == 2:
+        return stack
     return np.ascontiguousarray(stack.transpose(0, 2, 1).reshape(-1, stack.shape[1]))
 
 

@@ -20,7 +20,14 @@ Q8_0   32     34     d f16, qs[32] int8
 Q4_K   256    144    d f16, dmin f16, scales[12] (8 x 6-bit scale + 6-bit min), qs[128]
 Q5_K   256    176    d f16, dmin f16, scales[12], qh[32], qs[128]
 Q6_K   256    210    ql[128], qh[64], scales[16] int8, d f16
+MXFP4  32     17     e u8 (e8m0 exponent), qs[16] (e2m1 codes, nibbles as Q4_0)
 =====  =====  =====  ==================================================================
+
+MXFP4 (llama.cpp's type for gpt-oss's experts): weight ``j`` is ``kvalues[code] * 2 ** (e - 128)``, the e2m1
+value doubled (``0, 1, 2, 3, 4, 6, 8, 12`` and their negatives) times half the block's e8m0 scale, as ggml's
+``ggml_e8m0_to_fp32_half`` (``e < 2``: a subnormal). Its one-byte exponent field is a plane of ``uint32`` words
+holding four blocks' exponents each (WGSL has no 8-bit storage type; a row's last word is completed with zero
+bytes: gpt-oss's 90 blocks per row take 92 bytes), the codes weight-order words as the other 4-bit types.
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ class Plane:
     size: int
     dtype: str
     order: CodeOrder | None = None  # packed codes: stored in weight order instead of the file's
+
+    def elements(self, blocks: int) -> int:
+        """Elements of ``dtype`` per row of ``blocks`` blocks: a field narrower than ``dtype`` (MXFP4's exponent
+        byte in ``uint32`` words) is packed across blocks, the row's last word completed with zero bytes."""
+        return -(-blocks * self.size // np.dtype(self.dtype).itemsize)
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ class GGMLFormat:
     def plane_shapes(self, rows: int, cols: int) -> dict[str, tuple[tuple[int, int], str]]:
         """``{plane: ((rows, elements), dtype)}`` of a ``rows x cols`` weight."""
         n = self.blocks(cols)
-        return {p.name: ((rows, n * p.size // np.dtype(p.dtype).itemsize), p.dtype) for p in self.planes}
+        return {p.name: ((rows, p.elements(n)), p.dtype) for p in self.planes}
 
     def split(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         """Raw block bytes ``[rows, blocks * block_bytes]`` (uint8) -> the planes (same bits)."""
@@ -116,22 +128,26 @@ class GGMLFormat:
             if p.order is not None:
                 out[p.name] = p.order.to_linear(field)
             else:
-                out[p.name] = field.view(np.dtype(p.dtype).newbyteorder("<")).reshape(rows, -1).astype(p.dtype)
+                data = field.reshape(rows, -1)
+                width = p.elements(blocks.shape[1]) * np.dtype(p.dtype).itemsize
+                if width > data.shape[1]:  # a row's bytes end inside a word: zero bytes complete it
+                    data = np.pad(data, ((0, 0), (0, width - data.shape[1])))
+                out[p.name] = data.view(np.dtype(p.dtype).newbyteorder("<")).astype(p.dtype)
         return out
 
     def join(self, planes: dict[str, np.ndarray]) -> np.ndarray:
         """Inverse of ``split``: the raw block bytes (tests, and decoding stored weights with gguf-py)."""
-        first = planes[self.planes[0].name]
+        whole = next(p for p in self.planes if p.size % np.dtype(p.dtype).itemsize == 0)  # a plane with no padding
+        first = planes[whole.name]
         rows = first.shape[0]
-        n = first.shape[1] * first.itemsize // self.planes[0].size
+        n = first.shape[1] * first.itemsize // whole.size
         raw = np.empty((rows, n, self.block_bytes), np.uint8)
         for p in self.planes:
             if p.order is not None:
                 raw[:, :, p.offset : p.offset + p.size] = p.order.to_file(np.asarray(planes[p.name]), p.size)
             else:
-                raw[:, :, p.offset : p.offset + p.size] = (
-                    np.ascontiguousarray(planes[p.name]).view(np.uint8).reshape(rows, n, p.size)
-                )
+                data = np.ascontiguousarray(planes[p.name]).view(np.uint8).reshape(rows, -1)
+                raw[:, :, p.offset : p.offset + p.size] = data[:, : n * p.size].reshape(rows, n, p.size)
         return raw.reshape(rows, -1)
 
     def te_element(self, planes: dict, row, k):
@@ -251,6 +267,28 @@ def _q6_k(p, row, k, f):
     return (_half(p["d"], row, b) * scale) * q.astype("float32")
 
 
+# e2m1 magnitudes doubled (0, 1, 2, 3, 4, 6, 8, 12), nibble m at bits 4m: a table in one word, read by a shift
+_E2M1_DOUBLED = 0xC8643210
+MXFP4_VALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int8)  # by code
+
+
+def e8m0_half(e: np.ndarray) -> np.ndarray:
+    """MXFP4 exponent bytes -> ``2 ** (e - 128)`` as float32 (ggml's ``ggml_e8m0_to_fp32_half``)."""
+    e = np.asarray(e).astype(np.uint32)
+    bits = np.where(e < 2, np.uint32(0x00200000) << e, (e - np.uint32(1)) << np.uint32(23)).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _mxfp4(p, row, k, f):
+    q = _code(p["qs"], row, k, 4)
+    magnitude = _bits(_u32(_E2M1_DOUBLED), tirx.bitwise_and(q, _u32(7)) * _u32(4), 0xF).astype("int32")
+    sign = tirx.shift_right(q, _u32(3)).astype("int32")
+    value = magnitude - magnitude * sign * 2  # an integer first: code 8 is +0.0, as gguf-py's int8 table
+    e = _byte(p["e"], row, k // 32)
+    half = tirx.Select(e < _u32(2), tirx.shift_left(_u32(0x00200000), e), tirx.shift_left(e - _u32(1), _u32(23)))
+    return tirx.reinterpret("float32", half) * value.astype("float32")
+
+
 def _f32_plain(p, row, k, f):
     return p["w"][row, k]
 
@@ -273,6 +311,7 @@ _DECODERS = {
     "Q4_K": _q4_k,
     "Q5_K": _q5_k,
     "Q6_K": _q6_k,
+    "MXFP4": _mxfp4,
     "F32": _f32_plain,
     "F16": _f16,
     "BF16": _bf16,
@@ -326,6 +365,7 @@ FORMATS: dict[str, GGMLFormat] = {
             Plane("d", 208, 2, "float16"),
         ),
     ),
+    "MXFP4": GGMLFormat("MXFP4", 32, 17, (Plane("e", 0, 1, "uint32"), Plane("qs", 1, 16, "uint32", _NIBBLES_32))),
     "F32": GGMLFormat("F32", 1, 4, (Plane("w", 0, 4, "float32"),)),
     "F16": GGMLFormat("F16", 1, 2, (Plane("w", 0, 2, "float16"),)),
     "BF16": GGMLFormat("BF16", 1, 2, (Plane("w", 0, 2, "uint16"),)),

@@ -5,8 +5,9 @@ Q4_K_M file: q and k in Q4_K, v in Q6_K); each run of rows in one format is one 
 planes and its own ``dequantize -> matmul`` kernel, and the outputs are concatenated. On x86 CPUs
 every block format's part takes the integer-dot path (``llmc.quant.int_dot``): the same codes and
 scales, repacked (Q4_0 / Q8_0 as llmc's symmetric group-32 schemes; 5/6-bit codes with their top bits
-in extra vectors; K-quants with their integer sub-block scales and fp16 super-block scales), so the
-integer kernel computes the file's weights exactly, only the activations are rounded to int8.
+in extra vectors; K-quants with their integer sub-block scales and fp16 super-block scales; MXFP4's e2m1 codes
+as their doubled values, 5-bit integers, with ``2 ** (e - 128)`` as a float32 scale), so the integer kernel
+computes the file's weights exactly, only the activations are rounded to int8.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 
 from llmc.quant import int_dot
-from llmc.quant.ggml_formats import FORMATS, GGMLFormat
+from llmc.quant.ggml_formats import FORMATS, MXFP4_VALUES, GGMLFormat, e8m0_half
 from llmc.quant.group import PER_WORD_ATTR
 from llmc.quant.int_dot import Form
 from llmc.quant.int_dot_kernels import int_matmul
@@ -32,6 +33,8 @@ INT_DOT_FORMATS = {
     "Q4_K": Form(4, scales="super_min"),
     "Q5_K": Form(4, scales="super_min", high_bits=1),
     "Q6_K": Form(4, scales="super16", high_bits=2),
+    # doubled e2m1 values (-12..12) + 16 are 5-bit codes (4..28) with a float32 power-of-two scale per 32
+    "MXFP4": Form(4, scale_dtype="float32", high_bits=1),
 }
 SCALE_NAMES = {"group": ("q_scale",), "group_min": ("q_scale", "q_min")}  # else ("q_scale", "q_super")
 
@@ -234,6 +237,8 @@ def ggml_codes(fmt: str, planes: dict[str, np.ndarray]) -> np.ndarray:
         return _unpack(planes["qs"] ^ np.uint32(0x80808080), 8)
     if fmt == "Q6_K":
         return _unpack(planes["ql"], 4) | (_unpack(planes["qh"], 2) << 4)
+    if fmt == "MXFP4":  # the doubled e2m1 value, offset by 16 (Form's middle code of 5 bits)
+        return (MXFP4_VALUES[_unpack(planes["qs"], 4)] + 16).astype(np.uint8)
     codes = _unpack(planes["qs"], 4)
     return codes | (_unpack(planes["qh"], 1) << 4) if "qh" in planes else codes
 
@@ -242,6 +247,9 @@ def int_dot_arrays(fmt: str, planes: dict[str, np.ndarray]) -> list[np.ndarray]:
     """A part's planes -> its integer-path arrays (``array_names``): the same codes and scales, repacked."""
     form = INT_DOT_FORMATS[fmt]
     codes = int_dot.repack_codes(ggml_codes(fmt, planes), form.bits, form.high_bits)
+    if fmt == "MXFP4":  # the exponent bytes (a row's words hold 4 blocks' each) as float32 scales
+        exponents = _bytes(planes["e"]).reshape(planes["qs"].shape[0], -1)[:, : planes["qs"].shape[1] // 4]
+        return [codes, int_dot.repack_scales(e8m0_half(exponents))]
     rows = planes["d"].shape[0]
     if form.scales == "group":
         return [codes, int_dot.repack_scales(planes["d"])]

@@ -1,5 +1,10 @@
 """``--quant keep``: every weight keeps its GGUF tensor's format (a scheme per parameter).
 
+Hugging Face MXFP4 checkpoints (GPT-OSS's) are kept the same way: their reader (``llmc.checkpoint.mxfp4``) offers
+the expert blocks as ggml's MXFP4 type, repacked losslessly, and every other tensor as F32 (float parameters). One
+scheme for both, not an ``mxfp4`` scheme of its own: the blocks become ggml MXFP4 planes, so the GGUF path's
+layers, kernels (float decode, the CPU integer path), ``llmc-config.json`` record and weights folders serve them.
+
 The scheme is bound to a checkpoint: ``formats`` maps each module weight to its runs of rows and
 their GGML types (a fused q/k/v weight of a Q4_K_M file: ``[("Q4_K", 2048), ("Q6_K", 256)]``, rows
 in the order the family concatenates them). The same map, stored in ``llmc-config.json``
@@ -85,7 +90,11 @@ class KeepScheme(QuantScheme):
     def prepare(self, reader, sources: dict, path) -> KeepScheme:
         """This scheme for one checkpoint (``llmc.compile.plan_from_config``)."""
         if not hasattr(reader, "tensor_types"):
-            raise ConfigError(f"{path}: --quant keep keeps a GGUF file's own formats; pass a .gguf file.")
+            raise ConfigError(
+                f"{path}: --quant keep keeps a GGUF file's own formats or an MXFP4 checkpoint's expert blocks, and "
+                "this checkpoint is neither; pass a .gguf file, or pick a scheme that quantizes float weights "
+                "(e.g. q4f16_1)."
+            )
         return self.bind(reader.tensor_types(), sources, path)
 
     # ------------------------------------------------------------------ binding
@@ -165,7 +174,9 @@ class KeepScheme(QuantScheme):
         self, module: nn.Module, quantize_embeddings: bool = True, isa: str | None = None, dtype: str | None = None
     ) -> set[str]:
         if not self.formats:
-            raise ConfigError("--quant keep needs a GGUF file (it keeps the file's own tensor formats).")
+            raise ConfigError(
+                "--quant keep needs a GGUF file or an MXFP4 checkpoint (it keeps their own tensor formats)."
+            )
         replaced: set[str] = set()
         embeddings: set[str] = set()
 
@@ -269,4 +280,8 @@ def describe_groups(groups: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
     return lines
 
 
-KEEP = KeepScheme("keep", "float32", "each tensor in its GGUF file's own format, decoded in the kernels (GGUF only)")
+KEEP = KeepScheme(
+    "keep",
+    "float32",
+    "each tensor in its GGUF file's own format, decoded in the kernels (GGUF files; an MXFP4 checkpoint's experts)",
+)
