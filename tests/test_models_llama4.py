@@ -2,8 +2,8 @@
 
 The four family checks of test_models_families.py (prefill at three lengths, teacher-forced decode, batch prefill +
 batch decode, greedy tokens) on the tiny ``llama4_text`` checkpoint of ``FAMILY_MODELS`` (a RoPE layer with QK-norm,
-chunked attention and a dense MLP; a NoPE layer with temperature tuning and a MoE with a shared expert); then the
-context window capped at ``attention_chunk_size``, the multimodal config's tensor names, and the refusals.
+chunked attention and a dense MLP; a NoPE layer with temperature tuning and a MoE with a shared expert), all within
+one chunk; then chunked attention masked beyond one chunk, the multimodal config's tensor names, and the refusals.
 """
 
 from __future__ import annotations
@@ -50,18 +50,46 @@ def test_the_tiny_model_exercises_every_llama4_part():
     assert config.floor_scale < min(PROMPT_LENGTHS[1:])  # temperature tuning changes the longer prompts
 
 
-def test_context_window_is_capped_at_the_attention_chunk():
+def test_a_context_beyond_one_chunk_masks_the_chunks():
+    """Within one chunk the module is Llama's; a longer context window flags the chunked layers' control heads."""
     config = MODELS[NAME].parse_config(_text_config(attention_chunk_size=64), NAME)
-    assert apply_sizes(config, CompileOptions(), {}).context_window == 64  # default: min(256, 4096, chunk)
-    assert apply_sizes(config, CompileOptions(context_window=64), {}).context_window == 64
-    with pytest.raises(ConfigError, match=r"--context-window 128 is more than 64: .*64-token chunk"):
-        apply_sizes(config, CompileOptions(context_window=128), {})
-    with pytest.raises(ConfigError, match="--context-window 100 is more than 64"):
-        apply_sizes(config, CompileOptions(), {"context_window": 100})  # a preset's window too
+    assert apply_sizes(config, CompileOptions(), {}).context_window == 256  # no cap: min(256, 4096)
+    for window, masked in ((64, False), (128, True)):
+        sizes = apply_sizes(config, CompileOptions(context_window=window), {})
+        module = MODELS[NAME].module_class(config, sizes)
+        assert config.masks_chunks(sizes) is masked
+        assert [spec.chunk for spec in module.attention_specs()] == ([64, 0] if masked else [0, 0])
+        assert [layer.self_attn.control for layer in module.model.layers] == [masked, masked]
     unchunked = MODELS[NAME].parse_config(_text_config(attention_chunk_size=None), NAME)
     assert unchunked.chunked_layers == []
-    assert apply_sizes(unchunked, CompileOptions(context_window=256), {}).context_window == 256
-    assert FAMILY_MODELS[NAME]["attention_chunk_size"] == TINY_CONTEXT_WINDOW  # the compiled tests' window is allowed
+    assert not unchunked.masks_chunks(apply_sizes(unchunked, CompileOptions(context_window=256), {}))
+    assert FAMILY_MODELS[NAME]["attention_chunk_size"] == TINY_CONTEXT_WINDOW  # the family checks: one chunk
+
+
+def test_chunked_attention_beyond_one_chunk_matches_transformers(tmp_path):
+    """A 16-token chunk in a 128-token build: prefill chunks (24 tokens) that cross chunk boundaries in the ragged
+    and the paged kernels, decode steps across a boundary, and a child forked mid-chunk whose prefill and batch
+    decode run a kernel per block depth, against transformers' chunked attention mask."""
+    from support.checkpoints import hf_logits, make_checkpoint
+    from test_models_families import FP32, assert_close, load_hf, random_ids
+
+    from llmc.compile import compile_model
+    from llmc.runtime.engine import Engine
+
+    checkpoint = make_checkpoint(tmp_path / "ckpt", NAME, seed=41, overrides={"attention_chunk_size": 16})
+    options = CompileOptions(output=tmp_path / "out", context_window=128, prefill_chunk=24, quiet=True)
+    engine, hf = Engine(compile_model(str(checkpoint), options)), load_hf(checkpoint)
+    parent = random_ids(engine.vocab_size, 50, seed=5)
+    child = parent[:21] + random_ids(engine.vocab_size, 29, seed=6)
+    references = [hf_logits(hf, parent), hf_logits(hf, child)]
+    engine.add_sequence(0)
+    assert_close(engine.prefill(0, parent[:44]), references[0][43], FP32, "prefill over 3 chunks")
+    engine.fork_sequence(0, 1, 21)
+    assert_close(engine.prefill(1, child[21:44]), references[1][43], FP32, "forked child prefill")
+    for step in range(6):  # positions 44..49: across the boundary at 48
+        logits = engine.batch_decode([0, 1], [parent[44 + step], child[44 + step]])
+        assert_close(logits[0], references[0][44 + step], FP32, f"parent decode {step}")
+        assert_close(logits[1], references[1][44 + step], FP32, f"child decode {step}")
 
 
 def test_the_multimodal_config_reads_its_text_part_and_tensor_names():

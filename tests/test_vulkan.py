@@ -231,34 +231,38 @@ def test_vulkan_family_library_runs_on_lavapipe(name, compiled, tmp_path):
         assert any("moe_matmul" in k for k in called) and any("topk" in k for k in called), sorted(called)
 
 
-@pytest.mark.vulkan  # the whole model on lavapipe
-def test_vulkan_attention_sinks_on_lavapipe(compiled, tmp_path):
-    """GPT-OSS's attention sinks and sliding layer in TVM's GPU kernels (patched by llmc.kernels.gpu_sinks) generate
-    on lavapipe like llmc's CPU kernels (checked against transformers in test_models_gptoss): a prompt longer than
-    the window and the prefill chunk (ragged, then paged attention), a child forked mid-page whose prefill and
-    batch decode run a kernel per block depth (the sink must enter each softmax once, the window hold across
-    depths), and decode steps past the window."""
+def _lavapipe_runner():
     pytest.importorskip("vulkan", reason="vulkan missing (make install-vulkan)")
     if not spirv.naga_available() or shutil.which("spirv-val") is None:
         pytest.skip("node + naga-wasm or spirv-val missing (make install-vulkan)")
-    from kernel_harness import RawVulkanRunner, VulkanLibraryEmulator
+    from kernel_harness import RawVulkanRunner
+
+    try:
+        return RawVulkanRunner()
+    except Exception as e:
+        pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
+
+
+def _control_head_steps(reference_dir, vulkan_dir, tmp_path) -> None:
+    """A model whose queries carry control heads (llmc.kernels.gpu_sinks) generates on lavapipe like llmc's CPU
+    kernels (checked against transformers in test_models_gptoss / test_models_llama4): a prompt longer than the
+    prefill chunk (ragged, then paged attention), a child forked mid-page whose prefill and batch decode run a kernel
+    per block depth (a sink must enter each softmax once, masks hold across depths), and decode steps. float32
+    activations: in float16 a near-tie of two router logits may pick another expert than the CPU does."""
+    from kernel_harness import VulkanLibraryEmulator
 
     from llmc.runtime.engine import Engine
 
-    try:
-        runner = RawVulkanRunner()
-    except Exception as e:
-        pytest.skip(f"no Vulkan device (Mesa lavapipe: make install-vulkan): {str(e).splitlines()[0]}")
-    # float32 activations: in float16 a near-tie of two router logits may pick another expert than the CPU does
-    reference = Engine(compiled("gpt_oss", "q4f32_1", cpu_kernels="float"))
-    artifact = shutil.copytree(compiled("gpt_oss", "q4f32_1", "vulkan"), tmp_path / "vk")
+    runner = _lavapipe_runner()
+    reference = Engine(reference_dir)
+    artifact = shutil.copytree(vulkan_dir, tmp_path / "vk")  # TVM reads a library path's blob once
     rng = np.random.default_rng(11)
     parent = rng.integers(3, reference.vocab_size, 37).tolist()
     child = parent[:21] + rng.integers(3, reference.vocab_size, 13).tolist()
     pairs = []
     with VulkanLibraryEmulator(runner) as emulator:
         gpu = Engine(artifact, device="webgpu")
-        assert not gpu.serial_batch_decode  # every layer of a sink cache is full attention: batches decode at once
+        assert not gpu.serial_batch_decode  # every layer of a control-head cache is full attention in TVM's cache
         for engine in (gpu, reference):
             engine.add_sequence(0)
         pairs.append((gpu.prefill(0, parent[:34]), reference.prefill(0, parent[:34])))
@@ -273,6 +277,33 @@ def test_vulkan_attention_sinks_on_lavapipe(compiled, tmp_path):
     for got, expected in pairs:
         assert _rel_err(got, expected) < 1e-4
     assert {"batch_prefill_ragged_kv_kernel", "batch_prefill_paged_kv_kernel", "batch_decode_paged_kv_kernel"} <= called
+
+
+@pytest.mark.vulkan  # the whole model on lavapipe
+def test_vulkan_attention_sinks_on_lavapipe(compiled, tmp_path):
+    """GPT-OSS: attention sinks and its 8-token sliding layer (masked by key position) in TVM's GPU kernels."""
+    _lavapipe_runner()
+    reference = compiled("gpt_oss", "q4f32_1", cpu_kernels="float")
+    _control_head_steps(reference, compiled("gpt_oss", "q4f32_1", "vulkan"), tmp_path)
+
+
+@pytest.mark.vulkan  # the whole model on lavapipe
+def test_vulkan_chunked_attention_on_lavapipe(tmp_path):
+    """Llama 4 with a 16-token attention chunk in a 128-token build: chunks masked in TVM's GPU kernels."""
+    from support.checkpoints import make_checkpoint
+
+    from llmc.compile import CompileOptions, compile_model
+
+    _lavapipe_runner()
+    checkpoint = make_checkpoint(tmp_path / "ckpt", "llama4_text", seed=41, overrides={"attention_chunk_size": 16})
+    built = {}
+    for target, kernels in (("llvm", "float"), ("vulkan", "int8")):
+        options = CompileOptions(
+            target=target, quant="q4f32_1", output=tmp_path / target, context_window=128, prefill_chunk=24,
+            max_batch_size=4, cpu_kernels=kernels, quiet=True,
+        )  # fmt: skip
+        built[target] = compile_model(str(checkpoint), options)
+    _control_head_steps(built["llvm"], built["vulkan"], tmp_path)
 
 
 def test_run_on_a_vulkan_artifact_without_a_vulkan_runtime_is_a_clear_error(tmp_path):

@@ -200,17 +200,18 @@ def _row_attention(d: int, dtype: str, paged: bool, group: int, softcap: float =
 
 
 class _SinkRows:
-    """Rows of kernels built for attention sinks (``AttentionSpec.sinks``), as parse-time expressions.
+    """Rows of kernels built for control heads (``llmc.models.control_heads``), as parse-time expressions.
 
     The last query head of each group of ``group`` is a control head: ``[sink logits of the group's other heads,
-    slide flag, ...]``; its own row attends to nothing. A key's position is ``k_first`` plus its index in the kernel
-    call: a sliding row (flag set) sees positions past ``q_pos - window``; the sink joins the row (a first key of
+    mask flag, ...]``; its own row attends to nothing. A key's position is ``k_first`` plus its index in the kernel
+    call: a masked row (flag set) sees positions past ``q_pos - window`` (a sliding layer) or from its chunk's
+    start, ``q_pos - q_pos mod chunk`` (a chunked layer). With ``logits`` the sink joins the row (a first key of
     logit ``sink``, weight 1 and value zero) in the kernel call that holds the query's own key, position ``q_pos``,
-    so it is counted once however TVM splits the keys over kernels and merges their states. Without ``sinks`` the
-    rows are as before: ``[start, end)`` and a running max from NEG_INIT."""
+    so it is counted once however TVM splits the keys over kernels and merges their states. Without ``sinks`` (no
+    control heads) the rows are as before: ``[start, end)`` and a running max from NEG_INIT."""
 
-    def __init__(self, sinks: bool, group: int, window: int):
-        self.sinks, self.group, self.window = sinks, group, window
+    def __init__(self, sinks: bool, group: int, window: int, chunk: int = 0, logits: bool = True):
+        self.sinks, self.group, self.window, self.chunk, self.logits = sinks, group, window, chunk, logits
 
     def _control(self, h):
         return h - h % self.group + self.group - 1
@@ -223,10 +224,11 @@ class _SinkRows:
         return self.end(h, start, end) if which == 1 else self.init(q, token, h, q_pos, k_first, start, end)
 
     def start(self, q, token, h, q_pos, k_first, start):
-        if not (self.sinks and self.window):
+        if not (self.sinks and (self.window or self.chunk)):
             return start
-        slides = T.Cast("float32", q[token, self._control(h), self.group - 1]) > T.float32(0.5)
-        return T.if_then_else(slides, T.max(start, q_pos - self.window + 1 - k_first), start)
+        masked = T.Cast("float32", q[token, self._control(h), self.group - 1]) > T.float32(0.5)
+        first = q_pos - self.window + 1 if self.window else q_pos - T.floormod(q_pos, self.chunk)
+        return T.if_then_else(masked, T.max(start, first - k_first), start)
 
     def end(self, h, start, end):
         return T.if_then_else(h % self.group == self.group - 1, start, end) if self.sinks else end
@@ -234,7 +236,7 @@ class _SinkRows:
     def init(self, q, token, h, q_pos, k_first, start, end):
         from tvm import tirx
 
-        if not self.sinks:
+        if not (self.sinks and self.logits):
             return T.float32(NEG_INIT)
         own = q_pos - k_first  # the query's own key, in this call's key indices (inside any window)
         sink = T.Cast("float32", q[token, self._control(h), T.min(h % self.group, self.group - 2)])
@@ -494,6 +496,8 @@ def prefill_ragged(
     evict_window: int = 0,
     sinks: bool = False,
     sink_window: int = 0,
+    sink_chunk: int = 0,
+    sink_logits: bool = True,
 ):
     """Attention of new tokens over themselves (``[total, heads, d]`` q/k/v, per-sequence indptrs).
 
@@ -503,7 +507,7 @@ def prefill_ragged(
     attend = _row_attention(d_qk, dtype, paged=False, group=h_q // h_kv, softcap=softcap, inline_rope=inline)
     fill = _fill_rope_table(rope_scaling, d_qk, by_position=False)
     rotate = _rotate_ragged_keys(rope_scaling, h_kv, d_qk)
-    sink = _SinkRows(sinks, h_q // h_kv, sink_window)
+    sink = _SinkRows(sinks, h_q // h_kv, sink_window, sink_chunk, sink_logits)
 
     def row(part: int, b, item, q, q_indptr, kv_indptr, q_rope_position, k_rope_pos_offset, causal):
         """A row's first key, end, initial running max (``part`` 0, 1, 2): keys [0, causal end), sink-aware."""
@@ -588,6 +592,8 @@ def prefill_paged(
     evict_window: int = 0,
     sinks: bool = False,
     sink_window: int = 0,
+    sink_chunk: int = 0,
+    sink_logits: bool = True,
 ):
     """Attention of new tokens over the sequences' cached pages (``sliding_window``: a window layer's, or
     with ``evict_window`` the whole cache's sliding variant).
@@ -601,7 +607,7 @@ def prefill_paged(
     fill = _fill_rope_table(rope_scaling, d, by_position=True)
     rotate = _rotate_paged_keys(rope_scaling, h_kv, d, page_size, sliding_window)
     window = sliding_window_size if sliding_window and not evict_window else 0
-    sink = _SinkRows(sinks, h_q // h_kv, sink_window)
+    sink = _SinkRows(sinks, h_q // h_kv, sink_window, sink_chunk, sink_logits)
 
     def row(part: int, b, item, q, q_indptr, page_indptr, length_info, q_rope_position, k_rope_pos_offset, causal):
         """A row's first page slot, end, initial running max (``part`` 0, 1, 2), sink-aware."""
@@ -736,6 +742,8 @@ def decode_paged(
     evict_window: int = 0,
     sinks: bool = False,
     sink_window: int = 0,
+    sink_chunk: int = 0,
+    sink_logits: bool = True,
 ):
     """One new token per sequence over its cached pages.
 
@@ -751,7 +759,7 @@ def decode_paged(
     fill = _fill_rope_table(rope_scaling, d, by_position=True)
     rotate = _rotate_paged_keys(rope_scaling, num_kv_heads, d, page_size, sliding_window)
     visible = (evict_window - 1 if sliding_window else evict_window) if evict_window else 0
-    sink = _SinkRows(sinks, num_qo_heads // num_kv_heads, sink_window)
+    sink = _SinkRows(sinks, num_qo_heads // num_kv_heads, sink_window, sink_chunk, sink_logits)
 
     def row(part: int, item, q, page_indptr, length_info, q_rope_position, k_rope_pos_offset):
         """A row's first page slot, end, initial running max (``part`` 0, 1, 2), sink-aware."""
@@ -895,7 +903,12 @@ def rope(theta, scale, head_dim, num_q_heads, num_kv_heads, dtype, rope_scaling,
 
 @contextlib.contextmanager
 def llmc_cpu_attention(
-    softcap: float = 0.0, evict_window: int = 0, sinks: bool = False, sink_window: int = 0
+    softcap: float = 0.0,
+    evict_window: int = 0,
+    sinks: bool = False,
+    sink_window: int = 0,
+    sink_chunk: int = 0,
+    sink_logits: bool = True,
 ) -> Iterator[None]:
     """While the cache is built, its CPU kernel makers return llmc's kernels (sliding-window ones included).
 
@@ -915,8 +928,8 @@ def llmc_cpu_attention(
 
     # attention soft-capping (Gemma 2) is a constant of the kernels: TVM's makers have no such argument
     kernels = {"softcap": softcap, "evict_window": evict_window}
-    if sinks:  # attention sinks and model-masked windows (``_SinkRows``); other caches' kernels are as before
-        kernels.update(sinks=True, sink_window=sink_window)
+    if sinks:  # control heads: sinks, model-masked windows or chunks (``_SinkRows``); other caches' kernels as before
+        kernels.update(sinks=True, sink_window=sink_window, sink_chunk=sink_chunk, sink_logits=sink_logits)
     kv_cache._attention_prefill_ragged_cpu = functools.partial(prefill_ragged, **kernels)
     kv_cache._attention_prefill_cpu = functools.partial(prefill_paged, **kernels)
     kv_cache._attention_decode_cpu = functools.partial(decode_paged, **kernels)

@@ -48,29 +48,35 @@ def _kernels(request: KVCacheRequest, target: tvm.target.Target, cpu_kernels: bo
         raise ValueError(f"TVM's paged KV cache takes one attention soft-cap for all layers, not {sorted(softcaps)}")
     softcap = softcaps.pop()
     window = max((spec.window for spec in request.layers), default=0) if sinks else 0
-    # soft-capping, eviction and sinks exist only in llmc's kernels: they serve the reference (TVM kernels) build too
+    chunk = max((spec.chunk for spec in request.layers), default=0)
+    logits = any(spec.sinks for spec in request.layers)
+    # soft-capping, eviction and control heads exist only in llmc's kernels: they serve the reference build too
     if is_cpu(target) and (cpu_kernels or bool(softcap) or bool(evict) or sinks):
-        return llmc_cpu_attention(softcap, evict, sinks=sinks, sink_window=window)
+        return llmc_cpu_attention(softcap, evict, sinks=sinks, sink_window=window, sink_chunk=chunk, sink_logits=logits)
     if sinks and softcap:
-        raise ValueError("llmc's GPU kernel patches apply attention sinks or soft-capping, not both in one cache")
+        raise ValueError("llmc's GPU kernel patches apply control heads or soft-capping, not both in one cache")
     if sinks:  # a GPU target: one control head per KV group (paged_kv_cache)
         first = request.layers[0]
-        return tvm_gpu_sinks(first.num_q_heads // first.num_kv_heads + 1, window)
+        return tvm_gpu_sinks(first.num_q_heads // first.num_kv_heads + 1, window, chunk, logits)
     if softcap:
         return tvm_gpu_softcap(softcap)
     return contextlib.nullcontext()
 
 
 def _sinks(request: KVCacheRequest) -> bool:
-    """Whether the layers carry attention sinks (``AttentionSpec.sinks``): llmc's CPU kernels or its GPU patch."""
-    return any(spec.sinks for spec in request.layers)
+    """Whether the queries carry control heads (attention sinks or chunks, ``AttentionSpec.controlled``): llmc's
+    CPU kernels or its GPU patch read them."""
+    chunks = {spec.chunk for spec in request.layers if spec.chunk}
+    if len(chunks) > 1 or (chunks and any(spec.window for spec in request.layers)):
+        raise ValueError(f"llmc's kernels mask one chunk size or one window per cache, not {request.layers}")
+    return any(spec.controlled for spec in request.layers)
 
 
 def cache_kinds(request: KVCacheRequest, target: tvm.target.Target) -> list[str]:
     """The layer kinds of TVM's cache for ``request`` on ``target`` ("mha", "mha_sliding")."""
     kinds = [spec.kind for spec in request.layers]
     if _sinks(request) or evict_window(request, target):
-        # sinks: llmc's kernels mask each layer's window (the control heads say which slide);
+        # control heads: llmc's kernels mask each layer's window or chunk (the control heads say which);
         # eviction: one whole-cache window, slid by the runtime
         return ["mha"] * len(kinds)
     if "mha" not in kinds:

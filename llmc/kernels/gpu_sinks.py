@@ -1,4 +1,4 @@
-"""Attention sinks and key-position windows (GPT-OSS) in TVM's GPU attention kernels.
+"""Attention sinks and key-position windows (GPT-OSS) or chunks (Llama 4) in TVM's GPU attention kernels.
 
 The contract is the one llmc's CPU kernels keep (``cpu_attention._SinkRows``, ``AttentionSpec.sinks``): the cache is
 built with every layer ``mha`` and one control query head after each KV group's heads, ``[sink logits of the
@@ -8,8 +8,9 @@ group's heads, slide flag, ...]``. While a GPU cache is built, TVM's kernel make
   ``k_rope_pos_offset[b] + index`` equal to ``q_rope_position``), so however TVM splits keys over the ragged and
   paged kernels and their depths, the sink enters the merged softmax once. TVM already starts each row at the state
   ``(m, d, O) = (-5e4, 1, 0)``, a key of logit -5e4 and value zero; the sink only sets that logit;
-* drop keys a sliding row (flag set) does not see, ``position <= q_position - window``, by storing their score
-  as ``NO_KEY``: weight exactly zero in TVM's online softmax, whatever its running max.
+* drop keys a masked row (flag set) does not see, ``position <= q_position - window`` in a sliding layer or before
+  ``q_position - q_position mod chunk`` in a chunked one, by storing their score as ``NO_KEY``: weight exactly zero
+  in TVM's online softmax, whatever its running max.
 
 Prefill (paged, ragged): ``_make_prefill_macros`` returns an ``init_states`` and a ``compute_s_gemm`` that run
 TVM's own macro, then the sink or window step over the same tile. They are non-hygienic macros: they read the
@@ -44,24 +45,26 @@ class _Rows:
     """Expressions over a query row ``(token, head)`` of a cache built for sinks, ``group`` heads per KV group
     (the control head last) and sliding layers' ``window``."""
 
-    def __init__(self, group: int, window: int):
-        self.group, self.window = group, window
+    def __init__(self, group: int, window: int, chunk: int = 0, logits: bool = True):
+        self.group, self.window, self.chunk, self.logits = group, window, chunk, logits
 
     def control(self, q, token, kv_head, index):
         return T.Cast("float32", q[token, kv_head * self.group + self.group - 1, index])
 
     def sink_init(self, q, token, kv_head, in_group, own, keys):
         """The row's initial running max (log2 units): its sink where ``0 <= own < keys``, else TVM's -5e4."""
+        if not self.logits:
+            return T.float32(-5e4)
         sink = self.control(q, token, kv_head, T.min(in_group, self.group - 2)) * T.float32(LOG2E)
         return T.if_then_else(tirx.all(own >= 0, own < keys), sink, T.float32(-5e4))
 
     def windowed(self, score, q, token, kv_head, key_position, q_position):
-        """``score``, or NO_KEY for a key the row's sliding window has left."""
-        if not self.window:
+        """``score``, or NO_KEY for a key before the row's window or chunk (a masked row: flag set)."""
+        if not (self.window or self.chunk):
             return score
-        slides = self.control(q, token, kv_head, self.group - 1) > T.float32(0.5)
-        gone = tirx.all(slides, key_position <= q_position - self.window)
-        return T.if_then_else(gone, T.float32(NO_KEY), score)
+        masked = self.control(q, token, kv_head, self.group - 1) > T.float32(0.5)
+        first = q_position - self.window + 1 if self.window else q_position - T.floormod(q_position, self.chunk)
+        return T.if_then_else(tirx.all(masked, key_position < first), T.float32(NO_KEY), score)
 
 
 def _prefill_macros(make_macros, rows: _Rows):
@@ -158,20 +161,20 @@ def _decode_maker(decode_module, rows: _Rows):
         "(iterator * bdz + tz) * bdy * tile_size_per_bdx + j, q_rope_position[batch_idx])"
     )
     replacements = [(DECODE_INIT, init), (DECODE_SCORE, score)]
-    tag = f"sinks-{rows.group}-{rows.window}"
+    tag = f"sinks-{rows.group}-{rows.window}-{rows.chunk}-{rows.logits}"
     return patched_function(decode_module, "_attention_decode", replacements, {"_llmc_rows": rows}, tag)
 
 
 @contextlib.contextmanager
-def tvm_gpu_sinks(group: int, window: int) -> Iterator[None]:
-    """While a GPU paged KV cache is built, TVM's prefill and decode kernels apply attention sinks read from the
-    control heads (``group`` query heads per KV group, the control head included) and mask sliding rows' keys
-    older than ``window`` (0: no sliding layer)."""
+def tvm_gpu_sinks(group: int, window: int, chunk: int = 0, logits: bool = True) -> Iterator[None]:
+    """While a GPU paged KV cache is built, TVM's prefill and decode kernels read the control heads (``group`` query
+    heads per KV group, the control head included): masked rows drop keys older than ``window`` or before their
+    ``chunk``'s start (0: none), and with ``logits`` the sinks join each softmax."""
     from tvm.relax.frontend.nn.llm import _decode_kernels, _prefill_kernels, kv_cache
 
     make_macros = _prefill_kernels._make_prefill_macros
     decode = kv_cache._attention_decode
-    rows = _Rows(group, window)
+    rows = _Rows(group, window, chunk, logits)
     _prefill_kernels._make_prefill_macros = _prefill_macros(make_macros, rows)
     kv_cache._attention_decode = _decode_maker(_decode_kernels, rows)
     try:

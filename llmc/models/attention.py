@@ -27,9 +27,18 @@ class AttentionSpec:
     softcap: float = 0.0  # scores -> cap * tanh(scores / cap) before the softmax (Gemma 2); 0: none
     rope: str = "cache"  # who rotates q/k: "cache" (the attention kernels) or "model" ("none": no RoPE)
     # attention sinks (GPT-OSS): each head's softmax denominator gets one more term, e^sink, with no value. The model
-    # puts after each KV group's query heads a control head: [the group's sink logits, 1 if this layer slides
-    # (``window``) else 0, zeros]; ``num_q_heads`` counts the other heads. The kernels apply both (llmc's CPU ones)
+    # puts after each KV group's query heads a control head (``llmc.models.control_heads``): [the group's sink
+    # logits, 1 if this layer is masked (``window`` or ``chunk``) else 0, zeros]; ``num_q_heads`` counts the other
+    # heads. A cache where any layer has sinks or a chunk has control heads in every layer
     sinks: bool = False
+    # chunked attention (Llama 4): a query at p sees the keys in [p - p mod chunk, p]; 0: none. Masked by the
+    # kernels by key position, the layer flagged in its control heads
+    chunk: int = 0
+
+    @property
+    def controlled(self) -> bool:
+        """Whether this layer needs control heads in the cache's queries."""
+        return self.sinks or bool(self.chunk)
 
     @property
     def kind(self) -> str:

@@ -43,6 +43,7 @@ from llmc.models.base import (
     required_ints,
     rope_settings,
 )
+from llmc.models.control_heads import with_control_heads, without_control_heads
 from llmc.models.layers import DecoderStack, apply_rope, pre_norm_residual, rope_type, set_module_rope
 from llmc.models.moe import Router, SparseMoE
 
@@ -151,48 +152,6 @@ def parse_config(hf: dict, source: str) -> GptOssConfig:
 
 
 # ---------------------------------------------------------------------- attention with sinks
-def with_control_heads(qkv: Tensor, sinks: Tensor, heads: int, kv_heads: int, sliding: bool) -> Tensor:
-    """``[b, s, heads + 2 kv, d]`` -> ``[b, s, kv (group + 1) + 2 kv, d]``: after each KV group's ``group`` query
-    heads, its control head ``[sinks of the group's heads, 1 if sliding else 0, 0, ...]`` (``AttentionSpec.sinks``)."""
-    group = heads // kv_heads
-    flag = 1.0 if sliding else 0.0
-
-    def compute(x: te.Tensor, sink: te.Tensor):
-        b, s, _, d = x.shape
-        q_heads = kv_heads * (group + 1)
-
-        def element(i, j, h, e):
-            in_group, owner = h % (group + 1), h // (group + 1)
-            query = x[i, j, tirx.min(owner * group + in_group, heads - 1), e]
-            control = tirx.if_then_else(
-                e < group,
-                sink[tirx.min(owner * group + e, heads - 1)].astype(x.dtype),
-                tirx.if_then_else(e == group, tirx.const(flag, x.dtype), tirx.const(0.0, x.dtype)),
-            )
-            kv = x[i, j, tirx.max(h - kv_heads, heads), e]
-            return tirx.if_then_else(h < q_heads, tirx.if_then_else(in_group < group, query, control), kv)
-
-        return te.compute((b, s, q_heads + 2 * kv_heads, d), element, name="control_heads")
-
-    return op.tensor_expr_op(compute, name_hint="control_heads", args=[qkv, sinks])
-
-
-def without_control_heads(out: Tensor, heads: int, kv_heads: int) -> Tensor:
-    """The attention output ``[b, s, kv (group + 1), d]`` less its control heads, as ``[b, s, heads * d]``."""
-    group = heads // kv_heads
-
-    def compute(o: te.Tensor):
-        b, s, _, d = o.shape
-
-        def element(i, j, c):
-            h = c // d
-            return o[i, j, h // group * (group + 1) + h % group, c % d]
-
-        return te.compute((b, s, heads * d), element, name="drop_control_heads")
-
-    return op.tensor_expr_op(compute, name_hint="drop_control_heads", args=[out])
-
-
 class GptOssAttention(nn.Module):
     def __init__(self, c: GptOssConfig, sliding: bool):
         self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim

@@ -11,8 +11,10 @@ What differs from Llama:
 - **Attention temperature tuning** (``attn_temperature_tuning``) on the NoPE layers: the query at position ``p`` is
   scaled by ``log(floor((p + 1) / floor_scale) + 1) * attn_scale + 1``, positions read from the KV cache.
 - **Chunked attention** (``attention_chunk_size``, the RoPE layers' ``chunked_attention``): a query at ``p`` sees the
-  keys in ``[p - p mod C, p]``. The KV cache has no chunk mask, so a build's context window is capped at ``C``
-  (``Llama4Config.context_limit``), where chunked attention equals causal attention; a larger one is refused.
+  keys in ``[p - p mod C, p]``. Within a context window of at most ``C`` that is causal attention, and the module is
+  Llama's. A larger window (``BuildSizes``) masks the chunks in the attention kernels by key position: every layer's
+  queries carry control heads (``llmc.models.control_heads``), flagged on the chunked layers, and the chunked
+  layers' ``AttentionSpec.chunk`` is ``C`` (one extra query head per KV group of attention work, only then).
 - **MoE** on ``moe_layers`` (every ``interleave_moe_layer_step``-th layer), the dense SwiGLU MLP
   (``intermediate_size_mlp``) elsewhere: a top-k (``num_experts_per_tok``) router over the logits whose sigmoid
   score multiplies the chosen expert's *input* (``SparseMoE.scale_inputs``), plus a shared expert. The experts are
@@ -33,6 +35,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache
 from llmc.errors import ConfigError
 from llmc.models.attention import AttentionSpec
 from llmc.models.base import BuildSizes, CausalLMBase, GGUFSpec, ModelConfig, WeightSource, required_ints, rope_settings
+from llmc.models.control_heads import with_control_heads, without_control_heads
 from llmc.models.layers import (
     IN_CACHE_ROPE_TYPES,
     DecoderStack,
@@ -50,7 +53,7 @@ LAYER_TYPES = ("full_attention", "chunked_attention")
 FEATURES = (
     "NoPE layers with attention temperature tuning, weightless QK-norm on RoPE layers, interleaved rope, "
     "MoE (sigmoid top-k scaling the expert input, shared expert) interleaved with dense layers, chunked attention "
-    "(context window capped at attention_chunk_size); the multimodal config's vision parts are ignored"
+    "(masked by the attention kernels beyond one chunk); the multimodal config's vision parts are ignored"
 )  # the registry appends the rope types
 LOGIT_FLOOR = -3.0e38  # below every router logit: an expert already chosen
 
@@ -77,14 +80,9 @@ class Llama4Config(ModelConfig):
     # weight layout, not architecture: a GGUF file's experts come one expert at a time (llama.cpp's split stacks)
     gguf_layout: bool = False
 
-    def context_limit(self) -> tuple[int, str] | None:
-        if not self.chunked_layers:
-            return None
-        chunk = self.attention_chunk_size
-        return chunk, (
-            f"llama4's chunked-attention layers let a token see only its own {chunk}-token chunk "
-            f"(attention_chunk_size), which llmc's KV cache cannot mask (within one chunk it is causal attention)"
-        )
+    def masks_chunks(self, sizes: BuildSizes) -> bool:
+        """Whether a build for ``sizes`` masks chunks (its context is longer than one chunk)."""
+        return bool(self.chunked_layers) and sizes.context_window > self.attention_chunk_size
 
 
 def _flag_list(hf: dict, key: str, layers: int, source: str) -> list | None:
@@ -258,6 +256,8 @@ class Llama4Attention(nn.Module):
         self.eps = c.rms_norm_eps
         self.temperature = (c.floor_scale, c.attn_scale) if c.attn_temperature_tuning and not rope_layer else None
         self.rope = None  # (inv_freq, scale) when the module rotates this layer (set by Llama4ForCausalLM)
+        self.control = False  # control heads in the queries (set by Llama4ForCausalLM when chunks are masked)
+        self.chunked = layer_id in c.chunked_layers
 
     def forward(self, x: Tensor, paged_kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         b, s, _ = x.shape
@@ -270,6 +270,11 @@ class Llama4Attention(nn.Module):
                 qkv = apply_rope(qkv, positions, *self.rope, self.q_heads + self.kv_heads, self.head_dim)
             if self.temperature is not None:
                 qkv = temperature_scale(qkv, positions, self.q_heads, *self.temperature)
+        if self.control:
+            qkv = with_control_heads(qkv, None, self.q_heads, self.kv_heads, masked=self.chunked)
+            heads = self.q_heads + self.kv_heads
+            out = paged_kv_cache.attention_with_fused_qkv(layer_id, qkv, heads, sm_scale=self.head_dim**-0.5)
+            return self.o_proj(without_control_heads(out, self.q_heads, self.kv_heads))
         out = paged_kv_cache.attention_with_fused_qkv(layer_id, qkv, self.q_heads, sm_scale=self.head_dim**-0.5)
         return self.o_proj(op.reshape(out, (b, s, self.q_heads * self.head_dim)))
 
@@ -331,10 +336,21 @@ class Llama4ForCausalLM(CausalLMBase):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.dtype = "float32"
+        if config.masks_chunks(sizes):
+            group = config.num_attention_heads // config.num_key_value_heads
+            if config.head_dim <= group:  # the control head holds its flag at index ``group``
+                raise ConfigError(
+                    f"llama4: head_dim {config.head_dim} is too narrow for llmc's chunk masks beyond one "
+                    f"{config.attention_chunk_size}-token chunk; use --context-window {config.attention_chunk_size}."
+                )
+            for layer in self.model.layers:
+                layer.self_attn.control = True
 
     def attention_specs(self) -> list[AttentionSpec]:
-        nope = set(self.config.nope_layers)
-        return [replace(s, rope="none") if i in nope else s for i, s in enumerate(super().attention_specs())]
+        c = self.config
+        nope, chunked = set(c.nope_layers), set(c.chunked_layers) if c.masks_chunks(self.sizes) else set()
+        specs = [replace(s, rope="none") if i in nope else s for i, s in enumerate(super().attention_specs())]
+        return [replace(s, chunk=c.attention_chunk_size) if i in chunked else s for i, s in enumerate(specs)]
 
 
 # ---------------------------------------------------------------------- weights
