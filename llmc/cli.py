@@ -75,8 +75,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
     "--quant",
     "-q",
     default=None,
-    help="Quantization scheme (`llmc quants`) [default: keep for a GGUF file, a weights folder's own, an AWQ/GPTQ/fp8 "
-    "checkpoint's own (awq, gptq, fp8), else q0f32].",
+    help="Quantization scheme (`llmc quants`) [default: keep for a GGUF file or an MXFP4 checkpoint, a weights "
+    "folder's own, an AWQ/GPTQ/fp8 checkpoint's own (awq, gptq, fp8), else q0f32].",
 )
 @click.option("--fp-embeddings", is_flag=True, help="Keep the embedding and lm_head in full precision.")
 @click.option(
@@ -416,7 +416,8 @@ def serve(artifact, host, port, max_batch, max_queue, api_key, model_name, prefi
     "--quant",
     "-q",
     default=None,
-    help="Quantization scheme, when MODEL is compiled [default: keep for a GGUF file, else q0f32].",
+    help="Quantization scheme, when MODEL is compiled [default: keep for a GGUF file or an MXFP4 checkpoint, "
+    "a checkpoint's own AWQ/GPTQ/fp8, else q0f32].",
 )
 @click.option("--batch", type=int, default=1, show_default=True, help="Sequences decoded together.")
 @click.option("--prompt-len", type=int, default=512, show_default=True, help="Prompt tokens per sequence.")

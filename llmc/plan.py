@@ -117,8 +117,8 @@ def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> B
 
 def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOptions, reader=None) -> ModelPlan:
     """The plan for a model's ``config.json`` (dict): family, parsed config with sizes, scheme
-    (``--quant keep``, the default for GGUF files, and ``awq``/``gptq``/``fp8``, the defaults for such
-    checkpoints: bound to ``reader``'s tensor formats)."""
+    (``--quant keep``, the default for GGUF files and MXFP4 checkpoints, and ``awq``/``gptq``/``fp8``, the defaults
+    for such checkpoints: bound to ``reader``'s tensor formats)."""
     label = str(source.path / "config.json") if source.format == "hf" else str(source.path)
     check_hf_config(hf_config, label)
     family = family_for(hf_config, str(source.path))
@@ -137,9 +137,11 @@ def plan_from_config(hf_config: dict, source: ResolvedSource, options: CompileOp
 
 
 def default_quant(source: ResolvedSource, hf_config: dict | None = None) -> str:
-    """``keep`` for GGUF files (their own formats, lossless), a pre-quantized checkpoint's own format
-    (``awq``, ``gptq``, ``fp8``: its ``quantization_config``, kept as stored), else q0f32."""
-    if source.format == "gguf":
+    """``keep`` for GGUF files (their own formats, lossless) and MXFP4 checkpoints (GPT-OSS's expert blocks kept as
+    stored), a pre-quantized checkpoint's own format (``awq``, ``gptq``, ``fp8``: its ``quantization_config``, kept
+    as stored), else q0f32."""
+    qc = (hf_config or {}).get("quantization_config")
+    if source.format == "gguf" or (isinstance(qc, dict) and qc.get("quant_method") == "mxfp4"):
         return KEEP_QUANT
     return stored_method(hf_config or {}) or DEFAULT_QUANT
 

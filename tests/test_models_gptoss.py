@@ -223,6 +223,15 @@ def test_keep_on_a_float_checkpoint_is_one_clear_error(family_checkpoints, tmp_p
     assert "MXFP4" in lines[0] and "--quant keep" in lines[0], lines[0]
 
 
+def test_mxfp4_checkpoints_are_kept_as_stored_by_default(mxfp4_checkpoint, family_checkpoints):
+    """Without --quant an MXFP4 folder keeps its expert blocks (as AWQ/GPTQ/fp8 folders keep theirs); decoding them
+    to float32 would hold gpt-oss-20b's experts in about 80 GB. A float folder still gets q0f32."""
+    from llmc.compile import CompileOptions, plan_model
+
+    assert plan_model(str(mxfp4_checkpoint), CompileOptions()).scheme.name == "keep"
+    assert plan_model(str(family_checkpoints["gpt_oss"]), CompileOptions()).scheme.name == "q0f32"
+
+
 @pytest.mark.slow  # a build of its own (~40 s) per kernel kind: make test-all
 @pytest.mark.parametrize("kernels", ["float", "int8"])
 def test_mxfp4_checkpoint_kept_as_stored_equals_transformers(mxfp4_checkpoint, kernels, tmp_path):

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 
 from tvm import tirx
 from tvm.script import tirx as T
 
-from llmc.kernels.tvm_source import patched_function
+from llmc.kernels.tvm_source import patched_attention_makers, patched_function
 
 LOG2E = math.log2(math.e)
 # a dropped key's score: exp2(NO_KEY - m) is 0 for every running max m >= -5e4 (TVM's initial max); of the order
@@ -47,6 +46,12 @@ class _Rows:
 
     def __init__(self, group: int, window: int, chunk: int = 0, logits: bool = True):
         self.group, self.window, self.chunk, self.logits = group, window, chunk, logits
+
+    @staticmethod
+    def token(q_indptr, b, first_row, row, group_size):
+        """The query token of a prefill tile's ``row`` (TVM's ``(LH_start + row) // group_size``), clamped to the
+        sequence's last token for the tile's padding rows."""
+        return T.min(q_indptr[b] + (first_row + row) // group_size, q_indptr[b + 1] - 1)
 
     def control(self, q, token, kv_head, index):
         return T.Cast("float32", q[token, kv_head * self.group + self.group - 1, index])
@@ -97,7 +102,7 @@ def _prefill_macros(make_macros, rows: _Rows):
             for _i in T.serial(_steps):
                 _row: T.let[T.int32] = _i * _n + ty * _bdx + tx
                 if _row < _x:
-                    _token: T.let[T.int32] = T.min(q_indptr[b_idx] + (LH_start + _row) // _g, q_indptr[b_idx + 1] - 1)
+                    _token: T.let[T.int32] = _rows.token(q_indptr, b_idx, LH_start, _row, _g)
                     m_smem[_row] = _rows.sink_init(
                         q,
                         _token,
@@ -130,9 +135,7 @@ def _prefill_macros(make_macros, rows: _Rows):
                 with T.sblock("S_window"):
                     for _j in T.serial(_z):
                         if _row < _x:  # inside the loop, as TVM's softmax update: no sync lands in a branch
-                            _token: T.let[T.int32] = T.min(
-                                q_indptr[b_idx] + (LH_start + _row) // _g, q_indptr[b_idx + 1] - 1
-                            )
+                            _token: T.let[T.int32] = _rows.token(q_indptr, b_idx, LH_start, _row, _g)
                             S_smem[_row, _j] = _rows.windowed(
                                 S_smem[_row, _j],
                                 q,
@@ -165,20 +168,11 @@ def _decode_maker(decode_module, rows: _Rows):
     return patched_function(decode_module, "_attention_decode", replacements, {"_llmc_rows": rows}, tag)
 
 
-@contextlib.contextmanager
-def tvm_gpu_sinks(group: int, window: int, chunk: int = 0, logits: bool = True) -> Iterator[None]:
+def tvm_gpu_sinks(group: int, window: int, chunk: int = 0, logits: bool = True) -> contextlib.AbstractContextManager:
     """While a GPU paged KV cache is built, TVM's prefill and decode kernels read the control heads (``group`` query
     heads per KV group, the control head included): masked rows drop keys older than ``window`` or before their
     ``chunk``'s start (0: none), and with ``logits`` the sinks join each softmax."""
-    from tvm.relax.frontend.nn.llm import _decode_kernels, _prefill_kernels, kv_cache
-
-    make_macros = _prefill_kernels._make_prefill_macros
-    decode = kv_cache._attention_decode
     rows = _Rows(group, window, chunk, logits)
-    _prefill_kernels._make_prefill_macros = _prefill_macros(make_macros, rows)
-    kv_cache._attention_decode = _decode_maker(_decode_kernels, rows)
-    try:
-        yield
-    finally:
-        _prefill_kernels._make_prefill_macros = make_macros
-        kv_cache._attention_decode = decode
+    return patched_attention_makers(
+        lambda make_macros: _prefill_macros(make_macros, rows), lambda module: _decode_maker(module, rows)
+    )

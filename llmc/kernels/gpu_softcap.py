@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 
 from tvm.script import tirx as T
 
-from llmc.kernels.tvm_source import patched_function
+from llmc.kernels.tvm_source import patched_attention_makers, patched_function
 
 DECODE_SCORE = "S_local[j] = t0[0]"  # the line of TVM 0.27's _attention_decode that stores a score
 
@@ -65,24 +64,16 @@ def _softcapped_decode_maker(decode_module, cap_log2: float):
     )
 
 
-@contextlib.contextmanager
-def tvm_gpu_softcap(cap: float) -> Iterator[None]:
+def tvm_gpu_softcap(cap: float) -> contextlib.AbstractContextManager[None]:
     """While a GPU paged KV cache is built, TVM's prefill and decode kernels cap attention scores at ``cap``."""
-    from tvm.relax.frontend.nn.llm import _decode_kernels, _prefill_kernels, kv_cache
-
     cap_log2 = cap * math.log2(math.e)
-    make_macros = _prefill_kernels._make_prefill_macros
-    decode = kv_cache._attention_decode
 
-    def capped_macros(tile_x, tile_y, tile_z, tile_o, bdx, num_warps, group_size):
-        macros = list(make_macros(tile_x, tile_y, tile_z, tile_o, bdx, num_warps, group_size))
-        macros[1] = _softcapped_s_gemm(tile_x, tile_y, tile_z, cap_log2)  # (init_states, compute_s_gemm, ...)
-        return tuple(macros)
+    def prefill_macros(make_macros):
+        def capped_macros(tile_x, tile_y, tile_z, tile_o, bdx, num_warps, group_size):
+            macros = list(make_macros(tile_x, tile_y, tile_z, tile_o, bdx, num_warps, group_size))
+            macros[1] = _softcapped_s_gemm(tile_x, tile_y, tile_z, cap_log2)  # (init_states, compute_s_gemm, ...)
+            return tuple(macros)
 
-    _prefill_kernels._make_prefill_macros = capped_macros
-    kv_cache._attention_decode = _softcapped_decode_maker(_decode_kernels, cap_log2)
-    try:
-        yield
-    finally:
-        _prefill_kernels._make_prefill_macros = make_macros
-        kv_cache._attention_decode = decode
+        return capped_macros
+
+    return patched_attention_makers(prefill_macros, lambda module: _softcapped_decode_maker(module, cap_log2))

@@ -8,8 +8,10 @@ written for TVM 0.27's text.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import linecache
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 
@@ -26,3 +28,18 @@ def patched_function(module: ModuleType, name: str, replacements: list[tuple[str
     namespace = dict(vars(module), **helpers)
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - TVM's own kernel source, lines changed
     return namespace[name]
+
+
+@contextlib.contextmanager
+def patched_attention_makers(prefill_macros: Callable, decode_maker: Callable) -> Iterator[None]:
+    """While a GPU cache is built, TVM's prefill kernels take their macros from ``prefill_macros(TVM's
+    _make_prefill_macros)`` and its decode kernel maker is ``decode_maker(TVM's _decode_kernels module)``."""
+    from tvm.relax.frontend.nn.llm import _decode_kernels, _prefill_kernels, kv_cache
+
+    make_macros, decode = _prefill_kernels._make_prefill_macros, kv_cache._attention_decode
+    _prefill_kernels._make_prefill_macros = prefill_macros(make_macros)
+    kv_cache._attention_decode = decode_maker(_decode_kernels)
+    try:
+        yield
+    finally:
+        _prefill_kernels._make_prefill_macros, kv_cache._attention_decode = make_macros, decode
