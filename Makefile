@@ -178,7 +178,7 @@ install-vulkan: install
 	$(PIP) install -q -e '.[vulkan]'
 
 test-vulkan: install-test install-vulkan
-	$(PY) -m pytest -q --run vulkan tests/test_vulkan.py tests/test_wgsl_kernels.py
+	$(PY) -m pytest -q --run vulkan tests/test_vulkan.py tests/test_wgsl_kernels.py tests/test_quant_mxfp4.py
 
 # --target webgpu: Debian's emscripten links the .wasm; TVM's web runtime (from the wheel's sources) is built
 # once into ~/.cache/llmc/web; TVM's JS runtime (@mlc-ai/web-runtime) for the page into ~/.cache/llmc/web-runtime
