@@ -164,8 +164,8 @@ def _selected(session, module) -> set[str]:
     names = set()
     for item in session.items:
         if item.module is module and hasattr(item, "callspec") and item.get_closest_marker("skip") is None:
-            names.add(item.callspec.params["name"])
-    return names
+            names.add(item.callspec.params.get("name"))  # (tests parametrized otherwise add None)
+    return names - {None}
 
 
 @pytest.fixture(scope="module")
