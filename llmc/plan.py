@@ -97,13 +97,8 @@ class ModelPlan:
 
 def apply_sizes(config: ModelConfig, options: CompileOptions, preset: dict) -> BuildSizes:
     """Context window / prefill chunk / batch bounds for ``config``: flags, then preset, then defaults."""
-    requested = options.context_window or preset.get("context_window")
-    limit, why = config.context_limit() or (None, "")
-    if limit is not None and requested and requested > limit:
-        raise ConfigError(
-            f"--context-window {requested} is more than {limit}: {why}; use --context-window {limit} or less."
-        )
-    window = requested or min(config.max_position_embeddings, DEFAULT_CONTEXT_WINDOW, limit or DEFAULT_CONTEXT_WINDOW)
+    window = options.context_window or preset.get("context_window")
+    window = window or min(config.max_position_embeddings, DEFAULT_CONTEXT_WINDOW)
     chunk = options.prefill_chunk or preset.get("prefill_chunk") or DEFAULT_PREFILL_CHUNK
     if window < 16:
         raise ConfigError(f"--context-window {window} is too small (minimum 16).")

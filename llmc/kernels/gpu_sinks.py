@@ -146,7 +146,10 @@ def _prefill_macros(make_macros, rows: _Rows):
                             )
             T.tvm_storage_sync("shared")
 
-        made[0], made[1] = init_states, compute_s_gemm
+        if rows.logits:  # else TVM's own start (-5e4) is already the row's
+            made[0] = init_states
+        if rows.window or rows.chunk:
+            made[1] = compute_s_gemm
         return tuple(made)
 
     return macros

@@ -84,10 +84,6 @@ class ModelConfig:
         them before sliding (TVM computes the chunk's slots after the slide)."""
         return self.sliding_window - 1 if "mha_sliding" in self.attention_kinds() else None
 
-    def context_limit(self) -> tuple[int, str] | None:
-        """The longest context window a build is exact for and why (Llama 4's chunked attention), or None."""
-        return None
-
 
 def sliding_layer_types(config: dict, num_layers: int) -> list[str]:
     """HF ``layer_types`` of a config.json, or every layer sliding when only ``sliding_window`` is set."""
